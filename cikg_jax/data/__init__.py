@@ -1,0 +1,1 @@
+"""Reading, validating, splitting, sampling and downloading the KGAT-style datasets."""

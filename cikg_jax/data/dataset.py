@@ -1,0 +1,171 @@
+"""A dataset in memory: validated interactions, KG triples, user interests, the split protocol and
+the node layout `[users | items (= first entities) | other entities | interest nodes]`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from cikg_jax.data import files
+
+DATA_DIR_ENV = "CIKG_DATA_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  path: str
+  n_users: int
+  n_items: int
+  n_entities: int          # KG entities including items (ids 0..n_entities-1)
+  n_relations: int         # KG relations (0 when there is no KG)
+  n_interests: int         # interest rows: the whole id range above the entities (METHOD.md §7.5)
+  train: np.ndarray        # (n, 2) [user, item], grouped by user, file order within a user
+  valid: np.ndarray        # (n, 2); empty under selection="test"
+  test: np.ndarray         # (n, 2)
+  kg: np.ndarray           # (n, 3) [head, relation, tail] entity ids; (0, 3) without a KG
+  user_interest: np.ndarray  # (n, 2) [user, interest id (unshifted, >= n_entities)]
+  selection: str = "valid"
+
+  # ---- node layout -------------------------------------------------------------------------
+  @property
+  def n_nodes(self) -> int:
+    return self.n_users + self.n_entities + self.n_interests
+
+  @property
+  def item_offset(self) -> int:
+    return self.n_users
+
+  @property
+  def interest_offset(self) -> int:
+    return self.n_users + self.n_entities
+
+  @property
+  def has_kg(self) -> bool:
+    return len(self.kg) > 0
+
+  def connected_interest_ids(self) -> np.ndarray:
+    """Interest ids (unshifted) that have at least one user edge."""
+    return np.unique(self.user_interest[:, 1])
+
+  def selection_split(self) -> np.ndarray:
+    return self.valid if self.selection == "valid" else self.test
+
+  def describe(self) -> str:
+    per_user = np.bincount(self.train[:, 0], minlength=self.n_users)
+    lines = [
+        f"dataset {self.name} ({self.path}), selection={self.selection}",
+        f"  users {self.n_users:,}  items {self.n_items:,}  entities {self.n_entities:,}  "
+        f"relations {self.n_relations}  interest rows {self.n_interests} "
+        f"({len(self.connected_interest_ids())} with edges)  nodes {self.n_nodes:,}",
+        f"  train {len(self.train):,}  valid {len(self.valid):,}  test {len(self.test):,}  "
+        f"train items/user median {int(np.median(per_user))}",
+        f"  KG triples {len(self.kg):,}  user-interest edges {len(self.user_interest):,}  "
+        f"users with interests {len(np.unique(self.user_interest[:, 0])):,}",
+    ]
+    return "\n".join(lines)
+
+
+def resolve_data_dir(data_dir: Optional[str]) -> str:
+  d = data_dir or os.environ.get(DATA_DIR_ENV)
+  if not d:
+    raise ValueError(f"no data directory: set config.data_dir or the {DATA_DIR_ENV} environment "
+                     "variable (e.g. ../shared/data), or fetch one with "
+                     "`python -m cikg_jax.data.download`")
+  return d
+
+
+def _pairs(user_items: Dict[int, List[int]]) -> np.ndarray:
+  rows = [(u, i) for u in sorted(user_items) for i in user_items[u]]
+  return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def split_validation(train: Dict[int, List[int]], fraction: float, seed: int):
+  """Holds out a seeded `fraction` of each user's training items (rounded, at least one item
+  left for training), so model selection never looks at the test set."""
+  rng = np.random.default_rng(seed)
+  fit, valid = {}, {}
+  for u in sorted(train):
+    items = list(train[u])
+    n_valid = int(np.floor(len(items) * fraction + 0.5))
+    n_valid = min(n_valid, len(items) - 1)
+    held = set(rng.choice(len(items), size=n_valid, replace=False).tolist()) if n_valid > 0 else set()
+    fit[u] = [it for k, it in enumerate(items) if k not in held]
+    valid[u] = [it for k, it in enumerate(items) if k in held]
+  return fit, valid
+
+
+def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
+                 valid_fraction: float = 0.125, seed: int = 2024,
+                 interest_file: Optional[str] = None, verbose: bool = True) -> Dataset:
+  """Reads and validates one dataset directory and builds the split of the chosen protocol."""
+  if selection not in ("valid", "test"):
+    raise ValueError(f"selection must be 'valid' or 'test', got {selection!r}")
+  root = os.path.join(resolve_data_dir(data_dir), name)
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"{root}: dataset directory not found (datasets: dbbook2014, "
+                            "book-crossing, ml1m; fetch with `python -m cikg_jax.data.download`)")
+  train_path, test_path = os.path.join(root, "train.txt"), os.path.join(root, "test.txt")
+
+  n_listed_items = files.count_list_entries(os.path.join(root, "item_list.txt"))
+  train = files.read_user_items(train_path, n_items=n_listed_items)
+  test = files.read_user_items(test_path, n_items=n_listed_items, allow_empty=True)
+  files.check_disjoint(train, test, train_path, test_path)
+  n_users = max(train) + 1
+  missing = sorted(set(range(n_users)) - set(train))
+  if missing:
+    files._fail(train_path, None, f"user {missing[0]} has no training items (no line); users "
+                "must be numbered 0..n-1 and each needs at least one training item")
+  all_items = [i for v in train.values() for i in v] + [i for v in test.values() for i in v]
+  n_items = n_listed_items if n_listed_items is not None else max(all_items) + 1
+
+  n_listed_entities = files.count_list_entries(os.path.join(root, "entity_list.txt"))
+  kg_path = os.path.join(root, "kg_final.txt")
+  if os.path.exists(kg_path):
+    kg = files.read_triples(kg_path, n_entities=n_listed_entities)
+  else:
+    warnings.warn(f"{kg_path} not found: training without item-side knowledge (no KG edges, no "
+                  "TransE). Fetch it with `python -m cikg_jax.data.download` where a network is "
+                  "available.", stacklevel=2)
+    kg = np.zeros((0, 3), dtype=np.int64)
+  n_entities = max(n_items, n_listed_entities or 0,
+                   int(kg[:, [0, 2]].max()) + 1 if len(kg) else 0)
+  n_relations = int(kg[:, 1].max()) + 1 if len(kg) else 0
+
+  ui_path = interest_file or os.path.join(root, "user_interest_clustered.txt")
+  if os.path.exists(ui_path):
+    user_interest = files.read_pairs(ui_path, n_users=n_users, min_second=n_entities)
+    n_interests = int(user_interest[:, 1].max()) + 1 - n_entities
+  else:
+    if interest_file:
+      files._fail(ui_path, None, "file not found")
+    warnings.warn(f"{ui_path} not found: no interest nodes", stacklevel=2)
+    user_interest = np.zeros((0, 2), dtype=np.int64)
+    n_interests = 0
+
+  if selection == "valid":
+    fit, valid = split_validation(train, valid_fraction, seed)
+  else:
+    fit, valid = train, {}
+  ds = Dataset(name=name, path=root, n_users=n_users, n_items=n_items, n_entities=n_entities,
+               n_relations=n_relations, n_interests=n_interests, train=_pairs(fit),
+               valid=_pairs(valid), test=_pairs(test), kg=kg, user_interest=user_interest,
+               selection=selection)
+  if verbose:
+    print(ds.describe(), flush=True)
+  return ds
+
+
+def load_from_config(config, verbose: bool = True) -> Dataset:
+  """Loads `config.dataset`, generating the synthetic one on first use."""
+  data_dir = config.get("data_dir")
+  if config.dataset == "synthetic":
+    from cikg_jax.data import synthetic
+    data_dir = synthetic.ensure(config.get("synthetic_dir") or None, **dict(config.synthetic))
+  return load_dataset(data_dir, config.dataset, selection=config.selection,
+                      valid_fraction=config.valid_fraction, seed=config.seed,
+                      interest_file=config.get("interest_file") or None, verbose=verbose)

@@ -1,0 +1,85 @@
+"""Seeded, vectorised samplers: BPR mini-batches with uniform negatives, and TransE triples.
+
+Randomness comes from `numpy.random.Generator`s seeded by (seed, epoch), so an epoch's batches are
+a function of the epoch number alone: a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+
+class NegativeSampler:
+  """Uniform negative items that are never one of the user's training items."""
+
+  def __init__(self, train_pairs: np.ndarray, n_users: int, n_items: int):
+    self.n_items = n_items
+    self._keys = np.unique(train_pairs[:, 0].astype(np.int64) * n_items + train_pairs[:, 1])
+    counts = np.bincount(train_pairs[:, 0], minlength=n_users)
+    full = np.flatnonzero(counts >= n_items)
+    if len(full):
+      raise ValueError(f"user {full[0]} has interacted with every item: no negative exists")
+
+  def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    keys = users.astype(np.int64) * self.n_items + items
+    pos = np.searchsorted(self._keys, keys)
+    pos = np.minimum(pos, len(self._keys) - 1)
+    return self._keys[pos] == keys
+
+  def sample(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    items = rng.integers(self.n_items, size=len(users))
+    bad = np.flatnonzero(self.is_positive(users, items))
+    while len(bad):  # rejection sampling; terminates since every user has a negative
+      items[bad] = rng.integers(self.n_items, size=len(bad))
+      bad = bad[self.is_positive(users[bad], items[bad])]
+    return items
+
+
+def epoch_rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
+  return np.random.default_rng([seed, epoch, stream])
+
+
+def bpr_epoch(train_pairs: np.ndarray, sampler: NegativeSampler, batch_size: int,
+              rng: np.random.Generator) -> Dict[str, np.ndarray]:
+  """Every training interaction once, shuffled, with one negative each; shaped
+  (n_batches, batch_size), the last batch padded and flagged by `mask` (static shapes)."""
+  order = rng.permutation(len(train_pairs))
+  users = train_pairs[order, 0]
+  pos = train_pairs[order, 1]
+  neg = sampler.sample(users, rng)
+  n = len(order)
+  n_batches = -(-n // batch_size)
+  total = n_batches * batch_size
+
+  def pad(x):
+    out = np.zeros(total, np.int32)
+    out[:n] = x
+    return out.reshape(n_batches, batch_size)
+
+  mask = np.zeros(total, np.float32)
+  mask[:n] = 1.0
+  return {"users": pad(users), "pos": pad(pos), "neg": pad(neg),
+          "mask": mask.reshape(n_batches, batch_size)}
+
+
+def kge_triples(ds) -> np.ndarray:
+  """TransE triples in node-row ids: KG triples plus user-item `interact` triples (relation id =
+  n_relations), METHOD.md §4."""
+  kg = ds.kg.copy()
+  kg[:, [0, 2]] += ds.item_offset
+  ui = np.stack([ds.train[:, 0], np.full(len(ds.train), ds.n_relations),
+                 ds.train[:, 1] + ds.item_offset], axis=1)
+  return np.concatenate([kg, ui]).astype(np.int64)
+
+
+def kge_epoch(triples: np.ndarray, n_steps: int, batch_size: int, tail_low: int, tail_high: int,
+              rng: np.random.Generator) -> Dict[str, np.ndarray]:
+  """n_steps batches of triples drawn at random, each with a uniform negative tail row in
+  [tail_low, tail_high)."""
+  idx = rng.integers(len(triples), size=(n_steps, batch_size))
+  t = triples[idx]
+  neg = rng.integers(tail_low, tail_high, size=(n_steps, batch_size))
+  return {"head": t[..., 0].astype(np.int32), "relation": t[..., 1].astype(np.int32),
+          "tail": t[..., 2].astype(np.int32), "neg_tail": neg.astype(np.int32)}

@@ -1,0 +1,59 @@
+"""The loss terms of CIKGRec (METHOD.md §4) as pure functions of arrays.
+
+Mini-batches have a static shape; a 0/1 `mask` marks the real rows of a padded batch and every
+mean is over the real rows only.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _masked_mean(values, mask):
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def bpr_loss(u, i, j, mask, cf_weight: float = 1.0):
+  """cf_weight * mean(-log(sigmoid(<u,i> - <u,j>) + 1e-10))."""
+  diff = jnp.sum(u * i, axis=-1) - jnp.sum(u * j, axis=-1)
+  return cf_weight * _masked_mean(-jnp.log(jax.nn.sigmoid(diff) + 1e-10), mask)
+
+
+def l2_reg(ego_rows, mask, l2: float):
+  """l2 * 0.5 * sum of squared norms of the batch's ego rows / batch size."""
+  sq = sum(jnp.sum(e * e, axis=-1) for e in ego_rows)
+  return l2 * 0.5 * jnp.sum(sq * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def scaled_cosine_error(pred, target, row_mask, gamma: float):
+  """GraphMAE's SCE: mean over the masked rows of (1 - cos(pred, target))^gamma."""
+  p = pred / jnp.maximum(jnp.linalg.norm(pred, axis=-1, keepdims=True), 1e-12)
+  t = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), 1e-12)
+  err = (1.0 - jnp.sum(p * t, axis=-1)) ** gamma
+  return _masked_mean(err, row_mask)
+
+
+def l2_normalize(x, eps: float = 1e-12):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def info_nce(anchors, candidates, positive_index, mask, tau: float):
+  """InfoNCE with the positive in the denominator:
+  mean over anchors of logsumexp_c((s(a, c) - s(a, pos)) / tau); inputs L2-normalised."""
+  logits = anchors @ candidates.T / tau
+  pos = jnp.take_along_axis(logits, positive_index[:, None], axis=1)[:, 0]
+  return _masked_mean(jax.nn.logsumexp(logits, axis=1) - pos, mask)
+
+
+def l2_mean(x):
+  """KGAT's _L2_loss_mean: mean over rows of sum(x^2) / 2."""
+  return jnp.mean(jnp.sum(x * x, axis=-1) / 2.0)
+
+
+def transe_loss(h, r, t, t_neg, l2: float):
+  """mean(-log sigmoid(|h+r-t'|^2 - |h+r-t|^2)) + l2 * (L2(h) + L2(r) + L2(t) + L2(t'))."""
+  pos = jnp.sum((h + r - t) ** 2, axis=-1)
+  neg = jnp.sum((h + r - t_neg) ** 2, axis=-1)
+  kg = jnp.mean(-jax.nn.log_sigmoid(neg - pos))
+  return kg + l2 * (l2_mean(h) + l2_mean(r) + l2_mean(t) + l2_mean(t_neg))

@@ -1,0 +1,181 @@
+"""CIKGRec as pure functions of (params, graphs, batch, key): parameters, the masked
+user-interest reconstruction, the three contrastive views and the total loss (METHOD.md §2-4).
+
+`Graphs` carries the propagation operators and the static sizes, and travels as a jit argument
+(not a closure constant) so large edge arrays are not baked into the compiled program.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cikg_jax import losses
+from cikg_jax import propagation as prop
+
+
+@flax.struct.dataclass
+class Graphs:
+  ops: Dict[str, prop.Operator]
+  interest_rows: jnp.ndarray     # node rows the reconstruction may mask
+  n_users: int = flax.struct.field(pytree_node=False)
+  n_items: int = flax.struct.field(pytree_node=False)
+  n_nodes: int = flax.struct.field(pytree_node=False)
+
+
+def make_graphs(graphs, ds, config) -> Graphs:
+  """Operators for the graphs the configured losses need, and the rows UIR may mask."""
+  needed = ["cikg"]
+  if config.uir.weight > 0:
+    needed.append("cikg_no_loops")
+  if config.cl.weight > 0:
+    needed += ["cf", "interest", "kg"]
+  ops = {name: prop.make_operator(graphs[name]) for name in needed}
+  if config.views == "release":
+    # The release masks the whole interest id range, isolated rows included (METHOD.md §7.5).
+    rows = ds.interest_offset + np.arange(ds.n_interests)
+  else:
+    rows = ds.n_users + ds.connected_interest_ids()
+  return Graphs(ops=ops, interest_rows=jnp.asarray(rows, jnp.int32), n_users=ds.n_users,
+                n_items=ds.n_items, n_nodes=ds.n_nodes)
+
+
+def init_params(key: jax.Array, n_nodes: int, n_relations: int, config) -> Dict:
+  """Xavier-uniform node table; mask token (zeros) and the encoder-to-decoder Linear(d, d) for
+  UIR; relation vectors for TransE."""
+  dim = config.model.embed_dim
+  k_emb, k_e2d, k_rel = jax.random.split(key, 3)
+  params = {"embedding": nn.initializers.xavier_uniform()(k_emb, (n_nodes, dim), jnp.float32)}
+  if config.uir.weight > 0:
+    params["mask_token"] = jnp.zeros((1, dim), jnp.float32)
+    params["e2d"] = nn.Dense(dim).init(k_e2d, jnp.zeros((1, dim)))["params"]
+  if config.kge.use:
+    params["relation"] = nn.initializers.xavier_uniform()(k_rel, (n_relations + 1, dim),
+                                                          jnp.float32)
+  return params
+
+
+def _backend(config) -> str:
+  b = config.model.backend
+  return prop.default_backend() if b == "auto" else b
+
+
+# ---- user-interest reconstruction ---------------------------------------------------------
+def choose_masked_rows(key, n_rows: int, mask_rate, replace_rate: float):
+  """Fixed-shape choice of round(p * n) rows: a random ranking, `rank < k`. Of the chosen,
+  the last `replace_rate` share by rank is replaced by other interest rows, the rest gets the
+  mask token. Returns (chosen, token, noise) boolean vectors."""
+  ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (n_rows,))))
+  k = jnp.round(mask_rate * n_rows).astype(jnp.int32)
+  n_noise = jnp.floor(replace_rate * k).astype(jnp.int32)
+  chosen = ranks < k
+  token = ranks < (k - n_noise)
+  return chosen, token, chosen & ~token
+
+
+def uir_loss(params, graphs: Graphs, key, mask_rate, config):
+  """GraphMAE-style masked reconstruction of interest-node embeddings through the CIKG."""
+  backend = _backend(config)
+  ego = params["embedding"]
+  rows = graphs.interest_rows
+  k_choose, k_noise, k_drop = jax.random.split(key, 3)
+  chosen, token, noise = choose_masked_rows(k_choose, rows.shape[0], mask_rate,
+                                            config.uir.replace_rate)
+  donors = rows[jax.random.randint(k_noise, rows.shape, 0, rows.shape[0])]
+  original = ego[rows]
+  masked = jnp.where(token[:, None], params["mask_token"],
+                     jnp.where(noise[:, None], ego[donors], original))
+  x = ego.at[rows].set(masked)
+  if config.uir.edge_drop > 0:
+    # Drop edges of the CIKG, then add self loops (the "cikg" graph's added loops never drop).
+    op = graphs.ops["cikg"]
+    w = prop.normalized_weights(op, prop.edge_keep_mask(op, k_drop, config.uir.edge_drop))
+  else:
+    op = graphs.ops["cikg_no_loops"]
+    w = prop.normalized_weights(op)
+  enc = prop.propagate(op, x, config.uir.enc_layers, w, backend)
+  h = nn.Dense(ego.shape[1]).apply({"params": params["e2d"]}, enc)
+  h = h.at[rows].set(jnp.where(chosen[:, None], 0.0, h[rows]))
+  dec_op = graphs.ops["cikg_no_loops"]
+  dec = prop.propagate(dec_op, h, config.uir.dec_layers, None, backend)
+  err = losses.scaled_cosine_error(dec[rows], original, chosen.astype(jnp.float32),
+                                   config.uir.gamma)
+  return err, jnp.sum(chosen)
+
+
+# ---- cross-domain contrastive learning ----------------------------------------------------
+def simgcl_noise(key, eps: float):
+  """e += sign(e) * normalize(U[0, 1)) * eps after every layer, a fresh draw per layer."""
+  def perturb(layer, e):
+    u = jax.random.uniform(jax.random.fold_in(key, layer), e.shape)
+    return e + jnp.sign(e) * losses.l2_normalize(u) * eps
+  return perturb
+
+
+def cl_loss(params, graphs: Graphs, batch, key, config):
+  backend = _backend(config)
+  ego = params["embedding"]
+  layers = config.model.num_layers
+  z1 = losses.l2_normalize(prop.propagate(graphs.ops["cf"], ego, layers, None, backend,
+                                          perturb=simgcl_noise(key, config.cl.eps)))
+  z2 = losses.l2_normalize(prop.propagate(graphs.ops["interest"], ego, layers, None, backend))
+  z3 = losses.l2_normalize(prop.propagate(graphs.ops["kg"], ego, layers, None, backend))
+  users, pos, mask = batch["users"], batch["pos"], batch["mask"]
+  n_users = graphs.n_users
+  user_term = losses.info_nce(z1[users], z2[:n_users], users, mask, config.cl.tau)
+  item_term = losses.info_nce(z1[n_users + pos], z3[n_users:], pos, mask, config.cl.tau)
+  return user_term, item_term
+
+
+# ---- the main objective -------------------------------------------------------------------
+def final_embeddings(params, graphs: Graphs, config):
+  """Propagated embeddings of the main graph, for scoring: (users, items)."""
+  out = prop.propagate(graphs.ops["cikg"], params["embedding"], config.model.num_layers, None,
+                       _backend(config))
+  return out[:graphs.n_users], out[graphs.n_users:graphs.n_users + graphs.n_items]
+
+
+def total_loss(params, graphs: Graphs, batch, key, config) -> Tuple[jnp.ndarray, Dict]:
+  """L = L_rec + L_CL + L_UIR for one mini-batch; returns (loss, per-term metrics)."""
+  backend = _backend(config)
+  k_edge, k_msg, k_cl, k_uir = jax.random.split(key, 4)
+  ego = params["embedding"]
+  op = graphs.ops["cikg"]
+  keep = (prop.edge_keep_mask(op, k_edge, config.model.edge_dropout)
+          if config.model.edge_dropout > 0 else None)
+  x = ego
+  if config.model.message_dropout > 0:
+    p = config.model.message_dropout
+    x = jnp.where(jax.random.bernoulli(k_msg, 1 - p, ego.shape), ego / (1 - p), 0.0)
+  out = prop.propagate(op, x, config.model.num_layers, prop.normalized_weights(op, keep), backend)
+  users = batch["users"]
+  pos = batch["pos"] + graphs.n_users
+  neg = batch["neg"] + graphs.n_users
+  mask = batch["mask"]
+  bpr = losses.bpr_loss(out[users], out[pos], out[neg], mask, config.train.cf_weight)
+  reg = losses.l2_reg((ego[users], ego[pos], ego[neg]), mask, config.train.l2)
+  metrics = {"bpr": bpr, "reg": reg}
+  loss = bpr + reg
+  if config.cl.weight > 0:
+    user_term, item_term = cl_loss(params, graphs, batch, k_cl, config)
+    metrics["cl_user"], metrics["cl_item"] = user_term, item_term
+    metrics["cl"] = config.cl.weight * (user_term + item_term)
+    loss = loss + metrics["cl"]
+  if config.uir.weight > 0:
+    err, n_masked = uir_loss(params, graphs, k_uir, batch["mask_rate"], config)
+    metrics["uir"] = config.uir.weight * err
+    metrics["uir_masked_rows"] = n_masked.astype(jnp.float32)
+    loss = loss + metrics["uir"]
+  metrics["loss"] = loss
+  return loss, metrics
+
+
+def kge_loss(params, batch, config):
+  emb, rel = params["embedding"], params["relation"]
+  return losses.transe_loss(emb[batch["head"]], rel[batch["relation"]], emb[batch["tail"]],
+                            emb[batch["neg_tail"]], config.kge.l2)

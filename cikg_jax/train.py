@@ -1,0 +1,281 @@
+"""Training driver: the train state, one jitted train step, the epoch loop with early stopping on
+the selection split, JSON-lines logging, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from cikg_jax import checkpoint as ckpt
+from cikg_jax import evaluation, model, schedules
+from cikg_jax import graph as graph_lib
+from cikg_jax.data import dataset as dataset_lib
+from cikg_jax.data import sampling
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: Dict[str, Any]
+  opt_state: Any
+  kge_opt_state: Any
+
+
+def make_optimizers(config):
+  return optax.adam(config.train.lr), optax.adam(config.kge.lr)
+
+
+def create_train_state(key, ds, config, tx, kge_tx) -> TrainState:
+  params = model.init_params(key, ds.n_nodes, ds.n_relations, config)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    kge_opt_state=kge_tx.init(params) if config.kge.use else None)
+
+
+def _keep_if(ok, new, old):
+  """A non-finite step leaves the state untouched, so the run can stop with the last good one."""
+  return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def make_train_step(config, tx):
+  """The one train step: a pure function (state, batch, key, graphs) -> (state, metrics).
+
+  `graphs` is an argument, not a closure constant, so the step can be jitted once per run and
+  mapped over devices (batch and key split, state and graphs replicated)."""
+
+  def train_step(state: TrainState, batch, key, graphs: model.Graphs):
+    grad_fn = jax.value_and_grad(model.total_loss, has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params, graphs, batch, key, config)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ok = jnp.isfinite(loss)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    metrics["finite"] = ok
+    return _keep_if(ok, new, state), metrics
+
+  return train_step
+
+
+def make_kge_step(config, kge_tx):
+  """TransE step with its own Adam (METHOD.md §4)."""
+
+  def kge_step(state: TrainState, batch):
+    loss, grads = jax.value_and_grad(model.kge_loss)(state.params, batch, config)
+    updates, kge_opt_state = kge_tx.update(grads, state.kge_opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ok = jnp.isfinite(loss)
+    new = state.replace(params=params, kge_opt_state=kge_opt_state)
+    return _keep_if(ok, new, state), {"kge": loss, "finite": ok}
+
+  return kge_step
+
+
+# ---- evaluation sets ------------------------------------------------------------------------
+def make_eval_sets(ds, config) -> Dict[str, evaluation.EvalSet]:
+  """Known items are excluded from ranking: training items, and for test also validation."""
+  c = config.eval.chunk_size
+  sets = {"test": evaluation.make_eval_set(ds.test, [ds.train, ds.valid], ds.n_users,
+                                           ds.n_items, c)}
+  if ds.selection == "valid":
+    sets["valid"] = evaluation.make_eval_set(ds.valid, [ds.train], ds.n_users, ds.n_items, c)
+  return sets
+
+
+def selection_score(metrics: Dict[str, float], k: int) -> float:
+  return metrics[f"recall@{k}"] + metrics[f"ndcg@{k}"]
+
+
+def _mean_metrics(step_metrics: List[Dict]) -> Dict[str, float]:
+  if not step_metrics:
+    return {}
+  stacked = jax.device_get(step_metrics)
+  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0] if k != "finite"}
+
+
+def _check_finite(step_metrics, epoch, what, workdir):
+  flags = np.asarray(jax.device_get([m["finite"] for m in step_metrics]))
+  if flags.size and not flags.all():
+    bad = int(np.flatnonzero(~flags)[0])
+    raise FloatingPointError(
+        f"non-finite {what} loss at epoch {epoch}, step {bad} of the epoch: training stopped. "
+        f"The state was kept at the last finite step; the last checkpoint (end of epoch "
+        f"{epoch - 1}) is in {os.path.join(workdir, 'checkpoints')}. Lower the learning rate "
+        "or check the data.")
+
+
+def _truncate_jsonl(path: str, last_epoch: int) -> None:
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    keep = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] <= last_epoch]
+  with open(path, "w") as f:
+    f.writelines(keep)
+
+
+def setup(config, verbose: bool = True):
+  """Data, graphs and operators for a config (shared by training, benchmarks and prediction)."""
+  ds = dataset_lib.load_from_config(config, verbose=verbose)
+  graphs = graph_lib.build_graphs(ds, views=config.views,
+                                  add_self_loops=config.model.add_self_loops,
+                                  use_kg_edges=config.model.use_kg_edges,
+                                  use_interest_edges=config.model.use_interest_edges,
+                                  verbose=verbose)
+  config = _effective_config(config, ds)
+  return ds, config, model.make_graphs(graphs, ds, config)
+
+
+def _effective_config(config, ds):
+  """Switches off terms the data cannot support, loudly."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.kge.use and not ds.has_kg:
+    print("note: no KG triples: TransE (kge.use) switched off", flush=True)
+    config.kge.use = False
+  if config.uir.weight > 0 and (ds.n_interests == 0 or not config.model.use_interest_edges):
+    print("note: no interest nodes: interest reconstruction (uir.weight) switched off", flush=True)
+    config.uir.weight = 0.0
+  return config
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains to early stop on the selection split and writes config.json, metrics.jsonl,
+  results.json (and checkpoints/, curves.png) into `workdir`; resumes if interrupted."""
+  os.makedirs(workdir, exist_ok=True)
+  t_setup = time.perf_counter()
+  ds, config, graphs = setup(config)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=2, default=str)
+  eval_sets = make_eval_sets(ds, config)
+  train_counts = np.bincount(ds.train[:, 0], minlength=ds.n_users)
+  ks = tuple(config.eval.ks)
+  sel_name = ds.selection
+
+  tx, kge_tx = make_optimizers(config)
+  root_key = jax.random.PRNGKey(config.seed)
+  state = create_train_state(jax.random.fold_in(root_key, 0), ds, config, tx, kge_tx)
+  train_step = jax.jit(make_train_step(config, tx), donate_argnums=0)
+  kge_step = jax.jit(make_kge_step(config, kge_tx), donate_argnums=0) if config.kge.use else None
+  embed = jax.jit(lambda params, g: model.final_embeddings(params, g, config))
+  sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
+  if config.kge.use:
+    triples = sampling.kge_triples(ds)
+    kge_steps = max(1, len(triples) // config.kge.batch_size)
+    # paper: negative tails are entity rows; release: its range is mostly user rows (§7.3).
+    tail_range = ((ds.item_offset, ds.item_offset + ds.n_entities) if config.views == "paper"
+                  else (0, ds.n_entities))
+
+  loop = {"epoch": -1, "best_score": -np.inf, "best_epoch": -1, "bad_epochs": 0,
+          "best": {}, "train_seconds": 0.0, "epoch_seconds": [], "stopped": False}
+  best_params = jax.tree_util.tree_map(jnp.copy, state.params)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  mgr = ckpt.manager(workdir) if config.train.checkpoint else None
+  if mgr is not None:
+    restored = ckpt.restore_latest(mgr, state, best_params)
+    if restored is not None:
+      state, best_params, loop = restored
+      print(f"resumed from {workdir}/checkpoints at epoch {loop['epoch']}", flush=True)
+  if mgr is None or loop["epoch"] < 0:
+    open(metrics_path, "w").close()
+  else:
+    _truncate_jsonl(metrics_path, loop["epoch"])
+  setup_seconds = time.perf_counter() - t_setup
+
+  def eval_split(params, name, groups=False):
+    u, i = embed(params, graphs)
+    return evaluation.evaluate(u, i, eval_sets[name], ks, train_counts,
+                               config.eval.n_groups if groups else 0)
+
+  pbar = tqdm(range(loop["epoch"] + 1, config.train.max_epochs), desc=f"train {ds.name}",
+              unit="epoch", dynamic_ncols=True, disable=None)
+  for epoch in pbar:
+    if loop["stopped"]:
+      break
+    t0 = time.perf_counter()
+    epoch_key = jax.random.fold_in(root_key, epoch + 1)
+    rate = schedules.mask_rate(epoch, config.uir.schedule, config.uir.p0, config.uir.pmax,
+                               config.uir.total_epoch)
+    batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size,
+                                 sampling.epoch_rng(config.seed, epoch))
+    step_metrics = []
+    for b in range(batches["users"].shape[0]):
+      batch = {k: v[b] for k, v in batches.items()}
+      batch["mask_rate"] = np.float32(rate)
+      state, m = train_step(state, batch, jax.random.fold_in(epoch_key, b), graphs)
+      step_metrics.append(m)
+    _check_finite(step_metrics, epoch, "training", workdir)
+    losses = _mean_metrics(step_metrics)
+    if kge_step is not None:
+      kbatches = sampling.kge_epoch(triples, kge_steps, config.kge.batch_size, *tail_range,
+                                    sampling.epoch_rng(config.seed, epoch, 1))
+      kge_metrics = []
+      for b in range(kge_steps):
+        state, m = kge_step(state, {k: v[b] for k, v in kbatches.items()})
+        kge_metrics.append(m)
+      _check_finite(kge_metrics, epoch, "TransE", workdir)
+      losses.update(_mean_metrics(kge_metrics))
+    jax.block_until_ready(state)
+    t_train = time.perf_counter() - t0
+
+    sel_metrics, _ = eval_split(state.params, sel_name)
+    score = selection_score(sel_metrics, config.eval.select_k)
+    improved = score > loop["best_score"]
+    if improved:
+      best_params = jax.tree_util.tree_map(jnp.copy, state.params)
+      best = {"valid": {}, "test": {}, "test_groups": None}
+      best[sel_name] = sel_metrics
+      test_metrics, test_groups = eval_split(state.params, "test", groups=True)
+      best["test"], best["test_groups"] = test_metrics, test_groups
+      loop.update(best_score=score, best_epoch=epoch, bad_epochs=0, best=best)
+    else:
+      loop["bad_epochs"] += 1
+    seconds = time.perf_counter() - t0
+    loop["epoch"] = epoch
+    loop["train_seconds"] += seconds
+    loop["epoch_seconds"].append(t_train)
+    record = {"epoch": epoch, **losses, "mask_rate": rate,
+              **{f"{sel_name}/{k}": v for k, v in sel_metrics.items()},
+              "selection_score": score, "best_epoch": loop["best_epoch"],
+              "train_seconds": t_train, "seconds": seconds}
+    with open(metrics_path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if loop["bad_epochs"] >= config.train.patience:
+      loop["stopped"] = True
+    if mgr is not None:
+      ckpt.save(mgr, epoch, state, best_params, loop)
+    pbar.set_postfix(loss=f"{losses['loss']:.4f}",
+                     **{f"{sel_name}_r@20": f"{sel_metrics['recall@20']:.4f}"},
+                     best=loop["best_epoch"])
+    if loop["stopped"]:
+      break
+  pbar.close()
+
+  results = {
+      "dataset": ds.name, "selection": sel_name, "views": config.views,
+      "best_epoch": loop["best_epoch"], "epochs_run": loop["epoch"] + 1,
+      "stopped_early": bool(loop["stopped"]),
+      "valid": loop["best"].get("valid", {}), "test": loop["best"].get("test", {}),
+      "test_groups": loop["best"].get("test_groups"),
+      "train_seconds": loop["train_seconds"], "setup_seconds": setup_seconds,
+      "epoch_seconds_median": float(np.median(loop["epoch_seconds"])) if loop["epoch_seconds"]
+      else None,
+      "train_step_compilations": train_step._cache_size(),
+      "backend": model._backend(config), "devices": [str(d) for d in jax.devices()],
+      "n_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
+  }
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  if config.train.plot:
+    from cikg_jax import plots
+    plots.training_curves(metrics_path, os.path.join(workdir, "curves.png"), sel_name)
+  print(f"best epoch {results['best_epoch']}: test "
+        + "  ".join(f"{k} {results['test'].get(k, float('nan')):.4f}"
+                    for k in ("recall@20", "ndcg@20", "recall@50", "ndcg@50")), flush=True)
+  return results

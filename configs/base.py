@@ -1,0 +1,70 @@
+"""Defaults shared by every config: the release's DBbook2014 values (METHOD.md §5), paper views,
+validation-based model selection. Dataset files override what differs."""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.dataset = "dbbook2014"
+  c.data_dir = ""            # or the CIKG_DATA_DIR environment variable
+  c.interest_file = ""       # a user_interest_clustered.txt replacing the dataset's own ("" = own)
+  c.synthetic_dir = ""       # where the synthetic dataset is generated ("" = ~/.cache/cikg_jax)
+  c.synthetic = ml_collections.ConfigDict(dict(n_users=300, n_items=200, seed=0))
+  c.selection = "valid"      # "valid": select/stop on a held-out 1/8 of train; "test": the release's
+  c.valid_fraction = 0.125
+  c.views = "paper"          # contrastive views: "paper" (the intent) or "release" (its bugs)
+  c.seed = 2024
+
+  c.model = ml_collections.ConfigDict()
+  c.model.embed_dim = 64
+  c.model.num_layers = 3
+  c.model.add_self_loops = True
+  c.model.use_kg_edges = True
+  c.model.use_interest_edges = True
+  c.model.edge_dropout = 0.0
+  c.model.message_dropout = 0.0
+  c.model.backend = "auto"   # "bcsr" (fast on CPU), "segment" (gather + segment_sum), "auto"
+
+  c.train = ml_collections.ConfigDict()
+  c.train.lr = 8e-4
+  c.train.batch_size = 1024
+  c.train.max_epochs = 2000
+  c.train.patience = 10
+  c.train.cf_weight = 1.5
+  c.train.l2 = 1e-5
+  c.train.checkpoint = True
+  c.train.plot = True
+
+  # User-interest reconstruction (GraphMAE-style); weight 0 switches it off.
+  c.uir = ml_collections.ConfigDict()
+  c.uir.weight = 0.03
+  c.uir.enc_layers = 2
+  c.uir.dec_layers = 1
+  c.uir.replace_rate = 0.15
+  c.uir.edge_drop = 0.2
+  c.uir.gamma = 2.0
+  c.uir.schedule = "exp"     # "exp", "lin" or "const"
+  c.uir.p0 = 0.05
+  c.uir.pmax = 0.75
+  c.uir.total_epoch = 150
+
+  # Cross-domain contrastive learning; weight 0 switches it off.
+  c.cl = ml_collections.ConfigDict()
+  c.cl.weight = 0.01
+  c.cl.tau = 0.2
+  c.cl.eps = 0.1
+
+  # TransE on KG + interaction triples with its own optimizer, after each epoch's BPR loop.
+  c.kge = ml_collections.ConfigDict()
+  c.kge.use = True
+  c.kge.lr = 0.002
+  c.kge.l2 = 1e-3
+  c.kge.batch_size = 4096
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.ks = (20, 50, 100)
+  c.eval.chunk_size = 1024
+  c.eval.select_k = 50       # early stopping on recall@k + ndcg@k
+  c.eval.n_groups = 4        # user groups by training-interaction count (quantiles)
+  return c
