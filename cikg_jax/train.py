@@ -246,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
               "train_seconds": t_train, "seconds": seconds}
     with open(metrics_path, "a") as f:
       f.write(json.dumps(record) + "\n")
-    if loop["bad_epochs"] >= config.train.patience:
+    if loop["bad_epochs"] >= config.train.patience and epoch + 1 >= config.train.min_epochs:
       loop["stopped"] = True
     if mgr is not None:
       ckpt.save(mgr, epoch, state, best_params, loop)

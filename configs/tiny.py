@@ -18,6 +18,7 @@ def get_config():
   c.train.batch_size = 256
   c.train.max_epochs = 30
   c.train.patience = 5
+  c.train.min_epochs = 0
   c.uir.total_epoch = 30
   c.kge.batch_size = 256
   c.eval.chunk_size = 128
