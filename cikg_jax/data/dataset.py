@@ -85,13 +85,16 @@ def _pairs(user_items: Dict[int, List[int]]) -> np.ndarray:
 
 
 def split_validation(train: Dict[int, List[int]], fraction: float, seed: int):
-  """Holds out a seeded `fraction` of each user's training items (rounded, at least one item
-  left for training), so model selection never looks at the test set."""
+  """Holds out a seeded `fraction` of each user's training items, so model selection never looks
+  at the test set. Rounding is stochastic (n*f rounded up with probability equal to its fractional
+  part) so the held-out share is `fraction` in expectation for every user and overall, even when
+  most users have fewer than 8 items; at least one item stays in training."""
   rng = np.random.default_rng(seed)
   fit, valid = {}, {}
   for u in sorted(train):
     items = list(train[u])
-    n_valid = int(np.floor(len(items) * fraction + 0.5))
+    want = len(items) * fraction
+    n_valid = int(np.floor(want)) + int(rng.random() < want - np.floor(want))
     n_valid = min(n_valid, len(items) - 1)
     held = set(rng.choice(len(items), size=n_valid, replace=False).tolist()) if n_valid > 0 else set()
     fit[u] = [it for k, it in enumerate(items) if k not in held]

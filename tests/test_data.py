@@ -1,0 +1,143 @@
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from cikg_jax.data import dataset as dataset_lib
+from cikg_jax.data import files, sampling, synthetic
+
+
+def _write(root, name, text):
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, name), "w") as f:
+    f.write(text)
+
+
+@pytest.fixture()
+def toy_dir(tmp_path):
+  root = tmp_path / "toy"
+  _write(root, "train.txt", "0 0 1 2\n1 2 3\n2 0 4\n")
+  _write(root, "test.txt", "0 3\n1 0\n2 1 2\n")
+  _write(root, "kg_final.txt", "0 0 5\n1 0 5\n4 1 6\n\n")  # trailing blank line is fine
+  _write(root, "user_interest_clustered.txt", "0 7\n1 7\n2 8\n")
+  return tmp_path
+
+
+def test_loads_toy(toy_dir):
+  ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  assert (ds.n_users, ds.n_items, ds.n_entities, ds.n_relations) == (3, 5, 7, 2)
+  assert ds.n_interests == 2 and ds.n_nodes == 3 + 7 + 2
+  assert len(ds.train) == 7 and len(ds.test) == 4 and len(ds.valid) == 0
+
+
+def test_env_var_data_dir(toy_dir, monkeypatch):
+  monkeypatch.setenv("CIKG_DATA_DIR", str(toy_dir))
+  assert dataset_lib.load_dataset(None, "toy", selection="test", verbose=False).n_users == 3
+  monkeypatch.delenv("CIKG_DATA_DIR")
+  with pytest.raises(ValueError, match="CIKG_DATA_DIR"):
+    dataset_lib.load_dataset(None, "toy", verbose=False)
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("train.txt", "0 0 1\n1 2 x\n", r"train.txt:2: item id 'x' is not an integer"),
+    ("train.txt", "0 0 1\n\n1 2\n", r"train.txt:2: empty line inside the file"),
+    ("train.txt", "0 0 1\n0 2\n", r"train.txt:2: duplicate line for user 0"),
+    ("train.txt", "0 0 1\n1 2 2\n", r"train.txt:2: item 2 listed twice for user 1"),
+    ("train.txt", "0 0 1\n1\n", r"train.txt:2: user 1 has no items"),
+    ("train.txt", "0 0 1\n2 3\n", r"train.txt: user 1 has no training items"),
+    ("train.txt", "0 0 -1\n", r"train.txt:1: item id -1 is negative"),
+    ("test.txt", "0 1\n", r"test.txt:1: user 0: item 1 is both a training item and a test item"),
+    ("test.txt", "0 3\n5 1\n", r"test.txt:2: user 5 has test items but no line"),
+    ("kg_final.txt", "0 0 5\n1 0\n", r"kg_final.txt:2: expected 3 integers"),
+    ("user_interest_clustered.txt", "0 3\n", r"user_interest_clustered.txt:1: interest id 3 "
+     r"collides with the entity range"),
+    ("user_interest_clustered.txt", "9 7\n", r"user_interest_clustered.txt:1: user id 9 out of "
+     r"range"),
+])
+def test_malformed_input_names_file_line_and_problem(toy_dir, name, text, message):
+  _write(toy_dir / "toy", name, text)
+  if name == "train.txt":
+    _write(toy_dir / "toy", "test.txt", "0 3\n")
+  with pytest.raises(files.DataFormatError, match=message):
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+
+
+def test_item_out_of_range_with_item_list(toy_dir):
+  _write(toy_dir / "toy", "item_list.txt", "org_id remap_id name\n" +
+         "".join(f"{i} {i} Book {i}\n" for i in range(4)))
+  with pytest.raises(files.DataFormatError, match=r"train.txt:3: item id 4 out of range"):
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+
+
+def test_missing_file_and_missing_kg(toy_dir):
+  os.remove(toy_dir / "toy" / "kg_final.txt")
+  with pytest.warns(UserWarning, match="kg_final.txt not found: training without item-side"):
+    ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  assert not ds.has_kg and ds.n_relations == 0
+  os.remove(toy_dir / "toy" / "test.txt")
+  with pytest.raises(files.DataFormatError, match="test.txt: file not found"):
+    dataset_lib.load_dataset(str(toy_dir), "toy", verbose=False)
+
+
+def test_duplicate_interest_lines_warn(toy_dir):
+  _write(toy_dir / "toy", "user_interest_clustered.txt", "0 7\n0 7\n")
+  with pytest.warns(UserWarning, match="1 duplicate lines ignored"):
+    ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  assert len(ds.user_interest) == 1
+
+
+def test_validation_split_is_seeded_disjoint_and_one_eighth(data_dir):
+  a = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=1, verbose=False)
+  b = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=1, verbose=False)
+  c = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=2, verbose=False)
+  full = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="test", verbose=False)
+  assert np.array_equal(a.valid, b.valid) and not np.array_equal(a.valid, c.valid)
+  assert len(a.train) + len(a.valid) == len(full.train) == 50745
+  key = lambda p: set(map(tuple, p.tolist()))
+  assert key(a.train) | key(a.valid) == key(full.train)
+  assert not key(a.train) & key(a.valid)
+  assert 0.10 < len(a.valid) / len(full.train) < 0.14
+  assert np.all(np.bincount(a.train[:, 0], minlength=a.n_users) >= 1)
+
+
+def test_paper_dataset_statistics(data_dir):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    ds = dataset_lib.load_dataset(data_dir, "book-crossing", selection="test", verbose=False)
+  assert (ds.n_users, ds.n_items, ds.n_entities) == (6616, 8853, 9526)
+  assert (len(ds.train), len(ds.test), len(ds.kg)) == (85989, 24673, 1137)
+  assert ds.interest_offset + ds.n_interests == ds.n_users + 9776  # ids up to 9775 covered
+  assert len(np.unique(ds.user_interest[:, 0])) == 6575
+
+
+def test_negative_sampler_never_returns_a_positive():
+  rng = np.random.default_rng(0)
+  n_users, n_items = 50, 12
+  pairs = np.array([(u, i) for u in range(n_users)
+                    for i in rng.choice(n_items, size=rng.integers(1, n_items), replace=False)])
+  sampler = sampling.NegativeSampler(pairs, n_users, n_items)
+  users = np.repeat(np.arange(n_users), 200)
+  neg = sampler.sample(users, np.random.default_rng(1))
+  positives = set(map(tuple, pairs.tolist()))
+  assert not any((u, j) in positives for u, j in zip(users.tolist(), neg.tolist()))
+  again = sampler.sample(users, np.random.default_rng(1))
+  assert np.array_equal(neg, again)  # seeded
+  with pytest.raises(ValueError, match="every item"):
+    sampling.NegativeSampler(np.array([(0, 0), (0, 1)]), 1, 2)
+
+
+def test_bpr_epoch_visits_every_interaction_once():
+  pairs = np.array([(u, i) for u in range(7) for i in range(u % 3 + 1)])
+  sampler = sampling.NegativeSampler(pairs, 7, 5)
+  ep = sampling.bpr_epoch(pairs, sampler, 4, np.random.default_rng(0))
+  assert ep["users"].shape == (4, 4)
+  m = ep["mask"].reshape(-1) > 0
+  got = sorted(zip(ep["users"].reshape(-1)[m].tolist(), ep["pos"].reshape(-1)[m].tolist()))
+  assert got == sorted(map(tuple, pairs.tolist()))
+
+
+def test_synthetic_dataset_round_trips_through_the_loader(tmp_path):
+  d = synthetic.ensure(str(tmp_path), n_users=40, n_items=30)
+  ds = dataset_lib.load_dataset(d, "synthetic", verbose=False)
+  assert ds.n_users == 40 and ds.n_items == 30 and ds.has_kg and ds.n_interests > 0
