@@ -41,6 +41,10 @@ def create_train_state(key, ds, config, tx, kge_tx) -> TrainState:
                     kge_opt_state=kge_tx.init(params) if config.kge.use else None)
 
 
+def _all_finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
 def _keep_if(ok, new, old):
   """A non-finite step leaves the state untouched, so the run can stop with the last good one."""
   return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
@@ -57,7 +61,7 @@ def make_train_step(config, tx):
     (loss, metrics), grads = grad_fn(state.params, graphs, batch, key, config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ok = jnp.isfinite(loss)
+    ok = jnp.isfinite(loss) & _all_finite(params)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     metrics["finite"] = ok
     return _keep_if(ok, new, state), metrics
@@ -72,7 +76,7 @@ def make_kge_step(config, kge_tx):
     loss, grads = jax.value_and_grad(model.kge_loss)(state.params, batch, config)
     updates, kge_opt_state = kge_tx.update(grads, state.kge_opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ok = jnp.isfinite(loss)
+    ok = jnp.isfinite(loss) & _all_finite(params)
     new = state.replace(params=params, kge_opt_state=kge_opt_state)
     return _keep_if(ok, new, state), {"kge": loss, "finite": ok}
 

@@ -1,0 +1,85 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cikg_jax import losses, schedules
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_bpr_and_l2_against_numpy_with_padding():
+  rng = np.random.default_rng(0)
+  u, i, j = (rng.standard_normal((6, 4)).astype(np.float32) for _ in range(3))
+  mask = np.array([1, 1, 1, 1, 0, 0], np.float32)
+  got = losses.bpr_loss(u, i, j, mask, cf_weight=1.5)
+  s = (u * i).sum(1) - (u * j).sum(1)
+  ref = 1.5 * np.mean(-np.log(_sigmoid(s[:4]) + 1e-10))
+  assert float(got) == pytest.approx(ref, rel=1e-5)
+  reg = losses.l2_reg((u, i, j), mask, 1e-2)
+  ref_reg = 1e-2 * 0.5 * sum((x[:4] ** 2).sum() for x in (u, i, j)) / 4
+  assert float(reg) == pytest.approx(ref_reg, rel=1e-5)
+
+
+def test_bpr_hand_value():
+  # s = 0 -> -log(0.5) = log 2
+  u = jnp.array([[1.0, 0.0]])
+  assert float(losses.bpr_loss(u, u, u, jnp.ones(1))) == pytest.approx(np.log(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 3.0])
+def test_scaled_cosine_error(gamma):
+  rng = np.random.default_rng(1)
+  p, t = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+  rows = np.array([1, 0, 1, 1, 0], np.float32)
+  cos = (p * t).sum(1) / np.linalg.norm(p, axis=1) / np.linalg.norm(t, axis=1)
+  ref = np.mean(((1 - cos) ** gamma)[rows > 0])
+  got = losses.scaled_cosine_error(jnp.asarray(p), jnp.asarray(t), rows, gamma)
+  assert float(got) == pytest.approx(ref, rel=1e-5)
+  # identical vectors -> zero error; opposite -> 2^gamma
+  assert float(losses.scaled_cosine_error(jnp.ones((1, 2)), jnp.ones((1, 2)), jnp.ones(1), gamma)
+               ) == pytest.approx(0.0, abs=1e-6)
+  assert float(losses.scaled_cosine_error(jnp.ones((1, 2)), -jnp.ones((1, 2)), jnp.ones(1), gamma)
+               ) == pytest.approx(2.0 ** gamma, rel=1e-6)
+
+
+def test_info_nce_against_numpy():
+  rng = np.random.default_rng(2)
+  a = rng.standard_normal((4, 3))
+  c = rng.standard_normal((7, 3))
+  a /= np.linalg.norm(a, axis=1, keepdims=True)
+  c /= np.linalg.norm(c, axis=1, keepdims=True)
+  pos = np.array([0, 3, 6, 3])
+  mask = np.array([1, 1, 1, 0], np.float32)
+  tau = 0.2
+  ref = []
+  for r in range(3):
+    s = c @ a[r] / tau
+    ref.append(-np.log(np.exp(s[pos[r]]) / np.exp(s).sum()))  # positive in the denominator
+  got = losses.info_nce(jnp.asarray(a), jnp.asarray(c), jnp.asarray(pos), mask, tau)
+  assert float(got) == pytest.approx(np.mean(ref), rel=1e-5)
+
+
+def test_transe_against_numpy():
+  rng = np.random.default_rng(3)
+  h, r, t, tn = (rng.standard_normal((5, 4)) for _ in range(4))
+  pos = ((h + r - t) ** 2).sum(1)
+  neg = ((h + r - tn) ** 2).sum(1)
+  l2m = lambda x: np.mean((x ** 2).sum(1) / 2)
+  ref = np.mean(-np.log(_sigmoid(neg - pos))) + 1e-3 * (l2m(h) + l2m(r) + l2m(t) + l2m(tn))
+  got = losses.transe_loss(*(jnp.asarray(x) for x in (h, r, t, tn)), l2=1e-3)
+  assert float(got) == pytest.approx(ref, rel=1e-5)
+
+
+def test_mask_rate_schedules():
+  # exp: p0 * (pmax/p0)^(t/T), capped
+  assert schedules.mask_rate(0, "exp", 0.05, 0.75, 150) == pytest.approx(0.05)
+  assert schedules.mask_rate(75, "exp", 0.05, 0.75, 150) == pytest.approx(0.05 * 15 ** 0.5)
+  assert schedules.mask_rate(150, "exp", 0.05, 0.75, 150) == pytest.approx(0.75)
+  assert schedules.mask_rate(400, "exp", 0.05, 0.75, 150) == pytest.approx(0.75)
+  assert schedules.mask_rate(60, "lin", 0.05, 0.65, 120) == pytest.approx(0.35)
+  assert schedules.mask_rate(500, "lin", 0.05, 0.65, 120) == pytest.approx(0.65)
+  assert schedules.mask_rate(99, "const", 0.1, 0.95, 80) == pytest.approx(0.1)
+  with pytest.raises(ValueError, match="schedule"):
+    schedules.mask_rate(0, "cosine", 0.1, 0.9, 10)
