@@ -197,6 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     return evaluation.evaluate(u, i, eval_sets[name], ks, train_counts,
                                config.eval.n_groups if groups else 0)
 
+  last_save = time.perf_counter()
   pbar = tqdm(range(loop["epoch"] + 1, config.train.max_epochs), desc=f"train {ds.name}",
               unit="epoch", dynamic_ncols=True, disable=None)
   for epoch in pbar:
@@ -252,8 +253,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       f.write(json.dumps(record) + "\n")
     if loop["bad_epochs"] >= config.train.patience and epoch + 1 >= config.train.min_epochs:
       loop["stopped"] = True
-    if mgr is not None:
+    last = loop["stopped"] or epoch + 1 >= config.train.max_epochs
+    if mgr is not None and (last or time.perf_counter() - last_save
+                            >= config.train.checkpoint_every_seconds):
+      # Epochs are pure functions of (state, seed, epoch): resuming from an older checkpoint
+      # replays the same epochs, so saving every epoch buys nothing but I/O.
       ckpt.save(mgr, epoch, state, best_params, loop)
+      last_save = time.perf_counter()
     pbar.set_postfix(loss=f"{losses['loss']:.4f}",
                      **{f"{sel_name}_r@20": f"{sel_metrics['recall@20']:.4f}"},
                      best=loop["best_epoch"])

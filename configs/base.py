@@ -37,6 +37,7 @@ def get_config():
   c.train.cf_weight = 1.5
   c.train.l2 = 1e-5
   c.train.checkpoint = True
+  c.train.checkpoint_every_seconds = 60.0  # and always at the end; resume replays exactly
   c.train.plot = True
 
   # User-interest reconstruction (GraphMAE-style); weight 0 switches it off.
