@@ -116,6 +116,13 @@ def _check_finite(step_metrics, epoch, what, workdir):
         "or check the data.")
 
 
+def _compilations(jitted) -> Optional[int]:
+  try:
+    return int(jitted._cache_size())
+  except AttributeError:  # private API; absent in some jax versions
+    return None
+
+
 def _truncate_jsonl(path: str, last_epoch: int) -> None:
   if not os.path.exists(path):
     return
@@ -185,6 +192,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     restored = ckpt.restore_latest(mgr, state, best_params)
     if restored is not None:
       state, best_params, loop = restored
+      if str(loop.get("stop_reason", "")).startswith("time budget"):
+        loop["stopped"] = False  # a budget stop is a pause: a rerun continues the run
+        loop.pop("stop_reason")
       print(f"resumed from {workdir}/checkpoints at epoch {loop['epoch']}", flush=True)
   if mgr is None or loop["epoch"] < 0:
     open(metrics_path, "w").close()
@@ -253,6 +263,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       f.write(json.dumps(record) + "\n")
     if loop["bad_epochs"] >= config.train.patience and epoch + 1 >= config.train.min_epochs:
       loop["stopped"] = True
+    budget = config.train.max_seconds
+    if budget and loop["train_seconds"] + setup_seconds >= budget and not loop["stopped"]:
+      loop["stopped"] = True
+      loop["stop_reason"] = f"time budget of {budget:.0f} s reached"
+      print(f"stopping: {loop['stop_reason']} after epoch {epoch}", flush=True)
     last = loop["stopped"] or epoch + 1 >= config.train.max_epochs
     if mgr is not None and (last or time.perf_counter() - last_save
                             >= config.train.checkpoint_every_seconds):
@@ -271,12 +286,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "dataset": ds.name, "selection": sel_name, "views": config.views,
       "best_epoch": loop["best_epoch"], "epochs_run": loop["epoch"] + 1,
       "stopped_early": bool(loop["stopped"]),
+      "stop_reason": loop.get("stop_reason") or ("early stopping (patience "
+                                                  f"{config.train.patience})" if loop["stopped"]
+                                                  else "max_epochs"),
       "valid": loop["best"].get("valid", {}), "test": loop["best"].get("test", {}),
       "test_groups": loop["best"].get("test_groups"),
       "train_seconds": loop["train_seconds"], "setup_seconds": setup_seconds,
       "epoch_seconds_median": float(np.median(loop["epoch_seconds"])) if loop["epoch_seconds"]
       else None,
-      "train_step_compilations": train_step._cache_size(),
+      "train_step_compilations": _compilations(train_step),
       "backend": model._backend(config), "devices": [str(d) for d in jax.devices()],
       "n_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
   }
