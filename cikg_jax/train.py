@@ -147,8 +147,8 @@ def setup(config, verbose: bool = True):
 def _effective_config(config, ds):
   """Switches off terms the data cannot support, loudly."""
   config = ml_collections.ConfigDict(config.to_dict())
-  if config.kge.use and not ds.has_kg:
-    print("note: no KG triples: TransE (kge.use) switched off", flush=True)
+  if config.kge.use and not (ds.has_kg and config.model.use_kg_edges):
+    print("note: no KG triples/edges: TransE (kge.use) switched off", flush=True)
     config.kge.use = False
   if config.uir.weight > 0 and (ds.n_interests == 0 or not config.model.use_interest_edges):
     print("note: no interest nodes: interest reconstruction (uir.weight) switched off", flush=True)
