@@ -97,7 +97,7 @@ def uir_loss(params, graphs: Graphs, key, mask_rate, config):
     w = prop.normalized_weights(op, prop.edge_keep_mask(op, k_drop, config.uir.edge_drop))
   else:
     op = graphs.ops["cikg_no_loops"]
-    w = prop.normalized_weights(op)
+    w = op.weights
   enc = prop.propagate(op, x, config.uir.enc_layers, w, backend)
   h = nn.Dense(ego.shape[1]).apply({"params": params["e2d"]}, enc)
   h = h.at[rows].set(jnp.where(chosen[:, None], 0.0, h[rows]))
@@ -152,7 +152,8 @@ def total_loss(params, graphs: Graphs, batch, key, config) -> Tuple[jnp.ndarray,
   if config.model.message_dropout > 0:
     p = config.model.message_dropout
     x = jnp.where(jax.random.bernoulli(k_msg, 1 - p, ego.shape), ego / (1 - p), 0.0)
-  out = prop.propagate(op, x, config.model.num_layers, prop.normalized_weights(op, keep), backend)
+  weights = prop.normalized_weights(op, keep) if keep is not None else op.weights
+  out = prop.propagate(op, x, config.model.num_layers, weights, backend)
   users = batch["users"]
   pos = batch["pos"] + graphs.n_users
   neg = batch["neg"] + graphs.n_users

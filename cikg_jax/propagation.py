@@ -32,6 +32,7 @@ class Operator:
   t_indptr: jnp.ndarray      # CSR of A^T: rows = senders
   t_indices: jnp.ndarray
   t_perm: jnp.ndarray        # data of A^T = data of A [t_perm]
+  weights: jnp.ndarray       # D^-1/2 A D^-1/2 per edge without dropout (static, precomputed)
   n_nodes: int = flax.struct.field(pytree_node=False)
   n_pairs: int = flax.struct.field(pytree_node=False)
 
@@ -48,13 +49,17 @@ def make_operator(graph: jraph.GraphsTuple) -> Operator:
   t_indptr = np.zeros(n + 1, np.int64)
   np.add.at(t_indptr, senders.astype(np.int64) + 1, 1)
   pair = np.asarray(graph.edges["pair"])
+  deg = np.bincount(receivers, minlength=n).astype(np.float64)
+  inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1e-12)), 0.0)
+  weights = (inv_sqrt[senders] * inv_sqrt[receivers]).astype(np.float32)
   graph = graph._replace(senders=jnp.asarray(senders), receivers=jnp.asarray(receivers),
                          edges={"pair": jnp.asarray(pair)},
                          n_node=jnp.asarray(graph.n_node), n_edge=jnp.asarray(graph.n_edge))
   return Operator(graph=graph, indptr=jnp.asarray(np.cumsum(indptr), jnp.int32),
                   t_indptr=jnp.asarray(np.cumsum(t_indptr), jnp.int32),
                   t_indices=jnp.asarray(receivers[t_perm], jnp.int32),
-                  t_perm=jnp.asarray(t_perm, jnp.int32), n_nodes=n,
+                  t_perm=jnp.asarray(t_perm, jnp.int32), weights=jnp.asarray(weights),
+                  n_nodes=n,
                   n_pairs=int(pair.max()) + 1 if (pair >= 0).any() else 0)
 
 
@@ -114,7 +119,7 @@ def propagate(op: Operator, x: jnp.ndarray, num_layers: int, weights: Optional[j
               perturb: Optional[Callable[[int, jnp.ndarray], jnp.ndarray]] = None) -> jnp.ndarray:
   """Mean of layers 0..L of LightGCN; `perturb(l, e)` edits each propagated layer (SimGCL noise)."""
   if weights is None:
-    weights = normalized_weights(op)
+    weights = op.weights
   layers = [x]
   e = x
   for layer in range(num_layers):

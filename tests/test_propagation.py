@@ -116,3 +116,10 @@ def test_operator_rejects_unsorted_edges():
                         globals=None, n_node=np.array([2]), n_edge=np.array([2]))
   with pytest.raises(ValueError, match="sorted by receiver"):
     prop.make_operator(g)
+
+
+def test_precomputed_weights_match_traced_normalisation():
+  g, _ = _random_graph(seed=9)
+  op = prop.make_operator(g)
+  np.testing.assert_allclose(np.asarray(op.weights), np.asarray(prop.normalized_weights(op)),
+                             rtol=1e-6)
