@@ -108,3 +108,21 @@ def test_every_loss_term_decreases_on_tiny(tmp_path):
     first, last = lines[0][key], lines[-1][key]
     assert np.isfinite(first) and np.isfinite(last)
     assert last < first, (key, first, last)
+
+
+def test_predict_top_k_from_a_run_excludes_known_items(tmp_path):
+  from cikg_jax import model, predict
+  workdir = str(tmp_path / "pred")
+  train.train_and_evaluate(_tiny(tmp_path, max_epochs=2), workdir)
+  ds, config, graphs, params = predict.load_run(workdir)
+  recs = predict.top_k(ds, config, graphs, params, [0, 5], 10)
+  known = {(int(u), int(i)) for u, i in np.concatenate([ds.train, ds.valid])}
+  for u, items in recs.items():
+    assert len(items) == 10 and not any((u, i) in known for i in items)
+  # same ranking as the evaluation's top-k for user 0
+  u_emb, i_emb = model.final_embeddings(params, graphs, config)
+  scores = np.array(u_emb[0] @ i_emb.T)
+  scores[[i for (uu, i) in known if uu == 0]] = -np.inf
+  assert recs[0] == np.argsort(-scores, kind="stable")[:10].tolist()
+  with pytest.raises(ValueError, match="out of range"):
+    predict.top_k(ds, config, graphs, params, [10_000], 5)
