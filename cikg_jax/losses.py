@@ -1,7 +1,8 @@
 """The loss terms of CIKGRec (METHOD.md §4) as pure functions of arrays.
 
 Mini-batches have a static shape; a 0/1 `mask` marks the real rows of a padded batch and every
-mean is over the real rows only.
+mean is over the real rows only. `count`, when given, is the number of real rows of the whole batch
+of which this is a shard (data parallelism): shard losses then sum to the whole-batch loss.
 """
 
 from __future__ import annotations
@@ -10,20 +11,21 @@ import jax
 import jax.numpy as jnp
 
 
-def _masked_mean(values, mask):
-  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+def _masked_mean(values, mask, count=None):
+  denominator = jnp.sum(mask) if count is None else count
+  return jnp.sum(values * mask) / jnp.maximum(denominator, 1.0)
 
 
-def bpr_loss(u, i, j, mask, cf_weight: float = 1.0):
+def bpr_loss(u, i, j, mask, cf_weight: float = 1.0, count=None):
   """cf_weight * mean(-log(sigmoid(<u,i> - <u,j>) + 1e-10))."""
   diff = jnp.sum(u * i, axis=-1) - jnp.sum(u * j, axis=-1)
-  return cf_weight * _masked_mean(-jnp.log(jax.nn.sigmoid(diff) + 1e-10), mask)
+  return cf_weight * _masked_mean(-jnp.log(jax.nn.sigmoid(diff) + 1e-10), mask, count)
 
 
-def l2_reg(ego_rows, mask, l2: float):
+def l2_reg(ego_rows, mask, l2: float, count=None):
   """l2 * 0.5 * sum of squared norms of the batch's ego rows / batch size."""
   sq = sum(jnp.sum(e * e, axis=-1) for e in ego_rows)
-  return l2 * 0.5 * jnp.sum(sq * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  return l2 * 0.5 * _masked_mean(sq, mask, count)
 
 
 def scaled_cosine_error(pred, target, row_mask, gamma: float):
@@ -38,7 +40,7 @@ def l2_normalize(x, eps: float = 1e-12):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def info_nce(anchors, candidates, positive_index, mask, tau: float):
+def info_nce(anchors, candidates, positive_index, mask, tau: float, count=None):
   """InfoNCE with the positive in the denominator:
   mean over anchors of logsumexp_c((s(a, c) - s(a, pos)) / tau); inputs L2-normalised."""
   logits = anchors @ candidates.T / tau
@@ -47,7 +49,7 @@ def info_nce(anchors, candidates, positive_index, mask, tau: float):
   # row max and saves a pass over the (batch x candidates) matrix forward and backward.
   shift = 1.0 / tau
   lse = jnp.log(jnp.sum(jnp.exp(logits - shift), axis=1)) + shift
-  return _masked_mean(lse - pos, mask)
+  return _masked_mean(lse - pos, mask, count)
 
 
 def l2_mean(x):

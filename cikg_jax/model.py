@@ -127,8 +127,9 @@ def cl_loss(params, graphs: Graphs, batch, key, config):
   z3 = losses.l2_normalize(prop.propagate(graphs.ops["kg"], ego, layers, None, backend))
   users, pos, mask = batch["users"], batch["pos"], batch["mask"]
   n_users = graphs.n_users
-  user_term = losses.info_nce(z1[users], z2[:n_users], users, mask, config.cl.tau)
-  item_term = losses.info_nce(z1[n_users + pos], z3[n_users:], pos, mask, config.cl.tau)
+  count = batch.get("count")
+  user_term = losses.info_nce(z1[users], z2[:n_users], users, mask, config.cl.tau, count)
+  item_term = losses.info_nce(z1[n_users + pos], z3[n_users:], pos, mask, config.cl.tau, count)
   return user_term, item_term
 
 
@@ -141,7 +142,10 @@ def final_embeddings(params, graphs: Graphs, config):
 
 
 def total_loss(params, graphs: Graphs, batch, key, config) -> Tuple[jnp.ndarray, Dict]:
-  """L = L_rec + L_CL + L_UIR for one mini-batch; returns (loss, per-term metrics)."""
+  """L = L_rec + L_CL + L_UIR for one mini-batch; returns (loss, per-term metrics).
+
+  For a shard of a data-parallel batch, `batch["count"]` (real rows of the whole batch) and
+  `batch["shard_share"]` (1/n) make the shards' losses and gradients sum to the whole batch's."""
   backend = _backend(config)
   k_edge, k_msg, k_cl, k_uir = jax.random.split(key, 4)
   ego = params["embedding"]
@@ -157,9 +161,9 @@ def total_loss(params, graphs: Graphs, batch, key, config) -> Tuple[jnp.ndarray,
   users = batch["users"]
   pos = batch["pos"] + graphs.n_users
   neg = batch["neg"] + graphs.n_users
-  mask = batch["mask"]
-  bpr = losses.bpr_loss(out[users], out[pos], out[neg], mask, config.train.cf_weight)
-  reg = losses.l2_reg((ego[users], ego[pos], ego[neg]), mask, config.train.l2)
+  mask, count = batch["mask"], batch.get("count")
+  bpr = losses.bpr_loss(out[users], out[pos], out[neg], mask, config.train.cf_weight, count)
+  reg = losses.l2_reg((ego[users], ego[pos], ego[neg]), mask, config.train.l2, count)
   metrics = {"bpr": bpr, "reg": reg}
   loss = bpr + reg
   if config.cl.weight > 0:
@@ -169,8 +173,9 @@ def total_loss(params, graphs: Graphs, batch, key, config) -> Tuple[jnp.ndarray,
     loss = loss + metrics["cl"]
   if config.uir.weight > 0:
     err, n_masked = uir_loss(params, graphs, k_uir, batch["mask_rate"], config)
-    metrics["uir"] = config.uir.weight * err
-    metrics["uir_masked_rows"] = n_masked.astype(jnp.float32)
+    # UIR does not depend on the batch: each of n data-parallel shards carries 1/n of it.
+    metrics["uir"] = config.uir.weight * err * batch.get("shard_share", 1.0)
+    metrics["uir_masked_rows"] = n_masked.astype(jnp.float32) * batch.get("shard_share", 1.0)
     loss = loss + metrics["uir"]
   metrics["loss"] = loss
   return loss, metrics

@@ -50,15 +50,19 @@ def _keep_if(ok, new, old):
   return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
-def make_train_step(config, tx):
+def make_train_step(config, tx, axis_name: Optional[str] = None):
   """The one train step: a pure function (state, batch, key, graphs) -> (state, metrics).
 
-  `graphs` is an argument, not a closure constant, so the step can be jitted once per run and
-  mapped over devices (batch and key split, state and graphs replicated)."""
+  `graphs` is an argument, not a closure constant, so the step is compiled once per run. With
+  `axis_name` it runs data-parallel (cikg_jax/parallel.py): each device holds a shard of the batch
+  (with the whole batch's row count), the same key and replicated state and graphs, and the
+  shards' gradients and loss terms are summed, which equals the whole batch's exactly."""
 
   def train_step(state: TrainState, batch, key, graphs: model.Graphs):
     grad_fn = jax.value_and_grad(model.total_loss, has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, graphs, batch, key, config)
+    if axis_name is not None:
+      grads, metrics, loss = jax.lax.psum((grads, metrics, loss), axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = jnp.isfinite(loss) & _all_finite(params)
@@ -69,11 +73,14 @@ def make_train_step(config, tx):
   return train_step
 
 
-def make_kge_step(config, kge_tx):
-  """TransE step with its own Adam (METHOD.md §4)."""
+def make_kge_step(config, kge_tx, axis_name: Optional[str] = None):
+  """TransE step with its own Adam (METHOD.md §4); data-parallel over equal shards with
+  `axis_name` (the loss is a plain mean, so the mean of shard gradients is exact)."""
 
   def kge_step(state: TrainState, batch):
     loss, grads = jax.value_and_grad(model.kge_loss)(state.params, batch, config)
+    if axis_name is not None:
+      grads, loss = jax.lax.pmean((grads, loss), axis_name)
     updates, kge_opt_state = kge_tx.update(grads, state.kge_opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = jnp.isfinite(loss) & _all_finite(params)
@@ -172,8 +179,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   tx, kge_tx = make_optimizers(config)
   root_key = jax.random.PRNGKey(config.seed)
   state = create_train_state(jax.random.fold_in(root_key, 0), ds, config, tx, kge_tx)
-  train_step = jax.jit(make_train_step(config, tx), donate_argnums=0)
-  kge_step = jax.jit(make_kge_step(config, kge_tx), donate_argnums=0) if config.kge.use else None
+  from cikg_jax import parallel  # (parallel imports this module)
+  n_devices = parallel.num_devices(config.train.num_devices)
+  if n_devices > 1:
+    train_step, kge_step = parallel.make_steps(config, tx, kge_tx)
+    place = lambda tree: parallel.replicate(tree, n_devices)
+    host_view = parallel.unreplicate
+    shard = lambda b, count=True: parallel.shard_batch(b, n_devices, count)
+  else:
+    train_step = jax.jit(make_train_step(config, tx), donate_argnums=0)
+    kge_step = (jax.jit(make_kge_step(config, kge_tx), donate_argnums=0) if config.kge.use
+                else None)
+    place = host_view = lambda tree: tree
+    shard = lambda b, count=True: b
   embed = jax.jit(lambda params, g: model.final_embeddings(params, g, config))
   sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
   if config.kge.use:
@@ -200,6 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     open(metrics_path, "w").close()
   else:
     _truncate_jsonl(metrics_path, loop["epoch"])
+  state = place(state)
   setup_seconds = time.perf_counter() - t_setup
 
   def eval_split(params, name, groups=False):
@@ -223,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     for b in range(batches["users"].shape[0]):
       batch = {k: v[b] for k, v in batches.items()}
       batch["mask_rate"] = np.float32(rate)
-      state, m = train_step(state, batch, jax.random.fold_in(epoch_key, b), graphs)
+      state, m = train_step(state, shard(batch), jax.random.fold_in(epoch_key, b), graphs)
       step_metrics.append(m)
     _check_finite(step_metrics, epoch, "training", workdir)
     losses = _mean_metrics(step_metrics)
@@ -232,21 +251,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                     sampling.epoch_rng(config.seed, epoch, 1))
       kge_metrics = []
       for b in range(kge_steps):
-        state, m = kge_step(state, {k: v[b] for k, v in kbatches.items()})
+        state, m = kge_step(state, shard({k: v[b] for k, v in kbatches.items()}, False))
         kge_metrics.append(m)
       _check_finite(kge_metrics, epoch, "TransE", workdir)
       losses.update(_mean_metrics(kge_metrics))
     jax.block_until_ready(state)
     t_train = time.perf_counter() - t0
 
-    sel_metrics, _ = eval_split(state.params, sel_name)
+    params = host_view(state.params)
+    sel_metrics, _ = eval_split(params, sel_name)
     score = selection_score(sel_metrics, config.eval.select_k)
     improved = score > loop["best_score"]
     if improved:
-      best_params = jax.tree_util.tree_map(jnp.copy, state.params)
+      best_params = jax.tree_util.tree_map(jnp.copy, params)
       best = {"valid": {}, "test": {}, "test_groups": None}
       best[sel_name] = sel_metrics
-      test_metrics, test_groups = eval_split(state.params, "test", groups=True)
+      test_metrics, test_groups = eval_split(params, "test", groups=True)
       best["test"], best["test_groups"] = test_metrics, test_groups
       loop.update(best_score=score, best_epoch=epoch, bad_epochs=0, best=best)
     else:
@@ -273,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                             >= config.train.checkpoint_every_seconds):
       # Epochs are pure functions of (state, seed, epoch): resuming from an older checkpoint
       # replays the same epochs, so saving every epoch buys nothing but I/O.
-      ckpt.save(mgr, epoch, state, best_params, loop)
+      ckpt.save(mgr, epoch, host_view(state), best_params, loop)
       last_save = time.perf_counter()
     pbar.set_postfix(loss=f"{losses['loss']:.4f}",
                      **{f"{sel_name}_r@20": f"{sel_metrics['recall@20']:.4f}"},
@@ -296,7 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       else None,
       "train_step_compilations": _compilations(train_step),
       "backend": model._backend(config), "devices": [str(d) for d in jax.devices()],
-      "n_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
+      "data_parallel_devices": n_devices,
+      "n_params": int(sum(x.size for x in jax.tree_util.tree_leaves(best_params))),
   }
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)

@@ -36,6 +36,7 @@ def get_config():
   c.train.min_epochs = 20
   c.train.cf_weight = 1.5
   c.train.l2 = 1e-5
+  c.train.num_devices = 1   # data-parallel over this many local devices (0 = all), via pmap
   c.train.max_seconds = 0.0  # wall-time budget (0 = none): stop cleanly, results say so
   c.train.checkpoint = True
   c.train.checkpoint_every_seconds = 60.0  # and always at the end; resume replays exactly
