@@ -46,9 +46,12 @@ def main(argv=None):
   p.add_argument("--parallel", type=int, default=1, help="runs at once (a GPU fits several)")
   p.add_argument("--machine", default=f"{platform.node()} ({os.cpu_count()} cpu)")
   p.add_argument("--extra", default="", help="extra --config.x=y flags, space separated")
+  p.add_argument("--seeds", default="2024",
+                 help="comma-separated seeds; runs of seeds other than 2024 get a -sSEED suffix")
   args = p.parse_args(argv)
   extra = args.extra.split()
-  jobs = [(d, v) for d in args.datasets.split(",") for v in args.variants.split(",")]
+  jobs = [(d, v, int(seed)) for seed in args.seeds.split(",") for d in args.datasets.split(",")
+          for v in args.variants.split(",")]
   os.makedirs(args.results_dir, exist_ok=True)
   running = []
   env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -77,14 +80,15 @@ def main(argv=None):
         running.remove(job)
         finish(job)
 
-  for d, v in jobs:
+  for d, base_variant, seed in jobs:
     reap()
     while len(running) >= args.parallel:
       time.sleep(1)
       reap()
+    v = base_variant if seed == 2024 else f"{base_variant}-s{seed}"
     wd = os.path.join(args.runs_dir, f"{d}__{v}")
     os.makedirs(wd, exist_ok=True)
-    cmd = command(d, v, wd, extra)
+    cmd = command(d, base_variant, wd, extra + [f"--config.seed={seed}"])
     log = open(os.path.join(wd, "log.txt"), "a")
     print("start", " ".join(cmd[1:]), flush=True)
     running.append((d, v, wd, cmd, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log,

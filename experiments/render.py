@@ -11,6 +11,9 @@ import argparse
 import glob
 import json
 import os
+import re
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = ["cikgrec-paper-valid", "cikgrec-release-valid", "cikgrec-release-test",
@@ -35,6 +38,8 @@ def table(rows):
   key = lambda r: (r[0], ORDER.index(r[1]) if r[1] in ORDER else 99, r[2])
   for dataset, variant, where, r in sorted(rows, key=key):
     model = "CIKGRec" if variant.startswith("cikgrec") else "LightGCN"
+    if re.search(r"-s\d+$", variant):
+      continue  # extra seeds go to the mean ± std table
     views = r.get("views", "") if model == "CIKGRec" else "-"
     t = r["test"]
     sparse = r["test_groups"][0]["recall@20"] if r.get("test_groups") else float("nan")
@@ -43,6 +48,25 @@ def table(rows):
         + " | ".join(f"{t[f'{m}@{k}']:.4f}" for k in (20, 50, 100) for m in ("recall", "ndcg"))
         + f" | {sparse:.4f} | {r['train_seconds'] / 60:.1f} min |")
   return "\n".join(out)
+
+
+def seed_table(rows):
+  """mean ± std over seeds (variants named VARIANT and VARIANT-sSEED) where there are several."""
+  groups = {}
+  for dataset, variant, where, r in rows:
+    base = re.sub(r"-s\d+$", "", variant)
+    groups.setdefault((dataset, base, where), []).append(r)
+  out = ["| dataset | variant | where | seeds | R@20 | N@20 | R@50 | N@50 | best epochs |",
+         "|---|---|---|---|---|---|---|---|---|"]
+  for (dataset, base, where), rs in sorted(groups.items()):
+    if len(rs) < 2:
+      continue
+    cell = lambda key: (f"{np.mean([r['test'][key] for r in rs]):.4f} ± "
+                        f"{np.std([r['test'][key] for r in rs], ddof=1):.4f}")
+    out.append(f"| {dataset} | {base} | {where} | {len(rs)} | {cell('recall@20')} | "
+               f"{cell('ndcg@20')} | {cell('recall@50')} | {cell('ndcg@50')} | "
+               f"{', '.join(str(r['best_epoch']) for r in rs)} |")
+  return "\n".join(out) if len(out) > 2 else ""
 
 
 def curves(runs_dir, png):
@@ -73,7 +97,12 @@ def main():
   p.add_argument("--curves", default="")
   p.add_argument("--png", default=os.path.join(ROOT, "experiments", "results", "curves.png"))
   args = p.parse_args()
-  print(table(load(args.results)))
+  rows = load(args.results)
+  print(table(rows))
+  seeds = seed_table(rows)
+  if seeds:
+    print()
+    print(seeds)
   if args.curves:
     curves(args.curves, args.png)
 
