@@ -79,7 +79,8 @@ def build_graphs(ds: Dataset, views: str = "paper", add_self_loops: bool = True,
   """Graphs used by training, keyed by role:
 
   - `cikg`: the main BPR graph (user-item + KG + user-interest, self loops if configured);
-  - `cikg_no_loops`: the same without self loops, for the interest-reconstruction encoder;
+  - `cikg_no_loops` / `cikg_with_loops`: the same without / with self loops on every node, for
+    the interest-reconstruction encoder and decoder;
   - `cf`, `interest`, `kg`: the three contrastive views (METHOD.md §2), in `views` mode.
   """
   if views not in VIEW_MODES:
@@ -89,20 +90,21 @@ def build_graphs(ds: Dataset, views: str = "paper", add_self_loops: bool = True,
   ui = user_item_pairs(ds)
   kg = kg_pairs(ds) if use_kg_edges else np.zeros((0, 2), np.int64)
   uint = user_interest_pairs(ds) if use_interest_edges else np.zeros((0, 2), np.int64)
-  loops = all_nodes if add_self_loops else None
-  graphs = {
-      "cikg": make_graph(n, np.concatenate([ui, kg, uint]), loops),
-      "cikg_no_loops": make_graph(n, np.concatenate([ui, kg, uint]), None),
-  }
+  cikg = np.concatenate([ui, kg, uint])
+  graphs = {"cikg_with_loops": make_graph(n, cikg, all_nodes),
+            "cikg_no_loops": make_graph(n, cikg, None)}
+  graphs["cikg"] = graphs["cikg_with_loops" if add_self_loops else "cikg_no_loops"]
   if views == "paper":
-    graphs["cf"] = make_graph(n, ui, loops)
-    graphs["interest"] = make_graph(n, np.concatenate([uint, ui]), loops)
-    graphs["kg"] = make_graph(n, np.concatenate([kg, ui]), loops)
+    # Self loops belong to the main graph only (METHOD.md §2); the views are plain edge sets.
+    graphs["cf"] = make_graph(n, ui, None)
+    graphs["interest"] = make_graph(n, np.concatenate([uint, ui]), None)
+    graphs["kg"] = make_graph(n, np.concatenate([kg, ui]), None)
   else:
-    # The release's views (METHOD.md §7.2): its "CF" view aliases the whole CIKG, and the interest
-    # and KG views carry self loops on the user and item nodes instead of the user-item edges.
+    # The release's views (METHOD.md §7.2): its "CF" view aliases the whole CIKG edge list (the
+    # model adds self loops only to its own copy), and the interest and KG views carry self loops
+    # on the user and item nodes instead of the user-item edges.
     cf_nodes = np.arange(ds.n_users + ds.n_items)
-    graphs["cf"] = graphs["cikg"]
+    graphs["cf"] = graphs["cikg_no_loops"]
     graphs["interest"] = make_graph(n, uint, cf_nodes)
     graphs["kg"] = make_graph(n, kg, cf_nodes)
   if verbose:

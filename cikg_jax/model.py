@@ -32,13 +32,21 @@ def make_graphs(graphs, ds, config) -> Graphs:
   """Operators for the graphs the configured losses need, and the rows UIR may mask."""
   needed = ["cikg"]
   if config.uir.weight > 0:
-    needed.append("cikg_no_loops")
+    needed += ["cikg_with_loops", "cikg_no_loops"]
   if config.cl.weight > 0:
     needed += ["cf", "interest", "kg"]
-  ops = {name: prop.make_operator(graphs[name]) for name in needed}
-  if config.views == "release":
-    # The release masks the whole interest id range, isolated rows included (METHOD.md §7.5).
-    rows = ds.interest_offset + np.arange(ds.n_interests)
+  built = {}  # aliased graphs (e.g. cikg is cikg_with_loops) share one operator
+  ops = {}
+  for name in needed:
+    g = graphs[name]
+    if id(g) not in built:
+      built[id(g)] = prop.make_operator(g)
+    ops[name] = built[id(g)]
+  if config.views == "release" and len(ds.user_interest):
+    # The release masks the whole interest id range, isolated rows included (METHOD.md §7.5):
+    # min..max id (544 / 245 / 550 rows), not the unused ids between the entities and the first.
+    ids = ds.user_interest[:, 1]
+    rows = ds.n_users + np.arange(ids.min(), ids.max() + 1)
   else:
     rows = ds.n_users + ds.connected_interest_ids()
   return Graphs(ops=ops, interest_rows=jnp.asarray(rows, jnp.int32), n_users=ds.n_users,
@@ -53,11 +61,14 @@ def init_params(key: jax.Array, n_nodes: int, n_relations: int, config) -> Dict:
   params = {"embedding": nn.initializers.xavier_uniform()(k_emb, (n_nodes, dim), jnp.float32)}
   if config.uir.weight > 0:
     params["mask_token"] = jnp.zeros((1, dim), jnp.float32)
-    params["e2d"] = nn.Dense(dim).init(k_e2d, jnp.zeros((1, dim)))["params"]
+    params["e2d"] = _encoder_to_decoder(dim).init(k_e2d, jnp.zeros((1, dim)))["params"]
   if config.kge.use:
-    params["relation"] = nn.initializers.xavier_uniform()(k_rel, (n_relations + 1, dim),
-                                                          jnp.float32)
+    params["relation"] = nn.initializers.xavier_uniform()(k_rel, (n_relations, dim), jnp.float32)
   return params
+
+
+def _encoder_to_decoder(dim: int) -> nn.Dense:
+  return nn.Dense(dim, kernel_init=nn.initializers.xavier_uniform())  # as the release's Linear
 
 
 def _backend(config) -> str:
@@ -67,11 +78,12 @@ def _backend(config) -> str:
 
 # ---- user-interest reconstruction ---------------------------------------------------------
 def choose_masked_rows(key, n_rows: int, mask_rate, replace_rate: float):
-  """Fixed-shape choice of round(p * n) rows: a random ranking, `rank < k`. Of the chosen,
+  """Fixed-shape choice of floor(p * n) rows (GraphMAE's int(p * n)): a random ranking,
+  `rank < k`. Of the chosen,
   the last `replace_rate` share by rank is replaced by other interest rows, the rest gets the
   mask token. Returns (chosen, token, noise) boolean vectors."""
   ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (n_rows,))))
-  k = jnp.round(mask_rate * n_rows).astype(jnp.int32)
+  k = jnp.floor(mask_rate * n_rows + 1e-6).astype(jnp.int32)
   n_noise = jnp.floor(replace_rate * k).astype(jnp.int32)
   chosen = ranks < k
   token = ranks < (k - n_noise)
@@ -92,17 +104,17 @@ def uir_loss(params, graphs: Graphs, key, mask_rate, config):
                      jnp.where(noise[:, None], ego[donors], original))
   x = ego.at[rows].set(masked)
   if config.uir.edge_drop > 0:
-    # Drop edges of the CIKG, then add self loops (the "cikg" graph's added loops never drop).
-    op = graphs.ops["cikg"]
+    # Drop edges of the CIKG, then add self loops (added loops are never dropped); the decoder
+    # runs on the same dropped graph, as the release's does.
+    op = graphs.ops["cikg_with_loops"]
     w = prop.normalized_weights(op, prop.edge_keep_mask(op, k_drop, config.uir.edge_drop))
   else:
     op = graphs.ops["cikg_no_loops"]
     w = op.weights
   enc = prop.propagate(op, x, config.uir.enc_layers, w, backend)
-  h = nn.Dense(ego.shape[1]).apply({"params": params["e2d"]}, enc)
+  h = _encoder_to_decoder(ego.shape[1]).apply({"params": params["e2d"]}, enc)
   h = h.at[rows].set(jnp.where(chosen[:, None], 0.0, h[rows]))
-  dec_op = graphs.ops["cikg_no_loops"]
-  dec = prop.propagate(dec_op, h, config.uir.dec_layers, None, backend)
+  dec = prop.propagate(op, h, config.uir.dec_layers, w, backend)
   err = losses.scaled_cosine_error(dec[rows], original, chosen.astype(jnp.float32),
                                    config.uir.gamma)
   return err, jnp.sum(chosen)

@@ -64,8 +64,8 @@ def bench(config, repeats: int, profile: bool):
   out["steps_per_epoch"] = int(batches["users"].shape[0])
   epoch = out["step_seconds_median"] * out["steps_per_epoch"]
   if config.kge.use:
-    triples = sampling.kge_triples(ds)
-    n_kge = max(1, len(triples) // config.kge.batch_size)
+    triples, n_for_steps = sampling.kge_triples(ds, config.views)
+    n_kge = max(1, (n_for_steps or len(triples)) // config.kge.batch_size)
     kb = sampling.kge_epoch(triples, 1, config.kge.batch_size, ds.item_offset,
                             ds.item_offset + ds.n_entities, np.random.default_rng(0))
     kb = {k: v[0] for k, v in kb.items()}

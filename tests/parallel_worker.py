@@ -45,7 +45,7 @@ def main(tmp):
   out["metrics_single"] = {k: float(v) for k, v in m1.items()}
   out["metrics_multi"] = {k: float(np.asarray(v)[0]) for k, v in m4.items()}
   kb = {"head": rng.integers(ds.n_nodes, size=256).astype(np.int32),
-        "relation": rng.integers(ds.n_relations + 1, size=256).astype(np.int32),
+        "relation": rng.integers(ds.n_relations + 1, size=256).astype(np.int32),  # paper views
         "tail": rng.integers(ds.n_nodes, size=256).astype(np.int32),
         "neg_tail": rng.integers(ds.n_nodes, size=256).astype(np.int32)}
   k1, _ = jax.jit(train.make_kge_step(c, kge_tx))(state, kb)

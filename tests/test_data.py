@@ -141,3 +141,20 @@ def test_synthetic_dataset_round_trips_through_the_loader(tmp_path):
   d = synthetic.ensure(str(tmp_path), n_users=40, n_items=30)
   ds = dataset_lib.load_dataset(d, "synthetic", verbose=False)
   assert ds.n_users == 40 and ds.n_items == 30 and ds.has_kg and ds.n_interests > 0
+
+
+def test_kge_triples_paper_and_release(toy_dir):
+  ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  n_u, r = ds.n_users, ds.n_relations
+  paper, n_steps_base = sampling.kge_triples(ds, "paper")
+  assert n_steps_base is None and len(paper) == len(ds.kg) + len(ds.train)
+  assert sampling.kge_relation_count(ds, "paper") == r + 1
+  assert (0 + n_u, 0, 5 + n_u) in set(map(tuple, paper.tolist()))       # KG triple, node rows
+  assert (0, r, 0 + n_u) in set(map(tuple, paper.tolist()))             # user 0 interacts item 0
+  rel, base = sampling.kge_triples(ds, "release")
+  got = set(map(tuple, rel.tolist()))
+  assert base == 2 * len(ds.kg) and len(rel) == 2 * len(ds.kg) + 2 * len(ds.train)
+  assert (5 + n_u, 0 + r, 0 + n_u) in got                               # inverse KG triple
+  assert (0, 2 * r, n_u) in got and (n_u, 2 * r + 1, 0) in got          # interact both ways
+  assert sampling.kge_relation_count(ds, "release") == 2 * r + 2
+  assert rel[:, 1].max() < sampling.kge_relation_count(ds, "release")

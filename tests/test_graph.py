@@ -34,12 +34,14 @@ def test_toy_cikg_and_views(toy):
   assert _edges(gs["cikg_no_loops"]) == both(ui | kg | uint)
   assert int(gs["cikg_no_loops"].n_edge[0]) == 2 * 9 + 1  # the KG self loop is one edge
   assert int(gs["cikg"].n_edge[0]) == 19 + 9  # ... and the added loop comes on top of it
-  assert _edges(gs["cf"]) == both(ui) | loops
-  assert _edges(gs["interest"]) == both(uint | ui) | loops
-  assert _edges(gs["kg"]) == both(kg | ui) | loops
+  assert _edges(gs["cikg"]) == both(ui | kg | uint) | loops
+  # paper views: plain edge sets, self loops belong to the main graph only
+  assert _edges(gs["cf"]) == both(ui)
+  assert _edges(gs["interest"]) == both(uint | ui)
+  assert _edges(gs["kg"]) == both(kg | ui)
   rel = graph_lib.build_graphs(ds, views="release", verbose=False)
   cf_loops = {(n, n) for n in range(5)}  # users + items
-  assert rel["cf"] is rel["cikg"]
+  assert rel["cf"] is rel["cikg_no_loops"]  # the release's aliased CIKG edge list, no loops
   assert _edges(rel["interest"]) == both(uint) | cf_loops
   assert _edges(rel["kg"]) == both(kg) | cf_loops
   # receiver-sorted, with shared pair ids for both directions
@@ -58,3 +60,19 @@ def test_dbbook_release_edge_counts(data_dir):
   assert int(gs["cikg_no_loops"].n_edge[0]) == 354_205  # the release's unique directed edges
   assert int(gs["cikg"].n_edge[0]) == 354_205 + ds.n_nodes
   assert int(gs["interest"].n_edge[0]) == 2 * 6961 + ds.n_users + ds.n_items
+
+
+def test_release_masks_the_interest_id_range(data_dir):
+  import warnings
+  from cikg_jax import model
+  from configs import book_crossing
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    ds = dataset_lib.load_dataset(data_dir, "book-crossing", selection="test", verbose=False)
+  c = book_crossing.get_config()
+  c.cl.weight = 0.0
+  gs = graph_lib.build_graphs(ds, views="release", verbose=False)
+  c.views = "release"
+  assert model.make_graphs(gs, ds, c).interest_rows.shape[0] == 245  # ids 9531..9775 (§7.5)
+  c.views = "paper"
+  assert model.make_graphs(gs, ds, c).interest_rows.shape[0] == 244  # ids with edges

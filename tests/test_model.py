@@ -26,7 +26,7 @@ def setup(tmp_path):
   c.uir.enc_layers, c.uir.dec_layers, c.uir.gamma = 2, 1, 2.0
   gs = graph_lib.build_graphs(ds, views="paper", verbose=False)
   graphs = model.make_graphs(gs, ds, c)
-  params = model.init_params(jax.random.PRNGKey(0), ds.n_nodes, ds.n_relations, c)
+  params = model.init_params(jax.random.PRNGKey(0), ds.n_nodes, ds.n_relations + 1, c)
   params["mask_token"] = jnp.full((1, 8), 0.3)
   return ds, c, gs, graphs, params
 
@@ -49,13 +49,15 @@ def _layer_mean(a, x, layers):
 
 
 def _norm(x):
-  return x / np.linalg.norm(x, axis=1, keepdims=True)
+  # F.normalize's convention: a zero row stays zero (cosine 0), e.g. a masked interest node whose
+  # edges were all dropped decodes to zero
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def test_choose_masked_rows_counts():
   for n, p, r in [(544, 0.05, 0.15), (381, 0.75, 0.15), (10, 0.5, 0.0), (7, 0.0, 0.2)]:
     chosen, token, noise = model.choose_masked_rows(jax.random.PRNGKey(3), n, jnp.float32(p), r)
-    k = int(round(p * n))
+    k = int(np.floor(p * n + 1e-6))
     assert int(chosen.sum()) == k
     assert int(noise.sum()) == int(np.floor(r * k))
     assert not np.any(np.asarray(token) & np.asarray(noise))
@@ -74,24 +76,24 @@ def test_uir_loss_against_numpy(setup, edge_drop):
   k_choose, k_noise, k_drop = jax.random.split(key, 3)
   chosen, token, noise = map(np.asarray, model.choose_masked_rows(k_choose, len(rows), rate, 0.5))
   donors = rows[np.asarray(jax.random.randint(k_noise, rows.shape, 0, len(rows)))]
-  assert int(n_masked) == 2 and noise.sum() == 1
+  assert int(n_masked) == 2 and noise.sum() == 1  # floor(0.67 * 3) rows
   ego = np.asarray(params["embedding"], np.float64)
   x = ego.copy()
   x[rows[token]] = 0.3
   x[rows[noise]] = ego[donors[noise]]
   n = ds.n_nodes
-  if edge_drop > 0:
+  if edge_drop > 0:  # drop edges, add self loops; the decoder uses the same graph
     from cikg_jax import propagation as prop
-    op = prop.make_operator(gs["cikg"])
+    op = prop.make_operator(gs["cikg_with_loops"])
     keep = np.asarray(prop.edge_keep_mask(op, k_drop, edge_drop))
-    a_enc = _dense(gs["cikg"], n, keep)
+    a_enc = _dense(gs["cikg_with_loops"], n, keep)
   else:
     a_enc = _dense(gs["cikg_no_loops"], n)
   enc = _layer_mean(a_enc, x, 2)
   kern, bias = np.asarray(params["e2d"]["kernel"]), np.asarray(params["e2d"]["bias"])
   h = enc @ kern + bias
   h[rows[chosen]] = 0.0
-  dec = _layer_mean(_dense(gs["cikg_no_loops"], n), h, 1)
+  dec = _layer_mean(a_enc, h, 1)
   cos = np.sum(_norm(dec[rows[chosen]]) * _norm(ego[rows[chosen]]), axis=1)
   ref = np.mean((1 - cos) ** 2)
   assert float(got) == pytest.approx(ref, rel=1e-4)
@@ -131,7 +133,7 @@ def test_switching_a_module_off_changes_exactly_that_term(tmp_path):
 
   def terms(cfg):
     ds, cfg, graphs = train.setup(cfg, verbose=False)
-    params = model.init_params(jax.random.PRNGKey(0), ds.n_nodes, ds.n_relations, cfg)
+    params = model.init_params(jax.random.PRNGKey(0), ds.n_nodes, ds.n_relations + 1, cfg)
     batch = {"users": np.arange(64, dtype=np.int32), "pos": np.arange(64, dtype=np.int32) % 50,
              "neg": np.arange(64, dtype=np.int32) % 50 + 100, "mask": np.ones(64, np.float32),
              "mask_rate": np.float32(0.4)}

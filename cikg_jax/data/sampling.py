@@ -64,14 +64,29 @@ def bpr_epoch(train_pairs: np.ndarray, sampler: NegativeSampler, batch_size: int
           "mask": mask.reshape(n_batches, batch_size)}
 
 
-def kge_triples(ds) -> np.ndarray:
-  """TransE triples in node-row ids: KG triples plus user-item `interact` triples (relation id =
-  n_relations), METHOD.md §4."""
+def kge_relation_count(ds, views: str) -> int:
+  """Relation rows TransE needs: paper: KG relations + `interact`; release: KG relations, their
+  inverses, `interact` and `be-interacted`."""
+  return ds.n_relations + 1 if views == "paper" else 2 * ds.n_relations + 2
+
+
+def kge_triples(ds, views: str = "paper"):
+  """TransE triples in node-row ids and the number of TransE steps per epoch (METHOD.md §4).
+
+  paper: KG triples + user->item `interact` triples (relation n_relations), n_triples // 4096
+  steps. release: as the release builds them: KG triples and their inverses (relation r + R),
+  user->item (2R) and item->user (2R + 1) triples, and 2 |KG| // batch steps."""
+  r = ds.n_relations
   kg = ds.kg.copy()
   kg[:, [0, 2]] += ds.item_offset
-  ui = np.stack([ds.train[:, 0], np.full(len(ds.train), ds.n_relations),
-                 ds.train[:, 1] + ds.item_offset], axis=1)
-  return np.concatenate([kg, ui]).astype(np.int64)
+  users, items = ds.train[:, 0], ds.train[:, 1] + ds.item_offset
+  ui = np.stack([users, np.full(len(users), r), items], axis=1)
+  if views == "paper":
+    return np.concatenate([kg, ui]).astype(np.int64), None
+  inverse = np.stack([kg[:, 2], kg[:, 1] + r, kg[:, 0]], axis=1)
+  ui = np.stack([users, np.full(len(users), 2 * r), items], axis=1)
+  iu = np.stack([items, np.full(len(users), 2 * r + 1), users], axis=1)
+  return np.concatenate([kg, inverse, ui, iu]).astype(np.int64), 2 * len(kg)
 
 
 def kge_epoch(triples: np.ndarray, n_steps: int, batch_size: int, tail_low: int, tail_high: int,
