@@ -62,7 +62,9 @@ def run_info(config, requests_path: Path) -> Dict:
 
 
 def main(argv) -> None:
+    import logging
     from absl import flags
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     config, f = flags.FLAGS.config, flags.FLAGS
     out = out_dir_of(config)
     reqs = make_requests(config)

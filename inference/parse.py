@@ -15,7 +15,7 @@ from typing import List, Optional, Set
 _LIST_MARKER = re.compile(r"^\s*(?:\d{1,2}\s*[.):]|[-*\u2022\u2013\u00b7]|\(\d{1,2}\)|[a-e][.)])\s+")
 _ECHO = re.compile(r"anonymous user|no further explanation|comma to split|extensive knowledge|"
                    r"list no more than|infer the user", re.I)
-_KEYWORDS = r"\b(?:interests?|topics?|genres?|preferences?|likes?|answer)\b"
+_KEYWORDS = r"\b(?:interests?|topics?|genres?|preferences?|prefers?|favou?rites?|likes?|answer)\b"
 _PREAMBLE = re.compile(rf"^(?:[^:]{{0,120}}{_KEYWORDS}[^:]{{0,40}}:|[^:,]{{0,80}}{_KEYWORDS}[^:,]{{0,40}}"
                        rf"\b(?:are|include)\b)\s*", re.I)
 _BOLD = re.compile(r"\*\*|__|`")
@@ -29,10 +29,15 @@ class Parsed:
 
 
 def _clean_item(s: str) -> str:
-    s = _BOLD.sub("", s).strip()
-    s = s.strip(" \t\"'“”‘’[](){}")
-    s = re.sub(r"[.;!]+$", "", s).strip()
-    return s.strip(" \"'“”‘’")
+    s = _LIST_MARKER.sub("", _BOLD.sub("", s)).strip()   # inline "1. x, 2. y" lists too
+    s = re.sub(r"^(?:and|or)\s+", "", s, flags=re.I)
+    s = s.strip(" \t\"'“”‘’[]{}")
+    s = re.sub(r"[.;!]+$", "", s).strip(" \"'“”‘’")
+    if s.startswith("(") and s.endswith(")"):
+        s = s[1:-1].strip()
+    elif s.count("(") != s.count(")"):
+        s = s.strip("()").strip()
+    return s
 
 
 def _from_json(text: str) -> Optional[List[str]]:
@@ -64,7 +69,7 @@ def _prose_items(lines: List[str], flags: Set[str]) -> List[str]:
     if m and m.end() < len(line):
         flags.add("preamble")
         line = line[m.end():]
-    items = [p for p in re.split(r"[,;]", line)]
+    items = [_LIST_MARKER.sub("", p.strip()) for p in re.split(r"[,;]", line)]
     last = items[-1]
     cut = re.search(r"[.!?]\s+[A-Z]", last)
     if cut:  # "..., romance. These reflect the user's taste" -> keep "romance"
@@ -96,6 +101,9 @@ def parse_interests(text: Optional[str], finish_reason: Optional[str] = "stop", 
             if len(listed) < len(kept):
                 flags.add("preamble" if not _LIST_MARKER.match(kept[0]) else "trailing_text")
             items = _list_items(kept)
+        elif len(kept) >= 2 and not any("," in ln for ln in kept) and all(len(ln) <= 80 for ln in kept):
+            flags.add("lines")  # one item per line, no markers
+            items = kept
         else:
             items = _prose_items(kept, flags)
         if truncated and items:

@@ -25,10 +25,12 @@ def get_config():
     c.model.path = os.path.join(venv, "models", "SmolLM2-135M-Instruct")
     c.model.served_name = "smollm2-135m-instruct"
     c.model.revision = ""  # a local folder: no hub revision; the GGUF's package version is in SOURCE.json
-    c.sampling.temperature = 0.2
-    c.sampling.top_p = 0.9
-    c.sampling.top_k = 50
-    c.sampling.repetition_penalty = 1.2    # greedy 135M output loops on titles otherwise
+    # Greedy: with temperature 0.2 and repetition_penalty 1.2 the 135M model wrote rambling prose on 36/40
+    # users; greedy mostly lists (echoed) titles, which is the pipeline-exercising behaviour we want.
+    c.sampling.temperature = 0.0
+    c.sampling.top_p = 1.0
+    c.sampling.top_k = -1
+    c.sampling.repetition_penalty = 1.0
     c.sampling.max_tokens = 64             # five short phrases fit; caps the runaway answers' cost
     c.engine.device = "cpu"
     c.engine.dtype = "bfloat16"
