@@ -29,7 +29,7 @@ from inference.parse import parse_interests
 from inference.requests import uid_of
 from inference.runner import load_results
 
-_KEEP_S = ("ss", "us", "is", "ous", "ics", "sis")
+_KEEP_S = ("ss", "us", "is", "ous", "ics", "sis", "series", "species")
 
 
 def lemmatise(word: str) -> str:
@@ -44,9 +44,9 @@ def lemmatise(word: str) -> str:
 
 
 def clean_phrase(phrase: str) -> str:
-    """Lowercase, letters only, stop words dropped, lemmatised; '' when nothing (or too much) is left."""
+    """Lowercase, letters only (single letters dropped), stop words dropped, lemmatised; '' when nothing (or too much) is left."""
     words = re.sub(r"[^a-z]+", " ", phrase.lower()).split()
-    words = [lemmatise(w) for w in words if w not in ENGLISH_STOP_WORDS]
+    words = [lemmatise(w) for w in words if len(w) > 1 and w not in ENGLISH_STOP_WORDS]
     out = " ".join(words)
     return out if 1 < len(out) <= 50 else ""
 
