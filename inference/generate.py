@@ -79,6 +79,13 @@ def main(argv) -> None:
         store.close()
         print(f"imported {n} answers into {out / 'results.jsonl'}", file=sys.stderr)
         return
+    res_path = out / "results.jsonl"
+    if res_path.exists():
+        store = ResultStore(res_path)
+        store.close()
+        if all(r["custom_id"] in store.done for r in reqs):
+            print(f"all {len(reqs)} requests already answered in {res_path}", file=sys.stderr)
+            return
     from inference.backends import make_backend
     with make_backend(config) as backend:
         summary = run_generation(reqs, backend, out, run_info(config, req_path),
