@@ -64,7 +64,8 @@ def run_info(config, requests_path: Path) -> Dict:
 def main(argv) -> None:
     import logging
     from absl import flags
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    for name in ("httpx", "httpx2"):  # the openai client's transport logs one INFO line per request
+        logging.getLogger(name).setLevel(logging.WARNING)
     config, f = flags.FLAGS.config, flags.FLAGS
     out = out_dir_of(config)
     reqs = make_requests(config)
