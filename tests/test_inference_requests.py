@@ -129,3 +129,31 @@ def test_real_dbbook_requests_exclude_test_items():
         u = uid_of(r["custom_id"])
         shown = {int(x.strip("<>")) for x in r["body"]["messages"][1]["content"][1:-1].split(", ")}
         assert shown <= set(train[u][-30:]) and not shown & set(test.get(u, []))
+
+
+def test_generate_make_requests_honours_valid_file_and_limit(tmp_path):
+    import importlib.util
+
+    from inference import generate
+    spec = importlib.util.spec_from_file_location("cfg", Path(__file__).resolve().parents[1] / "configs/llm/smollm2_cpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    train = read_user_items(TINY / "train.txt")
+    valid = {u: items[-3:] for u, items in train.items()}
+    (tmp_path / "valid.txt").write_text("".join(f"{u} {' '.join(map(str, v))}\n" for u, v in valid.items()))
+    c.data_dir, c.dataset, c.prompt.domain = str(TINY.parent), "tiny", "books"
+    c.valid_file, c.limit = str(tmp_path / "valid.txt"), 5
+    reqs = generate.make_requests(c)
+    titles = read_item_titles(TINY / "item_list.txt")
+    left = exclude_items(train, valid)
+    expected = [u for u in sorted(left) if any(i in titles for i in left[u][-30:])][:5]
+    assert 1 not in expected  # user 1's 3 training items are all held out: no request
+    assert [r["custom_id"] for r in reqs] == [f"user-{u}" for u in expected]
+    for r in reqs:
+        u = uid_of(r["custom_id"])
+        shown = r["body"]["messages"][1]["content"][1:-1].split(", ")
+        assert not {titles.get(i) for i in valid[u]} & set(shown)
+        assert r["body"]["temperature"] == c.sampling.temperature and r["body"]["model"] == c.model.served_name
+    c.structured_outputs = True
+    assert "json" in generate.request_body(c)["structured_outputs"]
