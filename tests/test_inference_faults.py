@@ -13,7 +13,8 @@ import pytest
 
 from inference.backends.openai_client import Endpoint, OpenAIBackend, RetryPolicy, split_body
 from inference.runner import load_results, run_generation
-from inference_fixtures.fake_openai_server import Behaviour, answer_for, start_server
+sys.path.insert(0, str(Path(__file__).parent / "inference_fixtures"))
+from fake_openai_server import Behaviour, answer_for, start_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).parent / "inference_fixtures"
