@@ -1,5 +1,6 @@
 """Histories, titles, prompts and OpenAI-Batch request files."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from inference.requests import (batch_output_to_records, build_requests, custom_
                                 write_jsonl)
 
 TINY = Path(__file__).parent / "inference_fixtures" / "tiny"
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED = Path(os.environ.get("CIKG_DATA_DIR") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
 BODY = {"model": "m", "temperature": 0.0, "max_tokens": 32, "seed": 1}
 
 
