@@ -63,6 +63,21 @@ def user_phrases(results: Mapping[str, Dict], max_items: int = 5) -> Tuple[Dict[
     return out, flags
 
 
+def _clean_words(text: str) -> str:
+    words = re.sub(r"[^a-z]+", " ", text.lower()).split()
+    return " ".join(lemmatise(w) for w in words if len(w) > 1 and w not in ENGLISH_STOP_WORDS)
+
+
+def echo_fraction(phrases_by_user: Mapping[int, Sequence[str]], requests: Sequence[Dict]) -> Optional[float]:
+    """Share of phrases that merely repeat words of a title from the user's own prompt (a small-model habit)."""
+    prompt = {uid_of(r["custom_id"]): " " + _clean_words(r["body"]["messages"][-1]["content"]) + " "
+              for r in requests}
+    pairs = [(u, p) for u, ps in phrases_by_user.items() for p in ps if u in prompt]
+    if not pairs:
+        return None
+    return round(sum(f" {p} " in prompt[u] for u, p in pairs) / len(pairs), 4)
+
+
 def featurise(phrases: Sequence[str], method: str = "tfidf"):
     """Row features: TF-IDF (max_df 0.8, 1-2-grams) or L2-normalised all-MiniLM-L6-v2 embeddings."""
     if method == "tfidf":
@@ -205,6 +220,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     s = cluster_interests(by_user, a.kappa or DEFAULT_KAPPA.get(a.dataset, 550), count_users(ddir),
                           a.max_entity_id if a.max_entity_id is not None else max_entity_id(ddir), a.features, a.seed)
     s.stats.update(answers=len(results), parse_flags=dict(flags))
+    req_file = a.run_dir / "requests.jsonl"
+    if req_file.exists():
+        from inference.requests import read_jsonl
+        s.stats["phrases_echoing_prompt_titles"] = echo_fraction(by_user, list(read_jsonl(req_file)))
     out = a.out_dir or a.run_dir / "structured"
     write_outputs(s, by_user, out)
     print(json.dumps(s.stats, indent=1))

@@ -85,3 +85,11 @@ def test_cli_writes_release_format(tmp_path):
 def test_too_few_phrases_is_a_clear_error():
     with pytest.raises(ValueError, match="nothing to cluster"):
         cluster_interests({1: ["magic"]}, 5, 10, 0)
+
+
+def test_echo_fraction():
+    from inference.structure import echo_fraction
+    reqs = [{"custom_id": "user-1", "body": {"messages": [{"role": "system", "content": "s"},
+                                                          {"role": "user", "content": "[The Lord of the Rings, Dune]"}]}}]
+    assert echo_fraction({1: ["lord ring", "space opera"]}, reqs) == 0.5
+    assert echo_fraction({2: ["x"]}, reqs) is None
