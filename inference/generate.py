@@ -88,6 +88,8 @@ def main(argv) -> None:
             print(f"all {len(reqs)} requests already answered in {res_path}", file=sys.stderr)
             return
     from inference.backends import make_backend
+    if not config.server.log_path:
+        config.server.log_path = str(out / "vllm_server.log")
     with make_backend(config) as backend:
         summary = run_generation(reqs, backend, out, run_info(config, req_path),
                                  max_consecutive_failures=config.client.max_consecutive_failures,
