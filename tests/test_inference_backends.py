@@ -62,3 +62,24 @@ def test_stop_kills_a_process_ignoring_sigterm(tmp_path):
     srv.start()
     srv.stop(grace_s=0.5)
     assert srv.proc.poll() is not None
+
+
+def test_make_backend_builds_openai_from_config_and_rejects_unknown():
+    import importlib.util
+    from inference.backends import make_backend
+    from inference.backends.openai_client import OpenAIBackend
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("c", root / "configs/llm/openai_endpoints.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.endpoints = ({"base_url": "http://127.0.0.1:1/v1", "concurrency": 3},
+                   {"base_url": "http://127.0.0.1:2/v1"})
+    c.client.rate_limit_rps = 5.0
+    with make_backend(c) as b:
+        assert isinstance(b, OpenAIBackend) and [e.concurrency for e in b.endpoints] == [3, 8]
+        assert b.describe()["rate_limit_rps"] == 5.0 and b.retry.max_attempts == c.client.max_attempts
+    c.backend = "tgi"
+    with pytest.raises(ValueError, match="config.backend"):
+        with make_backend(c):
+            pass
