@@ -28,16 +28,17 @@ def l2_reg(ego_rows, mask, l2: float, count=None):
   return l2 * 0.5 * _masked_mean(sq, mask, count)
 
 
+def l2_normalize(x, eps: float = 1e-12):
+  """x / max(|x|, eps), with a finite gradient at x = 0. (jnp.linalg.norm's gradient there is
+  NaN, and a NaN crosses even zero-weight edges in the backward propagation: a masked interest
+  node whose edges were all dropped decodes to an exact zero row.)"""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
 def scaled_cosine_error(pred, target, row_mask, gamma: float):
   """GraphMAE's SCE: mean over the masked rows of (1 - cos(pred, target))^gamma."""
-  p = pred / jnp.maximum(jnp.linalg.norm(pred, axis=-1, keepdims=True), 1e-12)
-  t = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), 1e-12)
-  err = (1.0 - jnp.sum(p * t, axis=-1)) ** gamma
-  return _masked_mean(err, row_mask)
-
-
-def l2_normalize(x, eps: float = 1e-12):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  cos = jnp.sum(l2_normalize(pred) * l2_normalize(target), axis=-1)
+  return _masked_mean((1.0 - cos) ** gamma, row_mask)
 
 
 def info_nce(anchors, candidates, positive_index, mask, tau: float, count=None):

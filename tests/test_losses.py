@@ -83,3 +83,14 @@ def test_mask_rate_schedules():
   assert schedules.mask_rate(99, "const", 0.1, 0.95, 80) == pytest.approx(0.1)
   with pytest.raises(ValueError, match="schedule"):
     schedules.mask_rate(0, "cosine", 0.1, 0.9, 10)
+
+
+def test_zero_rows_have_finite_gradients():
+  import jax
+  pred = jnp.array([[0.0, 0.0], [1.0, 2.0]])
+  target = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+  g = jax.grad(lambda p: losses.scaled_cosine_error(p, target, jnp.ones(2), 2.0))(pred)
+  assert np.all(np.isfinite(np.asarray(g)))
+  assert float(losses.scaled_cosine_error(pred[:1], target[:1], jnp.ones(1), 2.0)) == 1.0
+  np.testing.assert_allclose(np.asarray(losses.l2_normalize(jnp.array([[3.0, 4.0]]))),
+                             [[0.6, 0.8]], rtol=1e-6)
