@@ -32,8 +32,8 @@ def load(results_dir):
 
 
 def table(rows):
-  out = ["| dataset | model | views | selection | where | best epoch | R@20 | N@20 | R@50 | N@50 "
-         "| R@100 | N@100 | sparsest-25% R@20 | train time |",
+  out = ["| dataset | model | views | selection | where | best / run epochs | R@20 | N@20 | R@50 "
+         "| N@50 | R@100 | N@100 | sparsest-25% R@20 | train time |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   key = lambda r: (r[0], ORDER.index(r[1]) if r[1] in ORDER else 99, r[2])
   for dataset, variant, where, r in sorted(rows, key=key):
@@ -44,7 +44,8 @@ def table(rows):
     t = r["test"]
     sparse = r["test_groups"][0]["recall@20"] if r.get("test_groups") else float("nan")
     out.append(
-        f"| {dataset} | {model} | {views} | {r['selection']} | {where} | {r['best_epoch']} | "
+        f"| {dataset} | {model} | {views} | {r['selection']} | {where} | {r['best_epoch']} / "
+        f"{r.get('epochs_run', '?')}{'' if r.get('stopped_early', True) and 'budget' not in r.get('stop_reason', '') else ' (budget)'} | "
         + " | ".join(f"{t[f'{m}@{k}']:.4f}" for k in (20, 50, 100) for m in ("recall", "ndcg"))
         + f" | {sparse:.4f} | {r['train_seconds'] / 60:.1f} min |")
   return "\n".join(out)
