@@ -84,7 +84,7 @@ def curves(runs_dir, png):
       lines = [json.loads(x) for x in open(path)]
       sel = "valid" if variant.endswith("valid") else "test"
       ax.plot([x["epoch"] for x in lines], [x[f"{sel}/recall@20"] for x in lines],
-              label=f"{variant} ({sel})")
+              label=f"{variant} ({sel})", color=f"C{ORDER.index(variant)}")
     ax.set_title(f"{ds}: selection-split Recall@20 per epoch")
     ax.set_xlabel("epoch")
     ax.legend(fontsize=8)
