@@ -4,19 +4,11 @@ Example: --config.endpoints='({"base_url": "http://gpu0:8000/v1", "concurrency":
                               {"base_url": "http://gpu1:8000/v1", "concurrency": 64})'
 The served model name must match --config.model.served_name (vLLM answers 404 otherwise).
 """
-import importlib.util
-import os
-
-
-def _base():
-    spec = importlib.util.spec_from_file_location("_llm_base", os.path.join(os.path.dirname(__file__), "_base.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.base_config()
+from configs.llm import _base as llm_base
 
 
 def get_config():
-    c = _base()
+    c = llm_base.base_config()
     c.name = "openai_endpoints"
     c.model.name = "Qwen/Qwen2.5-7B-Instruct"
     c.model.revision = "main"

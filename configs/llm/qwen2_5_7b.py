@@ -6,19 +6,11 @@ fits one 24 GB GPU in bf16 with room for KV cache, first-class vLLM support.
 Switch to the server path with --config.backend=vllm_server, or to several running servers with
 --config.backend=openai --config.endpoints=... (see inference/README.md).
 """
-import importlib.util
-import os
-
-
-def _base():
-    spec = importlib.util.spec_from_file_location("_llm_base", os.path.join(os.path.dirname(__file__), "_base.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.base_config()
+from configs.llm import _base as llm_base
 
 
 def get_config():
-    c = _base()
+    c = llm_base.base_config()
     c.name = "qwen2_5_7b"
     c.model.name = "Qwen/Qwen2.5-7B-Instruct"
     c.model.revision = "main"   # pin to the commit you downloaded; the manifest records what was used

@@ -4,21 +4,15 @@ Needs the environment of inference/setup_vllm_cpu.sh (.venv-vllm, model converte
 .venv-vllm/models/SmolLM2-135M-Instruct). A 135M model follows the prompt poorly (it echoes titles,
 numbers lists, runs long): it exercises the pipeline for real, it is not a quality oracle.
 """
-import importlib.util
 import os
+
+from configs.llm import _base as llm_base
 
 _ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
-def _base():
-    spec = importlib.util.spec_from_file_location("_llm_base", os.path.join(os.path.dirname(__file__), "_base.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.base_config()
-
-
 def get_config():
-    c = _base()
+    c = llm_base.base_config()
     c.name = "smollm2_cpu"
     venv = os.environ.get("VLLM_VENV", os.path.join(_ROOT, ".venv-vllm"))
     c.model.name = "HuggingFaceTB/SmolLM2-135M-Instruct"
