@@ -7,7 +7,7 @@ user-interest reconstruction, the three contrastive views and the total loss (ME
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import flax.linen as nn
 import flax.struct

@@ -19,7 +19,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Dict, Iterable, List, Optional
 
 from tqdm import tqdm
 

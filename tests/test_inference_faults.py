@@ -1,11 +1,9 @@
 """The OpenAI-compatible client and the runner against a stand-in server on 127.0.0.1 that delays,
 fails, answers garbage, or dies mid-run; plus a generate process killed mid-run and resumed."""
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
