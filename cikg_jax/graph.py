@@ -64,11 +64,6 @@ def make_graph(n_nodes: int, pairs: np.ndarray, self_loop_nodes: Optional[np.nda
       n_node=np.array([n_nodes], np.int32), n_edge=np.array([len(senders)], np.int32))
 
 
-def num_pairs(graph: jraph.GraphsTuple) -> int:
-  pair = np.asarray(graph.edges["pair"])
-  return int(pair.max()) + 1 if (pair >= 0).any() else 0
-
-
 def num_self_loops(graph: jraph.GraphsTuple) -> int:
   return int((np.asarray(graph.edges["pair"]) < 0).sum())
 

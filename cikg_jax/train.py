@@ -223,9 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   train_seconds_at_start = loop["train_seconds"]  # the time budget counts this invocation only
   setup_seconds = time.perf_counter() - t_setup
 
-  def eval_split(params, name, groups=False):
-    u, i = embed(params, graphs)
-    return evaluation.evaluate(u, i, eval_sets[name], ks, train_counts,
+  def eval_split(embeddings, name, groups=False):
+    return evaluation.evaluate(*embeddings, eval_sets[name], ks, train_counts,
                                config.eval.n_groups if groups else 0)
 
   last_save = time.perf_counter()
@@ -261,14 +260,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     t_train = time.perf_counter() - t0
 
     params = host_view(state.params)
-    sel_metrics, _ = eval_split(params, sel_name)
+    embeddings = embed(params, graphs)  # one propagation serves both evaluations
+    sel_metrics, _ = eval_split(embeddings, sel_name)
     score = selection_score(sel_metrics, config.eval.select_k)
     improved = score > loop["best_score"]
     if improved:
       best_params = jax.tree_util.tree_map(jnp.copy, params)
       best = {"valid": {}, "test": {}, "test_groups": None}
       best[sel_name] = sel_metrics
-      test_metrics, test_groups = eval_split(params, "test", groups=True)
+      test_metrics, test_groups = eval_split(embeddings, "test", groups=True)
       best["test"], best["test_groups"] = test_metrics, test_groups
       loop.update(best_score=score, best_epoch=epoch, bad_epochs=0, best=best)
     else:

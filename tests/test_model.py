@@ -10,6 +10,7 @@ from cikg_jax import model, train
 from cikg_jax.data import dataset as dataset_lib
 from configs import tiny
 from tests.test_data import _write
+from tests.test_propagation import _dense_lightgcn as _layer_mean
 
 
 @pytest.fixture()
@@ -40,12 +41,6 @@ def _dense(g, n, weights=None):
   return inv[:, None] * a * inv[None, :]
 
 
-def _layer_mean(a, x, layers):
-  out, e = [x], x
-  for _ in range(layers):
-    e = a @ e
-    out.append(e)
-  return np.mean(out, axis=0)
 
 
 def _norm(x):

@@ -52,9 +52,6 @@ class Dataset:
     """Interest ids (unshifted) that have at least one user edge."""
     return np.unique(self.user_interest[:, 1])
 
-  def selection_split(self) -> np.ndarray:
-    return self.valid if self.selection == "valid" else self.test
-
   def describe(self) -> str:
     per_user = np.bincount(self.train[:, 0], minlength=self.n_users)
     lines = [

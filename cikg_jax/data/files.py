@@ -138,20 +138,6 @@ def count_list_entries(path: str) -> Optional[int]:
   return n
 
 
-def read_item_names(path: str) -> Dict[int, str]:
-  """item_list.txt: `org_id remap_id name-or-URI` (name may contain spaces) -> {remap_id: name}."""
-  names: Dict[int, str] = {}
-  for line_no, text in enumerate(open(path, encoding="utf-8"), start=1):
-    if line_no == 1 or not text.strip():
-      continue
-    parts = text.rstrip("\n").split(" ", 2)
-    if len(parts) < 2:
-      _fail(path, line_no, "expected 'org_id remap_id [name]'")
-    remap = _to_int(path, line_no, parts[1], "remap id")
-    names[remap] = parts[2].strip() if len(parts) > 2 else ""
-  return names
-
-
 def write_user_items(path: str, user_items: Dict[int, List[int]]) -> None:
   with open(path, "w") as f:
     for u in sorted(user_items):
