@@ -13,6 +13,9 @@ def get_config():
   c.synthetic = ml_collections.ConfigDict(dict(n_users=300, n_items=200, seed=0))
   c.selection = "valid"      # "valid": select/stop on a held-out 1/8 of train; "test": the release's
   c.valid_fraction = 0.125
+  # Seed of the validation split, fixed across training seeds (a study's seeds vary the model, not
+  # the data), and the split inference/generate.py excludes from the LLM prompts; -1 = config.seed.
+  c.split_seed = 2024
   c.views = "paper"          # contrastive views: "paper" (the intent) or "release" (its bugs)
   c.seed = 2024
 

@@ -34,15 +34,47 @@ def out_dir_of(config) -> Path:
     return Path(config.out_dir or f"runs/llm/{config.name}/{config.dataset}")
 
 
-def make_requests(config) -> List[Dict]:
-    """Requests for every user (or the first `limit`) of config.dataset from their training history."""
+def prompt_history(config):
+    """(history, held_out): each user's model-fitting items in file order, and the items held out
+    from the prompts. By default the held-out items are the trainer's validation split, made by the
+    trainer's own function with the same fraction and seed; test items are never in train.txt."""
+    from cikg_jax.data import dataset as dataset_lib
+    from cikg_jax.data import files
     root = Path(config.data_dir) / config.dataset
     for f in ("train.txt", "item_list.txt"):
         if not (root / f).is_file():
             raise FileNotFoundError(f"{root / f}: missing (set --config.data_dir / --config.dataset)")
-    history = read_user_items(root / "train.txt")
+    train = files.read_user_items(str(root / "train.txt"))
     if config.valid_file:
-        history = exclude_items(history, read_user_items(config.valid_file))
+        held = read_user_items(config.valid_file)
+    else:
+        _, held = dataset_lib.model_fitting_split(train, config.split.selection,
+                                                  config.split.valid_fraction, config.split.split_seed)
+    return exclude_items(dict(train), held), held
+
+
+def split_info(config, held) -> Dict:
+    """What the manifest records of the split: where it came from and a digest of the held-out items."""
+    pairs = sorted((u, i) for u, items in held.items() for i in items)
+    return {"valid_file": config.valid_file, **config.split.to_dict(), "held_out_items": len(pairs),
+            "held_out_sha256": hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]}
+
+
+def validation_items_in_prompts(history, held_out, titles, n_items: int) -> Dict[str, int]:
+    """Leak count: held-out items among the titled items each prompt window shows."""
+    users = items = 0
+    for uid, hist in history.items():
+        shown = {i for i in list(hist)[-n_items:] if i in titles}
+        leaked = shown & set(held_out.get(uid, ()))
+        users += bool(leaked)
+        items += len(leaked)
+    return {"users": users, "items": items}
+
+
+def make_requests(config) -> List[Dict]:
+    """Requests for every user (or the first `limit`) of config.dataset from their model-fitting history."""
+    root = Path(config.data_dir) / config.dataset
+    history, _ = prompt_history(config)
     titles = read_item_titles(root / "item_list.txt", config.prompt.strip_disambiguation)
     template = get_template(config.prompt.template)
     reqs = build_requests(history, titles, template, config.prompt.domain or domain_of(config.dataset),
@@ -57,6 +89,7 @@ def run_info(config, requests_path: Path) -> Dict:
             "prompt_template_hash": t.digest(), "sampling": config.sampling.to_dict(),
             "structured_outputs": bool(config.structured_outputs), "seed": config.seed,
             "dataset": config.dataset, "n_items": config.prompt.n_items, "valid_file": config.valid_file,
+            "split": split_info(config, prompt_history(config)[1]),
             "requests_sha256": hashlib.sha256(requests_path.read_bytes()).hexdigest()[:16],
             "config": json.loads(config.to_json_best_effort())}
 

@@ -99,6 +99,15 @@ def split_validation(train: Dict[int, List[int]], fraction: float, seed: int):
   return fit, valid
 
 
+def model_fitting_split(train: Dict[int, List[int]], selection: str, valid_fraction: float,
+                        split_seed: int):
+  """(fit, valid) histories of a protocol: the one function the trainer and the LLM prompt builder
+  (inference/generate.py) share, so prompts never see the items model selection is done on."""
+  if selection == "valid":
+    return split_validation(train, valid_fraction, split_seed)
+  return train, {}
+
+
 def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
                  valid_fraction: float = 0.125, seed: int = 2024,
                  interest_file: Optional[str] = None, verbose: bool = True) -> Dataset:
@@ -147,10 +156,7 @@ def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
     user_interest = np.zeros((0, 2), dtype=np.int64)
     n_interests = 0
 
-  if selection == "valid":
-    fit, valid = split_validation(train, valid_fraction, seed)
-  else:
-    fit, valid = train, {}
+  fit, valid = model_fitting_split(train, selection, valid_fraction, seed)
   ds = Dataset(name=name, path=root, n_users=n_users, n_items=n_items, n_entities=n_entities,
                n_relations=n_relations, n_interests=n_interests, train=_pairs(fit),
                valid=_pairs(valid), test=_pairs(test), kg=kg, user_interest=user_interest,
@@ -160,6 +166,13 @@ def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
   return ds
 
 
+def split_seed_of(config) -> int:
+  """The validation split's seed: `config.split_seed`, fixed across training seeds so that every
+  seed of a study selects on the same held-out items and LLM prompts can exclude exactly them."""
+  seed = config.get("split_seed")
+  return config.seed if seed is None or seed < 0 else seed
+
+
 def load_from_config(config, verbose: bool = True) -> Dataset:
   """Loads `config.dataset`, generating the synthetic one on first use."""
   data_dir = config.get("data_dir")
@@ -167,5 +180,5 @@ def load_from_config(config, verbose: bool = True) -> Dataset:
     from cikg_jax.data import synthetic
     data_dir = synthetic.ensure(config.get("synthetic_dir") or None, **dict(config.synthetic))
   return load_dataset(data_dir, config.dataset, selection=config.selection,
-                      valid_fraction=config.valid_fraction, seed=config.seed,
+                      valid_fraction=config.valid_fraction, seed=split_seed_of(config),
                       interest_file=config.get("interest_file") or None, verbose=verbose)

@@ -5,10 +5,17 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "base"
-    # data: histories are train.txt minus `valid_file` (a held-out split in train.txt format), if given
+    # data: prompts see the model-fitting items only. By default the trainer's own seeded validation
+    # split (cikg_jax.data.dataset.model_fitting_split, same fraction and seed as configs/base.py) is
+    # removed from train.txt; `valid_file` (a held-out split in train.txt format) replaces it if given;
+    # split.selection = "test" keeps the whole train.txt (only for interests used with test selection).
     c.data_dir = "../shared/data"
     c.dataset = "dbbook2014"
     c.valid_file = ""
+    c.split = ml_collections.ConfigDict()
+    c.split.selection = "valid"
+    c.split.valid_fraction = 0.125
+    c.split.split_seed = 2024
     c.limit = 0                  # 0 = all users; N = the first N users (by uid) with a titled history
     c.out_dir = ""               # default: runs/llm/<name>/<dataset>
     c.seed = 2024
