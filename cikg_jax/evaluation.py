@@ -127,11 +127,32 @@ def user_groups(train_counts: np.ndarray, users: np.ndarray, n_groups: int):
   return groups
 
 
+def equal_interaction_groups(train_counts: np.ndarray, users: np.ndarray, n_groups: int):
+  """Groups of the evaluated users, sparsest first, each holding about 1/n of their total training
+  interactions (KGAT's and KGIN's sparsity protocol): the sparse groups then hold many users.
+  A user goes to the group in which the running total before them falls."""
+  counts = train_counts[users]
+  order = np.argsort(counts, kind="stable")
+  before = np.concatenate([[0], np.cumsum(counts[order])[:-1]]) if len(order) else np.zeros(0)
+  total = max(int(counts.sum()), 1)
+  which = np.minimum((before * n_groups) // total, n_groups - 1).astype(int)
+  groups = []
+  for g in range(n_groups):
+    idx = order[which == g]
+    if len(idx):
+      groups.append((g, idx, int(counts[idx].min()), int(counts[idx].max())))
+  return groups
+
+
+GROUPINGS = {"quantile": user_groups, "equal_interactions": equal_interaction_groups}
+
+
 def grouped_summary(per_user: np.ndarray, train_counts: np.ndarray, users: np.ndarray,
-                    ks: Sequence[int], n_groups: int) -> List[Dict]:
+                    ks: Sequence[int], n_groups: int, scheme: str = "quantile") -> List[Dict]:
   out = []
-  for g, idx, lo, hi in user_groups(train_counts, users, n_groups):
-    row = {"group": g, "n_users": int(len(idx)), "train_interactions": [lo, hi]}
+  for g, idx, lo, hi in GROUPINGS[scheme](train_counts, users, n_groups):
+    row = {"group": g, "n_users": int(len(idx)), "train_interactions": [lo, hi],
+           "train_interactions_total": int(train_counts[users[idx]].sum())}
     row.update(summarize(per_user[idx], ks))
     out.append(row)
   return out
@@ -145,3 +166,12 @@ def evaluate(user_emb, item_emb, eval_set: EvalSet, ks: Sequence[int], train_cou
   groups = (grouped_summary(per_user, train_counts, eval_set.user_ids, ks, n_groups)
             if n_groups and train_counts is not None else None)
   return result, groups
+
+
+def evaluate_groups(user_emb, item_emb, eval_set: EvalSet, ks: Sequence[int],
+                    train_counts: np.ndarray, n_groups: int):
+  """Overall metrics and the sparsity groups of every scheme in GROUPINGS, from one ranking."""
+  per_user = per_user_metrics(user_emb, item_emb, eval_set, ks)
+  return summarize(per_user, ks), {
+      scheme: grouped_summary(per_user, train_counts, eval_set.user_ids, ks, n_groups, scheme)
+      for scheme in GROUPINGS}

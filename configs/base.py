@@ -9,6 +9,9 @@ def get_config():
   c.dataset = "dbbook2014"
   c.data_dir = ""            # or the CIKG_DATA_DIR environment variable
   c.interest_file = ""       # a user_interest_clustered.txt replacing the dataset's own ("" = own)
+  # "" (the interests as given), "shuffled" or "random": information-free controls of the same size
+  # (cikg_jax/data/interest_controls.py), seeded by config.seed.
+  c.interest_control = ""
   c.synthetic_dir = ""       # where the synthetic dataset is generated ("" = ~/.cache/cikg_jax)
   c.synthetic = ml_collections.ConfigDict(dict(n_users=300, n_items=200, seed=0))
   c.selection = "valid"      # "valid": select/stop on a held-out 1/8 of train; "test": the release's

@@ -90,3 +90,38 @@ def test_groups_partition_users_by_training_count():
   assert all(a[1] <= b[0] for a, b in zip(lows, lows[1:]))  # sparsest group first
   weighted = sum(g["recall@3"] * g["n_users"] for g in groups) / n_users
   assert weighted == pytest.approx(overall["recall@3"], abs=1e-6)
+
+
+def test_equal_interaction_groups_hand_worked():
+  # counts sorted: 1,1,2,2,4,6 (total 16); running totals before each user: 0,1,2,4,6,10.
+  # With 2 groups the boundary is 8: users with running total < 8 go to group 0.
+  counts = np.array([6, 1, 2, 4, 1, 2])
+  users = np.arange(6)
+  groups = evaluation.equal_interaction_groups(counts, users, 2)
+  assert [sorted(idx.tolist()) for _, idx, _, _ in groups] == [[1, 2, 3, 4, 5], [0]]
+  assert [(lo, hi) for _, _, lo, hi in groups] == [(1, 4), (6, 6)]
+  # 4 groups, boundaries 4, 8, 12: totals 0,1,2 -> g0; 4,6 -> g1; 10 -> g2; none in g3.
+  groups = evaluation.equal_interaction_groups(counts, users, 4)
+  assert [g for g, *_ in groups] == [0, 1, 2]
+  assert [sorted(idx.tolist()) for _, idx, _, _ in groups] == [[1, 2, 4], [3, 5], [0]]
+
+
+def test_evaluate_groups_matches_evaluate_and_partitions_users():
+  rng = np.random.default_rng(0)
+  n_users, n_items = 40, 30
+  u, it = rng.normal(size=(n_users, 8)), rng.normal(size=(n_items, 8))
+  train = np.array([(x, y) for x in range(n_users) for y in rng.choice(n_items, 1 + x % 7,
+                                                                          replace=False)])
+  test = np.array([(x, (train[train[:, 0] == x, 1].max() + 1) % n_items) for x in range(n_users)])
+  test = test[[t[1] not in train[train[:, 0] == t[0], 1] for t in test]]
+  es = evaluation.make_eval_set(test, [train], n_users, n_items, 16)
+  counts = np.bincount(train[:, 0], minlength=n_users)
+  overall, quart = evaluation.evaluate(u, it, es, KS, counts, n_groups=4)
+  overall2, schemes = evaluation.evaluate_groups(u, it, es, KS, counts, 4)
+  assert overall == overall2 and schemes["quantile"] == quart
+  eq = schemes["equal_interactions"]
+  assert sum(g["n_users"] for g in eq) == len(es.user_ids)
+  totals = [g["train_interactions_total"] for g in eq]
+  assert max(totals) - min(totals) <= 2 * counts.max()  # equal totals up to one user's count
+  weighted = sum(g["recall@3"] * g["n_users"] for g in eq) / len(es.user_ids)
+  assert abs(weighted - overall["recall@3"]) < 1e-6

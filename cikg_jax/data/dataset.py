@@ -179,6 +179,15 @@ def load_from_config(config, verbose: bool = True) -> Dataset:
   if config.dataset == "synthetic":
     from cikg_jax.data import synthetic
     data_dir = synthetic.ensure(config.get("synthetic_dir") or None, **dict(config.synthetic))
-  return load_dataset(data_dir, config.dataset, selection=config.selection,
-                      valid_fraction=config.valid_fraction, seed=split_seed_of(config),
-                      interest_file=config.get("interest_file") or None, verbose=verbose)
+  ds = load_dataset(data_dir, config.dataset, selection=config.selection,
+                    valid_fraction=config.valid_fraction, seed=split_seed_of(config),
+                    interest_file=config.get("interest_file") or None, verbose=verbose)
+  control = config.get("interest_control") or ""
+  if control:
+    from cikg_jax.data import interest_controls
+    edges = interest_controls.apply(ds.user_interest, ds.n_users, control, config.seed)
+    ds = dataclasses.replace(ds, user_interest=edges)
+    if verbose:
+      print(f"  interest control {control!r} (seed {config.seed}): {len(edges):,} user-interest "
+            f"edges on {len(np.unique(edges[:, 1])) if len(edges) else 0} nodes", flush=True)
+  return ds
