@@ -1,0 +1,251 @@
+"""The shared runner of the experiment studies: every run is the training CLI in its own process
+and work directory, finished runs are skipped, and each finished run leaves one small JSON under
+experiments/results/<study>/ recording the command, the code commit, the machine and the wall time.
+
+A study script (experiments/main_table.py, user_knowledge.py, ablations.py, schedules.py) only lists
+its runs; `main()` here parses the common flags and runs them:
+
+  python experiments/main_table.py --datasets dbbook2014,book-crossing --seeds 2024,1,2
+  python experiments/main_table.py --quick          # smoke mode: tiny synthetic data, 2 epochs
+  python experiments/main_table.py --list           # print the runs and their state, run nothing
+
+Runs are named `<dataset>__<variant>__s<seed>`. The same run (same name, same command) needed by two
+studies is trained once: a result found in another study's folder is copied. An interrupted run
+resumes from its checkpoints when the script is started again (the CLI resumes its work directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "experiments", "results")
+DATASETS = ("dbbook2014", "book-crossing")
+SEEDS = (2024, 1, 2)
+DATASET_CONFIG = {"dbbook2014": "configs/dbbook2014.py", "book-crossing": "configs/book_crossing.py",
+                  "ml1m": "configs/ml1m.py", "synthetic": "configs/tiny.py"}
+MODEL_CONFIG = {"lightgcn": "configs/lightgcn.py", "simgcl": "configs/simgcl.py",
+                "kgat": "configs/kgat.py"}
+QUICK_FLAGS = ("--config.train.max_epochs=2", "--config.train.plot=False")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run: a model's config for a dataset, overrides and a seed."""
+  dataset: str
+  variant: str                 # e.g. "cikgrec-paper-valid", "simgcl-valid", "cikgrec-no_cl"
+  model: str                   # "cikgrec" or a key of MODEL_CONFIG
+  flags: Sequence[str] = ()    # --config.x=y overrides
+  seed: int = 2024
+
+  @property
+  def name(self) -> str:
+    return f"{self.dataset}__{self.variant}__s{self.seed}"
+
+  def config_arg(self) -> str:
+    if self.model == "cikgrec":
+      return DATASET_CONFIG[self.dataset]
+    return f"{MODEL_CONFIG[self.model]}:{self.dataset}"
+
+  def command(self, workdir: str, extra: Sequence[str] = ()) -> List[str]:
+    return [sys.executable, "-m", "cikg_jax.main", f"--config={self.config_arg()}",
+            f"--workdir={workdir}", *self.flags, f"--config.seed={self.seed}", *extra]
+
+
+def git_commit() -> str:
+  """HEAD, with `+dirty` when tracked files differ from it (results then say so)."""
+  try:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+  except (OSError, subprocess.CalledProcessError):
+    return os.environ.get("CIKG_COMMIT", "unknown")
+
+
+def _portable(cmd: Sequence[str], workdir: str) -> str:
+  """The command as a user would type it (python, repo-relative paths)."""
+  out = ["python"] + list(cmd[1:])
+  return " ".join(x.replace(workdir, "<workdir>") for x in out)
+
+
+def find_result(run: Run, results_dir: str) -> Optional[str]:
+  """A finished result of this run in any study folder (the same run is trained once)."""
+  hits = sorted(glob.glob(os.path.join(results_dir, "*", f"{run.name}.json")))
+  want = _portable(run.command("<workdir>"), "<workdir>")
+  for h in hits:
+    try:
+      with open(h) as f:
+        if json.load(f).get("command") == want:
+          return h
+    except (OSError, ValueError):
+      continue
+  return None
+
+
+@dataclasses.dataclass
+class Job:
+  run: Run
+  workdir: str
+  proc: subprocess.Popen
+  log: object
+  t0: float
+
+
+def run_all(study: str, runs: Sequence[Run], **kwargs) -> Dict[str, int]:
+  """Trains one study's runs (see `run_grid`)."""
+  return run_grid([(study, r) for r in runs], **kwargs)
+
+
+def run_grid(study_runs: Sequence[Tuple[str, Run]], *, results_dir: str = RESULTS,
+            runs_dir: str = os.path.join(ROOT, "runs"), parallel: int = 1,
+            machine: str = "", extra: Sequence[str] = (), deadline: float = 0.0,
+            min_run_seconds: float = 30.0, log: Callable[[str], None] = print) -> Dict[str, int]:
+  """Trains every (study, run) without a result, in the given order, `parallel` at a time; a run
+  listed by several studies is trained once and recorded in each. Returns counts by outcome.
+
+  `deadline` (time.time() value, 0 = none): each run gets the time left as its wall-time budget,
+  and no run starts with less than `min_run_seconds` left; a run stopped by that budget is
+  resumable and is not recorded."""
+  machine = machine or f"{platform.node()} ({os.cpu_count()} cpu)"
+  label = ",".join(dict.fromkeys(s for s, _ in study_runs))
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  commit = git_commit()
+  counts = {"done": 0, "skipped": 0, "copied": 0, "failed": 0, "paused": 0, "not_started": 0}
+  pending: List[Run] = []
+  wanted_by: Dict[str, List[str]] = {}   # run name -> the studies that list it
+  for study, r in study_runs:
+    os.makedirs(os.path.join(results_dir, study), exist_ok=True)
+    out = os.path.join(results_dir, study, f"{r.name}.json")
+    found = find_result(r, results_dir)
+    if found and os.path.abspath(found) == os.path.abspath(out):
+      counts["skipped"] += 1
+    elif found:
+      shutil.copyfile(found, out)
+      counts["copied"] += 1
+    elif r.name in wanted_by:
+      wanted_by[r.name].append(study)
+    else:
+      wanted_by[r.name] = [study]
+      pending.append(r)
+  study = label
+  log(f"[{study}] {len(study_runs)} runs: {counts['skipped']} done before, {counts['copied']} "
+      f"copied from other studies, {len(pending)} to train ({parallel} at a time)")
+  running: List[Job] = []
+
+  def finish(job: Job):
+    job.log.close()
+    res_path = os.path.join(job.workdir, "results.json")
+    rc = job.proc.returncode
+    if rc != 0 or not os.path.exists(res_path):
+      counts["failed"] += 1
+      log(f"[{study}] FAILED {job.run.name} (exit {rc}); log: {job.workdir}/log.txt")
+      return
+    with open(res_path) as f:
+      res = json.load(f)
+    if "budget" in str(res.get("stop_reason", "")):
+      counts["paused"] += 1
+      log(f"[{study}] paused {job.run.name} at epoch {res.get('epochs_run')} (budget); rerun to "
+          "continue")
+      return
+    res.update(run=job.run.name, variant=job.run.variant, model=job.run.model,
+               seed=job.run.seed, machine=machine, commit=commit,
+               wall_seconds=time.time() - job.t0,
+               command=_portable(job.run.command(job.workdir), job.workdir))
+    for s in wanted_by[job.run.name]:
+      with open(os.path.join(results_dir, s, f"{job.run.name}.json"), "w") as f:
+        json.dump(dict(res, study=s), f, indent=1)
+    counts["done"] += 1
+    t = res.get("test", {})
+    log(f"[{study}] done {job.run.name}: best epoch {res['best_epoch']}, test recall@20 "
+        f"{t.get('recall@20', float('nan')):.4f} ({time.time() - job.t0:.0f} s)")
+
+  def reap():
+    for job in list(running):
+      if job.proc.poll() is not None:
+        running.remove(job)
+        finish(job)
+
+  for i, r in enumerate(pending):
+    while True:
+      reap()
+      if len(running) < parallel:
+        break
+      time.sleep(0.5)
+    left = deadline - time.time() if deadline else 0.0
+    if deadline and left < min_run_seconds:
+      counts["not_started"] = len(pending) - i
+      log(f"[{study}] deadline: {len(pending) - i} runs not started")
+      break
+    wd = os.path.join(runs_dir, r.name)
+    os.makedirs(wd, exist_ok=True)
+    budget = [f"--config.train.max_seconds={left - 10:.0f}"] if deadline else []
+    cmd = r.command(wd, list(extra) + budget)
+    logf = open(os.path.join(wd, "log.txt"), "a")
+    log(f"[{study}] start {r.name} ({i + 1}/{len(pending)})")
+    running.append(Job(r, wd, subprocess.Popen(cmd, cwd=ROOT, stdout=logf, stderr=logf, env=env), logf,
+                       time.time()))
+  while running:
+    time.sleep(0.5)
+    reap()
+  log(f"[{study}] finished: {counts}")
+  return counts
+
+
+def quick(runs: Sequence[Run]) -> List[Run]:
+  """Smoke mode: each distinct variant once, on the tiny synthetic dataset, for 2 epochs."""
+  seen, out = set(), []
+  for r in runs:
+    if r.variant in seen or r.dataset == "ml1m":
+      continue
+    seen.add(r.variant)
+    flags = [f for f in r.flags if not f.startswith("--config.interest_file=")]
+    out.append(dataclasses.replace(r, dataset="synthetic", flags=tuple(flags) + QUICK_FLAGS,
+                                   seed=2024))
+  return out
+
+
+def main(study: str, make_runs: Callable[[Sequence[str], Sequence[int]], List[Run]],
+         argv=None, doc: str = "") -> Dict[str, int]:
+  p = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else study)
+  p.add_argument("--datasets", default=",".join(DATASETS))
+  p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+  p.add_argument("--quick", action="store_true", help="tiny synthetic data, 2 epochs, one seed")
+  p.add_argument("--list", action="store_true", help="list the runs and whether they are done")
+  p.add_argument("--only", default="", help="comma-separated substrings; keep matching runs")
+  p.add_argument("--parallel", type=int, default=1, help="runs at once (a GPU fits several)")
+  p.add_argument("--machine", default="", help="where the numbers are measured (recorded)")
+  p.add_argument("--results-dir", default="")
+  p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs"))
+  p.add_argument("--deadline-seconds", type=float, default=0.0,
+                 help="start no run after this many seconds; runs get the rest as budget")
+  p.add_argument("--extra", default="", help="extra --config.x=y flags for every run")
+  args = p.parse_args(argv)
+  runs = make_runs(args.datasets.split(","), [int(s) for s in args.seeds.split(",")])
+  if args.only:
+    keys = args.only.split(",")
+    runs = [r for r in runs if any(k in r.name for k in keys)]
+  results_dir = args.results_dir or RESULTS
+  if args.quick:
+    runs = quick(runs)
+    results_dir = args.results_dir or os.path.join(args.runs_dir, "quick", "results")
+  if args.list:
+    for r in runs:
+      state = "done" if find_result(r, results_dir) else "todo"
+      print(f"{state}  {r.name}  {' '.join(r.command('<workdir>')[2:])}")
+    return {}
+  deadline = time.time() + args.deadline_seconds if args.deadline_seconds else 0.0
+  return run_all(study, runs, results_dir=results_dir, runs_dir=args.runs_dir,
+                 parallel=args.parallel, machine=args.machine, extra=args.extra.split(),
+                 deadline=deadline)

@@ -1,0 +1,40 @@
+"""User-side knowledge: does CIKGRec gain from what the LLM says about users, or from having
+interest nodes at all? Full CIKGRec with the shipped GPT-3.5 interests, without interest nodes,
+with shuffled interests (each user keeps their number of interests, clusters random), with random
+interest nodes (same node and edge counts), and with the leak-free SmolLM2-135M interests
+(dbbook2014 only; experiments/results/smollm2_leakfree_dbbook2014/). Validation selection.
+
+  python experiments/user_knowledge.py --datasets dbbook2014,book-crossing --seeds 2024,1,2
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments.runner import Run, main  # noqa: E402
+
+BASE = ("--config.views=paper", "--config.selection=valid")
+GENERATED = {"dbbook2014": {
+    "smollm2": "experiments/results/smollm2_leakfree_dbbook2014/interests.txt"}}
+VARIANTS = {
+    "cikgrec-paper-valid": (),  # shipped GPT-3.5 interests: the main table's run
+    "cikgrec-no_interest": ("--config.model.use_interest_edges=False",),
+    "cikgrec-shuffled_interest": ("--config.interest_control=shuffled",),
+    "cikgrec-random_interest": ("--config.interest_control=random",),
+}
+
+
+def runs(datasets, seeds):
+  out = []
+  for seed in seeds:
+    for d in datasets:
+      out += [Run(d, v, "cikgrec", BASE + f, seed) for v, f in VARIANTS.items()]
+      for name, path in GENERATED.get(d, {}).items():
+        out.append(Run(d, f"cikgrec-{name}_interest", "cikgrec",
+                       BASE + (f"--config.interest_file={path}",), seed))
+  return out
+
+
+if __name__ == "__main__":
+  main("user_knowledge", runs, doc=__doc__)
