@@ -328,7 +328,7 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
   legacy = legacy_table(results_dir)
   if legacy:
     out += ["### Earlier single-seed runs", "",
-            "From `experiments/paper_tables.py` of earlier sessions (files "
+            "From the `paper_tables.py` script of earlier sessions (since replaced by the study scripts) (files "
             "`experiments/results/<dataset>__<variant>__<where>.json`; \"cpu\": this 2-core machine, "
             "\"h200\": one H200 shared by 10–14 runs). Seeds 1 and 2 (`-s1`, `-s2`) of these used a "
             "validation split that followed the training seed; the studies above fix it "

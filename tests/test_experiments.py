@@ -1,0 +1,130 @@
+"""The study runner (skips finished runs, trains a shared run once, records provenance, keeps
+budget-paused runs out of the results) and the README renderer (tables from files, --check)."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import main_table, render, runner, user_knowledge
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_FAKE_TRAIN = r"""
+import json, os, sys
+wd = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir=")][0]
+seed = int([a.split("=", 1)[1] for a in sys.argv if a.startswith("--config.seed=")][0])
+paused = any(a.startswith("--config.train.max_seconds=") for a in sys.argv) and seed == 99
+os.makedirs(wd, exist_ok=True)
+with open(os.path.join(wd, "calls.txt"), "a") as f:
+  f.write("x\n")
+res = {"best_epoch": 3, "epochs_run": 4, "test": {"recall@20": 0.1 + seed / 1000},
+       "stop_reason": "time budget of 5 s reached" if paused else "early stopping"}
+json.dump(res, open(os.path.join(wd, "results.json"), "w"))
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeRun(runner.Run):
+  def command(self, workdir, extra=()):
+    return [sys.executable, "-c", _FAKE_TRAIN, f"--workdir={workdir}", *self.flags,
+            f"--config.seed={self.seed}", *extra]
+
+
+def test_runner_trains_shared_runs_once_skips_done_and_records_provenance(tmp_path):
+  results, runs_dir = str(tmp_path / "results"), str(tmp_path / "runs")
+  a = FakeRun("toy", "m-valid", "cikgrec", ("--config.x=1",), 1)
+  b = FakeRun("toy", "m-valid", "cikgrec", ("--config.x=1",), 2)
+  counts = runner.run_grid([("s1", a), ("s2", a), ("s1", b)], results_dir=results,
+                           runs_dir=runs_dir, parallel=2, machine="test box", log=lambda s: None)
+  assert counts["done"] == 2
+  with open(os.path.join(runs_dir, a.name, "calls.txt")) as f:
+    assert len(f.read().split()) == 1  # trained once for both studies
+  rec = json.load(open(os.path.join(results, "s2", f"{a.name}.json")))
+  assert rec["study"] == "s2" and rec["machine"] == "test box" and rec["seed"] == 1
+  assert rec["commit"] and rec["wall_seconds"] >= 0
+  assert rec["command"].startswith("python -c") and "<workdir>" in rec["command"]
+  # a second invocation trains nothing; a third study copies the finished result
+  again = runner.run_grid([("s1", a), ("s1", b), ("s3", b)], results_dir=results,
+                          runs_dir=runs_dir, log=lambda s: None)
+  assert again["done"] == 0 and again["skipped"] == 2 and again["copied"] == 1
+  # another command under the same name is not mistaken for the finished run
+  changed = FakeRun("toy", "m-valid", "cikgrec", ("--config.x=2",), 1)
+  assert runner.find_result(changed, results) is None
+
+
+def test_runner_does_not_record_a_run_paused_by_the_deadline(tmp_path):
+  results = str(tmp_path / "results")
+  r = FakeRun("toy", "m-valid", "cikgrec", (), 99)
+  import time
+  counts = runner.run_grid([("s", r)], results_dir=results, runs_dir=str(tmp_path / "runs"),
+                           deadline=time.time() + 600, log=lambda s: None)
+  assert counts["paused"] == 1 and not os.path.exists(os.path.join(results, "s", f"{r.name}.json"))
+  late = runner.run_grid([("s", r)], results_dir=results, runs_dir=str(tmp_path / "runs"),
+                         deadline=time.time() + 5, min_run_seconds=30, log=lambda s: None)
+  assert late["not_started"] == 1
+
+
+def test_study_definitions_share_runs_by_name_and_command():
+  mt = {r.name: r for r in main_table.runs(["dbbook2014"], [2024])}
+  uk = {r.name: r for r in user_knowledge.runs(["dbbook2014"], [2024])}
+  shared = "dbbook2014__cikgrec-paper-valid__s2024"
+  assert mt[shared].command("w") == uk[shared].command("w")
+  from experiments import ablations
+  ab = {r.name: r for r in ablations.runs(["dbbook2014", "book-crossing"], [2024])}
+  assert ab[shared].command("w") == mt[shared].command("w")
+  assert "book-crossing__cikgrec-no_transe__s2024" not in ab  # book-crossing has no TransE
+  quick = runner.quick(list(ab.values()))
+  assert {r.dataset for r in quick} == {"synthetic"} and len(quick) == len({r.variant for r in quick})
+
+
+def _result(dataset, variant, seed, recall, groups=True):
+  g = [{"group": i, "n_users": 10, "train_interactions": [i, i + 1], "recall@20": recall * (i + 1)
+        / 4} for i in range(4)]
+  return {"test": {m: recall for m in render.METRICS}, "best_epoch": 10, "epochs_run": 20,
+          "machine": "box", "commit": "abc", "test_groups": g if groups else None,
+          "test_groups_equal_interactions": g if groups else None}
+
+
+def _write(results, study, dataset, variant, seed, recall):
+  os.makedirs(os.path.join(results, study), exist_ok=True)
+  with open(os.path.join(results, study, f"{dataset}__{variant}__s{seed}.json"), "w") as f:
+    json.dump(_result(dataset, variant, seed, recall), f)
+
+
+def test_render_tables_mean_std_improvement_and_significance(tmp_path):
+  results = str(tmp_path)
+  for seed, (c, l, s) in zip((2024, 1, 2), ((0.30, 0.26, 0.27), (0.31, 0.27, 0.28),
+                                             (0.29, 0.26, 0.27))):
+    _write(results, "main_table", "dbbook2014", "cikgrec-paper-valid", seed, c)
+    _write(results, "main_table", "dbbook2014", "lightgcn-valid", seed, l)
+    _write(results, "main_table", "dbbook2014", "simgcl-valid", seed, s)
+  text = render.section(results, plots=False)
+  cik = np.array([0.30, 0.31, 0.29])
+  assert f"{cik.mean():.4f} ± {cik.std(ddof=1):.4f}" in text
+  best = np.array([0.27, 0.28, 0.27])
+  assert f"{100 * (cik.mean() / best.mean() - 1):+.1f}% over SimGCL" in text
+  from scipy import stats
+  p = stats.ttest_ind(cik, best, equal_var=False).pvalue
+  assert f"Welch p = {render.fmt_p(p)}" in text
+  assert "Not yet run" in text and "kgat-valid ×3" in text  # missing runs are named
+
+
+def test_render_check_detects_a_stale_readme(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# x\n\n{render.BEGIN}\nold\n{render.END}\n\nrest\n")
+  results = str(tmp_path / "results")
+  _write(results, "ablations", "dbbook2014", "cikgrec-paper-valid", 2024, 0.3)
+  assert render.main(["--check", "--results", results, "--readme", str(readme)]) == 1
+  assert render.main(["--results", results, "--readme", str(readme)]) == 0
+  assert render.main(["--check", "--results", results, "--readme", str(readme)]) == 0
+  assert readme.read_text().endswith("\n\nrest\n")
+
+
+def test_repository_readme_is_up_to_date_with_the_committed_results():
+  proc = subprocess.run([sys.executable, "experiments/render.py", "--check"], cwd=ROOT,
+                        capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr
