@@ -1,5 +1,6 @@
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def test_env_var_data_dir(toy_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("name,text,message", [
-    ("train.txt", "0 0 1\n1 2 x\n", r"train.txt:2: item id 'x' is not an integer"),
+    ("train.txt", "0 0 1\n1 2 x\n", r"train.txt:2: non-integer item id 'x'"),
     ("train.txt", "0 0 1\n\n1 2\n", r"train.txt:2: empty line inside the file"),
     ("train.txt", "0 0 1\n0 2\n", r"train.txt:2: duplicate line for user 0"),
     ("train.txt", "0 0 1\n1 2 2\n", r"train.txt:2: item 2 listed twice for user 1"),
@@ -260,3 +261,30 @@ def test_shipped_datasets_sizes_unchanged(data_dir, name):
           len(ds.test), len(ds.kg), len(ds.user_interest)) == SHIPPED[name]
   items = files.read_id_list(os.path.join(data_dir, name, "item_list.txt"))
   assert len(items) == ds.n_items
+
+
+def test_inference_reads_item_list_and_histories_with_the_data_readers(tmp_path):
+  from inference import history
+  assert history.DataFileError is files.DataFormatError
+  p = tmp_path / "item_list.txt"
+  p.write_text("org_id remap_id item_name\n10 0 http://x.org/resource/A_b\n11 1\n12 5 C\n")
+  with pytest.raises(files.DataFormatError, match=r"item_list.txt:4: remap_id 5 out of range"):
+    history.read_item_titles(p)
+  p.write_bytes(b"\xef\xbb\xbforg_id remap_id item_name\r\n10 0 A  b\r\n11 1 None\r\n")
+  assert history.read_item_titles(p) == {0: "A b"}
+  t = tmp_path / "train.txt"
+  for text, message in [("0 1 1\n", r"train.txt:1: item 1 listed twice for user 0"),
+                        ("0 1\n\n1 2\n", r"train.txt:2: empty line inside the file")]:
+    t.write_text(text)
+    with pytest.raises(files.DataFormatError, match=message):
+      history.read_user_items(t)
+  t.write_text("0 3 1\n1\n")  # a user line without items (a validation file) is fine
+  assert history.read_user_items(t) == {0: [3, 1], 1: []}
+
+
+def test_inference_max_entity_id_reads_entity_names_with_spaces(tmp_path, data_dir):
+  from inference.structure import max_entity_id
+  (tmp_path / "entity_list.txt").write_text("org_id remap_id entity_name\n0 0 Clara Callan\n"
+                                            "4 1 Our Dumb Century\n7 2\n")
+  assert max_entity_id(tmp_path) == 2
+  assert max_entity_id(Path(data_dir) / "book-crossing") == 9525

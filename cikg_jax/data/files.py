@@ -49,7 +49,7 @@ def _to_int(path: str, line_no: int, token: str, what: str) -> int:
   try:
     value = int(token)
   except ValueError:
-    _fail(path, line_no, f"{what} {token!r} is not an integer")
+    _fail(path, line_no, f"non-integer {what} {token!r}")
   if value < 0:
     _fail(path, line_no, f"{what} {value} is negative")
   return value
@@ -201,6 +201,8 @@ def read_id_list(path: str, dense: bool = True) -> IdList:
       continue
     if len(tokens) < 2:
       _fail(path, line_no, f"expected 'org_id remap_id [name]', got {text.strip()[:80]!r}")
+    if not tokens[1].lstrip("-").isdigit():
+      _fail(path, line_no, f"remap_id {tokens[1]!r} is not an integer")
     remap = _to_int(path, line_no, tokens[1], "remap_id")
     if remap in entries:
       _fail(path, line_no, f"remap_id {remap} already on line {entries[remap][2]}")
