@@ -178,6 +178,7 @@ class IdList:
   org_ids: List[str]
   names: List[Optional[str]]   # None where the line has no name column
   line_of: List[int]
+  remap_ids: List[int]         # ascending; 0..n-1 unless read with dense=False
 
   def __len__(self) -> int:
     return len(self.org_ids)
@@ -217,7 +218,7 @@ def read_id_list(path: str, dense: bool = True) -> IdList:
               f"so remap ids must be 0..{n - 1} each once ({missing} is missing)")
   order = sorted(entries)
   return IdList(path, [entries[k][0] for k in order], [entries[k][1] for k in order],
-                [entries[k][2] for k in order])
+                [entries[k][2] for k in order], order)
 
 
 def read_id_list_if_present(path: str) -> Optional[IdList]:
