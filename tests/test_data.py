@@ -161,7 +161,7 @@ def test_kge_triples_paper_and_release(toy_dir):
   assert rel[:, 1].max() < sampling.kge_relation_count(ds, "release")
 
 
-# ---- reliability: BOM, list files, interest id ranges, shipped sizes -------------------------------
+# ---- reliability: BOM, list files, interest id ranges, shipped sizes ---------------------------
 
 @pytest.mark.parametrize("name", ["train.txt", "test.txt", "kg_final.txt",
                                   "user_interest_clustered.txt", "item_list.txt",
@@ -219,7 +219,8 @@ def test_item_list_names_may_have_spaces_or_be_absent(toy_dir):
 def test_entity_list_is_validated_and_aligned_with_item_list(toy_dir):
   entities = "org_id remap_id\n" + "".join(f"i{e} {e}\n" for e in range(7))
   assert _with_lists(toy_dir, ITEMS, entities)().n_entities == 7
-  with pytest.raises(files.DataFormatError, match=r"entity_list.txt:9: remap_id 6 already on line 8"):
+  with pytest.raises(files.DataFormatError,
+                     match=r"entity_list.txt:9: remap_id 6 already on line 8"):
     _with_lists(toy_dir, ITEMS, entities + "x 6\n")()
   # items numbered differently from the KG entities: item i must be entity i
   shifted = "org_id remap_id\n" + "".join(f"i{(e + 1) % 7} {e}\n" for e in range(7))

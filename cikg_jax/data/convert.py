@@ -81,7 +81,8 @@ def convert_kgat(src: str, out: str, item_ids: str = "org", user_order: str = "f
   report = {k: 0 for k in (
       "train_interactions_with_unknown_items", "test_interactions_with_unknown_items",
       "train_repeated_items", "test_repeated_items", "train_duplicate_user_lines_merged",
-      "test_duplicate_user_lines_merged", "test_items_also_in_train", "users_without_training_items",
+      "test_duplicate_user_lines_merged", "test_items_also_in_train",
+      "users_without_training_items",
       "test_items_of_dropped_users", "kg_triples_with_unknown_entities", "kg_duplicate_triples",
       "interest_pairs_of_unknown_users", "items_not_matching_entity_list")}
   p = lambda name: os.path.join(src, name)
@@ -211,7 +212,8 @@ def _read_source_kg(path: str) -> np.ndarray:
   rows = []
   for line_no, tokens in _text(path):
     if len(tokens) != 3:
-      files._fail(path, line_no, f"expected 3 integers 'head relation tail', got {len(tokens)} tokens")
+      files._fail(path, line_no,
+                  f"expected 3 integers 'head relation tail', got {len(tokens)} tokens")
     rows.append([_int(path, line_no, t, w) for t, w in zip(tokens, ("head", "relation", "tail"))])
   return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 

@@ -134,7 +134,7 @@ def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
   if missing:
     files._fail(train_path, None, f"user {missing[0]} has no training items (no line); users "
                 "must be numbered 0..n-1 and each needs at least one training item (data from "
-                "elsewhere: `python -m cikg_jax.data.convert`, see README 'Bring your own dataset')")
+                "elsewhere: `python -m cikg_jax.data.convert`, README 'Bring your own dataset')")
   all_items = [i for v in train.values() for i in v] + [i for v in test.values() for i in v]
   n_items = n_listed_items if n_listed_items is not None else max(all_items) + 1
 

@@ -86,7 +86,8 @@ def read_user_items(path: str, n_items: Optional[int] = None,
       for it in items:
         if it >= n_items:
           _fail(path, line_no, f"item id {it} out of range (the dataset has {n_items} items, "
-                "remap ids 0..n-1 of item_list.txt; raw item ids: `python -m cikg_jax.data.convert`)")
+                "remap ids 0..n-1 of item_list.txt; raw item ids: "
+                "`python -m cikg_jax.data.convert`)")
     out[uid] = items
     out.line_of[uid] = line_no
   return out
@@ -186,7 +187,8 @@ class IdList:
   def keys(self, i: int) -> set:
     """The identifiers of entry i (org id, name), ignoring "None"-style placeholders: KGAT-style
     lists name the same object by org id in one file and by URI / freebase id in the other."""
-    return {k for k in (self.org_ids[i], self.names[i]) if k is not None and k.lower() not in NAMELESS}
+    return {k for k in (self.org_ids[i], self.names[i])
+            if k is not None and k.lower() not in NAMELESS}
 
 
 def read_id_list(path: str, dense: bool = True) -> IdList:
@@ -236,12 +238,13 @@ def check_items_are_entities(items: IdList, entities: IdList) -> None:
   bad = [i for i in range(len(items)) if not items.keys(i) & entities.keys(i)]
   if bad:
     i = bad[0]
+    ids = lambda lst: " / ".join(sorted(lst.keys(i))) or "no id"
     _fail(items.path, items.line_of[i],
-          f"item {i} ({' / '.join(sorted(items.keys(i))) or 'no id'}) is not entity {i} of "
-          f"{entities.path}:{entities.line_of[i]} ({' / '.join(sorted(entities.keys(i))) or 'no id'}); "
-          f"{len(bad)} of {len(items)} items disagree. Items must be numbered like their KG "
-          "entities (item i = entity i): convert the dataset with `python -m cikg_jax.data.convert`, "
-          "or remove entity_list.txt if the two lists use unrelated ids")
+          f"item {i} ({ids(items)}) is not entity {i} of {entities.path}:{entities.line_of[i]} "
+          f"({ids(entities)}); {len(bad)} of {len(items)} items disagree. Items must be numbered "
+          "like their KG entities (item i = entity i): convert the dataset with "
+          "`python -m cikg_jax.data.convert`, or remove entity_list.txt if the two lists use "
+          "unrelated ids")
 
 
 def write_user_items(path: str, user_items: Dict[int, List[int]]) -> None:
