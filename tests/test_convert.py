@@ -67,7 +67,7 @@ def test_convert_sorted_user_order(tmp_path):
   assert _ids(tmp_path / "f" / "user_list.txt") == {"1": 0, "2": 1, "5": 2}
 
 
-def test_the_source_itself_is_refused_by_the_loader(tmp_path):
+def test_the_source_itself_is_refused_by_the_loader():
   with pytest.raises(files.DataFormatError,
                      match=r"item_list.txt:4: remap_id 4 out of range.*0 is missing"):
     dataset_lib.load_dataset(os.path.dirname(FIX), os.path.basename(FIX), verbose=False)

@@ -193,8 +193,9 @@ def convert_kgat(src: str, out: str, item_ids: str = "org", user_order: str = "f
     # Interest ids are renumbered densely right above the entities, in source id order.
     ids = sorted({v for _, v in pairs})
     interest_of = {v: n_entities + k for k, v in enumerate(ids)}
-    files.write_rows(o("user_interest_clustered.txt"),
-                     np.array([(u, interest_of[v]) for u, v in pairs]).reshape(-1, 2))
+    if pairs:
+      files.write_rows(o("user_interest_clustered.txt"),
+                       np.array([(u, interest_of[v]) for u, v in pairs]))
     n_interests = len(ids)
 
   report.update(source=os.path.abspath(src), item_ids=item_ids, user_order=user_order,

@@ -152,7 +152,7 @@ def check_dense_ids(path: str, ids: np.ndarray, line_nos: Sequence[int], first: 
   line = line_nos[int(np.flatnonzero(ids == top)[0])]
   gaps = np.diff(np.concatenate([[first - 1], used]))
   k = int(np.argmax(gaps))  # the largest jump: ids from used[k] up are the suspects
-  below = f"; the other ids lie in {first}..{int(used[k - 1])}" if k > 0 else ""
+  below = f"; the other ids lie in {int(used[0])}..{int(used[k - 1])}" if k > 0 else ""
   _fail(path, line, f"{what} id {top} would size the {what} table to {n_rows:,} rows of which only "
         f"{len(used):,} are used{below}. {what.capitalize()} ids must be numbered densely from "
         f"{first} (the first id above the entities): fix or drop this line, or renumber the ids "
