@@ -1,12 +1,17 @@
 """Defaults shared by every config: the release's DBbook2014 values (METHOD.md §5), paper views,
-validation-based model selection. Dataset files override what differs."""
+validation-based model selection. Dataset files override what differs. Any other dataset (README
+"Bring your own dataset") runs with these values:
+
+  python -m cikg_jax.main --config=configs/base.py:mydata --workdir=runs/mydata
+  python -m cikg_jax.main --config=configs/base.py --config.dataset=mydata --workdir=runs/mydata
+"""
 
 import ml_collections
 
 
-def get_config():
+def get_config(dataset: str = "dbbook2014"):
   c = ml_collections.ConfigDict()
-  c.dataset = "dbbook2014"
+  c.dataset = dataset
   c.data_dir = ""            # or the CIKG_DATA_DIR environment variable
   c.interest_file = ""       # a user_interest_clustered.txt replacing the dataset's own ("" = own)
   # "" (the interests as given), "shuffled" or "random": information-free controls of the same size

@@ -1,7 +1,9 @@
 """Read the training histories and item titles that the prompts are built from.
 
-Kept independent of `cikg_jax.data` on purpose: the caller passes the training history as a mapping
-uid -> ordered item list, so a held-out validation split (made by the core library) is simply left out.
+The files are parsed by `cikg_jax.data.files`, the trainer's own readers, so the prompts and the
+trainer accept and reject exactly the same files. The caller passes the training history as a
+mapping uid -> ordered item list, so a held-out validation split (made by the core library) is
+simply left out.
 """
 from __future__ import annotations
 
@@ -10,36 +12,19 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 from urllib.parse import unquote
 
+from cikg_jax.data import files
+
 DOMAINS = {"dbbook2014": "books", "book-crossing": "books", "ml1m": "movies"}
-_NAMELESS = {"", "none", "null", "nan"}
+_NAMELESS = files.NAMELESS
 
-
-class DataFileError(ValueError):
-    """A data file is malformed; the message names the file and line."""
-
-
-def _fail(path, line_no, problem) -> None:
-    raise DataFileError(f"{path}:{line_no}: {problem}")
+# The data readers' error: `path:line: problem`.
+DataFileError = files.DataFormatError
 
 
 def read_user_items(path: str | Path) -> Dict[int, List[int]]:
-    """Parse `uid item item ...` lines (train.txt / test.txt), keeping the file's item order."""
-    out: Dict[int, List[int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            try:
-                ids = [int(t) for t in tokens]
-            except ValueError:
-                _fail(path, line_no, f"non-integer token in {line.strip()[:80]!r}")
-            if min(ids) < 0:
-                _fail(path, line_no, "negative id")
-            if ids[0] in out:
-                _fail(path, line_no, f"user {ids[0]} appears twice")
-            out[ids[0]] = ids[1:]
-    return out
+    """Parse `uid item item ...` lines (train.txt / test.txt / a validation file), keeping the file's
+    item order; a user line without items is allowed (a validation file may have some)."""
+    return dict(files.read_user_items(str(path), allow_empty=True))
 
 
 def uri_to_title(name: str, strip_disambiguation: bool = False) -> Optional[str]:
@@ -64,26 +49,10 @@ def read_item_titles(path: str | Path, strip_disambiguation: bool = False) -> Di
 
     Items without a name (missing column or "None") are absent from the result.
     """
-    titles: Dict[int, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line_no == 1 and "remap_id" in line:
-                continue
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split(maxsplit=2)
-            if len(parts) < 2:
-                _fail(path, line_no, f"expected `org_id remap_id name`, got {line.strip()[:80]!r}")
-            try:
-                remap = int(parts[1])
-            except ValueError:
-                _fail(path, line_no, f"remap_id {parts[1]!r} is not an integer")
-            if remap in titles:
-                _fail(path, line_no, f"remap_id {remap} appears twice")
-            title = uri_to_title(parts[2], strip_disambiguation) if len(parts) == 3 else None
-            if title is not None:
-                titles[remap] = title
-    return titles
+    items = files.read_id_list(str(path))
+    titles = {i: uri_to_title(name, strip_disambiguation) for i, name in enumerate(items.names)
+              if name is not None}
+    return {i: t for i, t in titles.items() if t is not None}
 
 
 def exclude_items(history: Mapping[int, Sequence[int]],

@@ -158,23 +158,15 @@ def _summary(xs: List[int]) -> Optional[Dict]:
 
 
 def max_entity_id(dataset_dir: Path) -> int:
-    """Largest entity remap_id (entity_list.txt; kg_final.txt as a fallback)."""
+    """Largest entity remap_id (entity_list.txt; kg_final.txt as a fallback), read by the trainer's
+    readers (names with spaces, as in book-crossing's entity_list, are fine)."""
+    from cikg_jax.data import files
     ent = dataset_dir / "entity_list.txt"
     if ent.is_file():
-        best = -1
-        with open(ent, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                parts = line.split()
-                if line_no == 1 and parts[-1:] == ["remap_id"] or not parts:
-                    continue
-                try:
-                    best = max(best, int(parts[-1]))
-                except ValueError:
-                    raise ValueError(f"{ent}:{line_no}: remap_id {parts[-1]!r} is not an integer") from None
-        return best
+        return len(files.read_id_list(str(ent))) - 1
     kg = dataset_dir / "kg_final.txt"
     if kg.is_file():
-        arr = np.loadtxt(kg, dtype=np.int64, ndmin=2)
+        arr = files.read_triples(str(kg))
         return int(max(arr[:, 0].max(), arr[:, 2].max()))
     raise FileNotFoundError(f"{dataset_dir}: neither entity_list.txt nor kg_final.txt; pass --max_entity_id")
 

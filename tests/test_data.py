@@ -1,5 +1,6 @@
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def test_env_var_data_dir(toy_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("name,text,message", [
-    ("train.txt", "0 0 1\n1 2 x\n", r"train.txt:2: item id 'x' is not an integer"),
+    ("train.txt", "0 0 1\n1 2 x\n", r"train.txt:2: non-integer item id 'x'"),
     ("train.txt", "0 0 1\n\n1 2\n", r"train.txt:2: empty line inside the file"),
     ("train.txt", "0 0 1\n0 2\n", r"train.txt:2: duplicate line for user 0"),
     ("train.txt", "0 0 1\n1 2 2\n", r"train.txt:2: item 2 listed twice for user 1"),
@@ -158,3 +159,133 @@ def test_kge_triples_paper_and_release(toy_dir):
   assert (0, 2 * r, n_u) in got and (n_u, 2 * r + 1, 0) in got          # interact both ways
   assert sampling.kge_relation_count(ds, "release") == 2 * r + 2
   assert rel[:, 1].max() < sampling.kge_relation_count(ds, "release")
+
+
+# ---- reliability: BOM, list files, interest id ranges, shipped sizes ---------------------------
+
+@pytest.mark.parametrize("name", ["train.txt", "test.txt", "kg_final.txt",
+                                  "user_interest_clustered.txt", "item_list.txt",
+                                  "entity_list.txt"])
+def test_utf8_bom_and_crlf_are_accepted(toy_dir, name):
+  root = toy_dir / "toy"
+  _write(root, "item_list.txt", "org_id remap_id item_name\n" +
+         "".join(f"i{i} {i} Book {i}\n" for i in range(5)))
+  _write(root, "entity_list.txt", "org_id remap_id\n" +
+         "".join(f"{'i' if e < 5 else 'e'}{e} {e}\n" for e in range(7)))
+  before = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  path = root / name
+  data = path.read_bytes().replace(b"\n", b"\r\n")
+  path.write_bytes(b"\xef\xbb\xbf" + data)
+  after = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  for field in ("train", "test", "kg", "user_interest"):
+    assert np.array_equal(getattr(before, field), getattr(after, field)), field
+  assert (after.n_items, after.n_entities, after.n_interests) == (5, 7, 2)
+
+
+def _with_lists(toy_dir, items, entities=None):
+  _write(toy_dir / "toy", "item_list.txt", items)
+  if entities is not None:
+    _write(toy_dir / "toy", "entity_list.txt", entities)
+  return lambda: dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+
+
+ITEMS = "org_id remap_id item_name\n" + "".join(f"i{i} {i} Book {i}\n" for i in range(5))
+
+
+@pytest.mark.parametrize("items,message", [
+    (ITEMS + "i4 4 Book 4\n", r"item_list.txt:7: remap_id 4 already on line 6"),
+    (ITEMS + "i5 x\n", r"item_list.txt:7: remap_id 'x' is not an integer"),
+    (ITEMS + "i5 -5\n", r"item_list.txt:7: remap_id -5 is negative"),
+    (ITEMS + "i9 9 Far\n", r"item_list.txt:7: remap_id 9 out of range: the file has 6 entries, "
+     r"so remap ids must be 0..5 each once \(5 is missing\)"),
+    (ITEMS.replace("i2 2 Book 2\n", ""), r"item_list.txt:5: remap_id 4 out of range.*2 is missing"),
+    (ITEMS.replace("org_id remap_id item_name\n", ""), r"item_list.txt:1: expected the header"),
+    (ITEMS + "i5\n", r"item_list.txt:7: expected 'org_id remap_id \[name\]'"),
+], ids=["duplicate", "non-integer", "negative", "out-of-range", "gap", "no-header", "no-remap"])
+def test_item_list_is_validated_not_just_counted(toy_dir, items, message):
+  with pytest.raises(files.DataFormatError, match=message):
+    _with_lists(toy_dir, items)()
+
+
+def test_item_list_names_may_have_spaces_or_be_absent(toy_dir):
+  load = _with_lists(toy_dir, "org_id remap_id item_name\ni0 0 A  long\tname\ni1 1\ni2 2 None\n"
+                     "i3 3 x\ni4 4 y\n")
+  assert load().n_items == 5
+  got = files.read_id_list(str(toy_dir / "toy" / "item_list.txt"))
+  assert got.org_ids[:2] == ["i0", "i1"] and got.names[:3] == ["A  long\tname", None, "None"]
+  assert got.keys(2) == {"i2"}
+
+
+def test_entity_list_is_validated_and_aligned_with_item_list(toy_dir):
+  entities = "org_id remap_id\n" + "".join(f"i{e} {e}\n" for e in range(7))
+  assert _with_lists(toy_dir, ITEMS, entities)().n_entities == 7
+  with pytest.raises(files.DataFormatError,
+                     match=r"entity_list.txt:9: remap_id 6 already on line 8"):
+    _with_lists(toy_dir, ITEMS, entities + "x 6\n")()
+  # items numbered differently from the KG entities: item i must be entity i
+  shifted = "org_id remap_id\n" + "".join(f"i{(e + 1) % 7} {e}\n" for e in range(7))
+  with pytest.raises(files.DataFormatError, match=r"item_list.txt:2: item 0 \(Book 0 / i0\) is not "
+                     r"entity 0 of .*entity_list.txt:2 \(i1\); 5 of 5 items disagree"):
+    _with_lists(toy_dir, ITEMS, shifted)()
+  # the URI/title of an item may be the entity's org id (dbbook2014, ml1m, KGAT's freebase ids)
+  by_name = "org_id remap_id\n" + "".join(f"{'Book_' if e < 5 else 'e'}{e} {e}\n" for e in range(7))
+  _with_lists(toy_dir, ITEMS.replace("Book ", "Book_"), by_name)()
+  with pytest.raises(files.DataFormatError, match=r"5 items but .*entity_list.txt lists only 4"):
+    _with_lists(toy_dir, ITEMS, "org_id remap_id\n" + "".join(f"i{e} {e}\n" for e in range(4)))()
+
+
+def test_stray_interest_id_is_refused_with_its_line(toy_dir):
+  _write(toy_dir / "toy", "user_interest_clustered.txt", "0 7\n1 7\n2 8\n0 5000000\n1 8\n")
+  with pytest.raises(files.DataFormatError, match=r"user_interest_clustered.txt:4: interest id "
+                     r"5000000 would size the interest table to 4,999,994 rows of which only 3 are "
+                     r"used; the other ids lie in 7..8"):
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  # a small gap (book-crossing leaves 5 ids unused) is fine
+  _write(toy_dir / "toy", "user_interest_clustered.txt", "0 7\n1 40\n2 8\n")
+  assert dataset_lib.load_dataset(str(toy_dir), "toy", selection="test",
+                                  verbose=False).n_interests == 34
+
+
+SHIPPED = {  # users items entities relations interest-rows train test kg user-interest
+    "dbbook2014": (5576, 2680, 8908, 13, 544, 50745, 15216, 134223, 6961),
+    "book-crossing": (6616, 8853, 9526, 4, 250, 85989, 24673, 1137, 19497),
+    "ml1m": (6040, 3260, 14703, 0, 550, 796389, 202150, 0, 2204),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_datasets_sizes_unchanged(data_dir, name):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    ds = dataset_lib.load_dataset(data_dir, name, selection="test", verbose=False)
+  assert (ds.n_users, ds.n_items, ds.n_entities, ds.n_relations, ds.n_interests, len(ds.train),
+          len(ds.test), len(ds.kg), len(ds.user_interest)) == SHIPPED[name]
+  items = files.read_id_list(os.path.join(data_dir, name, "item_list.txt"))
+  assert len(items) == ds.n_items
+
+
+def test_inference_reads_item_list_and_histories_with_the_data_readers(tmp_path):
+  from inference import history
+  assert history.DataFileError is files.DataFormatError
+  p = tmp_path / "item_list.txt"
+  p.write_text("org_id remap_id item_name\n10 0 http://x.org/resource/A_b\n11 1\n12 5 C\n")
+  with pytest.raises(files.DataFormatError, match=r"item_list.txt:4: remap_id 5 out of range"):
+    history.read_item_titles(p)
+  p.write_bytes(b"\xef\xbb\xbforg_id remap_id item_name\r\n10 0 A  b\r\n11 1 None\r\n")
+  assert history.read_item_titles(p) == {0: "A b"}
+  t = tmp_path / "train.txt"
+  for text, message in [("0 1 1\n", r"train.txt:1: item 1 listed twice for user 0"),
+                        ("0 1\n\n1 2\n", r"train.txt:2: empty line inside the file")]:
+    t.write_text(text)
+    with pytest.raises(files.DataFormatError, match=message):
+      history.read_user_items(t)
+  t.write_text("0 3 1\n1\n")  # a user line without items (a validation file) is fine
+  assert history.read_user_items(t) == {0: [3, 1], 1: []}
+
+
+def test_inference_max_entity_id_reads_entity_names_with_spaces(tmp_path, data_dir):
+  from inference.structure import max_entity_id
+  (tmp_path / "entity_list.txt").write_text("org_id remap_id entity_name\n0 0 Clara Callan\n"
+                                            "4 1 Our Dumb Century\n7 2\n")
+  assert max_entity_id(tmp_path) == 2
+  assert max_entity_id(Path(data_dir) / "book-crossing") == 9525

@@ -117,10 +117,15 @@ def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
   root = os.path.join(resolve_data_dir(data_dir), name)
   if not os.path.isdir(root):
     raise FileNotFoundError(f"{root}: dataset directory not found (datasets: dbbook2014, "
-                            "book-crossing, ml1m; fetch with `python -m cikg_jax.data.download`)")
+                            "book-crossing, ml1m; fetch with `python -m cikg_jax.data.download`; "
+                            "your own: README 'Bring your own dataset')")
   train_path, test_path = os.path.join(root, "train.txt"), os.path.join(root, "test.txt")
 
-  n_listed_items = files.count_list_entries(os.path.join(root, "item_list.txt"))
+  item_list = files.read_id_list_if_present(os.path.join(root, "item_list.txt"))
+  entity_list = files.read_id_list_if_present(os.path.join(root, "entity_list.txt"))
+  if item_list is not None and entity_list is not None:
+    files.check_items_are_entities(item_list, entity_list)
+  n_listed_items = len(item_list) if item_list is not None else None
   train = files.read_user_items(train_path, n_items=n_listed_items)
   test = files.read_user_items(test_path, n_items=n_listed_items, allow_empty=True)
   files.check_disjoint(train, test, train_path, test_path)
@@ -128,11 +133,12 @@ def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
   missing = sorted(set(range(n_users)) - set(train))
   if missing:
     files._fail(train_path, None, f"user {missing[0]} has no training items (no line); users "
-                "must be numbered 0..n-1 and each needs at least one training item")
+                "must be numbered 0..n-1 and each needs at least one training item (data from "
+                "elsewhere: `python -m cikg_jax.data.convert`, README 'Bring your own dataset')")
   all_items = [i for v in train.values() for i in v] + [i for v in test.values() for i in v]
   n_items = n_listed_items if n_listed_items is not None else max(all_items) + 1
 
-  n_listed_entities = files.count_list_entries(os.path.join(root, "entity_list.txt"))
+  n_listed_entities = len(entity_list) if entity_list is not None else None
   kg_path = os.path.join(root, "kg_final.txt")
   if os.path.exists(kg_path):
     kg = files.read_triples(kg_path, n_entities=n_listed_entities)

@@ -6,9 +6,10 @@ problem: a recommender trained on silently mangled ids produces plausible-lookin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,26 +23,33 @@ def _fail(path: str, line_no: Optional[int], problem: str):
   raise DataFormatError(f"{where}: {problem}")
 
 
-def _lines(path: str):
-  """Yields (line_no, tokens); blank lines are allowed only at the end of the file."""
+def _text_lines(path: str):
+  """Yields (line_no, text without the line end); blank lines are allowed only at the end of the
+  file. A UTF-8 byte-order mark (Windows editors write one) and CRLF line ends are accepted."""
   if not os.path.exists(path):
     _fail(path, None, "file not found")
-  with open(path, "r", encoding="utf-8") as f:
+  with open(path, "r", encoding="utf-8-sig") as f:
     raw = f.read().split("\n")
   while raw and not raw[-1].strip():
     raw.pop()
   for i, text in enumerate(raw, start=1):
-    tokens = text.split()
-    if not tokens:
+    text = text.rstrip("\r")
+    if not text.strip():
       _fail(path, i, "empty line inside the file")
-    yield i, tokens
+    yield i, text
+
+
+def _lines(path: str):
+  """Yields (line_no, tokens), as `_text_lines`."""
+  for i, text in _text_lines(path):
+    yield i, text.split()
 
 
 def _to_int(path: str, line_no: int, token: str, what: str) -> int:
   try:
     value = int(token)
   except ValueError:
-    _fail(path, line_no, f"{what} {token!r} is not an integer")
+    _fail(path, line_no, f"non-integer {what} {token!r}")
   if value < 0:
     _fail(path, line_no, f"{what} {value} is negative")
   return value
@@ -77,7 +85,9 @@ def read_user_items(path: str, n_items: Optional[int] = None,
     if n_items is not None:
       for it in items:
         if it >= n_items:
-          _fail(path, line_no, f"item id {it} out of range (the dataset has {n_items} items)")
+          _fail(path, line_no, f"item id {it} out of range (the dataset has {n_items} items, "
+                "remap ids 0..n-1 of item_list.txt; raw item ids: "
+                "`python -m cikg_jax.data.convert`)")
     out[uid] = items
     out.line_of[uid] = line_no
   return out
@@ -101,7 +111,7 @@ def read_triples(path: str, n_entities: Optional[int] = None) -> np.ndarray:
 
 def read_pairs(path: str, n_users: int, min_second: int) -> np.ndarray:
   """Reads `uid interest_id` lines; interest ids must lie above the entity range."""
-  rows = []
+  rows, line_nos = [], []
   for line_no, tokens in _lines(path):
     if len(tokens) != 2:
       _fail(path, line_no, f"expected 'uid interest_id', got {len(tokens)} tokens")
@@ -112,9 +122,41 @@ def read_pairs(path: str, n_users: int, min_second: int) -> np.ndarray:
     if v < min_second:
       _fail(path, line_no, f"interest id {v} collides with the entity range (ids < {min_second})")
     rows.append((u, v))
+    line_nos.append(line_no)
   if not rows:
     _fail(path, None, "no user-interest pairs")
-  return _dedupe_rows(path, np.asarray(rows, dtype=np.int64))
+  arr = np.asarray(rows, dtype=np.int64)
+  check_dense_ids(path, arr[:, 1], line_nos, min_second, "interest")
+  return _dedupe_rows(path, arr)
+
+
+# Interest ids index an embedding table from the first id above the entities to the largest id. The
+# shipped files use 21% (ml1m) to 99% of their ranges; a stray id far above the rest would size the
+# table (and Adam's two moments) to millions of empty rows. Small waste is tolerated.
+SPARSE_MAX_UNUSED_ROWS = 4096
+SPARSE_MIN_USED_FRACTION = 1 / 8
+
+
+def check_dense_ids(path: str, ids: np.ndarray, line_nos: Sequence[int], first: int,
+                    what: str) -> None:
+  """Refuses an id range `first..max(ids)` that is mostly empty (more than
+  SPARSE_MAX_UNUSED_ROWS unused rows and under SPARSE_MIN_USED_FRACTION used), naming the line of
+  the largest id. Refusing rather than compacting: a far-off id is almost always a typo or a file
+  from another numbering, and silently renumbering would hide it (and move the shipped ranges)."""
+  used = np.unique(ids)
+  n_rows = int(used[-1]) + 1 - first
+  unused = n_rows - len(used)
+  if unused <= SPARSE_MAX_UNUSED_ROWS or len(used) >= SPARSE_MIN_USED_FRACTION * n_rows:
+    return
+  top = int(used[-1])
+  line = line_nos[int(np.flatnonzero(ids == top)[0])]
+  gaps = np.diff(np.concatenate([[first - 1], used]))
+  k = int(np.argmax(gaps))  # the largest jump: ids from used[k] up are the suspects
+  below = f"; the other ids lie in {int(used[0])}..{int(used[k - 1])}" if k > 0 else ""
+  _fail(path, line, f"{what} id {top} would size the {what} table to {n_rows:,} rows of which only "
+        f"{len(used):,} are used{below}. {what.capitalize()} ids must be numbered densely from "
+        f"{first} (the first id above the entities): fix or drop this line, or renumber the ids "
+        "(`python -m cikg_jax.data.convert` does)")
 
 
 def _dedupe_rows(path: str, arr: np.ndarray) -> np.ndarray:
@@ -127,15 +169,82 @@ def _dedupe_rows(path: str, arr: np.ndarray) -> np.ndarray:
   return arr[np.sort(first)]
 
 
-def count_list_entries(path: str) -> Optional[int]:
-  """Number of `name remap_id` entries of an *_list.txt file (header skipped), or None if absent."""
-  if not os.path.exists(path):
-    return None
-  n = 0
-  for line_no, _ in _lines(path):
-    if line_no > 1:
-      n += 1
-  return n
+NAMELESS = frozenset({"", "none", "null", "nan"})
+
+
+@dataclasses.dataclass
+class IdList:
+  """An *_list.txt file (`org_id remap_id [name]`, header line), indexed by remap id."""
+  path: str
+  org_ids: List[str]
+  names: List[Optional[str]]   # None where the line has no name column
+  line_of: List[int]
+  remap_ids: List[int]         # ascending; 0..n-1 unless read with dense=False
+
+  def __len__(self) -> int:
+    return len(self.org_ids)
+
+  def keys(self, i: int) -> set:
+    """The identifiers of entry i (org id, name), ignoring "None"-style placeholders: KGAT-style
+    lists name the same object by org id in one file and by URI / freebase id in the other."""
+    return {k for k in (self.org_ids[i], self.names[i])
+            if k is not None and k.lower() not in NAMELESS}
+
+
+def read_id_list(path: str, dense: bool = True) -> IdList:
+  """Reads item_list.txt / entity_list.txt / user_list.txt. With `dense`, remap ids must be exactly
+  0..n-1, each once: a duplicated or out-of-range line would otherwise add a phantom item. Names
+  may contain spaces or be absent."""
+  entries: Dict[int, Tuple[str, Optional[str], int]] = {}
+  for line_no, text in _text_lines(path):
+    tokens = text.split(maxsplit=2)
+    if line_no == 1:
+      if tokens[:2] != ["org_id", "remap_id"] or len(text.split()) > 3:
+        _fail(path, 1, f"expected the header 'org_id remap_id [name]', got {text.strip()[:80]!r}")
+      continue
+    if len(tokens) < 2:
+      _fail(path, line_no, f"expected 'org_id remap_id [name]', got {text.strip()[:80]!r}")
+    if not tokens[1].lstrip("-").isdigit():
+      _fail(path, line_no, f"remap_id {tokens[1]!r} is not an integer")
+    remap = _to_int(path, line_no, tokens[1], "remap_id")
+    if remap in entries:
+      _fail(path, line_no, f"remap_id {remap} already on line {entries[remap][2]}")
+    name = tokens[2].strip() if len(tokens) == 3 else None
+    entries[remap] = (tokens[0], name, line_no)
+  n = len(entries)
+  if dense:
+    for remap in sorted(entries):
+      if remap >= n:
+        missing = min(set(range(n)) - set(entries))
+        _fail(path, entries[remap][2], f"remap_id {remap} out of range: the file has {n} entries, "
+              f"so remap ids must be 0..{n - 1} each once ({missing} is missing)")
+  order = sorted(entries)
+  return IdList(path, [entries[k][0] for k in order], [entries[k][1] for k in order],
+                [entries[k][2] for k in order], order)
+
+
+def read_id_list_if_present(path: str) -> Optional[IdList]:
+  return read_id_list(path) if os.path.exists(path) else None
+
+
+def check_items_are_entities(items: IdList, entities: IdList) -> None:
+  """Item i must be KG entity i. Each shipped entry shares its org id or its name/URI with the
+  entity of the same remap id (dbbook2014/ml1m: item name = entity org id, or both org ids where the
+  item has no URI; book-crossing: same org id or same title), as in KGAT's own lists (item
+  freebase_id = entity org_id). A row sharing neither means the two numberings disagree."""
+  if len(items) > len(entities):
+    _fail(items.path, None, f"{len(items)} items but {entities.path} lists only {len(entities)} "
+          "entities; items must be the first entities (item i = entity i)")
+  bad = [i for i in range(len(items)) if not items.keys(i) & entities.keys(i)]
+  if bad:
+    i = bad[0]
+    ids = lambda lst: " / ".join(sorted(lst.keys(i))) or "no id"
+    _fail(items.path, items.line_of[i],
+          f"item {i} ({ids(items)}) is not entity {i} of {entities.path}:{entities.line_of[i]} "
+          f"({ids(entities)}); {len(bad)} of {len(items)} items disagree. Items must be numbered "
+          "like their KG entities (item i = entity i): convert the dataset with "
+          "`python -m cikg_jax.data.convert`, or remove entity_list.txt if the two lists use "
+          "unrelated ids")
 
 
 def write_user_items(path: str, user_items: Dict[int, List[int]]) -> None:

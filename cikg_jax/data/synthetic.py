@@ -60,17 +60,22 @@ def generate(out_dir: str, n_users: int = 300, n_items: int = 200, n_topics: int
       f.write(f"{1000 + i} {i} Synthetic Book {i} (topic {item_topic[i]})\n")
   with open(os.path.join(root, "entity_list.txt"), "w") as f:
     f.write("org_id remap_id\n")
-    for e in range(n_entities):
-      f.write(f"entity_{e} {e}\n")
+    for e in range(n_entities):  # item i is entity i: same org id (the loader checks it)
+      f.write(f"{1000 + e if e < n_items else f'entity_{e}'} {e}\n")
   return out_dir
+
+
+# Bumped when generate() writes different files, so caches of older versions are regenerated
+# (version 2: entity_list.txt's items carry item_list.txt's org ids).
+FORMAT = 2
 
 
 def ensure(directory: str | None = None, **params) -> str:
   """Generates the dataset once per parameter set and returns its data_dir."""
-  key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+  key = hashlib.sha1(json.dumps(dict(params, format=FORMAT), sort_keys=True).encode()).hexdigest()
   base = directory or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                                   "cikg_jax", f"synthetic-{key}")
-  marker = os.path.join(base, "synthetic", "user_interest_clustered.txt")
+                                   "cikg_jax", f"synthetic-{key[:10]}")
+  marker = os.path.join(base, "synthetic", f".format-{FORMAT}")
   if not os.path.exists(marker):
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=base)
@@ -80,4 +85,6 @@ def ensure(directory: str | None = None, **params) -> str:
       os.replace(os.path.join(tmp, "synthetic", name), os.path.join(base, "synthetic", name))
     os.rmdir(os.path.join(tmp, "synthetic"))
     os.rmdir(tmp)
+    with open(marker, "w") as f:
+      f.write(json.dumps(params, sort_keys=True) + "\n")
   return base
