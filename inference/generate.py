@@ -6,20 +6,26 @@
   python -m inference.generate --config=... --import_batch_output=out.jsonl   # from `vllm run-batch`
 
 Writes <out_dir>/requests.jsonl (OpenAI-Batch format), results.jsonl, failures.jsonl, manifest.json.
-Rerun the same command to finish an interrupted run.
+Rerun the same command to finish an interrupted run. The run lock is taken before anything is written
+in out_dir, and a directory holding answers to other requests (another dataset, prompt, model, sampling,
+split) is refused before any of it is touched. Credentials are never config values: an endpoint names
+the environment variable holding its key (`api_key_env`, default OPENAI_API_KEY).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Dict, List
 
 from inference.history import domain_of, exclude_items, read_item_titles, read_user_items
 from inference.prompts import INTERESTS_JSON_SCHEMA, get_template
-from inference.requests import batch_output_to_records, build_requests, write_jsonl
-from inference.runner import ResultStore, run_generation
+from inference.redact import redact
+from inference.requests import batch_output_to_records, build_requests, jsonl_bytes, write_jsonl
+from inference.runner import RunDir, RunDirError
+from inference.backends.credentials import CredentialError
 
 
 def request_body(config) -> Dict:
@@ -71,10 +77,11 @@ def validation_items_in_prompts(history, held_out, titles, n_items: int) -> Dict
     return {"users": users, "items": items}
 
 
-def make_requests(config) -> List[Dict]:
+def make_requests(config, history=None) -> List[Dict]:
     """Requests for every user (or the first `limit`) of config.dataset from their model-fitting history."""
     root = Path(config.data_dir) / config.dataset
-    history, _ = prompt_history(config)
+    if history is None:
+        history, _ = prompt_history(config)
     titles = read_item_titles(root / "item_list.txt", config.prompt.strip_disambiguation)
     template = get_template(config.prompt.template)
     reqs = build_requests(history, titles, template, config.prompt.domain or domain_of(config.dataset),
@@ -82,16 +89,64 @@ def make_requests(config) -> List[Dict]:
     return reqs[:config.limit] if config.limit else reqs
 
 
-def run_info(config, requests_path: Path) -> Dict:
+def run_info(config, requests: List[Dict], held_out=None) -> Dict:
+    """What the manifest records; its runner.FINGERPRINT_KEYS decide whether a run directory may be resumed."""
     t = get_template(config.prompt.template)
+    if held_out is None:
+        held_out = prompt_history(config)[1]
     return {"model": config.model.name, "revision": config.model.revision, "model_path": config.model.path,
             "served_name": config.model.served_name, "prompt_template": t.name,
-            "prompt_template_hash": t.digest(), "sampling": config.sampling.to_dict(),
+            "prompt_template_hash": t.digest(), "prompt": config.prompt.to_dict(),
+            "prompt_domain": config.prompt.domain or domain_of(config.dataset), "sampling": config.sampling.to_dict(),
             "structured_outputs": bool(config.structured_outputs), "seed": config.seed,
             "dataset": config.dataset, "n_items": config.prompt.n_items, "valid_file": config.valid_file,
-            "split": split_info(config, prompt_history(config)[1]),
-            "requests_sha256": hashlib.sha256(requests_path.read_bytes()).hexdigest()[:16],
+            "split": split_info(config, held_out), "limit": config.limit,
+            "requests_sha256": hashlib.sha256(jsonl_bytes(requests)).hexdigest()[:16],
             "config": json.loads(config.to_json_best_effort())}
+
+
+def check_credentials(config) -> None:
+    """Refuse credentials written into the config (they would reach manifests and logs): endpoints name an
+    environment variable instead (`api_key_env`)."""
+    from inference.backends.credentials import endpoint_specs
+    endpoint_specs(config.endpoints)
+
+
+def generate(config, *, requests_only: bool = False, import_batch_output: str = "", progress: bool = True) -> int:
+    """The command, callable in-process; returns the exit status (0 done, 3 requests left).
+
+    Order matters: credentials checked, requests built (reads the dataset only), THEN the run lock taken,
+    the run directory checked against these requests, and only then anything written in out_dir."""
+    check_credentials(config)
+    out = out_dir_of(config)
+    history, held_out = prompt_history(config)
+    reqs = make_requests(config, history)
+    info = run_info(config, reqs, held_out)
+    req_path = out / "requests.jsonl"
+    with RunDir(out) as rd:
+        todo = rd.check(reqs, info)
+        write_jsonl(req_path, reqs)
+        print(f"{len(reqs)} requests -> {req_path}", file=sys.stderr)
+        if requests_only:
+            return 0
+        if import_batch_output:
+            n = rd.import_records(batch_output_to_records(import_batch_output), reqs, info)
+            print(f"imported {n['imported']} answers into {out / 'results.jsonl'} ({json.dumps(n)})", file=sys.stderr)
+            return 0
+        if not todo:
+            print(f"all {len(reqs)} requests already answered in {out / 'results.jsonl'}", file=sys.stderr)
+            return 0
+        from inference.backends import make_backend
+        if not config.server.log_path:
+            config.server.log_path = str(out / "vllm_server.log")
+        with make_backend(config) as backend:
+            summary = rd.run(reqs, backend, info, max_consecutive_failures=config.client.max_consecutive_failures,
+                             progress=progress)
+    print(json.dumps(redact(summary), indent=1), file=sys.stderr)
+    if summary["remaining"]:
+        print(f"{summary['remaining']} requests not done; rerun the same command to finish", file=sys.stderr)
+        return 3
+    return 0
 
 
 def main(argv) -> None:
@@ -99,38 +154,18 @@ def main(argv) -> None:
     from absl import flags
     for name in ("httpx", "httpx2"):  # the openai client's transport logs one INFO line per request
         logging.getLogger(name).setLevel(logging.WARNING)
-    config, f = flags.FLAGS.config, flags.FLAGS
-    out = out_dir_of(config)
-    reqs = make_requests(config)
-    req_path = out / "requests.jsonl"
-    write_jsonl(req_path, reqs)
-    print(f"{len(reqs)} requests -> {req_path}", file=sys.stderr)
-    if f.requests_only:
-        return
-    if f.import_batch_output:
-        store = ResultStore(out / "results.jsonl")
-        n = sum(store.add(r) for r in batch_output_to_records(f.import_batch_output) if r["ok"])
-        store.close()
-        print(f"imported {n} answers into {out / 'results.jsonl'}", file=sys.stderr)
-        return
-    res_path = out / "results.jsonl"
-    if res_path.exists():
-        store = ResultStore(res_path)
-        store.close()
-        if all(r["custom_id"] in store.done for r in reqs):
-            print(f"all {len(reqs)} requests already answered in {res_path}", file=sys.stderr)
-            return
-    from inference.backends import make_backend
-    if not config.server.log_path:
-        config.server.log_path = str(out / "vllm_server.log")
-    with make_backend(config) as backend:
-        summary = run_generation(reqs, backend, out, run_info(config, req_path),
-                                 max_consecutive_failures=config.client.max_consecutive_failures,
-                                 progress=not f.no_progress)
-    print(json.dumps(summary, indent=1), file=sys.stderr)
-    if summary["remaining"]:
-        print(f"{summary['remaining']} requests not done; rerun the same command to finish", file=sys.stderr)
-        sys.exit(3)
+    f = flags.FLAGS
+    try:
+        rc = generate(f.config, requests_only=f.requests_only, import_batch_output=f.import_batch_output,
+                      progress=not f.no_progress)
+    except (RunDirError, CredentialError) as exc:   # refused: one line, nothing written
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # noqa: BLE001 - printed redacted instead of absl's raw traceback
+        print(redact(traceback.format_exc()), file=sys.stderr)
+        sys.exit(1)
+    if rc:
+        sys.exit(rc)
 
 
 def cli() -> None:

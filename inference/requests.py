@@ -6,6 +6,7 @@ Batch API requires a string).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,6 +27,18 @@ def uid_of(cid: str) -> int:
     if not cid.startswith("user-") or not cid[5:].isdigit():
         raise ValueError(f"custom_id {cid!r} is not of the form user-<uid>")
     return int(cid[5:])
+
+
+def request_sha256(request: Mapping) -> str:
+    """Hash of what is sent for a request (url + body: model, sampling, messages); stored with its answer so
+    that a resumed run can tell an answer to this exact request from one to another dataset or prompt."""
+    blob = json.dumps({"url": request.get("url"), "body": request["body"]}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def jsonl_bytes(rows: Iterable[Mapping]) -> bytes:
+    """The exact bytes `write_jsonl` writes for `rows`."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
 
 
 def build_requests(history: Mapping[int, Sequence[int]], titles: Mapping[int, str],

@@ -44,7 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.structured_outputs = False  # True: JSON-array schema via vLLM `structured_outputs` (use json-v1)
 
     c.backend = "vllm_offline"   # 'vllm_offline' | 'vllm_server' | 'openai'
-    c.endpoints = ()             # for 'openai': ({"base_url": ..., "api_key": ..., "concurrency": 8}, ...)
+    # for 'openai': ({"base_url": ..., "concurrency": 8, "api_key_env": "OPENAI_API_KEY"}, ...). The key is
+    # read from the NAMED environment variable (default OPENAI_API_KEY; unset = "EMPTY" for local servers);
+    # a literal "api_key" here is refused (it would land in manifest.json).
+    c.endpoints = ()
     c.client = ml_collections.ConfigDict()
     c.client.timeout_s = 120.0
     c.client.max_attempts = 4
@@ -72,7 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.server.startup_timeout_s = 900.0
     c.server.log_path = ""
     c.server.extra_args = ()
-    c.server.env = ml_collections.ConfigDict()
+    c.server.env = ml_collections.ConfigDict()   # extra server environment; prefer exporting tokens (HF_TOKEN)
+    # in the shell: the server inherits it. Values named like credentials are masked in manifest and logs.
     return c
 
 

