@@ -63,7 +63,10 @@ class Run:
 
 
 def git_commit() -> str:
-  """HEAD, with `+dirty` when tracked files differ from it (results then say so)."""
+  """HEAD, with `+dirty` when tracked files differ from it (results then say so); CIKG_COMMIT
+  names it where the tree is a copy without .git (a device machine)."""
+  if os.environ.get("CIKG_COMMIT"):
+    return os.environ["CIKG_COMMIT"]
   try:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
