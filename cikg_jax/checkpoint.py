@@ -1,38 +1,104 @@
 """Exact resume with orbax: the train state (params, both optimizer states, step) and the host
 loop state (epoch, early-stopping counters, best metrics) are saved after every epoch; the
-epoch's batches and keys are functions of (seed, epoch), so a resumed run continues identically."""
+epoch's batches and keys are functions of (seed, epoch), so a resumed run continues identically.
+
+A damaged step (truncated or zeroed files, a missing item, a flipped byte) must not block a run
+whose previous step is intact, nor resume it with silently changed state: each save records a
+SHA-256 of its arrays and loop state, and restore falls back to the newest step that restores and
+matches its digest."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+DIGEST_KEY = "state_sha256"
+
+
+class CheckpointError(RuntimeError):
+  """No step of a non-empty checkpoint directory restores."""
 
 
 def manager(workdir: str) -> ocp.CheckpointManager:
+  # max_to_keep=2: a damaged latest step always has an older one to fall back to.
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
       item_names=("state", "best_params", "loop"))
 
 
+def digest(state, best_params, loop: dict) -> str:
+  """SHA-256 of every array (dtype, shape, bytes, in tree order) and of the loop state."""
+  h = hashlib.sha256()
+  for x in jax.tree_util.tree_leaves(jax.device_get((state, best_params))):
+    a = np.ascontiguousarray(np.asarray(x))
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+  h.update(json.dumps({k: v for k, v in loop.items() if k != DIGEST_KEY},
+                      sort_keys=True).encode())
+  return h.hexdigest()
+
+
 def save(mgr: ocp.CheckpointManager, epoch: int, state, best_params, loop: dict) -> None:
+  loop = dict(loop, **{DIGEST_KEY: digest(state, best_params, loop)})
   mgr.save(epoch, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), best_params=ocp.args.StandardSave(best_params),
       loop=ocp.args.JsonSave(loop)))
   mgr.wait_until_finished()
 
 
-def restore_latest(mgr: ocp.CheckpointManager, state_like, params_like
-                   ) -> Optional[Tuple[Any, Any, dict]]:
-  step = mgr.latest_step()
-  if step is None:
-    return None
+def _restore_step(mgr, step, state_like, params_like):
   abstract = lambda tree: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
   got = mgr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract(state_like)),
       best_params=ocp.args.StandardRestore(abstract(params_like)),
       loop=ocp.args.JsonRestore()))
-  return got.state, got.best_params, got.loop
+  loop = dict(got.loop)
+  if loop.get("epoch") != step:
+    raise ValueError(f"its loop state names epoch {loop.get('epoch')!r}")
+  want = loop.pop(DIGEST_KEY, None)  # absent in checkpoints written before digests existed
+  if want is not None and want != digest(got.state, got.best_params, loop):
+    raise ValueError("content does not match the SHA-256 recorded at save time")
+  return got.state, got.best_params, loop
+
+
+def _why(e: BaseException) -> str:
+  text = " ".join(str(e).split()).split(". See full TensorStore details")[0]
+  return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+def restore_latest(mgr: ocp.CheckpointManager, state_like, params_like,
+                   delete_damaged: bool = False, log: Callable[[str], None] = print,
+                   ) -> Optional[Tuple[Any, Any, dict]]:
+  """(state, best_params, loop) of the newest step that restores and verifies, None without
+  steps. Skipped steps are reported through `log` and, with `delete_damaged`, deleted (so a
+  replay can save those epochs again) once an older step verifies."""
+  steps = sorted(mgr.all_steps(), reverse=True)
+  for n, step in enumerate(steps):
+    try:
+      restored = _restore_step(mgr, step, state_like, params_like)
+    except Exception as e:  # orbax/tensorstore raise many kinds; every one means "damaged"
+      log(f"warning: checkpoint step {step} in {mgr.directory} is damaged ({_why(e)}); "
+          "skipped it")
+      continue
+    if delete_damaged:
+      for bad in steps[:n]:  # only once a good step is found: never delete the last resort
+        mgr.delete(bad)
+    if n:
+      log(f"resuming from checkpoint step {step} instead")
+    return restored
+  if steps:
+    raise CheckpointError(
+        f"{mgr.directory}: no checkpoint step restores (tried {steps}); start the run afresh "
+        "with --config.train.resume=False or use another workdir")
+  return None
+
+
+def latest_step(mgr: Optional[ocp.CheckpointManager]) -> Optional[int]:
+  return None if mgr is None else mgr.latest_step()

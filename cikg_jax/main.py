@@ -1,28 +1,71 @@
 """Entry point: python -m cikg_jax.main --config=configs/NAME.py --workdir=DIR [--config.x=v]
 
-Without --config it runs the tiny synthetic job (configs/tiny.py)."""
+Without --config it runs the tiny synthetic job (configs/tiny.py). Errors a user can cause (bad
+data, config or workdir, a busy workdir, a non-finite loss) end as one line `error: ...` on stderr
+and exit status 1 (2 for bad flags); --debug shows the Python traceback instead."""
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import configs
-from cikg_jax import train
+from cikg_jax import checkpoint, rundir, train
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "tiny.py")
+# Errors that report a problem with the input, not a bug: their message is the whole story.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, rundir.RunError,
+               checkpoint.CheckpointError)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/tiny", "Directory for config, metrics, results, checkpoints.")
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training configuration file.",
-                                lock_config=True)
+flags.DEFINE_bool("debug", False, "Show the Python traceback of an input error, not one line.")
+try:
+  # Applies the --config.x=v overrides at once: an unknown key fails here, at import.
+  config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training configuration file.",
+                                  lock_config=True)
+  _CONFIG_FLAG_ERROR = None
+except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+  _CONFIG_FLAG_ERROR = e
+
+
+def _message(e: BaseException) -> str:
+  """One line: the innermost wrapped exception's text (KeyError's without its quotes)."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  return " ".join(text.split())
+
+
+def _fail(text: str, status: int) -> None:
+  print(f"error: {text}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _parse_flags(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(f"{_message(e)} (--helpfull lists the flags)", 2)
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except USER_ERRORS as e:
+    if FLAGS.debug:
+      raise
+    _fail(_message(e), 1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  if _CONFIG_FLAG_ERROR is not None:
+    if any(a in ("--debug", "--debug=true", "--debug=True") for a in sys.argv[1:]):
+      raise _CONFIG_FLAG_ERROR
+    what = ("unknown key " if isinstance(_CONFIG_FLAG_ERROR, (AttributeError, KeyError))
+            else "")
+    _fail(f"--config override: {what}{_message(_CONFIG_FLAG_ERROR)}", 2)
+  app.run(main, flags_parser=_parse_flags)

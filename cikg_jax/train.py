@@ -3,7 +3,7 @@ the selection split, JSON-lines logging, checkpoints and exact resume."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import time
 from typing import Any, Dict, List, Optional
@@ -17,7 +17,7 @@ import optax
 from tqdm.auto import tqdm
 
 from cikg_jax import checkpoint as ckpt
-from cikg_jax import evaluation, model, schedules
+from cikg_jax import evaluation, model, rundir, schedules
 from cikg_jax import graph as graph_lib
 from cikg_jax.data import dataset as dataset_lib
 from cikg_jax.data import sampling
@@ -113,14 +113,21 @@ def _mean_metrics(step_metrics: List[Dict]) -> Dict[str, float]:
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0] if k != "finite"}
 
 
-def _check_finite(step_metrics, epoch, what, workdir):
+def _check_finite(step_metrics, epoch, what, workdir, saved_epoch: Optional[int],
+                  checkpointing: bool = True):
   flags = np.asarray(jax.device_get([m["finite"] for m in step_metrics]))
   if flags.size and not flags.all():
     bad = int(np.flatnonzero(~flags)[0])
+    if not checkpointing:
+      saved = "checkpointing is off (train.checkpoint=False), so no checkpoint exists"
+    elif saved_epoch is None:
+      saved = "no checkpoint has been saved yet"
+    else:
+      saved = (f"the latest checkpoint (end of epoch {saved_epoch}) is in "
+               f"{os.path.join(workdir, 'checkpoints')}")
     raise FloatingPointError(
         f"non-finite {what} loss at epoch {epoch}, step {bad} of the epoch: training stopped. "
-        f"The state was kept at the last finite step; the last checkpoint (end of epoch "
-        f"{epoch - 1}) is in {os.path.join(workdir, 'checkpoints')}. Lower the learning rate "
+        f"The state was kept at the last finite step; {saved}. Lower the learning rate "
         "or check the data.")
 
 
@@ -129,15 +136,6 @@ def _compilations(jitted) -> Optional[int]:
     return int(jitted._cache_size())
   except AttributeError:  # private API; absent in some jax versions
     return None
-
-
-def _truncate_jsonl(path: str, last_epoch: int) -> None:
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    keep = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] <= last_epoch]
-  with open(path, "w") as f:
-    f.writelines(keep)
 
 
 def setup(config, verbose: bool = True):
@@ -166,12 +164,39 @@ def _effective_config(config, ds):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains to early stop on the selection split and writes config.json, metrics.jsonl,
-  results.json (and checkpoints/, curves.png) into `workdir`; resumes if interrupted."""
-  os.makedirs(workdir, exist_ok=True)
-  t_setup = time.perf_counter()
-  ds, config, graphs = setup(config)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2, default=str)
+  results.json (and checkpoints/, curves.png) into `workdir`; resumes if interrupted.
+
+  The workdir is created only once the data has loaded, and a run in it is resumed only if its
+  identity (config and data, rundir.RESUMABLE_KEYS aside) matches; train.resume=False deletes it
+  and starts afresh. One training at a time holds the workdir's lock."""
+  rundir.check_workdir(workdir)
+  resume = config.train.get("resume", True)
+  with contextlib.ExitStack() as held:
+    existed = os.path.isdir(workdir)
+    if existed:  # refuse a busy workdir or another run at once, before loading data
+      held.enter_context(rundir.locked(workdir))
+      if resume:
+        rundir.check_resume(workdir, config)
+    requested = config
+    t_setup = time.perf_counter()
+    ds, config, graphs = setup(requested)
+    data_sha256 = rundir.data_digest(ds)
+    if not existed:  # created only now that the data has loaded
+      os.makedirs(workdir, exist_ok=True)
+      held.enter_context(rundir.locked(workdir))
+    if resume:  # again: the data's digest, and a run another process may have begun meanwhile
+      rundir.check_resume(workdir, requested, config, data_sha256)
+    else:
+      gone = rundir.clear(workdir)
+      if gone:
+        print(f"note: train.resume=False: deleted {', '.join(gone)} in {workdir}", flush=True)
+    rundir.write_json(os.path.join(workdir, rundir.IDENTITY_FILE),
+                      {"config": rundir.plain(requested), "data_sha256": data_sha256})
+    rundir.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    return _train(config, workdir, ds, graphs, t_setup)
+
+
+def _train(config, workdir: str, ds, graphs, t_setup: float) -> Dict[str, Any]:
   eval_sets = make_eval_sets(ds, config)
   train_counts = np.bincount(ds.train[:, 0], minlength=ds.n_users)
   ks = tuple(config.eval.ks)
@@ -207,18 +232,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   best_params = jax.tree_util.tree_map(jnp.copy, state.params)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   mgr = ckpt.manager(workdir) if config.train.checkpoint else None
+  saved_epoch = None  # the newest checkpoint's epoch, for the non-finite error
   if mgr is not None:
-    restored = ckpt.restore_latest(mgr, state, best_params)
+    restored = ckpt.restore_latest(mgr, state, best_params, delete_damaged=True)
     if restored is not None:
       state, best_params, loop = restored
+      saved_epoch = loop["epoch"]
       if str(loop.get("stop_reason", "")).startswith("time budget"):
         loop["stopped"] = False  # a budget stop is a pause: a rerun continues the run
         loop.pop("stop_reason")
       print(f"resumed from {workdir}/checkpoints at epoch {loop['epoch']}", flush=True)
   if mgr is None or loop["epoch"] < 0:
-    open(metrics_path, "w").close()
+    rundir.write_atomic(metrics_path, "")
   else:
-    _truncate_jsonl(metrics_path, loop["epoch"])
+    rundir.truncate_jsonl(metrics_path, loop["epoch"])
   state = place(state)
   train_seconds_at_start = loop["train_seconds"]  # the time budget counts this invocation only
   setup_seconds = time.perf_counter() - t_setup
@@ -230,80 +257,82 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   last_save = time.perf_counter()
   pbar = tqdm(range(loop["epoch"] + 1, config.train.max_epochs), desc=f"train {ds.name}",
               unit="epoch", dynamic_ncols=True, disable=None)
-  for epoch in pbar:
-    if loop["stopped"]:
-      break
-    t0 = time.perf_counter()
-    epoch_key = jax.random.fold_in(root_key, epoch + 1)
-    rate = schedules.mask_rate(epoch, config.uir.schedule, config.uir.p0, config.uir.pmax,
-                               config.uir.total_epoch)
-    batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size,
-                                 sampling.epoch_rng(config.seed, epoch))
-    step_metrics = []
-    for b in range(batches["users"].shape[0]):
-      batch = {k: v[b] for k, v in batches.items()}
-      batch["mask_rate"] = np.float32(rate)
-      state, m = train_step(state, shard(batch), jax.random.fold_in(epoch_key, b), graphs)
-      step_metrics.append(m)
-    _check_finite(step_metrics, epoch, "training", workdir)
-    losses = _mean_metrics(step_metrics)
-    if kge_step is not None:
-      kbatches = sampling.kge_epoch(triples, kge_steps, config.kge.batch_size, *tail_range,
-                                    sampling.epoch_rng(config.seed, epoch, 1))
-      kge_metrics = []
-      for b in range(kge_steps):
-        state, m = kge_step(state, shard({k: v[b] for k, v in kbatches.items()}, False))
-        kge_metrics.append(m)
-      _check_finite(kge_metrics, epoch, "TransE", workdir)
-      losses.update(_mean_metrics(kge_metrics))
-    jax.block_until_ready(state)
-    t_train = time.perf_counter() - t0
+  try:
+    for epoch in pbar:
+      if loop["stopped"]:
+        break
+      t0 = time.perf_counter()
+      epoch_key = jax.random.fold_in(root_key, epoch + 1)
+      rate = schedules.mask_rate(epoch, config.uir.schedule, config.uir.p0, config.uir.pmax,
+                                 config.uir.total_epoch)
+      batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size,
+                                   sampling.epoch_rng(config.seed, epoch))
+      step_metrics = []
+      for b in range(batches["users"].shape[0]):
+        batch = {k: v[b] for k, v in batches.items()}
+        batch["mask_rate"] = np.float32(rate)
+        state, m = train_step(state, shard(batch), jax.random.fold_in(epoch_key, b), graphs)
+        step_metrics.append(m)
+      _check_finite(step_metrics, epoch, "training", workdir, saved_epoch, mgr is not None)
+      losses = _mean_metrics(step_metrics)
+      if kge_step is not None:
+        kbatches = sampling.kge_epoch(triples, kge_steps, config.kge.batch_size, *tail_range,
+                                      sampling.epoch_rng(config.seed, epoch, 1))
+        kge_metrics = []
+        for b in range(kge_steps):
+          state, m = kge_step(state, shard({k: v[b] for k, v in kbatches.items()}, False))
+          kge_metrics.append(m)
+        _check_finite(kge_metrics, epoch, "TransE", workdir, saved_epoch, mgr is not None)
+        losses.update(_mean_metrics(kge_metrics))
+      jax.block_until_ready(state)
+      t_train = time.perf_counter() - t0
 
-    params = host_view(state.params)
-    embeddings = embed(params, graphs)  # one propagation serves both evaluations
-    sel_metrics, _ = eval_split(embeddings, sel_name)
-    score = selection_score(sel_metrics, config.eval.select_k)
-    improved = score > loop["best_score"]
-    if improved:
-      best_params = jax.tree_util.tree_map(jnp.copy, params)
-      best = {"valid": {}, "test": {}, "test_groups": None}
-      best[sel_name] = sel_metrics
-      test_metrics, test_groups = eval_split(embeddings, "test", groups=True)
-      best["test"], best["test_groups"] = test_metrics, test_groups
-      loop.update(best_score=score, best_epoch=epoch, bad_epochs=0, best=best)
-    else:
-      loop["bad_epochs"] += 1
-    seconds = time.perf_counter() - t0
-    loop["epoch"] = epoch
-    loop["train_seconds"] += seconds
-    loop["epoch_seconds"].append(t_train)
-    record = {"epoch": epoch, **losses, "mask_rate": rate,
-              **{f"{sel_name}/{k}": v for k, v in sel_metrics.items()},
-              "selection_score": score, "best_epoch": loop["best_epoch"],
-              "train_seconds": t_train, "seconds": seconds}
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    if loop["bad_epochs"] >= config.train.patience and epoch + 1 >= config.train.min_epochs:
-      loop["stopped"] = True
-    budget = config.train.max_seconds
-    spent = loop["train_seconds"] - train_seconds_at_start + setup_seconds
-    if budget and spent >= budget and not loop["stopped"]:
-      loop["stopped"] = True
-      loop["stop_reason"] = f"time budget of {budget:.0f} s reached"
-      print(f"stopping: {loop['stop_reason']} after epoch {epoch}", flush=True)
-    last = loop["stopped"] or epoch + 1 >= config.train.max_epochs
-    if mgr is not None and (last or time.perf_counter() - last_save
-                            >= config.train.checkpoint_every_seconds):
-      # Epochs are pure functions of (state, seed, epoch): resuming from an older checkpoint
-      # replays the same epochs, so saving every epoch buys nothing but I/O.
-      ckpt.save(mgr, epoch, host_view(state), best_params, loop)
-      last_save = time.perf_counter()
-    pbar.set_postfix(loss=f"{losses['loss']:.4f}",
-                     **{f"{sel_name}_r@20": f"{sel_metrics['recall@20']:.4f}"},
-                     best=loop["best_epoch"])
-    if loop["stopped"]:
-      break
-  pbar.close()
+      params = host_view(state.params)
+      embeddings = embed(params, graphs)  # one propagation serves both evaluations
+      sel_metrics, _ = eval_split(embeddings, sel_name)
+      score = selection_score(sel_metrics, config.eval.select_k)
+      improved = score > loop["best_score"]
+      if improved:
+        best_params = jax.tree_util.tree_map(jnp.copy, params)
+        best = {"valid": {}, "test": {}, "test_groups": None}
+        best[sel_name] = sel_metrics
+        test_metrics, test_groups = eval_split(embeddings, "test", groups=True)
+        best["test"], best["test_groups"] = test_metrics, test_groups
+        loop.update(best_score=score, best_epoch=epoch, bad_epochs=0, best=best)
+      else:
+        loop["bad_epochs"] += 1
+      seconds = time.perf_counter() - t0
+      loop["epoch"] = epoch
+      loop["train_seconds"] += seconds
+      loop["epoch_seconds"].append(t_train)
+      record = {"epoch": epoch, **losses, "mask_rate": rate,
+                **{f"{sel_name}/{k}": v for k, v in sel_metrics.items()},
+                "selection_score": score, "best_epoch": loop["best_epoch"],
+                "train_seconds": t_train, "seconds": seconds}
+      rundir.append_line(metrics_path, record)  # on disk before the checkpoint claiming it
+      if loop["bad_epochs"] >= config.train.patience and epoch + 1 >= config.train.min_epochs:
+        loop["stopped"] = True
+      budget = config.train.max_seconds
+      spent = loop["train_seconds"] - train_seconds_at_start + setup_seconds
+      if budget and spent >= budget and not loop["stopped"]:
+        loop["stopped"] = True
+        loop["stop_reason"] = f"time budget of {budget:.0f} s reached"
+        print(f"stopping: {loop['stop_reason']} after epoch {epoch}", flush=True)
+      last = loop["stopped"] or epoch + 1 >= config.train.max_epochs
+      if mgr is not None and (last or time.perf_counter() - last_save
+                              >= config.train.checkpoint_every_seconds):
+        # Epochs are pure functions of (state, seed, epoch): resuming from an older checkpoint
+        # replays the same epochs, so saving every epoch buys nothing but I/O.
+        ckpt.save(mgr, epoch, host_view(state), best_params, loop)
+        saved_epoch = epoch
+        last_save = time.perf_counter()
+      pbar.set_postfix(loss=f"{losses['loss']:.4f}",
+                       **{f"{sel_name}_r@20": f"{sel_metrics['recall@20']:.4f}"},
+                       best=loop["best_epoch"])
+      if loop["stopped"]:
+        break
+  finally:
+    pbar.close()  # before any error message, so that it is the last line
 
   results = {
       "dataset": ds.name, "selection": sel_name, "views": config.views,
@@ -322,8 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "data_parallel_devices": n_devices,
       "n_params": int(sum(x.size for x in jax.tree_util.tree_leaves(best_params))),
   }
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  rundir.write_json(os.path.join(workdir, "results.json"), results)
   if config.train.plot:
     from cikg_jax import plots
     plots.training_curves(metrics_path, os.path.join(workdir, "curves.png"), sel_name)

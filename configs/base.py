@@ -51,6 +51,9 @@ def get_config(dataset: str = "dbbook2014"):
   c.train.max_seconds = 0.0  # wall-time budget (0 = none): stop cleanly, results say so
   c.train.checkpoint = True
   c.train.checkpoint_every_seconds = 60.0  # and always at the end; resume replays exactly
+  # A workdir holding a run resumes it if the run's identity matches (README, "Resume rules");
+  # False starts afresh there, deleting the old run's checkpoints, metrics and results.
+  c.train.resume = True
   c.train.plot = True
 
   # User-interest reconstruction (GraphMAE-style); weight 0 switches it off.

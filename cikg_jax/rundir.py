@@ -1,0 +1,219 @@
+"""The work directory of a training run: its identity (what a resume may not change), the lock that
+keeps two trainings apart, and crash-safe writes of its files.
+
+A resume that silently changed the learning rate, seed or data would record one run made of two;
+two processes on one workdir would interleave their epochs. Both are refused before anything in
+the workdir is touched."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Iterator, List, Optional
+
+import numpy as np
+
+IDENTITY_FILE = "identity.json"   # the requested config and the data's digest
+LOCK_FILE = "run.lock"            # flock'ed while a training runs; holds its PID
+# Keys a resume may change: when to stop, what to write, where the data lives (its content is
+# checked through its digest instead). Everything else decides the numbers.
+RESUMABLE_KEYS = frozenset({
+    "data_dir", "synthetic_dir", "interest_file", "train.max_epochs", "train.max_seconds",
+    "train.plot", "train.checkpoint", "train.checkpoint_every_seconds", "train.resume"})
+RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "curves.png", "config.json",
+             IDENTITY_FILE)
+_FRESH_HINT = ("use another --workdir, or --config.train.resume=False to delete that run and "
+               "start afresh there")
+
+
+class RunError(RuntimeError):
+  """A workdir that cannot be used as asked; the message says why and what to do."""
+
+
+def check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"{workdir}: the workdir is a file, not a directory")
+
+
+# ---- identity --------------------------------------------------------------------------------
+def plain(config) -> dict:
+  """The config as JSON would store it (tuples become lists), so stored and new compare alike."""
+  d = config.to_dict() if hasattr(config, "to_dict") else config
+  return json.loads(json.dumps(d, default=str))
+
+
+def data_digest(ds) -> str:
+  """SHA-256 of the loaded dataset (splits, KG, interests, sizes): moving the data may not change
+  a run, changing its content must."""
+  h = hashlib.sha256()
+  for name in ("train", "valid", "test", "kg", "user_interest"):
+    a = np.ascontiguousarray(getattr(ds, name), dtype=np.int64)
+    h.update(f"{name}{a.shape}".encode())
+    h.update(a.tobytes())
+  h.update(json.dumps([ds.n_users, ds.n_items, ds.n_entities, ds.n_relations, ds.n_interests,
+                       ds.selection]).encode())
+  return h.hexdigest()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _short(v) -> str:
+  s = json.dumps(v)
+  return s if len(s) <= 40 else s[:37] + "..."
+
+
+def config_differences(stored: dict, current: dict) -> List[str]:
+  """'key stored -> current' for every key outside RESUMABLE_KEYS that differs."""
+  a, b = _flat(stored), _flat(current)
+  missing = object()
+  out = []
+  for k in sorted((a.keys() | b.keys()) - RESUMABLE_KEYS):
+    x, y = a.get(k, missing), b.get(k, missing)
+    if x != y:
+      out.append(f"{k} {'(absent)' if x is missing else _short(x)} -> "
+                 f"{'(absent)' if y is missing else _short(y)}")
+  return out
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise RunError(f"{path}: unreadable ({e}); {_FRESH_HINT}") from e
+
+
+def check_resume(workdir: str, requested, effective=None, data_sha256: Optional[str] = None
+                 ) -> bool:
+  """True if `workdir` holds this run (resume it), False if it holds none; raises RunError if it
+  holds another. Reads only. Without `effective`/`data_sha256` (before the data is loaded) the
+  checks that need them are left to a second call."""
+  ident = os.path.join(workdir, IDENTITY_FILE)
+  legacy = os.path.join(workdir, "config.json")  # runs from before identity.json: effective config
+  if os.path.exists(ident):
+    stored = _read_json(ident)
+    diffs = config_differences(stored.get("config", {}), plain(requested))
+    if data_sha256 is not None and stored.get("data_sha256") not in (None, data_sha256):
+      diffs.append("the dataset's content (data_sha256)")
+  elif os.path.exists(legacy):
+    if effective is None:
+      return True
+    diffs = config_differences(_read_json(legacy), plain(effective))
+  elif os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
+      os.path.join(workdir, "checkpoints")):
+    raise RunError(f"{workdir}: holds checkpoints but no {IDENTITY_FILE} or config.json saying "
+                   f"which run they belong to; {_FRESH_HINT}")
+  else:
+    return False
+  if diffs:
+    raise RunError(f"{workdir} holds a run with other settings ({'; '.join(diffs)}): resuming "
+                   f"it would mix two runs; {_FRESH_HINT}")
+  return True
+
+
+def clear(workdir: str) -> List[str]:
+  """Deletes a previous run's files (only those a run writes); returns their names."""
+  gone = []
+  for name in RUN_FILES:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    elif os.path.lexists(path):
+      os.remove(path)
+    else:
+      continue
+    gone.append(name)
+  return gone
+
+
+# ---- the lock --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def locked(workdir: str) -> Iterator[None]:
+  """Holds an exclusive flock on workdir/run.lock; the kernel releases it when the process dies,
+  so a killed run never leaves a stale lock."""
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+      raise RunError(f"{workdir} is in use by another training (PID {holder}, lock {path}): "
+                     "wait for it, stop it, or use another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the flock; the file stays (deleting it would race a new holder)
+
+
+# ---- crash-safe writes -----------------------------------------------------------------------
+def _fsync_dir(d: str) -> None:
+  fd = os.open(d, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Whole new content or the old one, never a mix (temp file, fsync, os.replace)."""
+  d = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  _fsync_dir(d)
+
+
+def write_json(path: str, obj) -> None:
+  write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def append_line(path: str, record: dict) -> None:
+  """On disk before the checkpoint that claims its epoch is written."""
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def truncate_jsonl(path: str, last_epoch: int) -> None:
+  """Keeps the lines of epochs <= `last_epoch` (those the restored checkpoint covers). A torn last
+  line (a crash mid-write) is dropped; a broken line before it is an error."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [(n, ln) for n, ln in enumerate(f.read().split("\n"), start=1) if ln.strip()]
+  keep = []
+  for i, (n, line) in enumerate(lines):
+    try:
+      epoch = json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError) as e:
+      if i == len(lines) - 1:
+        print(f"note: {path}:{n}: dropped a torn last line", flush=True)
+        continue
+      raise ValueError(f"{path}:{n}: not an epoch record ({e})") from None
+    if epoch <= last_epoch:
+      keep.append(line + "\n")
+  write_atomic(path, "".join(keep))

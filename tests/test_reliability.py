@@ -1,0 +1,334 @@
+"""The training run's reliability: resume rules, the workdir lock, damaged checkpoints, the metrics
+log after a crash, and one-line errors from the command line."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cikg_jax import checkpoint as ckpt
+from cikg_jax import rundir, schedules, train
+from configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = ("loss", "bpr", "valid/recall@20", "valid/ndcg@50")
+
+
+def _tiny(data, **train_overrides):
+  c = tiny.get_config()
+  c.synthetic_dir = str(data)
+  c.train.plot = False
+  c.train.patience = 100
+  c.cl.weight = c.uir.weight = 0.0  # BPR alone compiles faster; the rules do not depend on the loss
+  c.kge.use = False
+  for k, v in train_overrides.items():
+    setattr(c.train, k, v)
+  return c
+
+
+def _lines(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(x) for x in f]
+
+
+def _same_numbers(a, b):
+  assert [x["epoch"] for x in a] == [y["epoch"] for y in b]
+  for x, y in zip(a, b):
+    for key in KEYS:
+      assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (x["epoch"], key)
+
+
+def _snapshot(workdir):
+  """Every file's bytes, so a refused run can be shown to have touched nothing."""
+  out = {}
+  for d, _, names in os.walk(workdir):
+    for n in names:
+      if n != rundir.LOCK_FILE:
+        with open(os.path.join(d, n), "rb") as f:
+          out[os.path.relpath(os.path.join(d, n), workdir)] = f.read()
+  return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A 3-epoch run saved every epoch (steps 1 and 2 kept) and the uninterrupted 4-epoch run."""
+  root = tmp_path_factory.mktemp("runs")
+  data = root / "data"
+  base, straight = str(root / "base"), str(root / "straight")
+  train.train_and_evaluate(_tiny(data, max_epochs=3, checkpoint_every_seconds=0.0), base)
+  train.train_and_evaluate(_tiny(data, max_epochs=4), straight)
+  return {"data": data, "base": base, "straight": _lines(straight)}
+
+
+def _copy(runs, tmp_path, name="run"):
+  dst = str(tmp_path / name)
+  shutil.copytree(runs["base"], dst)
+  return dst
+
+
+# ---- 1. resume rules ---------------------------------------------------------------------------
+@pytest.mark.parametrize("change,key", [
+    (lambda c: setattr(c.train, "lr", 0.05), "train.lr"),
+    (lambda c: setattr(c, "seed", 7), "seed"),
+    (lambda c: setattr(c, "selection", "test"), "selection"),
+    (lambda c: setattr(c.model, "embed_dim", 16), "model.embed_dim"),
+    (lambda c: setattr(c.synthetic, "n_users", 250), "synthetic.n_users"),
+])
+def test_resume_with_another_config_is_refused_and_touches_nothing(runs, tmp_path, change, key):
+  from cikg_jax import predict
+  workdir = _copy(runs, tmp_path)
+  before = _snapshot(workdir)
+  c = _tiny(runs["data"], max_epochs=6)
+  change(c)
+  with pytest.raises(rundir.RunError, match=rf"other settings \({key} .*train\.resume=False"):
+    train.train_and_evaluate(c, workdir)
+  assert _snapshot(workdir) == before
+  predict.load_run(workdir)  # the original run is still usable
+
+
+def test_resume_may_change_stopping_output_and_data_location(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  moved = tmp_path / "moved"
+  shutil.copytree(runs["data"], moved)
+  c = _tiny(moved, max_epochs=4, plot=True, checkpoint_every_seconds=5.0, max_seconds=1e6)
+  train.train_and_evaluate(c, workdir)
+  _same_numbers(_lines(workdir), runs["straight"])
+  with open(os.path.join(workdir, rundir.IDENTITY_FILE)) as f:
+    assert json.load(f)["config"]["synthetic_dir"] == str(moved)
+
+
+def test_resume_with_changed_data_content_is_refused(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  edited = tmp_path / "edited"
+  shutil.copytree(runs["data"], edited)
+  path = edited / "synthetic" / "train.txt"
+  lines = path.read_text().splitlines()
+  lines[0] = " ".join(lines[0].split()[:-1])  # user 0 loses one training item
+  path.write_text("\n".join(lines) + "\n")
+  before = _snapshot(workdir)
+  with pytest.raises(rundir.RunError, match=r"dataset's content"):
+    train.train_and_evaluate(_tiny(edited, max_epochs=4), workdir)
+  assert _snapshot(workdir) == before
+
+
+def test_legacy_run_without_identity_file_is_checked_against_config_json(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  os.remove(os.path.join(workdir, rundir.IDENTITY_FILE))
+  c = _tiny(runs["data"], max_epochs=4)
+  c.train.lr = 0.05
+  with pytest.raises(rundir.RunError, match=r"train\.lr 0\.005 -> 0\.05"):
+    train.train_and_evaluate(c, workdir)
+
+
+def test_resume_false_starts_afresh(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  c = _tiny(runs["data"], max_epochs=1, resume=False)
+  c.seed = 7
+  train.train_and_evaluate(c, workdir)
+  assert [ln["epoch"] for ln in _lines(workdir)] == [0]
+  assert sorted(ckpt.manager(workdir).all_steps()) == [0]
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["seed"] == 7
+
+
+# ---- 2. the lock -------------------------------------------------------------------------------
+_HOLDER = ("import sys, time; from cikg_jax import rundir\n"
+           "with rundir.locked(sys.argv[1]):\n"
+           "  print('locked', flush=True); time.sleep(120)\n")
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+              JAX_PLATFORMS="cpu")
+
+
+def test_second_training_is_refused_naming_the_holder_and_lock_dies_with_it(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  holder = subprocess.Popen([sys.executable, "-c", _HOLDER, workdir], stdout=subprocess.PIPE,
+                            text=True, env=_env(), cwd=ROOT)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    before = _snapshot(workdir)
+    with pytest.raises(rundir.RunError, match=rf"in use by another training \(PID {holder.pid}"):
+      train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+    assert _snapshot(workdir) == before
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)  # the kernel freed it
+  _same_numbers(_lines(workdir), runs["straight"])
+
+
+# ---- 3. damaged checkpoints --------------------------------------------------------------------
+def _biggest(d):
+  files = [os.path.join(r, n) for r, _, names in os.walk(d) for n in names]
+  return max(files, key=os.path.getsize)
+
+
+def _truncate(path):
+  os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _zero(path):
+  with open(path, "r+b") as f:
+    f.write(b"\0" * os.path.getsize(path))
+
+
+def _flip(path):
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 1]))
+
+
+def _edit_loop(path):  # valid JSON, changed state: only the digest can tell
+  with open(path) as f:
+    loop = json.load(f)
+  loop["bad_epochs"] += 2
+  with open(path, "w") as f:
+    json.dump(loop, f)
+
+
+DAMAGE = {
+    "truncated array file": lambda s: _truncate(_biggest(os.path.join(s, "state"))),
+    "zeroed array file": lambda s: _zero(_biggest(os.path.join(s, "state"))),
+    "missing item": lambda s: shutil.rmtree(os.path.join(s, "best_params")),
+    "truncated loop json": lambda s: _truncate(os.path.join(s, "loop", "metadata")),
+    "flipped byte": lambda s: _flip(_biggest(os.path.join(s, "state"))),
+    "edited loop json": lambda s: _edit_loop(os.path.join(s, "loop", "metadata")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damaged_latest_checkpoint_falls_back_and_ends_exact(runs, tmp_path, capsys, kind):
+  workdir = _copy(runs, tmp_path)
+  DAMAGE[kind](os.path.join(workdir, "checkpoints", "2"))
+  capsys.readouterr()
+  train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+  out = capsys.readouterr().out
+  assert "checkpoint step 2 in" in out and "is damaged" in out
+  assert "resuming from checkpoint step 1 instead" in out
+  _same_numbers(_lines(workdir), runs["straight"])
+  assert sorted(ckpt.manager(workdir).all_steps()) == [1, 3]  # the damaged step 2 is gone
+
+
+def test_no_restorable_step_is_a_clear_error_and_deletes_nothing(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  for step in ("1", "2"):
+    _truncate(os.path.join(workdir, "checkpoints", step, "loop", "metadata"))
+  with pytest.raises(ckpt.CheckpointError, match=r"no checkpoint step restores.*resume=False"):
+    train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
+
+
+# ---- 4. metrics.jsonl after a crash ------------------------------------------------------------
+def test_torn_last_metrics_line_is_dropped_and_log_replaced_not_rewritten(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path, "a") as f:
+    f.write('{"epoch": 3, "loss": 0.12')  # a crash in the middle of epoch 3's line
+  os.link(path, str(tmp_path / "old_log"))
+  train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+  _same_numbers(_lines(workdir), runs["straight"])
+  with open(tmp_path / "old_log") as f:  # the old file was replaced whole, never edited in place
+    assert f.read().endswith('"loss": 0.12')
+
+
+def test_epoch_line_is_on_disk_before_its_checkpoint(tmp_path, monkeypatch):
+  events = []
+  real_fsync, real_save = os.fsync, ckpt.save
+
+  def fsync(fd):
+    if os.readlink(f"/proc/self/fd/{fd}").endswith("metrics.jsonl"):
+      events.append("log")
+    return real_fsync(fd)
+
+  def save(mgr, epoch, *a, **k):
+    events.append(f"save {epoch}")
+    return real_save(mgr, epoch, *a, **k)
+
+  monkeypatch.setattr(os, "fsync", fsync)
+  monkeypatch.setattr(ckpt, "save", save)
+  train.train_and_evaluate(_tiny(tmp_path / "data", max_epochs=2, checkpoint_every_seconds=0.0),
+                           str(tmp_path / "run"))
+  assert [e for e in events if e == "log" or e.startswith("save")][-4:] == [
+      "log", "save 0", "log", "save 1"]
+
+
+# ---- 5. the non-finite message names the real checkpoint -----------------------------------------
+def test_non_finite_loss_without_checkpoint_says_so(tmp_path):
+  c = _tiny(tmp_path / "data", max_epochs=3, lr=float("nan"))
+  with pytest.raises(FloatingPointError, match="no checkpoint has been saved yet") as e:
+    train.train_and_evaluate(c, str(tmp_path / "nan"))
+  assert "epoch -1" not in str(e.value)
+
+
+def test_non_finite_loss_names_the_latest_saved_epoch(runs, tmp_path, monkeypatch):
+  """Saved at epoch 2 only (time-based saving), non-finite at epoch 5: not 'end of epoch 4'."""
+  workdir = _copy(runs, tmp_path)
+  make_step, mask_rate = train.make_train_step, schedules.mask_rate
+
+  def poisoned(config, tx, axis_name=None):
+    step = make_step(config, tx, axis_name)
+
+    def train_step(state, batch, key, graphs):
+      state, m = step(state, batch, key, graphs)
+      m["finite"] = m["finite"] & (batch["mask_rate"] >= 0)
+      return state, m
+    return train_step
+
+  monkeypatch.setattr(train, "make_train_step", poisoned)
+  monkeypatch.setattr(schedules, "mask_rate",
+                      lambda epoch, *a: -1.0 if epoch == 5 else mask_rate(epoch, *a))
+  c = _tiny(runs["data"], max_epochs=8, checkpoint_every_seconds=1e9)
+  with pytest.raises(FloatingPointError, match=r"epoch 5, step 0.*latest checkpoint \(end of "
+                     r"epoch 2\)"):
+    train.train_and_evaluate(c, workdir)
+
+
+# ---- 6. one-line errors from the command line ----------------------------------------------------
+def _main(*args):
+  return subprocess.run([sys.executable, "-m", "cikg_jax.main", *args], capture_output=True,
+                        text=True, env=_env(), cwd=ROOT, timeout=300)
+
+
+def _bad_data(tmp_path):
+  d = tmp_path / "data" / "mini"
+  d.mkdir(parents=True)
+  (d / "train.txt").write_text("0 1 2\n1 3 x\n")
+  (d / "test.txt").write_text("0 4\n1 5\n")
+  return ["--config.dataset=mini", f"--config.data_dir={tmp_path / 'data'}"]
+
+
+@pytest.mark.parametrize("case", ["bad data", "missing data dir", "workdir is a file",
+                                  "unknown config key"])
+def test_user_errors_end_as_one_line(tmp_path, case):
+  workdir = tmp_path / "run"
+  if case == "bad data":
+    args, want, rc = _bad_data(tmp_path), "error: " + str(tmp_path / "data/mini/train.txt:2: "), 1
+  elif case == "missing data dir":
+    args = ["--config.dataset=mini", f"--config.data_dir={tmp_path / 'none'}"]
+    want, rc = f"error: {tmp_path / 'none' / 'mini'}: dataset directory not found", 1
+  elif case == "workdir is a file":
+    workdir.write_text("")
+    args, want, rc = [], f"error: {workdir}: the workdir is a file", 1
+  else:
+    args, want, rc = ["--config.train.lrr=1"], "error: --config override: unknown key 'lrr'", 2
+  p = _main(f"--workdir={workdir}", f"--config.synthetic_dir={tmp_path / 'syn'}", *args)
+  last = p.stderr.strip().splitlines()[-1]
+  assert p.returncode == rc, p.stderr
+  assert last.startswith(want), p.stderr
+  assert "Traceback" not in p.stderr
+  if case != "workdir is a file":
+    assert not workdir.exists()
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+  p = _main(f"--workdir={tmp_path / 'run'}", "--debug", *_bad_data(tmp_path))
+  assert p.returncode != 0 and "Traceback" in p.stderr and "DataFormatError" in p.stderr
