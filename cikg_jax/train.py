@@ -250,9 +250,8 @@ def _train(config, workdir: str, ds, graphs, t_setup: float) -> Dict[str, Any]:
   train_seconds_at_start = loop["train_seconds"]  # the time budget counts this invocation only
   setup_seconds = time.perf_counter() - t_setup
 
-  def eval_split(embeddings, name, groups=False):
-    return evaluation.evaluate(*embeddings, eval_sets[name], ks, train_counts,
-                               config.eval.n_groups if groups else 0)
+  def eval_split(embeddings, name):
+    return evaluation.evaluate(*embeddings, eval_sets[name], ks)
 
   last_save = time.perf_counter()
   pbar = tqdm(range(loop["epoch"] + 1, config.train.max_epochs), desc=f"train {ds.name}",
@@ -296,8 +295,10 @@ def _train(config, workdir: str, ds, graphs, t_setup: float) -> Dict[str, Any]:
         best_params = jax.tree_util.tree_map(jnp.copy, params)
         best = {"valid": {}, "test": {}, "test_groups": None}
         best[sel_name] = sel_metrics
-        test_metrics, test_groups = eval_split(embeddings, "test", groups=True)
-        best["test"], best["test_groups"] = test_metrics, test_groups
+        test_metrics, groups = evaluation.evaluate_groups(*embeddings, eval_sets["test"], ks,
+                                                          train_counts, config.eval.n_groups)
+        best["test"], best["test_groups"] = test_metrics, groups["quantile"]
+        best["test_groups_equal_interactions"] = groups["equal_interactions"]
         loop.update(best_score=score, best_epoch=epoch, bad_epochs=0, best=best)
       else:
         loop["bad_epochs"] += 1
@@ -343,6 +344,7 @@ def _train(config, workdir: str, ds, graphs, t_setup: float) -> Dict[str, Any]:
                                                   else "max_epochs"),
       "valid": loop["best"].get("valid", {}), "test": loop["best"].get("test", {}),
       "test_groups": loop["best"].get("test_groups"),
+      "test_groups_equal_interactions": loop["best"].get("test_groups_equal_interactions"),
       "train_seconds": loop["train_seconds"], "setup_seconds": setup_seconds,
       "epoch_seconds_median": float(np.median(loop["epoch_seconds"])) if loop["epoch_seconds"]
       else None,
