@@ -42,6 +42,7 @@ def test_end_to_end_tiny(tmp_path):
   # the planted structure is learnable: far above random ranking (20/200 items ~ 0.1)
   assert res["test"]["recall@20"] > 0.3
   assert sum(g["n_users"] for g in res["test_groups"]) == 300
+  assert sum(g["n_users"] for g in res["test_groups_equal_interactions"]) == 300
 
 
 def test_resume_is_exact(tmp_path):
