@@ -1,0 +1,13 @@
+"""A dataset name (as the CLI's `--config=configs/MODEL.py:NAME` passes it) -> that dataset's
+CIKGRec config, which the baseline configs start from."""
+
+import importlib
+
+MODULES = {"dbbook2014": "dbbook2014", "book-crossing": "book_crossing",
+           "book_crossing": "book_crossing", "ml1m": "ml1m", "synthetic": "tiny"}
+
+
+def get_config(dataset: str):
+  if dataset not in MODULES:
+    raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(MODULES)}")
+  return importlib.import_module(f"configs.{MODULES[dataset]}").get_config()
