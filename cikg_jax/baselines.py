@@ -265,9 +265,16 @@ def kgat_total_loss(params, g: KnowledgeGraph, batch, key, config) -> Tuple[jnp.
 
 
 def kgat_kge_loss(params, batch, config):
-  emb, rel = params["embedding"], batch["relation"]
-  return losses.transr_loss(emb[batch["head"]], params["relation"][rel], emb[batch["tail"]],
-                            emb[batch["neg_tail"]], params["w_r"][rel], config.kge.l2)
+  """TransR on the sampled (h, r, t) and on its inverse (t, r + R + 1, h), both against the
+  sampled corrupted tail: KGAT trains every CKG relation, the inverses included, and the driver
+  samples forward triples only."""
+  emb = params["embedding"]
+  n_fwd = params["relation"].shape[0] // 2
+  h, r, t, neg = batch["head"], batch["relation"], batch["tail"], batch["neg_tail"]
+  heads, rel = jnp.concatenate([h, t]), jnp.concatenate([r, r + n_fwd])
+  tails, negs = jnp.concatenate([t, h]), jnp.concatenate([neg, neg])
+  return losses.transr_loss(emb[heads], params["relation"][rel], emb[tails], emb[negs],
+                            params["w_r"][rel], config.kge.l2)
 
 
 KGAT = Baseline(kgat_make_graphs, kgat_init_params, kgat_total_loss, kgat_final_embeddings,

@@ -199,8 +199,10 @@ def test_kgat_losses_against_numpy(toy):
   g = baselines.kgat_make_graphs(None, ds, c)
   n_rel = ds.n_relations + 1
   params = _nonzero_biases(model.init_params(jax.random.PRNGKey(2), ds.n_nodes, n_rel, c))
-  batch = {"users": np.array([0, 1, 2, 3, 0], np.int32), "pos": np.array([1, 2, 3, 1, 0], np.int32),
-           "neg": np.array([2, 3, 1, 0, 0], np.int32), "mask": np.array([1, 1, 1, 1, 0], np.float32)}
+  batch = {"users": np.array([0, 1, 2, 3, 0], np.int32),
+           "pos": np.array([1, 2, 3, 1, 0], np.int32),
+           "neg": np.array([2, 3, 1, 0, 0], np.int32),
+           "mask": np.array([1, 1, 1, 1, 0], np.float32)}
   loss, m = model.total_loss(params, g, batch, jax.random.PRNGKey(0), c)
   out, _ = _numpy_kgat(params, _ckg_triples(ds), ds.n_users + ds.n_entities, c)
   u, i, j = out[[0, 1, 2, 3]], out[ds.n_users + np.array([1, 2, 3, 1])], out[ds.n_users + np.array(
@@ -213,13 +215,18 @@ def test_kgat_losses_against_numpy(toy):
   # BPR does not train the attention (KGAT's code: A is a constant of the CF step)
   grads = jax.grad(lambda p: model.total_loss(p, g, batch, jax.random.PRNGKey(0), c)[0])(params)
   assert not np.any(np.asarray(grads["w_r"])) and not np.any(np.asarray(grads["relation"]))
-  # TransR on a hand batch: ||h W_r + e_r - t W_r||^2 against a negative tail
+  # TransR on a hand batch: ||h W_r + e_r - t W_r||^2 against a negative tail,
   kb = {"head": np.array([4, 0, 6]), "relation": np.array([0, 2, 1]), "tail": np.array([8, 5, 9]),
         "neg_tail": np.array([10, 7, 4])}
+  # and on each triple's inverse (t, r + R + 1, h) against the same corrupted tail
   emb = np.asarray(params["embedding"], np.float64)
-  w, rel = np.asarray(params["w_r"], np.float64)[kb["relation"]], np.asarray(params["relation"])
-  proj = lambda rows: np.einsum("bd,bdk->bk", emb[rows], w)
-  h, t, tn, r = proj(kb["head"]), proj(kb["tail"]), proj(kb["neg_tail"]), rel[kb["relation"]]
+  w_all, rel_all = np.asarray(params["w_r"], np.float64), np.asarray(params["relation"])
+  rows = []
+  for h_, r_, t_, n_ in zip(kb["head"], kb["relation"], kb["tail"], kb["neg_tail"]):
+    rows += [(h_, r_, t_, n_), (t_, r_ + n_rel, h_, n_)]
+  hs, rs, ts, ns = map(np.array, zip(*rows))
+  proj = lambda nodes: np.einsum("bd,bdk->bk", emb[nodes], w_all[rs])
+  h, t, tn, r = proj(hs), proj(ts), proj(ns), rel_all[rs]
   pos, neg = ((h + r - t) ** 2).sum(1), ((h + r - tn) ** 2).sum(1)
   l2m = lambda x: np.mean((x ** 2).sum(1) / 2)
   ref = np.mean(-_log_sigmoid(neg - pos)) + 1e-2 * (l2m(h) + l2m(r) + l2m(t) + l2m(tn))
