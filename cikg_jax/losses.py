@@ -53,6 +53,17 @@ def info_nce(anchors, candidates, positive_index, mask, tau: float, count=None):
   return _masked_mean(lse - pos, mask, count)
 
 
+def paired_info_nce(view1, view2, mask, tau: float):
+  """SimGCL's InfoNCE between two views of the same rows: row r's positive is view2[r], the other
+  real rows of view2 its negatives; mean over the real rows (`mask`), inputs L2-normalised."""
+  logits = view1 @ view2.T / tau
+  logits = jnp.where(mask[None, :] > 0, logits, -jnp.inf)  # padding is never a candidate
+  shift = 1.0 / tau  # unit vectors: every logit <= 1/tau (see info_nce)
+  lse = jnp.log(jnp.sum(jnp.exp(logits - shift), axis=1)) + shift
+  pos = jnp.sum(view1 * view2, axis=-1) / tau
+  return _masked_mean(lse - pos, mask)
+
+
 def l2_mean(x):
   """KGAT's _L2_loss_mean: mean over rows of sum(x^2) / 2."""
   return jnp.mean(jnp.sum(x * x, axis=-1) / 2.0)
@@ -64,3 +75,10 @@ def transe_loss(h, r, t, t_neg, l2: float):
   neg = jnp.sum((h + r - t_neg) ** 2, axis=-1)
   kg = jnp.mean(-jax.nn.log_sigmoid(neg - pos))
   return kg + l2 * (l2_mean(h) + l2_mean(r) + l2_mean(t) + l2_mean(t_neg))
+
+
+def transr_loss(h, r, t, t_neg, w_r, l2: float):
+  """KGAT's TransR: TransE's loss and L2 on the entities projected into the relation space,
+  h W_r + r vs t W_r (w_r: one (d, k) matrix per row)."""
+  proj = lambda x: jnp.einsum("bd,bdk->bk", x, w_r)
+  return transe_loss(proj(h), r, proj(t), proj(t_neg), l2)

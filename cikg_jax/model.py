@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cikg_jax import losses
+from cikg_jax import baselines, losses
 from cikg_jax import propagation as prop
 
 
@@ -30,6 +30,8 @@ class Graphs:
 
 def make_graphs(graphs, ds, config) -> Graphs:
   """Operators for the graphs the configured losses need, and the rows UIR may mask."""
+  if (b := baselines.get(config)) is not None:  # SimGCL, KGAT (config.model.name)
+    return b.make_graphs(graphs, ds, config)
   needed = ["cikg"]
   if config.uir.weight > 0:
     needed += ["cikg_with_loops", "cikg_no_loops"]
@@ -56,6 +58,8 @@ def make_graphs(graphs, ds, config) -> Graphs:
 def init_params(key: jax.Array, n_nodes: int, n_relations: int, config) -> Dict:
   """Xavier-uniform node table; mask token (zeros) and the encoder-to-decoder Linear(d, d) for
   UIR; relation vectors for TransE."""
+  if (b := baselines.get(config)) is not None:
+    return b.init_params(key, n_nodes, n_relations, config)
   dim = config.model.embed_dim
   k_emb, k_e2d, k_rel = jax.random.split(key, 3)
   params = {"embedding": nn.initializers.xavier_uniform()(k_emb, (n_nodes, dim), jnp.float32)}
@@ -148,6 +152,8 @@ def cl_loss(params, graphs: Graphs, batch, key, config):
 # ---- the main objective -------------------------------------------------------------------
 def final_embeddings(params, graphs: Graphs, config):
   """Propagated embeddings of the main graph, for scoring: (users, items)."""
+  if (b := baselines.get(config)) is not None:
+    return b.final_embeddings(params, graphs, config)
   out = prop.propagate(graphs.ops["cikg"], params["embedding"], config.model.num_layers, None,
                        _backend(config))
   return out[:graphs.n_users], out[graphs.n_users:graphs.n_users + graphs.n_items]
@@ -158,6 +164,8 @@ def total_loss(params, graphs: Graphs, batch, key, config) -> Tuple[jnp.ndarray,
 
   For a shard of a data-parallel batch, `batch["count"]` (real rows of the whole batch) and
   `batch["shard_share"]` (1/n) make the shards' losses and gradients sum to the whole batch's."""
+  if (b := baselines.get(config)) is not None:
+    return b.total_loss(params, graphs, batch, key, config)
   backend = _backend(config)
   k_edge, k_msg, k_cl, k_uir = jax.random.split(key, 4)
   ego = params["embedding"]
@@ -194,6 +202,8 @@ def total_loss(params, graphs: Graphs, batch, key, config) -> Tuple[jnp.ndarray,
 
 
 def kge_loss(params, batch, config):
+  if (b := baselines.get(config)) is not None:
+    return b.kge_loss(params, batch, config)
   emb, rel = params["embedding"], params["relation"]
   return losses.transe_loss(emb[batch["head"]], rel[batch["relation"]], emb[batch["tail"]],
                             emb[batch["neg_tail"]], config.kge.l2)

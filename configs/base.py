@@ -28,6 +28,7 @@ def get_config(dataset: str = "dbbook2014"):
   c.seed = 2024
 
   c.model = ml_collections.ConfigDict()
+  c.model.name = "cikgrec"   # or a baseline: "lightgcn", "simgcl", "kgat" (cikg_jax/baselines.py)
   c.model.embed_dim = 64
   c.model.num_layers = 3
   c.model.add_self_loops = True

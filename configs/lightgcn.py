@@ -6,17 +6,12 @@
 A name without its own config file (your own dataset) gets the base values (configs/base.py).
 """
 
-import importlib
-
-MODULES = {"dbbook2014": "dbbook2014", "book-crossing": "book_crossing",
-           "book_crossing": "book_crossing", "ml1m": "ml1m", "synthetic": "tiny"}
+from configs import datasets
 
 
 def get_config(dataset: str = "dbbook2014"):
-  if dataset in MODULES:
-    c = importlib.import_module(f"configs.{MODULES[dataset]}").get_config()
-  else:
-    c = importlib.import_module("configs.base").get_config(dataset)
+  c = datasets.get_config(dataset)
+  c.model.name = "lightgcn"
   c.model.use_kg_edges = False
   c.model.use_interest_edges = False
   c.uir.weight = 0.0
