@@ -318,10 +318,12 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
       out += [f"No results yet: `python experiments/{study}.py`.", ""]
       continue
     out += render_fn(rows)
-    if title == "Sparse users" and plots:
+    if title == "Sparse users":
       png = os.path.join(results_dir, "sparse_users.png")
-      if sparse_plot(rows, datasets, png):
-        out += [f"![Recall@20 by user group](experiments/results/sparse_users.png)", ""]
+      if plots:
+        sparse_plot(rows, datasets, png)
+      if os.path.exists(png):
+        out += ["![Recall@20 by user group](experiments/results/sparse_users.png)", ""]
     if title != "Sparse users":
       m = missing(study, rows, datasets, seeds if study != "schedules" else (2024,))
       out += [provenance(rows).replace("{study}", study)] + ([m] if m else []) + [""]
