@@ -300,6 +300,27 @@ def sparse_plot(rows, datasets, png) -> bool:
   return True
 
 
+def efficiency_table(rows, datasets) -> List[str]:
+  """Seconds per epoch and to the selected epoch, as the runs recorded them (machine-dependent:
+  the GPU runs shared one H200 with up to 13 others, so a lone run is several times faster)."""
+  out = ["| dataset | model | selection | machine | s / epoch (median) | epochs run | train min "
+         "| setup s |", "|---|---|---|---|---|---|---|---|"]
+  groups: Dict[tuple, List[Dict]] = {}
+  for r in rows:
+    groups.setdefault((r["_dataset"], r["_variant"], r.get("machine", "?")), []).append(r)
+  for (d, v, m), rs in sorted(groups.items(), key=lambda kv: (datasets.index(kv[0][0])
+                                                               if kv[0][0] in datasets else 9,
+                                                               kv[0][1])):
+    med = np.median([r["epoch_seconds_median"] for r in rs if r.get("epoch_seconds_median")])
+    short = re.sub(r"^1x NVIDIA (\S+) \(device tool\), (jax [\d.]+), up to (\d+) runs.*",
+                   r"\1, \2, ≤\3 runs sharing it", m)
+    out.append(f"| {d} | {MODEL_NAMES.get(v.split('-')[0], v)} | {v.split('-')[-1]} | {short} | "
+               f"{med:.2f} | {np.mean([r['epochs_run'] for r in rs]):.0f} | "
+               f"{np.mean([r['train_seconds'] for r in rs]) / 60:.1f} | "
+               f"{np.mean([r.get('setup_seconds') or 0 for r in rs]):.0f} |")
+  return out + [""]
+
+
 def section(results_dir: str = RESULTS, plots: bool = True) -> str:
   datasets = ("dbbook2014", "book-crossing")
   seeds = (2024, 1, 2)
@@ -312,6 +333,10 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
              ("user_knowledge", "User-side knowledge", lambda r: knowledge_table(r, datasets)),
              ("main_table", "Sparse users", lambda r: sparse_table(r, datasets)),
              ("ablations", "Ablations", lambda r: ablation_table(r, datasets)),
+             ("main_table", "Efficiency", lambda r: ["Per run, mean over seeds, from the main "
+                                                     "table's result files (the CPU benchmarks of "
+                                                     "single steps are in the Speed section):",
+                                                     ""] + efficiency_table(r, datasets)),
              ("schedules", "Mask-rate schedules", lambda r: schedule_table(r, datasets))]
   for study, title, render_fn in studies:
     rows = load_study(study, results_dir)
@@ -326,7 +351,7 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
         sparse_plot(rows, datasets, png)
       if os.path.exists(png):
         out += ["![Recall@20 by user group](experiments/results/sparse_users.png)", ""]
-    if title != "Sparse users":
+    if title not in ("Sparse users", "Efficiency"):
       m = missing(study, rows, datasets, seeds if study != "schedules" else (2024,))
       out += [provenance(rows).replace("{study}", study)] + ([m] if m else []) + [""]
   legacy = legacy_table(results_dir)
