@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from typing import Dict, List, Optional, Sequence
 
 from inference.backends.base import Emit
@@ -56,6 +57,7 @@ class RayDataBackend:
         self.show_progress = show_progress
         self._started_ray = False
         self.cluster: Dict = {}
+        self._stats: Dict = {}
 
     @classmethod
     def from_config(cls, config, endpoints: Optional[Sequence] = None) -> "RayDataBackend":
@@ -154,6 +156,9 @@ class RayDataBackend:
         if self.env:
             kw["runtime_env"] = {"env_vars": self.env}
         st = self._stage()
+        # log_engine_metrics=False: vLLM's Ray metrics need `ray[serve]` (ImportError "RayPrometheusMetric
+        # requires Ray to be installed" otherwise) and a metrics export port; the runner keeps its own.
+        # should_continue_on_error=True: a request the engine rejects becomes a failure record, not a crash.
         cfg = vLLMEngineProcessorConfig(model_source=self.model_source, engine_kwargs=dict(self.engine_kwargs),
                                         concurrency=self.concurrency, batch_size=self.batch_size,
                                         should_continue_on_error=True, log_engine_metrics=False,
@@ -189,6 +194,19 @@ class RayDataBackend:
                  for i, ep in enumerate(self.endpoints) if rows[i::n]]
         return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
+    def run_stats(self) -> Dict:
+        """Seconds to the first output row (actor start-up, e.g. a vLLM engine, plus the first batch), the
+        rows of that first burst, and the rows/s after it (the steady rate, when answers kept coming for
+        more than a second); the runner stores them in the manifest's run entry."""
+        s = {k: v for k, v in self._stats.items() if k != "times"}
+        times = self._stats.get("times") or []
+        if times:
+            burst = sum(1 for t in times if t - times[0] <= 0.5)
+            s["first_burst_rows"] = burst
+            if times[-1] - times[0] > 1.0:
+                s["rows_per_s_after_first_burst"] = round((len(times) - burst) / (times[-1] - times[0]), 3)
+        return s
+
     def run(self, requests: List[Dict], emit: Emit, stop: threading.Event) -> None:
         """Stream the processed rows back and emit each as a record; the requests are those the runner
         found unanswered (the dataset is filtered before generation)."""
@@ -196,11 +214,19 @@ class RayDataBackend:
             return
         todo = {r["custom_id"] for r in requests}
         seen = set()
+        t0 = time.monotonic()
+        self._stats = {"rows": 0, "first_row_s": None, "last_row_s": None, "times": []}
         for row in self.dataset(requests).iter_rows():
             cid = row.get("custom_id")
             if cid not in todo or cid in seen:
                 continue
             seen.add(cid)
+            now = round(time.monotonic() - t0, 3)
+            self._stats["rows"] += 1
+            self._stats["last_row_s"] = now
+            self._stats["times"].append(now)
+            if self._stats["first_row_s"] is None:
+                self._stats["first_row_s"] = now
             if row.get("record"):
                 rec = json.loads(row["record"])
             else:   # an error row passes Ray's postprocess by

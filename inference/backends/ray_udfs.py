@@ -63,7 +63,8 @@ def vllm_preprocess(row):
     if body.get("structured_outputs"):
         sp["structured_outputs"] = body["structured_outputs"]
     return {"custom_id": row["custom_id"], "messages": body["messages"], "sampling_params": sp,
-            "max_tokens": int(sp.get("max_tokens") or 0), "model": body.get("model") or ""}
+            "max_tokens": int(sp.get("max_tokens") or 0), "served_name": body.get("model") or ""}
+    # (not a `model` column: Ray's vLLM stage reads one as the name of a LoRA adapter to load)
 
 
 def vllm_postprocess(row):
@@ -81,5 +82,5 @@ def vllm_postprocess(row):
     rec = {"custom_id": cid, "ok": True, "text": text,
            "finish_reason": "length" if max_tokens and n_out >= max_tokens else "stop",
            "usage": {"prompt_tokens": int(row.get("num_input_tokens") or 0), "completion_tokens": n_out},
-           "model": row.get("model") or None, "attempts": 1}
+           "model": row.get("served_name") or None, "attempts": 1}
     return {"custom_id": cid, "record": json.dumps(rec)}
