@@ -187,11 +187,14 @@ class RayDataBackend:
         """The processed (lazy) dataset for these requests: rows {custom_id, record}."""
         import ray
         rows = [{"custom_id": r["custom_id"], "body": json.dumps(r["body"], sort_keys=True)} for r in requests]
+        def items(part):
+            # One block per batch: a Ray task returns its output block only when the whole block is done,
+            # so from_items' default (everything in one block) would hold every answer until the end.
+            return ray.data.from_items(part, override_num_blocks=max(1, -(-len(part) // self.batch_size)))
         if self.processor == "vllm_engine":
-            return self._vllm_processor()(ray.data.from_items(rows))
+            return self._vllm_processor()(items(rows))
         n = len(self.endpoints)
-        parts = [self._http_processor(ep)(ray.data.from_items(rows[i::n]))
-                 for i, ep in enumerate(self.endpoints) if rows[i::n]]
+        parts = [self._http_processor(ep)(items(rows[i::n])) for i, ep in enumerate(self.endpoints) if rows[i::n]]
         return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
     def run_stats(self) -> Dict:
