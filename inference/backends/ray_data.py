@@ -26,10 +26,6 @@ from inference.backends.credentials import resolve_api_key
 from inference.redact import redact
 
 
-def _cfg(config, key, default=None):
-    return config[key] if key in config else default
-
-
 class RayDataBackend:
     def __init__(self, processor: str, *, concurrency=1, batch_size: int = 16, ray_init: Optional[Dict] = None,
                  env: Optional[Dict[str, str]] = None, cpu_stage_num_cpus: Optional[float] = 0.25,
