@@ -332,6 +332,8 @@ def _run_locked(requests, backend, run_dir, info, max_consecutive_failures, prog
                     "completion_tokens_per_s": round(state["tokens"] / wall, 1) if wall > 0 else None,
                     "latency_s": _latency_stats(latencies), "aborted": state["aborted"] or interrupted,
                     "remaining": len(requests) - len(done_now)})
+        if callable(getattr(backend, "run_stats", None)):   # e.g. ray_data: start-up vs steady throughput
+            run["backend_stats"] = backend.run_stats()
         manifest.update(done=len(done_now), remaining=len(requests) - len(done_now),
                         finish_reasons=finish_reason_counts(done_now))
         _write_json(manifest_path, manifest)

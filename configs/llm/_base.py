@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.seed = 2024
     c.structured_outputs = False  # True: JSON-array schema via vLLM `structured_outputs` (use json-v1)
 
-    c.backend = "vllm_offline"   # 'vllm_offline' | 'vllm_server' | 'openai'
+    c.backend = "vllm_offline"   # 'vllm_offline' | 'vllm_server' | 'openai' | 'ray_data'
     # for 'openai': ({"base_url": ..., "concurrency": 8, "api_key_env": "OPENAI_API_KEY"}, ...). The key is
     # read from the NAMED environment variable (default OPENAI_API_KEY; unset = "EMPTY" for local servers);
     # a literal "api_key" here is refused (it would land in manifest.json).
@@ -77,6 +77,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.server.extra_args = ()
     c.server.env = ml_collections.ConfigDict()   # extra server environment; prefer exporting tokens (HF_TOKEN)
     # in the shell: the server inherits it. Values named like credentials are masked in manifest and logs.
+
+    # backend 'ray_data' (inference/backends/ray_data.py): Ray Data's LLM processors on a Ray cluster.
+    c.ray = ml_collections.ConfigDict()
+    c.ray.processor = "vllm_engine"        # 'vllm_engine' (vLLM actors) | 'http' (config.endpoints, or a
+    #                                        vLLM server launched from config.server when there are none)
+    c.ray.address = ""                     # '' = start a local cluster; 'auto' / 'HOST:6379' = join one
+    c.ray.num_cpus = 0                     # local cluster only; 0 = all cores
+    c.ray.local_ip = "127.0.0.1"           # local cluster only: node address ('' = Ray's choice)
+    c.ray.concurrency = 1                  # vLLM replicas (each one GPU, or tensor_parallel_size GPUs), or
+    #                                        HTTP actors per endpoint; (m, n) = autoscaling pool
+    c.ray.batch_size = 16                  # rows per batch (an HTTP actor sends a whole batch at once)
+    c.ray.cpus_per_replica = 1             # engine.device == 'cpu' only: CPUs one vLLM replica reserves
+    c.ray.cpu_stage_num_cpus = 0.25        # CPUs reserved by the light stages (chat template, tokenize,
+    #                                        HTTP, pre/postprocess); 0 = Ray's default (1)
+    c.ray.max_errored_blocks = -1          # a block failing for good drops its rows (recorded as failures,
+    #                                        redone by a rerun) instead of ending the run; 0 = fail the run
+    c.ray.env = ml_collections.ConfigDict()   # environment of the Ray workers (runtime_env env_vars)
+    c.ray.inherit_server_env = True        # also give them config.server.env (VLLM_CPU_KVCACHE_SPACE, ...)
+    c.ray.show_progress = False            # Ray Data's own progress bars / execution plan
     return c
 
 

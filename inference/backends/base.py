@@ -23,9 +23,10 @@ class Backend(Protocol):
 
 @contextlib.contextmanager
 def make_backend(config) -> Iterator[Backend]:
-    """Build the backend named by `config.backend` ('openai' | 'vllm_server' | 'vllm_offline').
+    """Build the backend named by `config.backend` ('openai' | 'vllm_server' | 'vllm_offline' | 'ray_data').
 
-    'vllm_server' launches the server for the run's duration and stops it afterwards, whatever happens.
+    'vllm_server' launches the server for the run's duration and stops it afterwards, whatever happens;
+    so does 'ray_data' with `config.ray.processor='http'` and no `config.endpoints`.
     """
     kind = config.backend
     if kind == "openai":
@@ -39,5 +40,16 @@ def make_backend(config) -> Iterator[Backend]:
     elif kind == "vllm_offline":
         from inference.backends.vllm_offline import VLLMOfflineBackend
         yield VLLMOfflineBackend.from_config(config)
+    elif kind == "ray_data":
+        from inference.backends.ray_data import RayDataBackend
+        if config.ray.processor == "http" and not config.endpoints:
+            from inference.backends.vllm_server import VLLMServer
+            with VLLMServer.from_config(config) as server:
+                with RayDataBackend.from_config(config, endpoints=[server.endpoint()]) as backend:
+                    yield backend
+        else:
+            with RayDataBackend.from_config(config) as backend:
+                yield backend
     else:
-        raise ValueError(f"config.backend must be 'openai', 'vllm_server' or 'vllm_offline', got {kind!r}")
+        raise ValueError(f"config.backend must be 'openai', 'vllm_server', 'vllm_offline' or 'ray_data', "
+                         f"got {kind!r}")
