@@ -311,7 +311,9 @@ def efficiency_table(rows, datasets) -> List[str]:
   for (d, v, m), rs in sorted(groups.items(), key=lambda kv: (datasets.index(kv[0][0])
                                                                if kv[0][0] in datasets else 9,
                                                                kv[0][1])):
-    med = np.median([r["epoch_seconds_median"] for r in rs if r.get("epoch_seconds_median")])
+    if not all(r.get("epoch_seconds_median") and r.get("train_seconds") for r in rs):
+      continue
+    med = np.median([r["epoch_seconds_median"] for r in rs])
     short = re.sub(r"^1x NVIDIA (\S+) \(device tool\), (jax [\d.]+), up to (\d+) runs.*",
                    r"\1, \2, ≤\3 runs sharing it", m)
     out.append(f"| {d} | {MODEL_NAMES.get(v.split('-')[0], v)} | {v.split('-')[-1]} | {short} | "
