@@ -44,6 +44,10 @@ def make_graphs(graphs, ds, config) -> Graphs:
     if id(g) not in built:
       built[id(g)] = prop.make_operator(g)
     ops[name] = built[id(g)]
+  if config.cl.weight > 0:
+    # The three contrastive views propagate the same input: one block-diagonal operator over a
+    # 3n node layout does it in one sparse product per layer (cl_loss).
+    ops["views"] = prop.make_operator(prop.stack_graphs([graphs[v] for v in CL_VIEWS]))
   if config.views == "release" and len(ds.user_interest):
     # The release masks the whole interest id range, isolated rows included (METHOD.md §7.5):
     # min..max id (544 / 245 / 550 rows), not the unused ids between the entities and the first.
@@ -133,14 +137,32 @@ def simgcl_noise(key, eps: float):
   return perturb
 
 
-def cl_loss(params, graphs: Graphs, batch, key, config):
+CL_VIEWS = ("cf", "interest", "kg")  # view 1 (perturbed), 2 (user anchors), 3 (item anchors)
+
+
+def view_embeddings(params, graphs: Graphs, key, config):
+  """The three propagated views of the ego table (view 1 with SimGCL noise), unnormalised.
+
+  With the stacked operator (`ops["views"]`) the views travel as one (3n, d) array and each layer
+  is one sparse product; the noise is drawn for view 1's n rows with the same keys, so the values
+  equal the three separate propagations'."""
   backend = _backend(config)
   ego = params["embedding"]
   layers = config.model.num_layers
-  z1 = losses.l2_normalize(prop.propagate(graphs.ops["cf"], ego, layers, None, backend,
-                                          perturb=simgcl_noise(key, config.cl.eps)))
-  z2 = losses.l2_normalize(prop.propagate(graphs.ops["interest"], ego, layers, None, backend))
-  z3 = losses.l2_normalize(prop.propagate(graphs.ops["kg"], ego, layers, None, backend))
+  noise = simgcl_noise(key, config.cl.eps)
+  if "views" not in graphs.ops:
+    return (prop.propagate(graphs.ops["cf"], ego, layers, None, backend, perturb=noise),
+            prop.propagate(graphs.ops["interest"], ego, layers, None, backend),
+            prop.propagate(graphs.ops["kg"], ego, layers, None, backend))
+  n = graphs.n_nodes
+  perturb = lambda layer, e: jnp.concatenate([noise(layer, e[:n]), e[n:]])
+  out = prop.propagate(graphs.ops["views"], jnp.concatenate([ego] * len(CL_VIEWS)), layers, None,
+                       backend, perturb=perturb)
+  return out[:n], out[n:2 * n], out[2 * n:]
+
+
+def cl_loss(params, graphs: Graphs, batch, key, config):
+  z1, z2, z3 = map(losses.l2_normalize, view_embeddings(params, graphs, key, config))
   users, pos, mask = batch["users"], batch["pos"], batch["mask"]
   n_users = graphs.n_users
   count = batch.get("count")
