@@ -38,3 +38,14 @@ def keep_freed_memory(top_pad_mb: int = 256) -> bool:
         and mallopt(_M_TOP_PAD, top_pad_mb * 2**20) == 1)
   _done = ok
   return ok
+
+
+def restore_malloc_defaults() -> None:
+  """glibc's defaults again (for A/B timing); the dynamic mmap threshold starts afresh."""
+  global _done
+  libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+  libc.mallopt(_M_MMAP_MAX, 65536)
+  libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+  libc.mallopt(_M_TOP_PAD, 0)
+  libc.malloc_trim(0)
+  _done = False

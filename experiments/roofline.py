@@ -27,10 +27,8 @@ def median_seconds(fn, *args, repeats=7):
   return statistics.median(times)
 
 
-def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--repeats", type=int, default=7)
-  r = p.parse_args().repeats
+def measure(r: int = 7) -> dict:
+  """The figures above as a dict (peak_matmul_gflops, peak_bandwidth_gbps and the details)."""
   rng = np.random.default_rng(0)
   out = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
   mm = {}
@@ -58,7 +56,6 @@ def main():
                             "gelem_per_s": e.size / t / 1e9}
   out["bandwidth"] = bw
   out["peak_bandwidth_gbps"] = max(v["gbps"] for v in bw.values())
-  k = jax.random.PRNGKey(0)
   shape = (16384, 64)
   prng = {}
   for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
@@ -66,9 +63,14 @@ def main():
     f = jax.jit(lambda kk: jax.random.uniform(kk, shape))
     t = median_seconds(f, key, repeats=r)
     prng[impl] = {"seconds": t, "gvalues_per_s": np.prod(shape) / t / 1e9}
-  del k
   out["uniform_16384x64"] = prng
-  print(json.dumps(out, indent=2))
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--repeats", type=int, default=7)
+  print(json.dumps(measure(p.parse_args().repeats), indent=2))
 
 
 if __name__ == "__main__":
