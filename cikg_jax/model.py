@@ -44,10 +44,6 @@ def make_graphs(graphs, ds, config) -> Graphs:
     if id(g) not in built:
       built[id(g)] = prop.make_operator(g)
     ops[name] = built[id(g)]
-  if config.cl.weight > 0:
-    # The three contrastive views propagate the same input: one block-diagonal operator over a
-    # 3n node layout does it in one sparse product per layer (cl_loss).
-    ops["views"] = prop.make_operator(prop.stack_graphs([graphs[v] for v in CL_VIEWS]))
   if config.views == "release" and len(ds.user_interest):
     # The release masks the whole interest id range, isolated rows included (METHOD.md §7.5):
     # min..max id (544 / 245 / 550 rows), not the unused ids between the entities and the first.
@@ -138,6 +134,15 @@ def simgcl_noise(key, eps: float):
 
 
 CL_VIEWS = ("cf", "interest", "kg")  # view 1 (perturbed), 2 (user anchors), 3 (item anchors)
+
+
+def with_stacked_views(graphs: Graphs) -> Graphs:
+  """`graphs` plus `ops["views"]`: the three views as one block-diagonal operator over a 3n node
+  layout, so cl_loss propagates them with one sparse product per layer (same values bit for bit).
+  Opt-in: on this project's CPU it was no faster (0.65x on dbbook2014, 1.07x on book-crossing,
+  README "Speed"), so make_graphs does not build it."""
+  stacked = prop.stack_graphs([graphs.ops[v].graph for v in CL_VIEWS])
+  return graphs.replace(ops={**graphs.ops, "views": prop.make_operator(stacked)})
 
 
 def view_embeddings(params, graphs: Graphs, key, config):

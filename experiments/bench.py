@@ -36,8 +36,8 @@ config_flags.DEFINE_config_file("config", "configs/dbbook2014.py", "Config to be
 flags.DEFINE_integer("repeats", 10, "Timed repetitions per measurement (median reported).")
 flags.DEFINE_bool("profile", True, "Also time each loss term and the propagation alone, and the "
                   "per-term roofline table (FLOPs, bytes, time, fraction of the roofline).")
-flags.DEFINE_bool("compare", False, "Also time the step before the speed work (separate view "
-                  "propagations, glibc allocator defaults) against the current, alternating.")
+flags.DEFINE_bool("compare", False, "Also time the step with glibc's allocator defaults (before "
+                  "the speed work), as now, and with the stacked view operator, alternating.")
 
 
 def _median_seconds(fn, repeats):
@@ -68,21 +68,23 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
                                    ("uir", config.uir.weight > 0), ("kge", config.kge.use)) if on]}
   out["step_seconds_median"] = _median_seconds(lambda: step(state, batch, key, graphs)[1]["loss"],
                                                repeats)
-  if compare and "views" in graphs.ops and jax.default_backend() == "cpu":
-    # The step before the speed work (separate view propagations, glibc's allocator defaults)
-    # against the current one, alternating rounds in this process: medians of the round medians.
-    old_graphs = _unstacked(graphs)
-    rounds = {"before": [], "after": []}
+  if compare and config.cl.weight > 0:
+    # Alternating rounds in this process, medians of the round medians: glibc's allocator
+    # defaults (the step before the speed work) / kept freed memory (now) / kept memory and the
+    # stacked view operator (opt-in, model.with_stacked_views).
+    stacked = model.with_stacked_views(graphs)
+    rounds = {"default_malloc": [], "kept_memory": [], "kept_memory_stacked_views": []}
     for _ in range(3):
       host.restore_malloc_defaults()
-      rounds["before"].append(_median_seconds(
-          lambda: step(state, batch, key, old_graphs)[1]["loss"], repeats))
-      host.keep_freed_memory()
-      rounds["after"].append(_median_seconds(
+      rounds["default_malloc"].append(_median_seconds(
           lambda: step(state, batch, key, graphs)[1]["loss"], repeats))
-    out["step_before_after_rounds"] = rounds
-    out["step_speedup_over_before"] = (statistics.median(rounds["before"])
-                                       / statistics.median(rounds["after"]))
+      host.keep_freed_memory()
+      rounds["kept_memory"].append(_median_seconds(
+          lambda: step(state, batch, key, graphs)[1]["loss"], repeats))
+      rounds["kept_memory_stacked_views"].append(_median_seconds(
+          lambda: step(state, batch, key, stacked)[1]["loss"], repeats))
+    out["step_rounds_seconds"] = rounds
+    out["step_rounds_median"] = {k: statistics.median(v) for k, v in rounds.items()}
   out["steps_per_epoch"] = int(batches["users"].shape[0])
   epoch = out["step_seconds_median"] * out["steps_per_epoch"]
   if config.kge.use:
@@ -125,8 +127,9 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
     prof["bpr_fwd_bwd"] = grad_time(lambda p, g: model.total_loss(p, g, batch, rng, cfg_bpr)[0])
     if config.cl.weight > 0:
       prof["cl_fwd_bwd"] = grad_time(lambda p, g: sum(model.cl_loss(p, g, batch, rng, config)))
-      prof["cl_fwd_bwd_separate_views"] = grad_time(
-          lambda p, g: sum(model.cl_loss(p, _unstacked(g), batch, rng, config)))
+      stacked = model.with_stacked_views(graphs)
+      g_st = jax.jit(jax.grad(lambda p, g: sum(model.cl_loss(p, g, batch, rng, config))))
+      prof["cl_fwd_bwd_stacked_views"] = _median_seconds(lambda: g_st(params, stacked), repeats)
     if config.uir.weight > 0:
       prof["uir_fwd_bwd"] = grad_time(
           lambda p, g: model.uir_loss(p, g, rng, jnp.float32(0.3), config)[0])
@@ -140,14 +143,10 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
     out["profile_seconds"] = prof
     if config.cl.weight > 0:
       out["roofline"] = roofline.measure(max(3, repeats // 2))
-      out["terms"] = _term_table(config, graphs, params, batch, state, tx, repeats,
-                                 out["roofline"])
+      out["terms"] = _term_table(config, model.with_stacked_views(graphs), params, batch, state,
+                                 tx, repeats, out["roofline"])
   out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
   return out
-
-
-def _unstacked(graphs):
-  return graphs.replace(ops={k: v for k, v in graphs.ops.items() if k != "views"})
 
 
 def _term_table(config, graphs, params, batch, state, tx, repeats, roof):
