@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cikg_jax import graph as graph_lib
-from cikg_jax import host, model, train
+from cikg_jax import host, losses, model, train
 from cikg_jax import propagation as prop
 from cikg_jax.data import sampling
 from configs import tiny
@@ -85,6 +85,47 @@ def test_short_training_matches_separate_views(tmp_path, monkeypatch):
            for w in ("stacked", "separate")]
   for a, b in zip(*lines):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def _info_nce_before(anchors, candidates, positive_index, mask, tau, count=None):
+  """losses.info_nce before the speed work (the positive gathered from the product)."""
+  logits = anchors @ candidates.T / tau
+  pos = jnp.take_along_axis(logits, positive_index[:, None], axis=1)[:, 0]
+  lse = jnp.log(jnp.sum(jnp.exp(logits - 1.0 / tau), axis=1)) + 1.0 / tau
+  return losses._masked_mean(lse - pos, mask, count)
+
+
+def test_info_nce_matches_the_previous_formula():
+  rng = np.random.default_rng(1)
+  unit = lambda x: jnp.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), jnp.float32)
+  a, c = unit(rng.standard_normal((64, 16))), unit(rng.standard_normal((300, 16)))
+  idx = jnp.asarray(rng.integers(0, 300, 64))
+  mask = jnp.asarray((rng.random(64) < 0.8).astype(np.float32))
+  for f_count in (None, jnp.float32(70.0)):
+    new = jax.value_and_grad(lambda a, c: losses.info_nce(a, c, idx, mask, 0.15, f_count),
+                             argnums=(0, 1))(a, c)
+    old = jax.value_and_grad(lambda a, c: _info_nce_before(a, c, idx, mask, 0.15, f_count),
+                             argnums=(0, 1))(a, c)
+    np.testing.assert_allclose(float(new[0]), float(old[0]), rtol=1e-6)
+    for x, y in zip(new[1], old[1]):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_short_training_matches_previous_info_nce(tmp_path, monkeypatch):
+  c = _tiny(tmp_path)
+  c.train.max_epochs = 2
+  c.train.checkpoint = False
+  train.train_and_evaluate(c, str(tmp_path / "now"))
+  monkeypatch.setattr(losses, "info_nce", _info_nce_before)
+  train.train_and_evaluate(c, str(tmp_path / "before"))
+  res = [json.load(open(os.path.join(tmp_path, w, "results.json"))) for w in ("now", "before")]
+  for k, v in res[1]["test"].items():
+    assert res[0]["test"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+  lines = [[json.loads(x) for x in open(os.path.join(tmp_path, w, "metrics.jsonl"))]
+           for w in ("now", "before")]
+  for a, b in zip(*lines):
+    for k in ("loss", "cl_user", "cl_item"):
+      assert a[k] == pytest.approx(b[k], rel=1e-5), k
 
 
 def test_keep_freed_memory_is_idempotent():
