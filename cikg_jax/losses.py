@@ -44,8 +44,12 @@ def scaled_cosine_error(pred, target, row_mask, gamma: float):
 def info_nce(anchors, candidates, positive_index, mask, tau: float, count=None):
   """InfoNCE with the positive in the denominator:
   mean over anchors of logsumexp_c((s(a, c) - s(a, pos)) / tau); inputs L2-normalised."""
-  logits = anchors @ candidates.T / tau
-  pos = jnp.take_along_axis(logits, positive_index[:, None], axis=1)[:, 0]
+  # 1/tau scales the (batch x d) anchors, not the (batch x candidates) product, and the positive
+  # logit is a row-wise dot, not a gather from the product: a gather's transpose is a scatter
+  # into a zeroed (batch x candidates) matrix in the backward pass. Together 2x faster on
+  # book-crossing's 1024 x 9776 product (README "Speed"); equal to float rounding.
+  logits = (anchors * (1.0 / tau)) @ candidates.T
+  pos = jnp.sum(anchors * candidates[positive_index], axis=-1) / tau
   # Unit vectors bound every logit by 1/tau, so shifting by that constant is as stable as the
   # row max and saves a pass over the (batch x candidates) matrix forward and backward.
   shift = 1.0 / tau

@@ -11,7 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import configs
-from cikg_jax import checkpoint, rundir, train
+from cikg_jax import checkpoint, host, rundir, train
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "tiny.py")
 # Errors that report a problem with the input, not a bug: their message is the whole story.
@@ -53,6 +53,7 @@ def _parse_flags(argv):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+  host.keep_freed_memory()  # no page faults on the CPU step's large buffers (cikg_jax/host.py)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:

@@ -1,0 +1,95 @@
+"""Times one mini-batch train step of the authors' PyTorch release (laowangzi/CIKGRec) on the CPU,
+for side-by-side ratios with experiments/bench.py. The release is not part of this repository: pass
+the path of a checkout (its data/ folder included). Needs torch and torch_geometric.
+
+What is timed is the body of the release's train.py loop for one fixed mini-batch: zero_grad, the
+BPR forward, the cross-domain contrastive loss over its three views, the interest reconstruction,
+backward and the Adam step; graphs and model built exactly as train.py builds them. Warm-up step
+excluded; median of `--repeats`; `--threads` torch threads (2 = this machine). Prints one JSON.
+
+  python experiments/bench_release.py --release=/tmp/cikg_release --dataset=book-crossing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def build(release: str, dataset: str, seed: int):
+  """The release's loader, graphs, model and optimizer, as its train.py builds them."""
+  import torch
+  from torch_geometric.utils import coalesce
+  sys.path.insert(0, release)
+  os.chdir(release)  # MyLoader reads ./data/<dataset>
+  from models.Model import CIKGRec  # noqa: E402
+  from utils import MyLoader, init_seed  # noqa: E402
+
+  config = json.load(open(f"./config/{dataset}.json"))
+  config["device"] = "cpu"
+  init_seed(seed, True)
+  loader = MyLoader(config, verbose=False)
+  tr = loader.train
+  src = tr["userid"].to_list() + tr["itemid"].to_list()
+  tgt = tr["itemid"].to_list() + tr["userid"].to_list()
+  src_cf, tgt_cf = list(src), list(tgt)
+  src_k = loader.kg_org["head"].to_list() + loader.kg_org["tail"].to_list()
+  tgt_k = loader.kg_org["tail"].to_list() + loader.kg_org["head"].to_list()
+  src_in = loader.kg_interest["uid"].to_list() + loader.kg_interest["interest"].to_list()
+  tgt_in = loader.kg_interest["interest"].to_list() + loader.kg_interest["uid"].to_list()
+  # train.py's graphs, its aliasing quirks included (METHOD.md §7.2)
+  ig = coalesce(torch.LongTensor([src_in + src_cf, tgt_in + src_cf]))
+  kg = coalesce(torch.LongTensor([src_k + src_cf, tgt_k + src_cf]))
+  cikg = coalesce(torch.LongTensor([src + src_k + src_in, tgt + tgt_k + tgt_in]))
+  cf = coalesce(torch.LongTensor([src + src_k + src_in, tgt + tgt_k + tgt_in]))
+  model = CIKGRec(config, cikg)
+  optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+  train_loader, _ = loader.get_cf_loader(bs=config["batch_size"])
+  user, pos, neg = next(iter(train_loader))
+  return model, optimizer, (user.squeeze(), pos.squeeze(), neg.squeeze()), (ig, kg, cf, cikg)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--release", required=True, help="path of a CIKGRec release checkout")
+  p.add_argument("--dataset", default="dbbook2014")
+  p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--repeats", type=int, default=4)
+  p.add_argument("--mask_rate", type=float, default=0.3)  # as experiments/bench.py
+  args = p.parse_args()
+  import torch
+  torch.set_num_threads(args.threads)
+  t0 = time.perf_counter()
+  model, optimizer, (user, pos, neg), (ig, kg, cf, cikg) = build(
+      os.path.abspath(args.release), args.dataset, 2024)
+  setup = time.perf_counter() - t0
+  model.train()
+  model.gmae_p = args.mask_rate
+
+  def step():
+    optimizer.zero_grad()
+    loss = (model(user, pos, neg)
+            + model.cross_domain_contrastive_loss(user, pos, ig, kg, cf)
+            + model.interest_recon_loss(cikg))
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+  step()  # warm-up
+  times = []
+  for _ in range(args.repeats):
+    t = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t)
+  print(json.dumps({"impl": "release", "dataset": args.dataset, "threads": args.threads,
+                    "torch": torch.__version__, "step_seconds_median": statistics.median(times),
+                    "step_seconds": times, "setup_seconds": setup,
+                    "cikg_edges": int(cikg.shape[1]), "batch": int(user.shape[0])}))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,133 @@
+"""The speed changes keep the numerics: the stacked view operator against three separate
+propagations (values, gradients, a short training run), and the allocator setting."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cikg_jax import graph as graph_lib
+from cikg_jax import host, losses, model, train
+from cikg_jax import propagation as prop
+from cikg_jax.data import sampling
+from configs import tiny
+
+
+def _unstacked(graphs: model.Graphs) -> model.Graphs:
+  return graphs.replace(ops={k: v for k, v in graphs.ops.items() if k != "views"})
+
+
+def _tiny(tmp_path, views="paper"):
+  c = tiny.get_config()
+  c.synthetic_dir = str(tmp_path / "data")
+  c.train.plot = False
+  c.views = views
+  return c
+
+
+def test_stacked_product_equals_separate_products_exactly():
+  rng = np.random.default_rng(0)
+  n = 40
+  gs = [graph_lib.make_graph(n, rng.integers(0, n, (m, 2)), loops)
+        for m, loops in ((60, None), (90, np.arange(10)), (30, None))]
+  stacked = prop.make_operator(prop.stack_graphs(gs))
+  x = jnp.asarray(rng.standard_normal((n, 8)), jnp.float32)
+  for backend in prop.BACKENDS:
+    out = prop.propagate(stacked, jnp.concatenate([x] * 3), 3, None, backend)
+    for k, g in enumerate(gs):
+      want = prop.propagate(prop.make_operator(g), x, 3, None, backend)
+      np.testing.assert_array_equal(np.asarray(out[k * n:(k + 1) * n]), np.asarray(want))
+
+
+@pytest.mark.parametrize("views", ["paper", "release"])
+def test_loss_and_gradients_match_separate_views(tmp_path, views):
+  ds, config, graphs = train.setup(_tiny(tmp_path, views), verbose=False)
+  assert "views" not in graphs.ops  # opt-in
+  graphs = model.with_stacked_views(graphs)
+  tx, kge_tx = train.make_optimizers(config)
+  state = train.create_train_state(jax.random.PRNGKey(0), ds, config, tx, kge_tx)
+  batches = sampling.bpr_epoch(ds.train, sampling.NegativeSampler(ds.train, ds.n_users,
+                                                                  ds.n_items),
+                               config.train.batch_size, np.random.default_rng(0))
+  batch = {k: v[0] for k, v in batches.items()}
+  batch["mask_rate"] = np.float32(0.3)
+  key = jax.random.PRNGKey(7)
+  f = jax.jit(jax.value_and_grad(lambda p, g: model.total_loss(p, g, batch, key, config),
+                                 has_aux=True))
+  (loss, m), grads = f(state.params, graphs)
+  (loss0, m0), grads0 = f(state.params, _unstacked(graphs))
+  z = model.view_embeddings(state.params, graphs, key, config)
+  z0 = model.view_embeddings(state.params, _unstacked(graphs), key, config)
+  for a, b in zip(z, z0):  # same noise draws, same sums: equal values
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for k in ("cl_user", "cl_item", "bpr", "uir", "loss"):
+    np.testing.assert_allclose(float(m[k]), float(m0[k]), rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads0)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8)
+
+
+def test_short_training_matches_separate_views(tmp_path, monkeypatch):
+  c = _tiny(tmp_path)
+  c.train.max_epochs = 2
+  c.train.checkpoint = False
+  train.train_and_evaluate(c, str(tmp_path / "separate"))
+  make = model.make_graphs
+  monkeypatch.setattr(model, "make_graphs", lambda *a: model.with_stacked_views(make(*a)))
+  train.train_and_evaluate(c, str(tmp_path / "stacked"))
+  res = [json.load(open(os.path.join(tmp_path, w, "results.json")))
+         for w in ("stacked", "separate")]
+  for k, v in res[1]["test"].items():
+    assert res[0]["test"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+  lines = [[json.loads(x) for x in open(os.path.join(tmp_path, w, "metrics.jsonl"))]
+           for w in ("stacked", "separate")]
+  for a, b in zip(*lines):
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def _info_nce_before(anchors, candidates, positive_index, mask, tau, count=None):
+  """losses.info_nce before the speed work (the positive gathered from the product)."""
+  logits = anchors @ candidates.T / tau
+  pos = jnp.take_along_axis(logits, positive_index[:, None], axis=1)[:, 0]
+  lse = jnp.log(jnp.sum(jnp.exp(logits - 1.0 / tau), axis=1)) + 1.0 / tau
+  return losses._masked_mean(lse - pos, mask, count)
+
+
+def test_info_nce_matches_the_previous_formula():
+  rng = np.random.default_rng(1)
+  unit = lambda x: jnp.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), jnp.float32)
+  a, c = unit(rng.standard_normal((64, 16))), unit(rng.standard_normal((300, 16)))
+  idx = jnp.asarray(rng.integers(0, 300, 64))
+  mask = jnp.asarray((rng.random(64) < 0.8).astype(np.float32))
+  for f_count in (None, jnp.float32(70.0)):
+    new = jax.value_and_grad(lambda a, c: losses.info_nce(a, c, idx, mask, 0.15, f_count),
+                             argnums=(0, 1))(a, c)
+    old = jax.value_and_grad(lambda a, c: _info_nce_before(a, c, idx, mask, 0.15, f_count),
+                             argnums=(0, 1))(a, c)
+    np.testing.assert_allclose(float(new[0]), float(old[0]), rtol=1e-6)
+    for x, y in zip(new[1], old[1]):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_short_training_matches_previous_info_nce(tmp_path, monkeypatch):
+  c = _tiny(tmp_path)
+  c.train.max_epochs = 2
+  c.train.checkpoint = False
+  train.train_and_evaluate(c, str(tmp_path / "now"))
+  monkeypatch.setattr(losses, "info_nce", _info_nce_before)
+  train.train_and_evaluate(c, str(tmp_path / "before"))
+  res = [json.load(open(os.path.join(tmp_path, w, "results.json"))) for w in ("now", "before")]
+  for k, v in res[1]["test"].items():
+    assert res[0]["test"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+  lines = [[json.loads(x) for x in open(os.path.join(tmp_path, w, "metrics.jsonl"))]
+           for w in ("now", "before")]
+  for a, b in zip(*lines):
+    for k in ("loss", "cl_user", "cl_item"):
+      assert a[k] == pytest.approx(b[k], rel=1e-5), k
+
+
+def test_keep_freed_memory_is_idempotent():
+  assert host.keep_freed_memory() in (True, False)
+  assert host.keep_freed_memory() == host.keep_freed_memory()
