@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import runner  # noqa: E402
 
-STUDIES = ("user_knowledge", "main_table", "ablations", "schedules")
+STUDIES = ("user_knowledge", "main_table", "ablations", "schedules", "kappa")
 
 
 def study_runs(studies, datasets, seeds):
@@ -67,6 +67,10 @@ def main(argv=None):
     for s, r in pairs:
       print(f"{'done' if runner.find_result(r, results_dir) else 'todo'}  {s}  {r.name}")
     return {}
+  if "kappa" in {s for s, _ in pairs} and not args.quick:
+    from experiments import kappa  # its interest files are made from the committed answers
+    kappa.prepare(args.datasets.split(","), os.environ.get("CIKG_DATA_DIR")
+                  or os.path.join(runner.ROOT, "..", "shared", "data"))
   deadline = time.time() + args.deadline_seconds if args.deadline_seconds else 0.0
   return runner.run_grid(pairs, results_dir=results_dir, runs_dir=args.runs_dir,
                          parallel=args.parallel, machine=args.machine, extra=args.extra.split(),

@@ -339,7 +339,9 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
                                                      "table's result files (the CPU benchmarks of "
                                                      "single steps are in the Speed section):",
                                                      ""] + efficiency_table(r, datasets)),
-             ("schedules", "Mask-rate schedules", lambda r: schedule_table(r, datasets))]
+             ("schedules", "Mask-rate schedules", lambda r: schedule_table(r, datasets)),
+             ("kappa", "Number of interest clusters (kappa, SmolLM2 interests)",
+              lambda r: schedule_table(r, datasets))]
   for study, title, render_fn in studies:
     rows = load_study(study, results_dir)
     out += [f"### {title}", ""]
@@ -354,7 +356,7 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
       if os.path.exists(png):
         out += ["![Recall@20 by user group](experiments/results/sparse_users.png)", ""]
     if title not in ("Sparse users", "Efficiency"):
-      m = missing(study, rows, datasets, seeds if study != "schedules" else (2024,))
+      m = missing(study, rows, datasets, seeds if study not in ("schedules", "kappa") else (2024,))
       out += [provenance(rows).replace("{study}", study)] + ([m] if m else []) + [""]
   legacy = legacy_table(results_dir)
   if legacy:

@@ -136,12 +136,12 @@ def test_every_study_runs_in_quick_mode(tmp_path):
   tiny synthetic dataset through the real CLI, and the renderer reads what they wrote."""
   proc = subprocess.run(
       [sys.executable, "experiments/grid.py", "--quick", "--studies",
-       "main_table,user_knowledge,ablations,schedules", "--parallel", "2",
+       "main_table,user_knowledge,ablations,schedules,kappa", "--parallel", "2",
        "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")],
       cwd=ROOT, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "'failed': 0" in proc.stdout and "'done': 0" not in proc.stdout, proc.stdout[-3000:]
-  for study in ("main_table", "user_knowledge", "ablations", "schedules"):
+  for study in ("main_table", "user_knowledge", "ablations", "schedules", "kappa"):
     files = os.listdir(tmp_path / "results" / study)
     assert files and all(f.startswith("synthetic__") for f in files), (study, files)
   models = {json.load(open(tmp_path / "results" / "main_table" / f))["model"]
