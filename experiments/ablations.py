@@ -39,4 +39,4 @@ def runs(datasets, seeds):
 
 
 if __name__ == "__main__":
-  main("ablations", runs, doc=__doc__)
+  main(["ablations"], doc=__doc__)

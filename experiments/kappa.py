@@ -53,8 +53,4 @@ def runs(datasets, seeds):
 
 
 if __name__ == "__main__":
-  if "--quick" not in sys.argv and "--list" not in sys.argv:
-    args = sys.argv[1:]
-    datasets = args[args.index("--datasets") + 1].split(",") if "--datasets" in args else ["dbbook2014"]
-    prepare(datasets, os.environ.get("CIKG_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data"))
-  main("kappa", runs, doc=__doc__)
+  main(["kappa"], doc=__doc__)

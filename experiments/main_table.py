@@ -30,4 +30,4 @@ def runs(datasets, seeds, selections=("valid", "test")):
 
 
 if __name__ == "__main__":
-  main("main_table", runs, doc=__doc__)
+  main(["main_table"], doc=__doc__)

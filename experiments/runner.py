@@ -2,8 +2,9 @@
 and work directory, finished runs are skipped, and each finished run leaves one small JSON under
 experiments/results/<study>/ recording the command, the code commit, the machine and the wall time.
 
-A study script (experiments/main_table.py, user_knowledge.py, ablations.py, schedules.py) only lists
-its runs; `main()` here parses the common flags and runs them:
+A study script (experiments/main_table.py, user_knowledge.py, ablations.py, schedules.py, kappa.py)
+only lists its runs; `main()` here parses the common flags and runs them (experiments/grid.py is the
+same command line over several studies):
 
   python experiments/main_table.py --datasets dbbook2014,book-crossing --seeds 2024,1,2
   python experiments/main_table.py --quick          # smoke mode: tiny synthetic data, 2 epochs
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import importlib
 import json
 import os
 import platform
@@ -104,11 +106,6 @@ class Job:
   proc: subprocess.Popen
   log: object
   t0: float
-
-
-def run_all(study: str, runs: Sequence[Run], **kwargs) -> Dict[str, int]:
-  """Trains one study's runs (see `run_grid`)."""
-  return run_grid([(study, r) for r in runs], **kwargs)
 
 
 def run_grid(study_runs: Sequence[Tuple[str, Run]], *, results_dir: str = RESULTS,
@@ -219,9 +216,21 @@ def quick(runs: Sequence[Run]) -> List[Run]:
   return out
 
 
-def main(study: str, make_runs: Callable[[Sequence[str], Sequence[int]], List[Run]],
-         argv=None, doc: str = "") -> Dict[str, int]:
-  p = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else study)
+def study_runs(studies: Sequence[str], datasets, seeds) -> List[Tuple[str, Run]]:
+  """(study, run) pairs of the study modules experiments/<study>.py, in the given order."""
+  out = []
+  for s in studies:
+    out += [(s, r) for r in importlib.import_module(f"experiments.{s}").runs(datasets, seeds)]
+  return out
+
+
+def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
+  """The command line of every study script and of grid.py. A study module lists its runs with
+  `runs(datasets, seeds)` and may make their inputs with `prepare(datasets, data_dir)`, called
+  before training (not for --quick or --list)."""
+  p = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else studies[0])
+  p.add_argument("--studies", default=",".join(studies),
+                 help="comma-separated study modules under experiments/, in priority order")
   p.add_argument("--datasets", default=",".join(DATASETS))
   p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
   p.add_argument("--quick", action="store_true", help="tiny synthetic data, 2 epochs, one seed")
@@ -232,23 +241,37 @@ def main(study: str, make_runs: Callable[[Sequence[str], Sequence[int]], List[Ru
   p.add_argument("--results-dir", default="")
   p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs"))
   p.add_argument("--deadline-seconds", type=float, default=0.0,
-                 help="start no run after this many seconds; runs get the rest as budget")
+                 help="wall-time budget of the whole invocation: runs get what is left")
+  p.add_argument("--min-run-seconds", type=float, default=30.0,
+                 help="start no run with less than this left before the deadline")
   p.add_argument("--extra", default="", help="extra --config.x=y flags for every run")
+  p.add_argument("--order", choices=("seed", "study"), default="seed",
+                 help="seed: every run's first seed first; study: the studies in the given order")
   args = p.parse_args(argv)
-  runs = make_runs(args.datasets.split(","), [int(s) for s in args.seeds.split(",")])
+  names = args.studies.split(",")
+  datasets = args.datasets.split(",")
+  seeds = [int(s) for s in args.seeds.split(",")]
+  pairs = study_runs(names, datasets, seeds)
   if args.only:
-    keys = args.only.split(",")
-    runs = [r for r in runs if any(k in r.name for k in keys)]
+    pairs = [(s, r) for s, r in pairs if any(k in r.name for k in args.only.split(","))]
   results_dir = args.results_dir or RESULTS
   if args.quick:
-    runs = quick(runs)
+    pairs = [(s, r) for s in names for r in quick([r for s2, r in pairs if s2 == s])]
     results_dir = args.results_dir or os.path.join(args.runs_dir, "quick", "results")
+  elif args.order == "seed":
+    pairs = sorted(pairs, key=lambda sr: seeds.index(sr[1].seed))  # stable: study order kept
   if args.list:
-    for r in runs:
+    for s, r in pairs:
       state = "done" if find_result(r, results_dir) else "todo"
-      print(f"{state}  {r.name}  {' '.join(r.command('<workdir>')[2:])}")
+      print(f"{state}  {s}  {r.name}  {' '.join(r.command('<workdir>')[2:])}")
     return {}
+  if not args.quick:
+    data_dir = os.environ.get("CIKG_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data")
+    for s in dict.fromkeys(s for s, _ in pairs):
+      prepare = getattr(importlib.import_module(f"experiments.{s}"), "prepare", None)
+      if prepare is not None:
+        prepare(datasets, data_dir)
   deadline = time.time() + args.deadline_seconds if args.deadline_seconds else 0.0
-  return run_all(study, runs, results_dir=results_dir, runs_dir=args.runs_dir,
-                 parallel=args.parallel, machine=args.machine, extra=args.extra.split(),
-                 deadline=deadline)
+  return run_grid(pairs, results_dir=results_dir, runs_dir=args.runs_dir,
+                  parallel=args.parallel, machine=args.machine, extra=args.extra.split(),
+                  deadline=deadline, min_run_seconds=args.min_run_seconds)

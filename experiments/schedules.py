@@ -32,4 +32,4 @@ def runs(datasets, seeds):
 
 
 if __name__ == "__main__":
-  main("schedules", runs, doc=__doc__.replace("unless --seeds says more", ""))
+  main(["schedules"], doc=__doc__.replace("unless --seeds says more", ""))

@@ -37,4 +37,4 @@ def runs(datasets, seeds):
 
 
 if __name__ == "__main__":
-  main("user_knowledge", runs, doc=__doc__)
+  main(["user_knowledge"], doc=__doc__)
