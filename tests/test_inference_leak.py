@@ -40,6 +40,19 @@ def test_default_prompts_hold_out_exactly_the_trainers_validation_split(data_dir
   c.limit = 50
   reqs = generate.make_requests(c)
   assert len(reqs) == 50
+  from inference.requests import uid_of
+  checked = 0
+  for r in reqs:
+    u = uid_of(r["custom_id"])
+    text = " ".join(m["content"] for m in r["body"]["messages"])
+    shown = {titles[i] for i in history[u] if i in titles}
+    # a held-out title that is no shown title's substring must not be in the prompt
+    for i in held.get(u, ()):
+      t = titles.get(i)
+      if t and not any(t in s for s in shown):
+        assert t not in text, (u, t)
+        checked += 1
+  assert checked > 20
 
 
 def test_trainer_split_does_not_move_with_the_training_seed(data_dir):

@@ -12,9 +12,8 @@ from typing import Dict, List
 
 from inference.backends.base import Emit
 
-# Request-body keys that map 1:1 onto vllm.SamplingParams.
-_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "repetition_penalty",
-                  "presence_penalty", "frequency_penalty", "stop", "n")
+# Request-body keys that map 1:1 onto vllm.SamplingParams (one list, shared with the Ray backend).
+from inference.backends.ray_udfs import SAMPLING_KEYS as _SAMPLING_KEYS  # noqa: E402
 
 
 def sampling_params(body: Dict):
