@@ -113,12 +113,13 @@ def _mean_metrics(step_metrics: List[Dict]) -> Dict[str, float]:
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0] if k != "finite"}
 
 
-def _check_finite(step_metrics, epoch, what, workdir, saved_epoch: Optional[int],
-                  checkpointing: bool = True):
+def _check_finite(step_metrics, epoch, what, workdir, mgr):
+  """Raises on a non-finite step, naming the newest checkpoint (asked of orbax only then)."""
   flags = np.asarray(jax.device_get([m["finite"] for m in step_metrics]))
   if flags.size and not flags.all():
     bad = int(np.flatnonzero(~flags)[0])
-    if not checkpointing:
+    saved_epoch = ckpt.latest_step(mgr)
+    if mgr is None:
       saved = "checkpointing is off (train.checkpoint=False), so no checkpoint exists"
     elif saved_epoch is None:
       saved = "no checkpoint has been saved yet"
@@ -232,12 +233,10 @@ def _train(config, workdir: str, ds, graphs, t_setup: float) -> Dict[str, Any]:
   best_params = jax.tree_util.tree_map(jnp.copy, state.params)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   mgr = ckpt.manager(workdir) if config.train.checkpoint else None
-  saved_epoch = None  # the newest checkpoint's epoch, for the non-finite error
   if mgr is not None:
     restored = ckpt.restore_latest(mgr, state, best_params, delete_damaged=True)
     if restored is not None:
       state, best_params, loop = restored
-      saved_epoch = loop["epoch"]
       if str(loop.get("stop_reason", "")).startswith("time budget"):
         loop["stopped"] = False  # a budget stop is a pause: a rerun continues the run
         loop.pop("stop_reason")
@@ -272,7 +271,7 @@ def _train(config, workdir: str, ds, graphs, t_setup: float) -> Dict[str, Any]:
         batch["mask_rate"] = np.float32(rate)
         state, m = train_step(state, shard(batch), jax.random.fold_in(epoch_key, b), graphs)
         step_metrics.append(m)
-      _check_finite(step_metrics, epoch, "training", workdir, saved_epoch, mgr is not None)
+      _check_finite(step_metrics, epoch, "training", workdir, mgr)
       losses = _mean_metrics(step_metrics)
       if kge_step is not None:
         kbatches = sampling.kge_epoch(triples, kge_steps, config.kge.batch_size, *tail_range,
@@ -281,7 +280,7 @@ def _train(config, workdir: str, ds, graphs, t_setup: float) -> Dict[str, Any]:
         for b in range(kge_steps):
           state, m = kge_step(state, shard({k: v[b] for k, v in kbatches.items()}, False))
           kge_metrics.append(m)
-        _check_finite(kge_metrics, epoch, "TransE", workdir, saved_epoch, mgr is not None)
+        _check_finite(kge_metrics, epoch, "TransE", workdir, mgr)
         losses.update(_mean_metrics(kge_metrics))
       jax.block_until_ready(state)
       t_train = time.perf_counter() - t0
@@ -325,7 +324,6 @@ def _train(config, workdir: str, ds, graphs, t_setup: float) -> Dict[str, Any]:
         # Epochs are pure functions of (state, seed, epoch): resuming from an older checkpoint
         # replays the same epochs, so saving every epoch buys nothing but I/O.
         ckpt.save(mgr, epoch, host_view(state), best_params, loop)
-        saved_epoch = epoch
         last_save = time.perf_counter()
       pbar.set_postfix(loss=f"{losses['loss']:.4f}",
                        **{f"{sel_name}_r@20": f"{sel_metrics['recall@20']:.4f}"},
