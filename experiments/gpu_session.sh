@@ -14,6 +14,7 @@ STUDIES=${STUDIES:-user_knowledge,main_table,ablations}; SEEDS=${SEEDS:-2024,1,2
 DATASETS=${DATASETS:-dbbook2014,book-crossing}; ONLY=${ONLY:-}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false CIKG_DATA_DIR=${CIKG_DATA_DIR:-$PWD/.gpudata}
 mkdir -p "$OUT" /tmp/runs /tmp/results
+cp -r experiments/results/. /tmp/results/   # finished runs are found and skipped
 if ! python3 -c "import ml_collections, jraph" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
