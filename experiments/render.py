@@ -227,14 +227,14 @@ def ablation_table(rows, datasets) -> List[str]:
   return out
 
 
-def schedule_table(rows, datasets) -> List[str]:
+def schedule_table(rows, datasets, first: str = "schedule") -> List[str]:
   out = []
   for d in datasets:
     vs = by_variant(rows, d)
     if not vs:
       continue
     out += [f"**{d}** (validation selection; seeds per point in the table):", "",
-            "| schedule | seeds | R@20 | N@20 | best epochs |", "|---|---|---|---|---|"]
+            f"| {first} | seeds | R@20 | N@20 | best epochs |", "|---|---|---|---|---|"]
     for v in sorted(vs):
       rs = vs[v]
       label = {"cikgrec-paper-valid": "exp, p0 0.05 → pmax (config)"}.get(v, v.replace("cikgrec-", ""))
@@ -341,7 +341,7 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
                                                      ""] + efficiency_table(r, datasets)),
              ("schedules", "Mask-rate schedules", lambda r: schedule_table(r, datasets)),
              ("kappa", "Number of interest clusters (kappa, SmolLM2 interests)",
-              lambda r: schedule_table(r, datasets))]
+              lambda r: schedule_table(r, datasets, first="interest clusters"))]
   for study, title, render_fn in studies:
     rows = load_study(study, results_dir)
     out += [f"### {title}", ""]
