@@ -1,18 +1,16 @@
 """Baselines trained by CIKGRec's driver (same sampler, evaluation, early stopping, checkpoints):
-SimGCL (Yu et al., SIGIR 2022) and KGAT (Wang et al., KDD 2019).
-
-Each is a `Baseline` of pure functions with CIKGRec's signatures (cikg_jax/model.py forwards to
-the one `config.model.name` names), so train.py, predict.py and the data-parallel step need not
-know which model they run. Every baseline owns its graph pytree: SimGCL the user-item graph, KGAT
-the collaborative knowledge graph with relation types. Node rows are the framework's
-`[users | items = first entities | other entities | interests]`; the train driver sizes the table
+SimGCL (Yu et al., SIGIR 2022) and KGAT (Wang et al., KDD 2019), as Flax modules with the
+methods of cikg_jax/model.py's (`__call__`, `loss`, `kge_loss`, `init_params`), so the training
+library need not know which model it runs. Every baseline owns its graph pytree: SimGCL the
+user-item graph, KGAT the collaborative knowledge graph with relation types. Node rows are the
+framework's `[users | items = first entities | other entities | interests]`; the table is sized
 for all of them, and a baseline uses only its leading rows (the rest get no gradient).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Tuple
 
 import flax.linen as nn
 import flax.struct
@@ -24,24 +22,13 @@ import numpy as np
 from cikg_jax import graph as graph_lib
 from cikg_jax import losses
 from cikg_jax import propagation as prop
+from cikg_jax.model import LightGCN, simgcl_noise, xavier
 
 
 @dataclasses.dataclass(frozen=True)
-class Baseline:
-  make_graphs: Callable        # (graphs, ds, config) -> a pytree the loss and embeddings take
-  init_params: Callable        # (key, n_nodes, n_relations, config) -> params
-  total_loss: Callable         # (params, graphs, batch, key, config) -> (loss, metrics)
-  final_embeddings: Callable   # (params, graphs, config) -> (users, items)
-  kge_loss: Optional[Callable] = None  # (params, batch, config) -> loss, when config.kge.use
-
-
-def _backend(config) -> str:
-  b = config.model.backend
-  return prop.default_backend() if b == "auto" else b
-
-
-def _xavier_table(key, n_rows: int, dim: int):
-  return nn.initializers.xavier_uniform()(key, (n_rows, dim), jnp.float32)
+class Entry:
+  create: Callable        # (config, ds, common fields) -> the module
+  make_graphs: Callable   # (graphs, ds, config) -> the graph pytree its methods take
 
 
 # ---- SimGCL --------------------------------------------------------------------------------
@@ -59,24 +46,6 @@ def simgcl_make_graphs(graphs, ds, config) -> UserItemGraph:
   return UserItemGraph(op=op, n_users=ds.n_users, n_items=ds.n_items)
 
 
-def simgcl_init_params(key, n_nodes: int, n_relations: int, config) -> Dict:
-  del n_relations
-  return {"embedding": _xavier_table(key, n_nodes, config.model.embed_dim)}
-
-
-def layer_mean_without_input(op: prop.Operator, x, num_layers: int, backend: str,
-                             perturb: Optional[Callable] = None):
-  """SimGCL's encoder: the mean of layers 1..L, the layer-0 input excluded (SELFRec's and
-  RecBole-GNN's SimGCL), each layer perturbed before it is propagated further."""
-  e, total = x, 0.0
-  for layer in range(num_layers):
-    e = prop.spmm(op, op.weights, e, backend)
-    if perturb is not None:
-      e = perturb(layer, e)
-    total = total + e
-  return total / num_layers
-
-
 def unique_rows(ids, mask, n: int):
   """The batch's distinct ids among its real rows, in a fixed-size (batch) vector: returns
   (ids, 0/1 mask); padding positions hold id 0 and mask 0."""
@@ -86,42 +55,53 @@ def unique_rows(ids, mask, n: int):
   return jnp.where(valid, uniq, 0), valid.astype(jnp.float32)
 
 
-def simgcl_final_embeddings(params, g: UserItemGraph, config):
-  n = g.n_users + g.n_items
-  out = layer_mean_without_input(g.op, params["embedding"][:n], config.model.num_layers,
-                                 _backend(config))
-  return out[:g.n_users], out[g.n_users:]
+class SimGCL(LightGCN):
+  """LightGCN's encoder without the layer-0 input in the mean, trained with BPR, L2 and
+  InfoNCE between two noise-perturbed views of the batch's unique users and unique positive
+  items (SELFRec's and RecBole-GNN's SimGCL)."""
+  cl_weight: float = 0.5
+  tau: float = 0.2
+  eps: float = 0.1
+
+  def init_params(self, key: jax.Array) -> Dict:
+    return {"node_embedding": {"embedding": xavier(key, (self.n_nodes, self.embed_dim),
+                                                   jnp.float32)}}
+
+  def encode(self, g: UserItemGraph, x, perturb=None):
+    return prop.propagate(g.op, x, self.num_layers, None, self.backend, perturb=perturb,
+                          include_input=False)
+
+  def __call__(self, g: UserItemGraph):
+    out = self.encode(g, self.table()[:self.n_users + self.n_items])
+    return out[:self.n_users], out[self.n_users:]
+
+  def loss(self, g: UserItemGraph, batch, key, mask_rate=None, n_rows=None, share=1.0):
+    del mask_rate, share
+    if n_rows is not None:
+      raise NotImplementedError("SimGCL runs on one device: its InfoNCE contrasts the whole "
+                                "batch's unique rows, which shards would split")
+    nu = self.n_users
+    ego = self.table()[:nu + self.n_items]
+    out = self.encode(g, ego)
+    users, pos, neg, mask = batch["users"], batch["pos"] + nu, batch["neg"] + nu, batch["mask"]
+    bpr = losses.bpr_loss(out[users], out[pos], out[neg], mask, self.cf_weight)
+    reg = losses.l2_reg((ego[users], ego[pos], ego[neg]), mask, self.l2)
+    k1, k2 = jax.random.split(key)
+    views = [losses.l2_normalize(self.encode(g, ego, simgcl_noise(k, self.eps))) for k in (k1, k2)]
+    u_ids, u_mask = unique_rows(batch["users"], mask, nu)
+    i_ids, i_mask = unique_rows(batch["pos"], mask, self.n_items)
+    cl_user = losses.paired_info_nce(views[0][u_ids], views[1][u_ids], u_mask, self.tau)
+    cl_item = losses.paired_info_nce(views[0][nu + i_ids], views[1][nu + i_ids], i_mask, self.tau)
+    cl = self.cl_weight * (cl_user + cl_item)
+    loss = bpr + reg + cl
+    return loss, {"bpr": bpr, "reg": reg, "cl_user": cl_user, "cl_item": cl_item, "cl": cl,
+                  "loss": loss}
 
 
-def simgcl_total_loss(params, g: UserItemGraph, batch, key, config) -> Tuple[jnp.ndarray, Dict]:
-  """BPR + L2 on the batch's layer-0 rows + lambda * (user + item InfoNCE between two noisy
-  views, over the batch's unique users and unique positive items)."""
-  if "count" in batch:
-    raise NotImplementedError("SimGCL runs on one device: its InfoNCE contrasts the whole "
-                              "batch's unique rows, which shards would split")
-  from cikg_jax import model  # (model imports this module lazily)
-  backend, layers, s = _backend(config), config.model.num_layers, config.simgcl
-  nu = g.n_users
-  ego = params["embedding"][:nu + g.n_items]
-  out = layer_mean_without_input(g.op, ego, layers, backend)
-  users, pos, neg, mask = batch["users"], batch["pos"] + nu, batch["neg"] + nu, batch["mask"]
-  bpr = losses.bpr_loss(out[users], out[pos], out[neg], mask, config.train.cf_weight)
-  reg = losses.l2_reg((ego[users], ego[pos], ego[neg]), mask, config.train.l2)
-  k1, k2 = jax.random.split(key)
-  views = [losses.l2_normalize(layer_mean_without_input(
-      g.op, ego, layers, backend, perturb=model.simgcl_noise(k, s.eps))) for k in (k1, k2)]
-  u_ids, u_mask = unique_rows(batch["users"], mask, nu)
-  i_ids, i_mask = unique_rows(batch["pos"], mask, g.n_items)
-  cl_user = losses.paired_info_nce(views[0][u_ids], views[1][u_ids], u_mask, s.tau)
-  cl_item = losses.paired_info_nce(views[0][nu + i_ids], views[1][nu + i_ids], i_mask, s.tau)
-  cl = s.weight * (cl_user + cl_item)
-  loss = bpr + reg + cl
-  return loss, {"bpr": bpr, "reg": reg, "cl_user": cl_user, "cl_item": cl_item, "cl": cl,
-                "loss": loss}
-
-
-SIMGCL = Baseline(simgcl_make_graphs, simgcl_init_params, simgcl_total_loss,
-                  simgcl_final_embeddings)
+def create_simgcl(config, ds, common) -> SimGCL:
+  s = config.simgcl
+  return SimGCL(**common, cf_weight=config.train.cf_weight, l2=config.train.l2,
+                cl_weight=s.weight, tau=s.tau, eps=s.eps)
 
 
 # ---- KGAT ----------------------------------------------------------------------------------
@@ -192,103 +172,119 @@ class BiInteraction(nn.Module):
     return act(dense("sum")(ego + side)) + act(dense("bi")(ego * side))
 
 
-def kgat_init_params(key, n_nodes: int, n_relations: int, config) -> Dict:
-  """Node table, relation vectors e_r and TransR matrices W_r for every relation and its
-  inverse (2 * n_relations: sampling.kge_relation_count's forward relations, then inverses),
-  and one bi-interaction layer per entry of kgat.layers."""
-  dim, k_dim = config.model.embed_dim, config.kgat.relation_dim
-  k_emb, k_rel, k_w, k_layers = jax.random.split(key, 4)
-  n_rel = 2 * n_relations
-  w_init = nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
-  params = {"embedding": _xavier_table(k_emb, n_nodes, dim),
-            "relation": _xavier_table(k_rel, n_rel, k_dim),
-            "w_r": w_init(k_w, (n_rel, dim, k_dim), jnp.float32), "layers": []}
-  d_in = dim
-  for i, features in enumerate(config.kgat.layers):
-    x = jnp.zeros((1, d_in))
-    layer = BiInteraction(features, config.kgat.negative_slope)
-    params["layers"].append(layer.init(jax.random.fold_in(k_layers, i), x, x)["params"])
-    d_in = features
-  return params
+class KGAT(nn.Module):
+  """KGAT: attentive propagation over the collaborative knowledge graph with bi-interaction
+  layers, BPR on the concatenated layer outputs, TransR on the CKG triples."""
+  n_users: int
+  n_items: int
+  n_nodes: int
+  n_relations: int                  # forward relations (sampling.kge_relation_count)
+  embed_dim: int = 64
+  num_layers: int = 3               # unused: the depth is len(layers)
+  backend: str = "bcsr"
+  relation_dim: int = 64
+  layers: Tuple[int, ...] = (64, 32, 16)
+  negative_slope: float = 0.2
+  mess_dropout: float = 0.1
+  cf_weight: float = 1.0
+  l2: float = 1e-5
+  kge_l2: float = 1e-5
+
+  def setup(self):
+    n_rel = 2 * self.n_relations  # every relation and its inverse
+    self.node_embedding = nn.Embed(self.n_nodes, self.embed_dim, embedding_init=xavier)
+    self.relation_embedding = nn.Embed(n_rel, self.relation_dim, embedding_init=xavier)
+    self.w_r = self.param("w_r", W_R_INIT, (n_rel, self.embed_dim, self.relation_dim))
+    self.aggregators = [BiInteraction(f, self.negative_slope) for f in self.layers]
+
+  def init_params(self, key: jax.Array) -> Dict:
+    """Keys as earlier runs drew them: table, relations, W_r, layers = split(key, 4), layer i
+    from fold_in(layers key, i)."""
+    dim, k_dim, n_rel = self.embed_dim, self.relation_dim, 2 * self.n_relations
+    k_emb, k_rel, k_w, k_layers = jax.random.split(key, 4)
+    params = {"node_embedding": {"embedding": xavier(k_emb, (self.n_nodes, dim), jnp.float32)},
+              "relation_embedding": {"embedding": xavier(k_rel, (n_rel, k_dim), jnp.float32)},
+              "w_r": W_R_INIT(k_w, (n_rel, dim, k_dim), jnp.float32)}
+    d_in = dim
+    for i, features in enumerate(self.layers):
+      x = jnp.zeros((1, d_in))
+      params[f"aggregators_{i}"] = BiInteraction(features, self.negative_slope, parent=None).init(
+          jax.random.fold_in(k_layers, i), x, x)["params"]
+      d_in = features
+    return params
+
+  def attention(self, g: KnowledgeGraph):
+    """pi(h, r, t) = (W_r e_t)^T tanh(W_r e_h + e_r), softmax over each head's edges."""
+    emb, w = self.node_embedding.embedding, self.w_r
+    relation = self.relation_embedding.embedding
+    proj = jnp.concatenate([emb[g.proj_nodes[s:e]] @ w[r]
+                            for r, (s, e) in enumerate(g.proj_slices) if e > s])
+    # tanh(W_r e_h + e_r) per (relation, node) row, not per edge: 7x fewer tanh on dbbook2014.
+    rel = jnp.concatenate([jnp.broadcast_to(relation[r], (e - s, proj.shape[1]))
+                           for r, (s, e) in enumerate(g.proj_slices) if e > s])
+    # The barrier materialises both tables: fused into the gathers, the concatenations became a
+    # 2R-way select per gathered element (10x slower on CPU).
+    proj, query = jax.lax.optimization_barrier((proj, jnp.tanh(proj + rel)))
+    score = jnp.sum(proj[g.tail_proj] * query[g.head_proj], axis=-1)
+    return jraph.segment_softmax(score, g.op.graph.receivers, g.op.n_nodes,
+                                 indices_are_sorted=True)
+
+  def propagate(self, g: KnowledgeGraph, dropout_key=None):
+    """Concatenation of e^(0) and the L2-normalised outputs of the bi-interaction layers. As in
+    KGAT's code the attention is a constant of the CF step (no gradient from BPR)."""
+    att = jax.lax.stop_gradient(self.attention(g))
+    ego = self.node_embedding.embedding[:g.op.n_nodes]
+    outs = [ego]
+    for i, aggregate in enumerate(self.aggregators):
+      side = prop.spmm(g.op, att, ego, self.backend)
+      ego = aggregate(ego, side)
+      if dropout_key is not None and self.mess_dropout > 0:
+        keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), 1 - self.mess_dropout,
+                                    ego.shape)
+        ego = jnp.where(keep, ego / (1 - self.mess_dropout), 0.0)
+      outs.append(losses.l2_normalize(ego))
+    return jnp.concatenate(outs, axis=-1)
+
+  def __call__(self, g: KnowledgeGraph):
+    out = self.propagate(g)
+    return out[:self.n_users], out[self.n_users:self.n_users + self.n_items]
+
+  def loss(self, g: KnowledgeGraph, batch, key, mask_rate=None, n_rows=None, share=1.0):
+    """BPR on the concatenated representations + L2 on those same rows (KGAT's regulariser)."""
+    del mask_rate, share
+    out = self.propagate(g, dropout_key=key)
+    nu = self.n_users
+    u, i, j = out[batch["users"]], out[batch["pos"] + nu], out[batch["neg"] + nu]
+    mask = batch["mask"]
+    bpr = losses.bpr_loss(u, i, j, mask, self.cf_weight, n_rows)
+    reg = losses.l2_reg((u, i, j), mask, self.l2, n_rows)
+    loss = bpr + reg
+    return loss, {"bpr": bpr, "reg": reg, "loss": loss}
+
+  def kge_loss(self, batch):
+    """TransR on the sampled (h, r, t) and on its inverse (t, r + R + 1, h), both against the
+    sampled corrupted tail: KGAT trains every CKG relation, the inverses included, and the
+    driver samples forward triples only."""
+    emb, relation = self.node_embedding.embedding, self.relation_embedding.embedding
+    n_fwd = self.n_relations
+    h, r, t, neg = batch["head"], batch["relation"], batch["tail"], batch["neg_tail"]
+    heads, rel = jnp.concatenate([h, t]), jnp.concatenate([r, r + n_fwd])
+    tails, negs = jnp.concatenate([t, h]), jnp.concatenate([neg, neg])
+    return losses.transr_loss(emb[heads], relation[rel], emb[tails], emb[negs], self.w_r[rel],
+                              self.kge_l2)
 
 
-def kgat_attention(params, g: KnowledgeGraph):
-  """pi(h, r, t) = (W_r e_t)^T tanh(W_r e_h + e_r), softmax over each head's edges."""
-  emb, w = params["embedding"], params["w_r"]
-  proj = jnp.concatenate([emb[g.proj_nodes[s:e]] @ w[r]
-                          for r, (s, e) in enumerate(g.proj_slices) if e > s])
-  # tanh(W_r e_h + e_r) per (relation, node) row, not per edge: 7x fewer tanh on dbbook2014.
-  rel = jnp.concatenate([jnp.broadcast_to(params["relation"][r], (e - s, proj.shape[1]))
-                         for r, (s, e) in enumerate(g.proj_slices) if e > s])
-  # The barrier materialises both tables: fused into the gathers, the concatenations became a
-  # 2R-way select per gathered element (10x slower on CPU).
-  proj, query = jax.lax.optimization_barrier((proj, jnp.tanh(proj + rel)))
-  score = jnp.sum(proj[g.tail_proj] * query[g.head_proj], axis=-1)
-  return jraph.segment_softmax(score, g.op.graph.receivers, g.op.n_nodes,
-                               indices_are_sorted=True)
+W_R_INIT = nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
 
 
-def kgat_propagate(params, g: KnowledgeGraph, config, dropout_key=None):
-  """Concatenation of e^(0) and the L2-normalised outputs of the bi-interaction layers. As in
-  KGAT's code the attention is a constant of the CF step (no gradient from BPR)."""
-  att = jax.lax.stop_gradient(kgat_attention(params, g))
-  ego = params["embedding"][:g.op.n_nodes]
-  outs = [ego]
+def create_kgat(config, ds, common) -> KGAT:
+  from cikg_jax.data import sampling
   c = config.kgat
-  for i, features in enumerate(c.layers):
-    side = prop.spmm(g.op, att, ego, _backend(config))
-    ego = BiInteraction(features, c.negative_slope).apply({"params": params["layers"][i]},
-                                                          ego, side)
-    if dropout_key is not None and c.mess_dropout > 0:
-      keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), 1 - c.mess_dropout,
-                                  ego.shape)
-      ego = jnp.where(keep, ego / (1 - c.mess_dropout), 0.0)
-    outs.append(losses.l2_normalize(ego))
-  return jnp.concatenate(outs, axis=-1)
+  return KGAT(**common, n_relations=sampling.kge_relation_count(ds, config.views),
+              relation_dim=c.relation_dim, layers=tuple(c.layers),
+              negative_slope=c.negative_slope, mess_dropout=c.mess_dropout,
+              cf_weight=config.train.cf_weight, l2=config.train.l2, kge_l2=config.kge.l2)
 
 
-def kgat_final_embeddings(params, g: KnowledgeGraph, config):
-  out = kgat_propagate(params, g, config)
-  return out[:g.n_users], out[g.n_users:g.n_users + g.n_items]
-
-
-def kgat_total_loss(params, g: KnowledgeGraph, batch, key, config) -> Tuple[jnp.ndarray, Dict]:
-  """BPR on the concatenated representations + L2 on those same rows (KGAT's regulariser)."""
-  out = kgat_propagate(params, g, config, dropout_key=key)
-  nu = g.n_users
-  u, i, j = out[batch["users"]], out[batch["pos"] + nu], out[batch["neg"] + nu]
-  mask, count = batch["mask"], batch.get("count")
-  bpr = losses.bpr_loss(u, i, j, mask, config.train.cf_weight, count)
-  reg = losses.l2_reg((u, i, j), mask, config.train.l2, count)
-  loss = bpr + reg
-  return loss, {"bpr": bpr, "reg": reg, "loss": loss}
-
-
-def kgat_kge_loss(params, batch, config):
-  """TransR on the sampled (h, r, t) and on its inverse (t, r + R + 1, h), both against the
-  sampled corrupted tail: KGAT trains every CKG relation, the inverses included, and the driver
-  samples forward triples only."""
-  emb = params["embedding"]
-  n_fwd = params["relation"].shape[0] // 2
-  h, r, t, neg = batch["head"], batch["relation"], batch["tail"], batch["neg_tail"]
-  heads, rel = jnp.concatenate([h, t]), jnp.concatenate([r, r + n_fwd])
-  tails, negs = jnp.concatenate([t, h]), jnp.concatenate([neg, neg])
-  return losses.transr_loss(emb[heads], params["relation"][rel], emb[tails], emb[negs],
-                            params["w_r"][rel], config.kge.l2)
-
-
-KGAT = Baseline(kgat_make_graphs, kgat_init_params, kgat_total_loss, kgat_final_embeddings,
-                kgat_kge_loss)
-
-
-# ---- the table -----------------------------------------------------------------------------
-MODELS = {"simgcl": SIMGCL, "kgat": KGAT}
-NAMES = ("cikgrec", "lightgcn") + tuple(MODELS)  # the first two are cikg_jax/model.py itself
-
-
-def get(config) -> Optional[Baseline]:
-  """The baseline `config.model.name` names, or None for CIKGRec and LightGCN (model.py)."""
-  name = config.model.get("name", "cikgrec")  # configs saved before the field: CIKGRec
-  if name not in NAMES:
-    raise ValueError(f"unknown config.model.name {name!r}; choose from {NAMES}")
-  return MODELS.get(name)
+MODELS = {"simgcl": Entry(create_simgcl, simgcl_make_graphs),
+          "kgat": Entry(create_kgat, kgat_make_graphs)}

@@ -1,4 +1,4 @@
-"""Full-ranking top-K evaluation on device (METHOD.md §6).
+"""Full-ranking top-K evaluation on device (docs/method.md §5).
 
 Users are scored against all items in fixed-size chunks (one compiled function, the last chunk
 padded), with the user's known items (training; for test under valid selection also validation)

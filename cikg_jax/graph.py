@@ -2,20 +2,22 @@
 
 All graphs are homogeneous and undirected over the one node table
 `[users | items = first entities | other entities | interest nodes]`: every undirected pair becomes
-two directed edges, duplicates are removed, relation types are dropped (METHOD.md §2). Edges are
+two directed edges, duplicates are removed, relation types are dropped (docs/method.md §1). Edges are
 sorted by receiver so that the same arrays serve a CSR matrix and a segment_sum. Each directed edge
 carries the id of its undirected pair, so edge dropout can drop both directions with one coin.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional
 
 import jraph
 import numpy as np
 
-from cikg_jax import jraph_compat  # noqa: F401  (jraph on current jax)
 from cikg_jax.data.dataset import Dataset
+
+log = logging.getLogger(__name__)
 
 VIEW_MODES = ("paper", "release")
 
@@ -69,14 +71,13 @@ def num_self_loops(graph: jraph.GraphsTuple) -> int:
 
 
 def build_graphs(ds: Dataset, views: str = "paper", add_self_loops: bool = True,
-                 use_kg_edges: bool = True, use_interest_edges: bool = True,
-                 verbose: bool = True) -> Dict[str, jraph.GraphsTuple]:
+                 use_kg_edges: bool = True, use_interest_edges: bool = True) -> Dict[str, jraph.GraphsTuple]:
   """Graphs used by training, keyed by role:
 
   - `cikg`: the main BPR graph (user-item + KG + user-interest, self loops if configured);
   - `cikg_no_loops` / `cikg_with_loops`: the same without / with self loops on every node, for
     the interest-reconstruction encoder and decoder;
-  - `cf`, `interest`, `kg`: the three contrastive views (METHOD.md §2), in `views` mode.
+  - `cf`, `interest`, `kg`: the three contrastive views (docs/method.md §2), in `views` mode.
   """
   if views not in VIEW_MODES:
     raise ValueError(f"views must be one of {VIEW_MODES}, got {views!r}")
@@ -90,20 +91,19 @@ def build_graphs(ds: Dataset, views: str = "paper", add_self_loops: bool = True,
             "cikg_no_loops": make_graph(n, cikg, None)}
   graphs["cikg"] = graphs["cikg_with_loops" if add_self_loops else "cikg_no_loops"]
   if views == "paper":
-    # Self loops belong to the main graph only (METHOD.md §2); the views are plain edge sets.
+    # Self loops belong to the main graph only (docs/method.md §2); the views are plain edge sets.
     graphs["cf"] = make_graph(n, ui, None)
     graphs["interest"] = make_graph(n, np.concatenate([uint, ui]), None)
     graphs["kg"] = make_graph(n, np.concatenate([kg, ui]), None)
   else:
-    # The release's views (METHOD.md §7.2): its "CF" view aliases the whole CIKG edge list (the
+    # The release's views (docs/method.md §2, §6): its "CF" view aliases the whole CIKG edge list (the
     # model adds self loops only to its own copy), and the interest and KG views carry self loops
     # on the user and item nodes instead of the user-item edges.
     cf_nodes = np.arange(ds.n_users + ds.n_items)
     graphs["cf"] = graphs["cikg_no_loops"]
     graphs["interest"] = make_graph(n, uint, cf_nodes)
     graphs["kg"] = make_graph(n, kg, cf_nodes)
-  if verbose:
-    print(describe_graphs(graphs), flush=True)
+  log.info("graphs:\n%s", describe_graphs(graphs))
   return graphs
 
 

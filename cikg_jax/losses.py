@@ -1,4 +1,4 @@
-"""The loss terms of CIKGRec (METHOD.md §4) as pure functions of arrays.
+"""The loss terms of CIKGRec (docs/method.md §3) as pure functions of arrays.
 
 Mini-batches have a static shape; a 0/1 `mask` marks the real rows of a padded batch and every
 mean is over the real rows only. `count`, when given, is the number of real rows of the whole batch

@@ -4,6 +4,7 @@ Without --config it runs the tiny synthetic job (configs/tiny.py). Errors a user
 data, config or workdir, a busy workdir, a non-finite loss) end as one line `error: ...` on stderr
 and exit status 1 (2 for bad flags); --debug shows the Python traceback instead."""
 
+import logging as pylogging
 import os
 import sys
 
@@ -53,6 +54,7 @@ def _parse_flags(argv):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+  pylogging.getLogger("cikg_jax").setLevel(pylogging.INFO)  # this project's progress lines
   host.keep_freed_memory()  # no page faults on the CPU step's large buffers (cikg_jax/host.py)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -62,7 +64,8 @@ def main(argv):
     _fail(_message(e), 1)
 
 
-if __name__ == "__main__":
+def run():
+  """The console entry point (`cikg-train`), as `python -m cikg_jax.main`."""
   if _CONFIG_FLAG_ERROR is not None:
     if any(a in ("--debug", "--debug=true", "--debug=True") for a in sys.argv[1:]):
       raise _CONFIG_FLAG_ERROR
@@ -70,3 +73,7 @@ if __name__ == "__main__":
             else "")
     _fail(f"--config override: {what}{_message(_CONFIG_FLAG_ERROR)}", 2)
   app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,12 +1,24 @@
-"""CIKGRec as pure functions of (params, graphs, batch, key): parameters, the masked
-user-interest reconstruction, the three contrastive views and the total loss (METHOD.md §2-4).
+"""CIKGRec and its LightGCN core as Flax modules (docs/method.md §1-3).
 
-`Graphs` carries the propagation operators and the static sizes, and travels as a jit argument
-(not a closure constant) so large edge arrays are not baked into the compiled program.
+A model's hyper-parameters are its fields. Every model (these two and the baselines of
+baselines.py) has the same methods, called through `model.apply(variables, ..., method=...)`:
+
+- `__call__(graphs)`: the final (users, items) embeddings used for ranking;
+- `loss(graphs, batch, key, mask_rate, n_rows, share)`: the training objective of one
+  mini-batch and its terms;
+- `kge_loss(batch)`: the TransE (KGAT: TransR) objective of one triple batch;
+- `init_params(key)`: the parameters, drawn from explicit keys (see its docstring).
+
+`steps.create_model(config, ds)` maps a config to the fields; the modules know neither
+ml_collections nor the Dataset.
+
+The graph pytree (`Graphs` here, the baselines' own in baselines.py) is an argument, not a field
+or a closure constant, so large edge arrays are not baked into the compiled program.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Tuple
 
 import flax.linen as nn
@@ -15,116 +27,109 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cikg_jax import baselines, losses
+from cikg_jax import losses
 from cikg_jax import propagation as prop
+
+xavier = nn.initializers.xavier_uniform()
 
 
 @flax.struct.dataclass
 class Graphs:
+  """CIKGRec's graphs: the operators its terms propagate over (keys of graph.build_graphs, plus
+  `views` when stacked) and the node rows the reconstruction may mask."""
   ops: Dict[str, prop.Operator]
-  interest_rows: jnp.ndarray     # node rows the reconstruction may mask
+  interest_rows: jnp.ndarray
   n_users: int = flax.struct.field(pytree_node=False)
   n_items: int = flax.struct.field(pytree_node=False)
   n_nodes: int = flax.struct.field(pytree_node=False)
 
 
-def make_graphs(graphs, ds, config) -> Graphs:
-  """Operators for the graphs the configured losses need, and the rows UIR may mask."""
-  if (b := baselines.get(config)) is not None:  # SimGCL, KGAT (config.model.name)
-    return b.make_graphs(graphs, ds, config)
-  needed = ["cikg"]
-  if config.uir.weight > 0:
-    needed += ["cikg_with_loops", "cikg_no_loops"]
-  if config.cl.weight > 0:
-    needed += ["cf", "interest", "kg"]
-  built = {}  # aliased graphs (e.g. cikg is cikg_with_loops) share one operator
-  ops = {}
-  for name in needed:
-    g = graphs[name]
-    if id(g) not in built:
-      built[id(g)] = prop.make_operator(g)
-    ops[name] = built[id(g)]
-  if config.views == "release" and len(ds.user_interest):
-    # The release masks the whole interest id range, isolated rows included (METHOD.md §7.5):
-    # min..max id (544 / 245 / 550 rows), not the unused ids between the entities and the first.
-    ids = ds.user_interest[:, 1]
-    rows = ds.n_users + np.arange(ids.min(), ids.max() + 1)
-  else:
-    rows = ds.n_users + ds.connected_interest_ids()
-  return Graphs(ops=ops, interest_rows=jnp.asarray(rows, jnp.int32), n_users=ds.n_users,
-                n_items=ds.n_items, n_nodes=ds.n_nodes)
+@dataclasses.dataclass(frozen=True)
+class Contrastive:
+  """Cross-domain InfoNCE between the CF view (with SimGCL noise) and the interest / KG views."""
+  weight: float = 0.0
+  tau: float = 0.2
+  eps: float = 0.1
 
 
-def init_params(key: jax.Array, n_nodes: int, n_relations: int, config) -> Dict:
-  """Xavier-uniform node table; mask token (zeros) and the encoder-to-decoder Linear(d, d) for
-  UIR; relation vectors for TransE."""
-  if (b := baselines.get(config)) is not None:
-    return b.init_params(key, n_nodes, n_relations, config)
-  dim = config.model.embed_dim
-  k_emb, k_e2d, k_rel = jax.random.split(key, 3)
-  params = {"embedding": nn.initializers.xavier_uniform()(k_emb, (n_nodes, dim), jnp.float32)}
-  if config.uir.weight > 0:
-    params["mask_token"] = jnp.zeros((1, dim), jnp.float32)
-    params["e2d"] = _encoder_to_decoder(dim).init(k_e2d, jnp.zeros((1, dim)))["params"]
-  if config.kge.use:
-    params["relation"] = nn.initializers.xavier_uniform()(k_rel, (n_relations, dim), jnp.float32)
-  return params
+@dataclasses.dataclass(frozen=True)
+class Reconstruction:
+  """GraphMAE-style masked reconstruction of the interest nodes."""
+  weight: float = 0.0
+  enc_layers: int = 2
+  dec_layers: int = 1
+  replace_rate: float = 0.15
+  edge_drop: float = 0.2
+  gamma: float = 2.0
 
 
-def _encoder_to_decoder(dim: int) -> nn.Dense:
-  return nn.Dense(dim, kernel_init=nn.initializers.xavier_uniform())  # as the release's Linear
+@dataclasses.dataclass(frozen=True)
+class TransE:
+  use: bool = False
+  l2: float = 1e-3
 
 
-def _backend(config) -> str:
-  b = config.model.backend
-  return prop.default_backend() if b == "auto" else b
+class LightGCN(nn.Module):
+  """LightGCN trained with BPR and L2 on the batch's layer-0 rows, over a node table of
+  `n_nodes` rows whose first `n_users` are users and next `n_items` items."""
+  n_users: int
+  n_items: int
+  n_nodes: int
+  embed_dim: int = 64
+  num_layers: int = 3
+  backend: str = "bcsr"            # prop.BACKENDS
+  edge_dropout: float = 0.0
+  message_dropout: float = 0.0
+  cf_weight: float = 1.0
+  l2: float = 1e-5
+
+  def setup(self):
+    self.node_embedding = nn.Embed(self.n_nodes, self.embed_dim, embedding_init=xavier)
+
+  def init_params(self, key: jax.Array) -> Dict:
+    """The parameters with the key split every run of this project has used (table, encoder-to-
+    decoder, relations = split(key, 3)), so a seed reproduces committed results. Flax's own
+    `init` would fold each module path into the key and draw other values; the structure is the
+    same (tests/test_model.py checks it against `model.init`)."""
+    k_emb, _, _ = jax.random.split(key, 3)
+    return {"node_embedding": {"embedding": xavier(k_emb, (self.n_nodes, self.embed_dim),
+                                                   jnp.float32)}}
+
+  def table(self) -> jnp.ndarray:
+    return self.node_embedding.embedding
+
+  def __call__(self, graphs: Graphs) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    out = prop.propagate(graphs.ops["cikg"], self.table(), self.num_layers, None, self.backend)
+    return out[:self.n_users], out[self.n_users:self.n_users + self.n_items]
+
+  def bpr_terms(self, graphs: Graphs, batch, k_edge, k_msg, n_rows=None
+                ) -> Dict[str, jnp.ndarray]:
+    """BPR over the (dropout) propagated main graph and L2 on the batch's layer-0 rows."""
+    ego = self.table()
+    op = graphs.ops["cikg"]
+    x = ego
+    if self.message_dropout > 0:
+      p = self.message_dropout
+      x = jnp.where(jax.random.bernoulli(k_msg, 1 - p, ego.shape), ego / (1 - p), 0.0)
+    weights = (prop.normalized_weights(op, prop.edge_keep_mask(op, k_edge, self.edge_dropout))
+               if self.edge_dropout > 0 else op.weights)
+    out = prop.propagate(op, x, self.num_layers, weights, self.backend)
+    users, pos, neg = batch["users"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
+    mask = batch["mask"]
+    return {"bpr": losses.bpr_loss(out[users], out[pos], out[neg], mask, self.cf_weight, n_rows),
+            "reg": losses.l2_reg((ego[users], ego[pos], ego[neg]), mask, self.l2, n_rows)}
+
+  def loss(self, graphs: Graphs, batch, key, mask_rate=None, n_rows=None, share=1.0):
+    """(loss, terms) of one mini-batch. `n_rows`: real rows of the whole batch when this is a
+    shard of it (the step computes it with a collective); `share`: this shard's part of terms
+    that do not depend on the batch."""
+    del mask_rate, share
+    k_edge, k_msg, _, _ = jax.random.split(key, 4)
+    terms = self.bpr_terms(graphs, batch, k_edge, k_msg, n_rows)
+    terms["loss"] = terms["bpr"] + terms["reg"]
+    return terms["loss"], terms
 
 
-# ---- user-interest reconstruction ---------------------------------------------------------
-def choose_masked_rows(key, n_rows: int, mask_rate, replace_rate: float):
-  """Fixed-shape choice of floor(p * n) rows (GraphMAE's int(p * n)): a random ranking,
-  `rank < k`. Of the chosen,
-  the last `replace_rate` share by rank is replaced by other interest rows, the rest gets the
-  mask token. Returns (chosen, token, noise) boolean vectors."""
-  ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (n_rows,))))
-  k = jnp.floor(mask_rate * n_rows + 1e-6).astype(jnp.int32)
-  n_noise = jnp.floor(replace_rate * k).astype(jnp.int32)
-  chosen = ranks < k
-  token = ranks < (k - n_noise)
-  return chosen, token, chosen & ~token
-
-
-def uir_loss(params, graphs: Graphs, key, mask_rate, config):
-  """GraphMAE-style masked reconstruction of interest-node embeddings through the CIKG."""
-  backend = _backend(config)
-  ego = params["embedding"]
-  rows = graphs.interest_rows
-  k_choose, k_noise, k_drop = jax.random.split(key, 3)
-  chosen, token, noise = choose_masked_rows(k_choose, rows.shape[0], mask_rate,
-                                            config.uir.replace_rate)
-  donors = rows[jax.random.randint(k_noise, rows.shape, 0, rows.shape[0])]
-  original = ego[rows]
-  masked = jnp.where(token[:, None], params["mask_token"],
-                     jnp.where(noise[:, None], ego[donors], original))
-  x = ego.at[rows].set(masked)
-  if config.uir.edge_drop > 0:
-    # Drop edges of the CIKG, then add self loops (added loops are never dropped); the decoder
-    # runs on the same dropped graph, as the release's does.
-    op = graphs.ops["cikg_with_loops"]
-    w = prop.normalized_weights(op, prop.edge_keep_mask(op, k_drop, config.uir.edge_drop))
-  else:
-    op = graphs.ops["cikg_no_loops"]
-    w = op.weights
-  enc = prop.propagate(op, x, config.uir.enc_layers, w, backend)
-  h = _encoder_to_decoder(ego.shape[1]).apply({"params": params["e2d"]}, enc)
-  h = h.at[rows].set(jnp.where(chosen[:, None], 0.0, h[rows]))
-  dec = prop.propagate(op, h, config.uir.dec_layers, w, backend)
-  err = losses.scaled_cosine_error(dec[rows], original, chosen.astype(jnp.float32),
-                                   config.uir.gamma)
-  return err, jnp.sum(chosen)
-
-
-# ---- cross-domain contrastive learning ----------------------------------------------------
 def simgcl_noise(key, eps: float):
   """e += sign(e) * normalize(U[0, 1)) * eps after every layer, a fresh draw per layer."""
   def perturb(layer, e):
@@ -133,7 +138,132 @@ def simgcl_noise(key, eps: float):
   return perturb
 
 
+def choose_masked_rows(key, n_rows: int, mask_rate, replace_rate: float):
+  """Fixed-shape choice of floor(p * n) rows (GraphMAE's int(p * n)): a random ranking,
+  `rank < k`. Of the chosen, the last `replace_rate` share by rank is replaced by other interest
+  rows, the rest gets the mask token. Returns (chosen, token, noise) boolean vectors."""
+  ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (n_rows,))))
+  k = jnp.floor(mask_rate * n_rows + 1e-6).astype(jnp.int32)
+  n_noise = jnp.floor(replace_rate * k).astype(jnp.int32)
+  chosen = ranks < k
+  token = ranks < (k - n_noise)
+  return chosen, token, chosen & ~token
+
+
 CL_VIEWS = ("cf", "interest", "kg")  # view 1 (perturbed), 2 (user anchors), 3 (item anchors)
+
+
+class CIKGRec(LightGCN):
+  """LightGCN over the CIKG plus the cross-domain contrastive loss, the masked interest
+  reconstruction and TransE on the same node table (docs/method.md §3)."""
+  n_relations: int = 0
+  contrastive: Contrastive = Contrastive()
+  reconstruction: Reconstruction = Reconstruction()
+  transe: TransE = TransE()
+
+  def setup(self):
+    super().setup()
+    if self.reconstruction.weight > 0:
+      self.mask_token = self.param("mask_token", nn.initializers.zeros, (1, self.embed_dim))
+      self.e2d = nn.Dense(self.embed_dim, kernel_init=xavier)  # as the release's Linear(d, d)
+    if self.transe.use:
+      self.relation_embedding = nn.Embed(self.n_relations, self.embed_dim, embedding_init=xavier)
+
+  def init_params(self, key: jax.Array) -> Dict:
+    k_emb, k_e2d, k_rel = jax.random.split(key, 3)
+    params = super().init_params(key)
+    d = self.embed_dim
+    if self.reconstruction.weight > 0:
+      params["mask_token"] = jnp.zeros((1, d), jnp.float32)
+      params["e2d"] = nn.Dense(d, kernel_init=xavier, parent=None).init(
+          k_e2d, jnp.zeros((1, d)))["params"]
+    if self.transe.use:
+      params["relation_embedding"] = {"embedding": xavier(k_rel, (self.n_relations, d),
+                                                          jnp.float32)}
+    return params
+
+  # ---- masked user-interest reconstruction ------------------------------------------------
+  def uir_loss(self, graphs: Graphs, key, mask_rate):
+    """Scaled cosine error of the decoded masked interest rows, and how many rows were masked."""
+    c = self.reconstruction
+    ego = self.table()
+    rows = graphs.interest_rows
+    k_choose, k_noise, k_drop = jax.random.split(key, 3)
+    chosen, token, noise = choose_masked_rows(k_choose, rows.shape[0], mask_rate, c.replace_rate)
+    donors = rows[jax.random.randint(k_noise, rows.shape, 0, rows.shape[0])]
+    original = ego[rows]
+    masked = jnp.where(token[:, None], self.mask_token,
+                       jnp.where(noise[:, None], ego[donors], original))
+    x = ego.at[rows].set(masked)
+    if c.edge_drop > 0:
+      # Drop edges of the CIKG, then add self loops (added loops are never dropped); the decoder
+      # runs on the same dropped graph, as the release's does.
+      op = graphs.ops["cikg_with_loops"]
+      w = prop.normalized_weights(op, prop.edge_keep_mask(op, k_drop, c.edge_drop))
+    else:
+      op = graphs.ops["cikg_no_loops"]
+      w = op.weights
+    enc = prop.propagate(op, x, c.enc_layers, w, self.backend)
+    h = self.e2d(enc)
+    h = h.at[rows].set(jnp.where(chosen[:, None], 0.0, h[rows]))
+    dec = prop.propagate(op, h, c.dec_layers, w, self.backend)
+    err = losses.scaled_cosine_error(dec[rows], original, chosen.astype(jnp.float32), c.gamma)
+    return err, jnp.sum(chosen)
+
+  # ---- cross-domain contrastive learning --------------------------------------------------
+  def view_embeddings(self, graphs: Graphs, key):
+    """The three propagated views of the node table (view 1 with SimGCL noise), unnormalised.
+
+    With the stacked operator (`ops["views"]`, `with_stacked_views`) the views travel as one
+    (3n, d) array and each layer is one sparse product; the noise is drawn for view 1's n rows
+    with the same keys, so the values equal the three separate propagations'."""
+    ego = self.table()
+    layers = self.num_layers
+    noise = simgcl_noise(key, self.contrastive.eps)
+    if "views" not in graphs.ops:
+      return (prop.propagate(graphs.ops["cf"], ego, layers, None, self.backend, perturb=noise),
+              prop.propagate(graphs.ops["interest"], ego, layers, None, self.backend),
+              prop.propagate(graphs.ops["kg"], ego, layers, None, self.backend))
+    n = graphs.n_nodes
+    perturb = lambda layer, e: jnp.concatenate([noise(layer, e[:n]), e[n:]])
+    out = prop.propagate(graphs.ops["views"], jnp.concatenate([ego] * len(CL_VIEWS)), layers,
+                         None, self.backend, perturb=perturb)
+    return out[:n], out[n:2 * n], out[2 * n:]
+
+  def cl_loss(self, graphs: Graphs, batch, key, n_rows=None):
+    """(user term, item term): the batch's users against all users of the interest view, its
+    positive items against all item/entity/interest rows of the KG view."""
+    z1, z2, z3 = map(losses.l2_normalize, self.view_embeddings(graphs, key))
+    users, pos, mask = batch["users"], batch["pos"], batch["mask"]
+    nu, tau = self.n_users, self.contrastive.tau
+    user_term = losses.info_nce(z1[users], z2[:nu], users, mask, tau, n_rows)
+    item_term = losses.info_nce(z1[nu + pos], z3[nu:], pos, mask, tau, n_rows)
+    return user_term, item_term
+
+  # ---- the objectives ---------------------------------------------------------------------
+  def loss(self, graphs: Graphs, batch, key, mask_rate=None, n_rows=None, share=1.0):
+    """L = L_rec + L_CL + L_UIR for one mini-batch; returns (loss, terms)."""
+    k_edge, k_msg, k_cl, k_uir = jax.random.split(key, 4)
+    terms = self.bpr_terms(graphs, batch, k_edge, k_msg, n_rows)
+    loss = terms["bpr"] + terms["reg"]
+    if self.contrastive.weight > 0:
+      user_term, item_term = self.cl_loss(graphs, batch, k_cl, n_rows)
+      terms["cl_user"], terms["cl_item"] = user_term, item_term
+      terms["cl"] = self.contrastive.weight * (user_term + item_term)
+      loss = loss + terms["cl"]
+    if self.reconstruction.weight > 0:
+      err, n_masked = self.uir_loss(graphs, k_uir, mask_rate)
+      # UIR does not depend on the batch: each of n data-parallel shards carries 1/n of it.
+      terms["uir"] = self.reconstruction.weight * err * share
+      terms["uir_masked_rows"] = n_masked.astype(jnp.float32) * share
+      loss = loss + terms["uir"]
+    terms["loss"] = loss
+    return loss, terms
+
+  def kge_loss(self, batch):
+    emb, rel = self.table(), self.relation_embedding.embedding
+    return losses.transe_loss(emb[batch["head"]], rel[batch["relation"]], emb[batch["tail"]],
+                              emb[batch["neg_tail"]], self.transe.l2)
 
 
 def with_stacked_views(graphs: Graphs) -> Graphs:
@@ -143,94 +273,3 @@ def with_stacked_views(graphs: Graphs) -> Graphs:
   README "Speed"), so make_graphs does not build it."""
   stacked = prop.stack_graphs([graphs.ops[v].graph for v in CL_VIEWS])
   return graphs.replace(ops={**graphs.ops, "views": prop.make_operator(stacked)})
-
-
-def view_embeddings(params, graphs: Graphs, key, config):
-  """The three propagated views of the ego table (view 1 with SimGCL noise), unnormalised.
-
-  With the stacked operator (`ops["views"]`) the views travel as one (3n, d) array and each layer
-  is one sparse product; the noise is drawn for view 1's n rows with the same keys, so the values
-  equal the three separate propagations'."""
-  backend = _backend(config)
-  ego = params["embedding"]
-  layers = config.model.num_layers
-  noise = simgcl_noise(key, config.cl.eps)
-  if "views" not in graphs.ops:
-    return (prop.propagate(graphs.ops["cf"], ego, layers, None, backend, perturb=noise),
-            prop.propagate(graphs.ops["interest"], ego, layers, None, backend),
-            prop.propagate(graphs.ops["kg"], ego, layers, None, backend))
-  n = graphs.n_nodes
-  perturb = lambda layer, e: jnp.concatenate([noise(layer, e[:n]), e[n:]])
-  out = prop.propagate(graphs.ops["views"], jnp.concatenate([ego] * len(CL_VIEWS)), layers, None,
-                       backend, perturb=perturb)
-  return out[:n], out[n:2 * n], out[2 * n:]
-
-
-def cl_loss(params, graphs: Graphs, batch, key, config):
-  z1, z2, z3 = map(losses.l2_normalize, view_embeddings(params, graphs, key, config))
-  users, pos, mask = batch["users"], batch["pos"], batch["mask"]
-  n_users = graphs.n_users
-  count = batch.get("count")
-  user_term = losses.info_nce(z1[users], z2[:n_users], users, mask, config.cl.tau, count)
-  item_term = losses.info_nce(z1[n_users + pos], z3[n_users:], pos, mask, config.cl.tau, count)
-  return user_term, item_term
-
-
-# ---- the main objective -------------------------------------------------------------------
-def final_embeddings(params, graphs: Graphs, config):
-  """Propagated embeddings of the main graph, for scoring: (users, items)."""
-  if (b := baselines.get(config)) is not None:
-    return b.final_embeddings(params, graphs, config)
-  out = prop.propagate(graphs.ops["cikg"], params["embedding"], config.model.num_layers, None,
-                       _backend(config))
-  return out[:graphs.n_users], out[graphs.n_users:graphs.n_users + graphs.n_items]
-
-
-def total_loss(params, graphs: Graphs, batch, key, config) -> Tuple[jnp.ndarray, Dict]:
-  """L = L_rec + L_CL + L_UIR for one mini-batch; returns (loss, per-term metrics).
-
-  For a shard of a data-parallel batch, `batch["count"]` (real rows of the whole batch) and
-  `batch["shard_share"]` (1/n) make the shards' losses and gradients sum to the whole batch's."""
-  if (b := baselines.get(config)) is not None:
-    return b.total_loss(params, graphs, batch, key, config)
-  backend = _backend(config)
-  k_edge, k_msg, k_cl, k_uir = jax.random.split(key, 4)
-  ego = params["embedding"]
-  op = graphs.ops["cikg"]
-  keep = (prop.edge_keep_mask(op, k_edge, config.model.edge_dropout)
-          if config.model.edge_dropout > 0 else None)
-  x = ego
-  if config.model.message_dropout > 0:
-    p = config.model.message_dropout
-    x = jnp.where(jax.random.bernoulli(k_msg, 1 - p, ego.shape), ego / (1 - p), 0.0)
-  weights = prop.normalized_weights(op, keep) if keep is not None else op.weights
-  out = prop.propagate(op, x, config.model.num_layers, weights, backend)
-  users = batch["users"]
-  pos = batch["pos"] + graphs.n_users
-  neg = batch["neg"] + graphs.n_users
-  mask, count = batch["mask"], batch.get("count")
-  bpr = losses.bpr_loss(out[users], out[pos], out[neg], mask, config.train.cf_weight, count)
-  reg = losses.l2_reg((ego[users], ego[pos], ego[neg]), mask, config.train.l2, count)
-  metrics = {"bpr": bpr, "reg": reg}
-  loss = bpr + reg
-  if config.cl.weight > 0:
-    user_term, item_term = cl_loss(params, graphs, batch, k_cl, config)
-    metrics["cl_user"], metrics["cl_item"] = user_term, item_term
-    metrics["cl"] = config.cl.weight * (user_term + item_term)
-    loss = loss + metrics["cl"]
-  if config.uir.weight > 0:
-    err, n_masked = uir_loss(params, graphs, k_uir, batch["mask_rate"], config)
-    # UIR does not depend on the batch: each of n data-parallel shards carries 1/n of it.
-    metrics["uir"] = config.uir.weight * err * batch.get("shard_share", 1.0)
-    metrics["uir_masked_rows"] = n_masked.astype(jnp.float32) * batch.get("shard_share", 1.0)
-    loss = loss + metrics["uir"]
-  metrics["loss"] = loss
-  return loss, metrics
-
-
-def kge_loss(params, batch, config):
-  if (b := baselines.get(config)) is not None:
-    return b.kge_loss(params, batch, config)
-  emb, rel = params["embedding"], params["relation"]
-  return losses.transe_loss(emb[batch["head"]], rel[batch["relation"]], emb[batch["tail"]],
-                            emb[batch["neg_tail"]], config.kge.l2)

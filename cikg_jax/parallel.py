@@ -1,5 +1,5 @@
 """Data parallelism with `jax.pmap`: the train state and graphs are replicated, each mini-batch
-is split row-wise over the local devices, and the one train step (train.make_train_step with an
+is split row-wise over the local devices, and the one train step (steps.make_train_step with an
 axis name) sums the shards' gradients. The result equals the single-device step up to float
 summation order (tested on simulated CPU devices).
 
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cikg_jax import train
+from cikg_jax import steps
 
 AXIS = "devices"
 
@@ -29,22 +29,15 @@ def num_devices(requested: int) -> int:
   return n
 
 
-def shard_batch(batch: Dict[str, np.ndarray], n: int, with_count: bool = True):
-  """(B, ...) arrays -> (n, B/n, ...); scalars are repeated per device. Adds the whole batch's
-  real-row count and each shard's share of batch-independent terms."""
+def shard_batch(batch: Dict[str, np.ndarray], n: int):
+  """(B, ...) arrays -> (n, B/n, ...)."""
   out = {}
   for k, v in batch.items():
     v = np.asarray(v)
-    if v.ndim == 0:
-      out[k] = np.full((n,), v, dtype=v.dtype)
-    else:
-      if v.shape[0] % n:
-        raise ValueError(f"batch of {v.shape[0]} rows does not split over {n} devices; choose "
-                         "a batch size divisible by the device count")
-      out[k] = v.reshape((n, v.shape[0] // n) + v.shape[1:])
-  if with_count:
-    out["count"] = np.full((n,), np.asarray(batch["mask"]).sum(), np.float32)
-    out["shard_share"] = np.full((n,), 1.0 / n, np.float32)
+    if v.shape[0] % n:
+      raise ValueError(f"batch of {v.shape[0]} rows does not split over {n} devices; choose "
+                       "a batch size divisible by the device count")
+    out[k] = v.reshape((n, v.shape[0] // n) + v.shape[1:])
   return out
 
 
@@ -56,10 +49,10 @@ def unreplicate(tree):
   return jax.tree_util.tree_map(lambda x: x[0], tree)
 
 
-def make_steps(config, tx, kge_tx):
+def make_steps(net, tx, kge_tx, rates, steps_per_epoch: int, use_kge: bool):
   """pmapped (train_step, kge_step): state and batch mapped, key and graphs broadcast."""
-  step = jax.pmap(train.make_train_step(config, tx, AXIS), axis_name=AXIS,
+  step = jax.pmap(steps.make_train_step(net, tx, rates, steps_per_epoch, AXIS), axis_name=AXIS,
                   in_axes=(0, 0, None, None), donate_argnums=0)
-  kge = (jax.pmap(train.make_kge_step(config, kge_tx, AXIS), axis_name=AXIS,
-                  in_axes=(0, 0), donate_argnums=0) if config.kge.use else None)
+  kge = (jax.pmap(steps.make_kge_step(net, kge_tx, AXIS), axis_name=AXIS, in_axes=(0, 0),
+                  donate_argnums=0) if use_kge else None)
   return step, kge

@@ -17,27 +17,27 @@ import ml_collections
 import numpy as np
 
 from cikg_jax import checkpoint as ckpt
-from cikg_jax import model, train
+from cikg_jax import steps
 
 
 def load_run(workdir: str):
   """Rebuilds data and graphs from the run's config.json and restores its best parameters."""
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  ds, config, graphs = train.setup(config, verbose=False)
-  tx, kge_tx = train.make_optimizers(config)
-  state = train.create_train_state(jax.random.PRNGKey(0), ds, config, tx, kge_tx)
+  ds, config, net, graphs = steps.setup(config)
+  tx, kge_tx = steps.make_optimizers(config)
+  state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, config.kge.use)
   restored = ckpt.restore_latest(ckpt.manager(workdir), state, state.params)
   if restored is None:
     raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to predict from")
-  return ds, config, graphs, restored[1]
+  return ds, net, graphs, restored[1]
 
 
-def top_k(ds, config, graphs, params, users: Sequence[int], k: int) -> Dict[int, List[int]]:
+def top_k(ds, net, graphs, params, users: Sequence[int], k: int) -> Dict[int, List[int]]:
   bad = [u for u in users if not 0 <= u < ds.n_users]
   if bad:
     raise ValueError(f"user ids out of range 0..{ds.n_users - 1}: {bad[:5]}")
-  user_emb, item_emb = jax.jit(lambda p, g: model.final_embeddings(p, g, config))(params, graphs)
+  user_emb, item_emb = steps.make_embed_fn(net)(params, graphs)
   scores = np.array(user_emb[jnp.asarray(users)] @ item_emb.T)  # writable copy
   known = np.concatenate([ds.train, ds.valid]) if len(ds.valid) else ds.train
   for row, u in enumerate(users):
@@ -52,9 +52,9 @@ def main(argv=None):
   p.add_argument("--users", required=True, help="comma-separated user ids")
   p.add_argument("--k", type=int, default=20)
   args = p.parse_args(argv)
-  ds, config, graphs, params = load_run(args.workdir)
+  ds, net, graphs, params = load_run(args.workdir)
   users = [int(x) for x in args.users.split(",") if x.strip()]
-  print(json.dumps(top_k(ds, config, graphs, params, users, args.k)))
+  print(json.dumps(top_k(ds, net, graphs, params, users, args.k)))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 One entry point, `propagate`, with two backends over the same receiver-sorted edge arrays:
 - "segment": gather + `jax.ops.segment_sum` (jraph's message passing; the usual fast path on GPU);
 - "bcsr": a CSR sparse-dense product with XLA:CPU's native kernel and a custom VJP through the
-  transposed matrix (~10-15x faster than the gather on CPU, STACK.md).
+  transposed matrix (~10-15x faster than the gather on CPU, docs/method.md §7).
 Edge weights are an explicit input so edge dropout keeps static shapes: a 0/1 mask per undirected
 pair, degrees recomputed from the kept edges.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 from typing import Callable, Optional
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -25,16 +24,28 @@ BACKENDS = ("segment", "bcsr")
 
 
 @flax.struct.dataclass
-class Operator:
-  """A graph ready for propagation: the GraphsTuple plus the CSR structure of A and of A^T."""
-  graph: jraph.GraphsTuple
+class CSR:
+  """Side arrays of the CSR kernel, computed once per graph: the CSR structure of A (its column
+  indices are the graph's senders) and of A^T, and the permutation from A's edge order to A^T's."""
   indptr: jnp.ndarray        # CSR rows = receivers
   t_indptr: jnp.ndarray      # CSR of A^T: rows = senders
   t_indices: jnp.ndarray
   t_perm: jnp.ndarray        # data of A^T = data of A [t_perm]
-  weights: jnp.ndarray       # D^-1/2 A D^-1/2 per edge without dropout (static, precomputed)
+
+
+@flax.struct.dataclass
+class Operator:
+  """A graph ready for propagation: a GraphsTuple sorted by receiver whose `edges` hold the
+  undirected pair id of every directed edge (`pair`, -1 for an added self loop) and its weight
+  D^-1/2 A D^-1/2 without dropout (`weight`), plus the CSR kernel's side arrays."""
+  graph: jraph.GraphsTuple
+  csr: CSR
   n_nodes: int = flax.struct.field(pytree_node=False)
   n_pairs: int = flax.struct.field(pytree_node=False)
+
+  @property
+  def weights(self) -> jnp.ndarray:
+    return self.graph.edges["weight"]
 
 
 def make_operator(graph: jraph.GraphsTuple) -> Operator:
@@ -53,13 +64,13 @@ def make_operator(graph: jraph.GraphsTuple) -> Operator:
   inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1e-12)), 0.0)
   weights = (inv_sqrt[senders] * inv_sqrt[receivers]).astype(np.float32)
   graph = graph._replace(senders=jnp.asarray(senders), receivers=jnp.asarray(receivers),
-                         edges={"pair": jnp.asarray(pair)},
+                         edges={"pair": jnp.asarray(pair), "weight": jnp.asarray(weights)},
                          n_node=jnp.asarray(graph.n_node), n_edge=jnp.asarray(graph.n_edge))
-  return Operator(graph=graph, indptr=jnp.asarray(np.cumsum(indptr), jnp.int32),
-                  t_indptr=jnp.asarray(np.cumsum(t_indptr), jnp.int32),
-                  t_indices=jnp.asarray(receivers[t_perm], jnp.int32),
-                  t_perm=jnp.asarray(t_perm, jnp.int32), weights=jnp.asarray(weights),
-                  n_nodes=n,
+  csr = CSR(indptr=jnp.asarray(np.cumsum(indptr), jnp.int32),
+            t_indptr=jnp.asarray(np.cumsum(t_indptr), jnp.int32),
+            t_indices=jnp.asarray(receivers[t_perm], jnp.int32),
+            t_perm=jnp.asarray(t_perm, jnp.int32))
+  return Operator(graph=graph, csr=csr, n_nodes=n,
                   n_pairs=int(pair.max()) + 1 if (pair >= 0).any() else 0)
 
 
@@ -127,31 +138,59 @@ def _bcsr_bwd(res, g):
 _bcsr_spmm.defvjp(_bcsr_fwd, _bcsr_bwd)
 
 
+def aggregate(graph: jraph.GraphsTuple, csr: Optional[CSR] = None,
+              backend: str = "bcsr") -> jnp.ndarray:
+  """One propagation step: sum over each node's incoming edges of weight * sender row, i.e.
+  A_w @ nodes for `nodes` (n, d) and `edges["weight"]`. segment: jraph's gather + segment_sum;
+  bcsr: the CSR kernel over the precomputed side arrays."""
+  x, w = graph.nodes, graph.edges["weight"]
+  if backend == "segment":
+    messages = x[graph.senders] * w[:, None]
+    return jax.ops.segment_sum(messages, graph.receivers, x.shape[0], indices_are_sorted=True)
+  if backend == "bcsr":
+    if csr is None:
+      raise ValueError("the bcsr backend needs the graph's CSR side arrays (make_operator)")
+    return _bcsr_spmm(w, x, graph.senders, csr.indptr, csr.t_indices, csr.t_indptr, csr.t_perm)
+  raise ValueError(f"unknown propagation backend {backend!r}; choose from {BACKENDS}")
+
+
+def light_gcn(graph: jraph.GraphsTuple, num_layers: int, csr: Optional[CSR] = None,
+              backend: str = "bcsr",
+              perturb: Optional[Callable[[int, jnp.ndarray], jnp.ndarray]] = None,
+              include_input: bool = True) -> jraph.GraphsTuple:
+  """LightGCN on a GraphsTuple whose `nodes` are the layer-0 embeddings and whose
+  `edges["weight"]` are the normalised edge weights: returns the graph with `nodes` the mean of
+  layers 0..L (1..L without `include_input`, SimGCL's encoder). `perturb(l, e)` edits each
+  propagated layer before it is propagated further (SimGCL's noise)."""
+  layers = [graph.nodes] if include_input else []
+  e = graph.nodes
+  for layer in range(num_layers):
+    e = aggregate(graph._replace(nodes=e), csr, backend)
+    if perturb is not None:
+      e = perturb(layer, e)
+    layers.append(e)
+  return graph._replace(nodes=functools.reduce(jnp.add, layers) / len(layers))
+
+
+def with_inputs(op: Operator, x: jnp.ndarray, weights: Optional[jnp.ndarray] = None
+                ) -> jraph.GraphsTuple:
+  """The operator's graph carrying node features `x` and (dropout-renormalised) edge weights."""
+  edges = op.graph.edges if weights is None else {**op.graph.edges, "weight": weights}
+  return op.graph._replace(nodes=x, edges=edges)
+
+
 def spmm(op: Operator, weights: jnp.ndarray, x: jnp.ndarray, backend: str = "bcsr") -> jnp.ndarray:
   """One propagation step A_w @ x."""
-  g = op.graph
-  if backend == "segment":
-    messages = x[g.senders] * weights[:, None]
-    return jax.ops.segment_sum(messages, g.receivers, op.n_nodes, indices_are_sorted=True)
-  if backend == "bcsr":
-    return _bcsr_spmm(weights, x, g.senders, op.indptr, op.t_indices, op.t_indptr, op.t_perm)
-  raise ValueError(f"unknown propagation backend {backend!r}; choose from {BACKENDS}")
+  return aggregate(with_inputs(op, x, weights), op.csr, backend)
 
 
 def propagate(op: Operator, x: jnp.ndarray, num_layers: int, weights: Optional[jnp.ndarray] = None,
               backend: str = "bcsr",
-              perturb: Optional[Callable[[int, jnp.ndarray], jnp.ndarray]] = None) -> jnp.ndarray:
-  """Mean of layers 0..L of LightGCN; `perturb(l, e)` edits each propagated layer (SimGCL noise)."""
-  if weights is None:
-    weights = op.weights
-  layers = [x]
-  e = x
-  for layer in range(num_layers):
-    e = spmm(op, weights, e, backend)
-    if perturb is not None:
-      e = perturb(layer, e)
-    layers.append(e)
-  return functools.reduce(jnp.add, layers) / len(layers)
+              perturb: Optional[Callable[[int, jnp.ndarray], jnp.ndarray]] = None,
+              include_input: bool = True) -> jnp.ndarray:
+  """`light_gcn` for arrays: the layer mean of `x` propagated over `op` (weights: op's own)."""
+  return light_gcn(with_inputs(op, x, weights), num_layers, op.csr, backend, perturb,
+                   include_input).nodes
 
 
 def default_backend() -> str:
@@ -159,11 +198,5 @@ def default_backend() -> str:
   return "bcsr" if jax.default_backend() == "cpu" else "segment"
 
 
-class LightGCN(nn.Module):
-  """Parameter-free LightGCN encoder as a Flax module, for composing with other modules."""
-  num_layers: int
-  backend: str = "bcsr"
-
-  @nn.compact
-  def __call__(self, op: Operator, x: jnp.ndarray, weights: Optional[jnp.ndarray] = None):
-    return propagate(op, x, self.num_layers, weights, self.backend)
+def resolve_backend(backend: str) -> str:
+  return default_backend() if backend == "auto" else backend

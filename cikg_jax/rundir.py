@@ -25,7 +25,7 @@ LOCK_FILE = "run.lock"            # flock'ed while a training runs; holds its PI
 RESUMABLE_KEYS = frozenset({
     "data_dir", "synthetic_dir", "interest_file", "train.max_epochs", "train.max_seconds",
     "train.plot", "train.checkpoint", "train.checkpoint_every_seconds", "train.resume"})
-RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "curves.png", "config.json",
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "results.json", "curves.png", "config.json",
              IDENTITY_FILE)
 _FRESH_HINT = ("use another --workdir, or --config.train.resume=False to delete that run and "
                "start afresh there")

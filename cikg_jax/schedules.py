@@ -1,4 +1,4 @@
-"""Dynamic mask rate of the interest reconstruction (METHOD.md §4), t = 0-based epoch."""
+"""Dynamic mask rate of the interest reconstruction (docs/method.md §4), t = 0-based epoch."""
 
 from __future__ import annotations
 

@@ -1,97 +1,62 @@
-"""Training driver: the train state, one jitted train step, the epoch loop with early stopping on
-the selection split, JSON-lines logging, checkpoints and exact resume."""
+"""Training driver: the epoch loop with early stopping on the selection split, per-epoch logging
+(metrics.jsonl, TensorBoard, a log line), checkpoints and exact resume. The model, the train
+state and the steps are the training library's (cikg_jax/steps.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
+import math
 import os
 import time
 from typing import Any, Dict, List, Optional
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from cikg_jax import checkpoint as ckpt
-from cikg_jax import evaluation, model, rundir, schedules
-from cikg_jax import graph as graph_lib
-from cikg_jax.data import dataset as dataset_lib
+from cikg_jax import evaluation, parallel, rundir, steps
+from cikg_jax import propagation as prop
 from cikg_jax.data import sampling
 
+log = logging.getLogger(__name__)
 
-@flax.struct.dataclass
-class TrainState:
-  step: jnp.ndarray
-  params: Dict[str, Any]
-  opt_state: Any
-  kge_opt_state: Any
+EARLY_STOPPING, BUDGET = "early_stopping", "budget"  # LoopState.stop ("" = running)
 
 
-def make_optimizers(config):
-  return optax.adam(config.train.lr), optax.adam(config.kge.lr)
+@dataclasses.dataclass
+class LoopState:
+  """What the loop carries from epoch to epoch; checkpointed as JSON with the train state."""
+  epoch: int = -1                      # last finished epoch
+  best_score: float = -math.inf
+  best_epoch: int = -1
+  bad_epochs: int = 0
+  best: Dict[str, Any] = dataclasses.field(default_factory=dict)  # metrics of the best epoch
+  train_seconds: float = 0.0
+  epoch_seconds: List[float] = dataclasses.field(default_factory=list)
+  stop: str = ""                       # EARLY_STOPPING, or BUDGET: a pause a rerun continues
+  budget_seconds: float = 0.0          # the budget that paused the run (for the message)
+
+  def to_json(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, d: Dict[str, Any]) -> "LoopState":
+    d = dict(d)
+    if "stopped" in d:  # checkpoints written before this dataclass: a dict with string reasons
+      reason = str(d.pop("stop_reason", ""))
+      stopped = d.pop("stopped")
+      d["stop"] = BUDGET if reason.startswith("time budget") else (EARLY_STOPPING if stopped
+                                                                      else "")
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def create_train_state(key, ds, config, tx, kge_tx) -> TrainState:
-  params = model.init_params(key, ds.n_nodes, sampling.kge_relation_count(ds, config.views),
-                             config)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    kge_opt_state=kge_tx.init(params) if config.kge.use else None)
-
-
-def _all_finite(tree):
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
-
-
-def _keep_if(ok, new, old):
-  """A non-finite step leaves the state untouched, so the run can stop with the last good one."""
-  return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
-
-
-def make_train_step(config, tx, axis_name: Optional[str] = None):
-  """The one train step: a pure function (state, batch, key, graphs) -> (state, metrics).
-
-  `graphs` is an argument, not a closure constant, so the step is compiled once per run. With
-  `axis_name` it runs data-parallel (cikg_jax/parallel.py): each device holds a shard of the batch
-  (with the whole batch's row count), the same key and replicated state and graphs, and the
-  shards' gradients and loss terms are summed, which equals the whole batch's exactly."""
-
-  def train_step(state: TrainState, batch, key, graphs: model.Graphs):
-    grad_fn = jax.value_and_grad(model.total_loss, has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params, graphs, batch, key, config)
-    if axis_name is not None:
-      grads, metrics, loss = jax.lax.psum((grads, metrics, loss), axis_name)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ok = jnp.isfinite(loss) & _all_finite(params)
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    metrics["finite"] = ok
-    return _keep_if(ok, new, state), metrics
-
-  return train_step
-
-
-def make_kge_step(config, kge_tx, axis_name: Optional[str] = None):
-  """TransE step with its own Adam (METHOD.md §4); data-parallel over equal shards with
-  `axis_name` (the loss is a plain mean, so the mean of shard gradients is exact)."""
-
-  def kge_step(state: TrainState, batch):
-    loss, grads = jax.value_and_grad(model.kge_loss)(state.params, batch, config)
-    if axis_name is not None:
-      grads, loss = jax.lax.pmean((grads, loss), axis_name)
-    updates, kge_opt_state = kge_tx.update(grads, state.kge_opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ok = jnp.isfinite(loss) & _all_finite(params)
-    new = state.replace(params=params, kge_opt_state=kge_opt_state)
-    return _keep_if(ok, new, state), {"kge": loss, "finite": ok}
-
-  return kge_step
-
-
-# ---- evaluation sets ------------------------------------------------------------------------
+# ---- evaluation ------------------------------------------------------------------------------
 def make_eval_sets(ds, config) -> Dict[str, evaluation.EvalSet]:
   """Known items are excluded from ranking: training items, and for test also validation."""
   c = config.eval.chunk_size
@@ -106,66 +71,117 @@ def selection_score(metrics: Dict[str, float], k: int) -> float:
   return metrics[f"recall@{k}"] + metrics[f"ndcg@{k}"]
 
 
-def _mean_metrics(step_metrics: List[Dict]) -> Dict[str, float]:
-  if not step_metrics:
+def evaluate(embeddings, eval_sets, selection: str, config, train_counts,
+             loop: LoopState) -> Dict[str, float]:
+  """Scores the selection split and, when it improves, the test split with its user groups
+  (both from the same propagation); updates the loop's early-stopping state."""
+  ks = tuple(config.eval.ks)
+  sel_metrics, _ = evaluation.evaluate(*embeddings, eval_sets[selection], ks)
+  score = selection_score(sel_metrics, config.eval.select_k)
+  if score > loop.best_score:
+    test_metrics, groups = evaluation.evaluate_groups(*embeddings, eval_sets["test"], ks,
+                                                      train_counts, config.eval.n_groups)
+    loop.best = {"valid": {}, selection: sel_metrics, "test": test_metrics,
+                 "test_groups": groups["quantile"],
+                 "test_groups_equal_interactions": groups["equal_interactions"]}
+    loop.best_score, loop.best_epoch, loop.bad_epochs = score, loop.epoch, 0
+  else:
+    loop.bad_epochs += 1
+  return dict(sel_metrics, selection_score=score)
+
+
+# ---- one epoch -------------------------------------------------------------------------------
+def _mean_terms(step_terms: List[Dict]) -> Dict[str, float]:
+  if not step_terms:
     return {}
-  stacked = jax.device_get(step_metrics)
-  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0] if k != "finite"}
+  stacked = jax.device_get(step_terms)
+  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
 
 
-def _check_finite(step_metrics, epoch, what, workdir, mgr):
-  """Raises on a non-finite step, naming the newest checkpoint (asked of orbax only then)."""
-  flags = np.asarray(jax.device_get([m["finite"] for m in step_metrics]))
-  if flags.size and not flags.all():
-    bad = int(np.flatnonzero(~flags)[0])
-    saved_epoch = ckpt.latest_step(mgr)
-    if mgr is None:
-      saved = "checkpointing is off (train.checkpoint=False), so no checkpoint exists"
-    elif saved_epoch is None:
-      saved = "no checkpoint has been saved yet"
-    else:
-      saved = (f"the latest checkpoint (end of epoch {saved_epoch}) is in "
-               f"{os.path.join(workdir, 'checkpoints')}")
-    raise FloatingPointError(
-        f"non-finite {what} loss at epoch {epoch}, step {bad} of the epoch: training stopped. "
-        f"The state was kept at the last finite step; {saved}. Lower the learning rate "
-        "or check the data.")
+def _check_finite(step_terms, key: str, epoch: int, what: str, workdir: str, mgr) -> None:
+  """big_vision's host check: raises on the first non-finite logged loss of the epoch, naming
+  the newest checkpoint (asked of orbax only then); nothing after it is saved."""
+  values = np.asarray([m[key] for m in jax.device_get(step_terms)]).reshape(len(step_terms), -1)
+  bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+  if bad.size:
+    _raise_non_finite(f"{what} loss at epoch {epoch}, step {int(bad[0])} of the epoch", workdir,
+                      mgr)
 
 
-def _compilations(jitted) -> Optional[int]:
-  try:
-    return int(jitted._cache_size())
-  except AttributeError:  # private API; absent in some jax versions
-    return None
+def _raise_non_finite(where: str, workdir: str, mgr) -> None:
+  saved_epoch = ckpt.latest_step(mgr)
+  if mgr is None:
+    saved = "checkpointing is off (train.checkpoint=False), so no checkpoint exists"
+  elif saved_epoch is None:
+    saved = "no checkpoint has been saved yet"
+  else:
+    saved = (f"the latest checkpoint (end of epoch {saved_epoch}) is in "
+             f"{os.path.join(workdir, 'checkpoints')}")
+  raise FloatingPointError(f"non-finite {where}: training stopped; {saved}. Lower the learning "
+                           "rate or check the data.")
 
 
-def setup(config, verbose: bool = True):
-  """Data, graphs and operators for a config (shared by training, benchmarks and prediction)."""
-  ds = dataset_lib.load_from_config(config, verbose=verbose)
-  graphs = graph_lib.build_graphs(ds, views=config.views,
-                                  add_self_loops=config.model.add_self_loops,
-                                  use_kg_edges=config.model.use_kg_edges,
-                                  use_interest_edges=config.model.use_interest_edges,
-                                  verbose=verbose)
-  config = _effective_config(config, ds)
-  return ds, config, model.make_graphs(graphs, ds, config)
+@dataclasses.dataclass
+class Trainer:
+  """The compiled steps and the host-side pieces of one run (single device or pmap)."""
+  train_step: Any
+  kge_step: Any
+  kge_sampler: Optional[sampling.KGESampler]
+  sampler: sampling.NegativeSampler
+  place: Any          # host state -> device layout
+  host_view: Any      # device layout -> host state
+  shard: Any          # batch -> device layout
+  n_devices: int
 
 
-def _effective_config(config, ds):
-  """Switches off terms the data cannot support, loudly."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  if config.kge.use and not (ds.has_kg and config.model.use_kg_edges):
-    print("note: no KG triples/edges: TransE (kge.use) switched off", flush=True)
-    config.kge.use = False
-  if config.uir.weight > 0 and (ds.n_interests == 0 or not config.model.use_interest_edges):
-    print("note: no interest nodes: interest reconstruction (uir.weight) switched off", flush=True)
-    config.uir.weight = 0.0
-  return config
+def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
+  rates = steps.mask_rates(config)
+  per_epoch = sampling.num_batches(len(ds.train), config.train.batch_size)
+  n_devices = parallel.num_devices(config.train.num_devices)
+  kge_sampler = (sampling.KGESampler(ds, config.views, config.kge.batch_size)
+                 if config.kge.use else None)
+  if n_devices > 1:
+    train_step, kge_step = parallel.make_steps(net, tx, kge_tx, rates, per_epoch, config.kge.use)
+    return Trainer(train_step, kge_step, kge_sampler,
+                   sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
+                   lambda tree: parallel.replicate(tree, n_devices), parallel.unreplicate,
+                   lambda b: parallel.shard_batch(b, n_devices), n_devices)
+  train_step = jax.jit(steps.make_train_step(net, tx, rates, per_epoch), donate_argnums=0)
+  kge_step = (jax.jit(steps.make_kge_step(net, kge_tx), donate_argnums=0) if config.kge.use
+              else None)
+  same = lambda tree: tree
+  return Trainer(train_step, kge_step, kge_sampler,
+                 sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items), same, same, same, 1)
 
 
+def run_epoch(trainer: Trainer, state, graphs, ds, config, epoch: int, root_key, workdir, mgr):
+  """The BPR mini-batches of one epoch, then its TransE batches; returns (state, mean terms)."""
+  epoch_key = jax.random.fold_in(root_key, epoch + 1)
+  batches = sampling.bpr_epoch(ds.train, trainer.sampler, config.train.batch_size,
+                               sampling.epoch_rng(config.seed, epoch))
+  step_terms = []
+  for b in range(batches["users"].shape[0]):
+    batch = trainer.shard({k: v[b] for k, v in batches.items()})
+    state, terms = trainer.train_step(state, batch, jax.random.fold_in(epoch_key, b), graphs)
+    step_terms.append(terms)
+  _check_finite(step_terms, "loss", epoch, "training", workdir, mgr)
+  terms = _mean_terms(step_terms)
+  if trainer.kge_step is not None:
+    kbatches = trainer.kge_sampler.epoch(config.seed, epoch)
+    kge_terms = []
+    for b in range(trainer.kge_sampler.steps):
+      state, m = trainer.kge_step(state, trainer.shard({k: v[b] for k, v in kbatches.items()}))
+      kge_terms.append(m)
+    _check_finite(kge_terms, "kge", epoch, "TransE", workdir, mgr)
+    terms.update(_mean_terms(kge_terms))
+  return state, terms
+
+
+# ---- setup, resume and the loop --------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains to early stop on the selection split and writes config.json, metrics.jsonl,
-  results.json (and checkpoints/, curves.png) into `workdir`; resumes if interrupted.
+  tensorboard/, results.json (and checkpoints/, curves.png) into `workdir`; resumes if
+  interrupted.
 
   The workdir is created only once the data has loaded, and a run in it is resumed only if its
   identity (config and data, rundir.RESUMABLE_KEYS aside) matches; train.resume=False deletes it
@@ -180,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         rundir.check_resume(workdir, config)
     requested = config
     t_setup = time.perf_counter()
-    ds, config, graphs = setup(requested)
+    ds, config, net, graphs = steps.setup(requested)
     data_sha256 = rundir.data_digest(ds)
     if not existed:  # created only now that the data has loaded
       os.makedirs(workdir, exist_ok=True)
@@ -190,172 +206,176 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     else:
       gone = rundir.clear(workdir)
       if gone:
-        print(f"note: train.resume=False: deleted {', '.join(gone)} in {workdir}", flush=True)
+        log.warning("train.resume=False: deleted %s in %s", ", ".join(gone), workdir)
     rundir.write_json(os.path.join(workdir, rundir.IDENTITY_FILE),
                       {"config": rundir.plain(requested), "data_sha256": data_sha256})
     rundir.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    return _train(config, workdir, ds, graphs, t_setup)
+    return _train(config, workdir, ds, net, graphs, t_setup)
 
 
-def _train(config, workdir: str, ds, graphs, t_setup: float) -> Dict[str, Any]:
-  eval_sets = make_eval_sets(ds, config)
-  train_counts = np.bincount(ds.train[:, 0], minlength=ds.n_users)
-  ks = tuple(config.eval.ks)
-  sel_name = ds.selection
-
-  tx, kge_tx = make_optimizers(config)
-  root_key = jax.random.PRNGKey(config.seed)
-  state = create_train_state(jax.random.fold_in(root_key, 0), ds, config, tx, kge_tx)
-  from cikg_jax import parallel  # (parallel imports this module)
-  n_devices = parallel.num_devices(config.train.num_devices)
-  if n_devices > 1:
-    train_step, kge_step = parallel.make_steps(config, tx, kge_tx)
-    place = lambda tree: parallel.replicate(tree, n_devices)
-    host_view = parallel.unreplicate
-    shard = lambda b, count=True: parallel.shard_batch(b, n_devices, count)
-  else:
-    train_step = jax.jit(make_train_step(config, tx), donate_argnums=0)
-    kge_step = (jax.jit(make_kge_step(config, kge_tx), donate_argnums=0) if config.kge.use
-                else None)
-    place = host_view = lambda tree: tree
-    shard = lambda b, count=True: b
-  embed = jax.jit(lambda params, g: model.final_embeddings(params, g, config))
-  sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
-  if config.kge.use:
-    triples, n_for_steps = sampling.kge_triples(ds, config.views)
-    kge_steps = max(1, (n_for_steps or len(triples)) // config.kge.batch_size)
-    # paper: negative tails are entity rows; release: its range is mostly user rows (§7.3).
-    tail_range = ((ds.item_offset, ds.item_offset + ds.n_entities) if config.views == "paper"
-                  else (0, ds.n_entities))
-
-  loop = {"epoch": -1, "best_score": -np.inf, "best_epoch": -1, "bad_epochs": 0,
-          "best": {}, "train_seconds": 0.0, "epoch_seconds": [], "stopped": False}
-  best_params = jax.tree_util.tree_map(jnp.copy, state.params)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+def _restore(config, workdir, state, best_params):
+  """(manager, state, best params, loop state): from the newest good checkpoint if any."""
   mgr = ckpt.manager(workdir) if config.train.checkpoint else None
+  loop = LoopState()
   if mgr is not None:
     restored = ckpt.restore_latest(mgr, state, best_params, delete_damaged=True)
     if restored is not None:
-      state, best_params, loop = restored
-      if str(loop.get("stop_reason", "")).startswith("time budget"):
-        loop["stopped"] = False  # a budget stop is a pause: a rerun continues the run
-        loop.pop("stop_reason")
-      print(f"resumed from {workdir}/checkpoints at epoch {loop['epoch']}", flush=True)
-  if mgr is None or loop["epoch"] < 0:
+      state, best_params, loop_json = restored
+      loop = LoopState.from_json(loop_json)
+      if loop.stop == BUDGET:
+        loop.stop = ""  # a budget stop is a pause: a rerun continues the run
+      log.info("resumed from %s/checkpoints at epoch %d", workdir, loop.epoch)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if mgr is None or loop.epoch < 0:
     rundir.write_atomic(metrics_path, "")
   else:
-    rundir.truncate_jsonl(metrics_path, loop["epoch"])
-  state = place(state)
-  train_seconds_at_start = loop["train_seconds"]  # the time budget counts this invocation only
-  setup_seconds = time.perf_counter() - t_setup
+    rundir.truncate_jsonl(metrics_path, loop.epoch)
+  return mgr, state, best_params, loop
 
-  def eval_split(embeddings, name):
-    return evaluation.evaluate(*embeddings, eval_sets[name], ks)
+
+class EpochWriter:
+  """Every epoch's terms and metrics: a line of metrics.jsonl (on disk before the checkpoint
+  that claims it), TensorBoard scalars, and a log line when no progress bar is shown."""
+
+  def __init__(self, workdir: str, log_lines: bool):
+    self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+    self.log_lines = log_lines
+    self.tb = None
+    try:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+    except ImportError:
+      log.warning("tensorboardX is not installed: no TensorBoard event files")
+
+  def write(self, record: Dict[str, Any], selection: str) -> None:
+    rundir.append_line(self.metrics_path, record)
+    epoch = record["epoch"]
+    if self.tb is not None:
+      for k, v in record.items():
+        if k != "epoch" and isinstance(v, (int, float)):
+          self.tb.add_scalar(k, v, epoch)
+    if self.log_lines:
+      terms = " ".join(f"{k} {record[k]:.5g}" for k in ("loss", "bpr", "reg", "cl", "uir", "kge")
+                       if k in record)
+      log.info("epoch %d: %s | %s/recall@20 %.4f selection %.4f (best epoch %d) %.1f s", epoch,
+               terms, selection, record[f"{selection}/recall@20"], record["selection_score"],
+               record["best_epoch"], record["seconds"])
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+
+
+def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, Any]:
+  eval_sets = make_eval_sets(ds, config)
+  train_counts = np.bincount(ds.train[:, 0], minlength=ds.n_users)
+  selection = ds.selection
+  tx, kge_tx = steps.make_optimizers(config)
+  root_key = jax.random.PRNGKey(config.seed)
+  state = steps.create_train_state(jax.random.fold_in(root_key, 0), net, tx, kge_tx,
+                                   config.kge.use)
+  trainer = make_trainer(net, graphs, ds, config, tx, kge_tx)
+  embed = steps.make_embed_fn(net)
+  best_params = jax.tree_util.tree_map(jnp.copy, state.params)
+  mgr, state, best_params, loop = _restore(config, workdir, state, best_params)
+  state = trainer.place(state)
+  train_seconds_at_start = loop.train_seconds  # the time budget counts this invocation only
+  setup_seconds = time.perf_counter() - t_setup
+  rates = steps.mask_rates(config)
 
   last_save = time.perf_counter()
-  pbar = tqdm(range(loop["epoch"] + 1, config.train.max_epochs), desc=f"train {ds.name}",
+  pbar = tqdm(range(loop.epoch + 1, config.train.max_epochs), desc=f"train {ds.name}",
               unit="epoch", dynamic_ncols=True, disable=None)
+  writer = EpochWriter(workdir, log_lines=pbar.disable)
   try:
     for epoch in pbar:
-      if loop["stopped"]:
+      if loop.stop:
         break
       t0 = time.perf_counter()
-      epoch_key = jax.random.fold_in(root_key, epoch + 1)
-      rate = schedules.mask_rate(epoch, config.uir.schedule, config.uir.p0, config.uir.pmax,
-                                 config.uir.total_epoch)
-      batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size,
-                                   sampling.epoch_rng(config.seed, epoch))
-      step_metrics = []
-      for b in range(batches["users"].shape[0]):
-        batch = {k: v[b] for k, v in batches.items()}
-        batch["mask_rate"] = np.float32(rate)
-        state, m = train_step(state, shard(batch), jax.random.fold_in(epoch_key, b), graphs)
-        step_metrics.append(m)
-      _check_finite(step_metrics, epoch, "training", workdir, mgr)
-      losses = _mean_metrics(step_metrics)
-      if kge_step is not None:
-        kbatches = sampling.kge_epoch(triples, kge_steps, config.kge.batch_size, *tail_range,
-                                      sampling.epoch_rng(config.seed, epoch, 1))
-        kge_metrics = []
-        for b in range(kge_steps):
-          state, m = kge_step(state, shard({k: v[b] for k, v in kbatches.items()}, False))
-          kge_metrics.append(m)
-        _check_finite(kge_metrics, epoch, "TransE", workdir, mgr)
-        losses.update(_mean_metrics(kge_metrics))
+      state, terms = run_epoch(trainer, state, graphs, ds, config, epoch, root_key, workdir, mgr)
       jax.block_until_ready(state)
       t_train = time.perf_counter() - t0
-
-      params = host_view(state.params)
+      params = trainer.host_view(state.params)
+      if not steps.all_finite(params):
+        _raise_non_finite(f"parameters after epoch {epoch}", workdir, mgr)
+      loop.epoch = epoch
       embeddings = embed(params, graphs)  # one propagation serves both evaluations
-      sel_metrics, _ = eval_split(embeddings, sel_name)
-      score = selection_score(sel_metrics, config.eval.select_k)
-      improved = score > loop["best_score"]
-      if improved:
+      sel_metrics = evaluate(embeddings, eval_sets, selection, config, train_counts, loop)
+      if loop.best_epoch == epoch:
         best_params = jax.tree_util.tree_map(jnp.copy, params)
-        best = {"valid": {}, "test": {}, "test_groups": None}
-        best[sel_name] = sel_metrics
-        test_metrics, groups = evaluation.evaluate_groups(*embeddings, eval_sets["test"], ks,
-                                                          train_counts, config.eval.n_groups)
-        best["test"], best["test_groups"] = test_metrics, groups["quantile"]
-        best["test_groups_equal_interactions"] = groups["equal_interactions"]
-        loop.update(best_score=score, best_epoch=epoch, bad_epochs=0, best=best)
-      else:
-        loop["bad_epochs"] += 1
       seconds = time.perf_counter() - t0
-      loop["epoch"] = epoch
-      loop["train_seconds"] += seconds
-      loop["epoch_seconds"].append(t_train)
-      record = {"epoch": epoch, **losses, "mask_rate": rate,
-                **{f"{sel_name}/{k}": v for k, v in sel_metrics.items()},
-                "selection_score": score, "best_epoch": loop["best_epoch"],
-                "train_seconds": t_train, "seconds": seconds}
-      rundir.append_line(metrics_path, record)  # on disk before the checkpoint claiming it
-      if loop["bad_epochs"] >= config.train.patience and epoch + 1 >= config.train.min_epochs:
-        loop["stopped"] = True
+      loop.train_seconds += seconds
+      loop.epoch_seconds.append(t_train)
+      score = sel_metrics.pop("selection_score")
+      writer.write({"epoch": epoch, **terms, "mask_rate": float(rates[min(epoch, len(rates) - 1)]),
+                    **{f"{selection}/{k}": v for k, v in sel_metrics.items()},
+                    "selection_score": score, "best_epoch": loop.best_epoch,
+                    "train_seconds": t_train, "seconds": seconds}, selection)
+      if loop.bad_epochs >= config.train.patience and epoch + 1 >= config.train.min_epochs:
+        loop.stop = EARLY_STOPPING
       budget = config.train.max_seconds
-      spent = loop["train_seconds"] - train_seconds_at_start + setup_seconds
-      if budget and spent >= budget and not loop["stopped"]:
-        loop["stopped"] = True
-        loop["stop_reason"] = f"time budget of {budget:.0f} s reached"
-        print(f"stopping: {loop['stop_reason']} after epoch {epoch}", flush=True)
-      last = loop["stopped"] or epoch + 1 >= config.train.max_epochs
+      spent = loop.train_seconds - train_seconds_at_start + setup_seconds
+      if budget and spent >= budget and not loop.stop:
+        loop.stop, loop.budget_seconds = BUDGET, float(budget)
+        log.warning("stopping: time budget of %.0f s reached after epoch %d", budget, epoch)
+      last = bool(loop.stop) or epoch + 1 >= config.train.max_epochs
       if mgr is not None and (last or time.perf_counter() - last_save
                               >= config.train.checkpoint_every_seconds):
         # Epochs are pure functions of (state, seed, epoch): resuming from an older checkpoint
         # replays the same epochs, so saving every epoch buys nothing but I/O.
-        ckpt.save(mgr, epoch, host_view(state), best_params, loop)
+        ckpt.save(mgr, epoch, trainer.host_view(state), best_params, loop.to_json())
         last_save = time.perf_counter()
-      pbar.set_postfix(loss=f"{losses['loss']:.4f}",
-                       **{f"{sel_name}_r@20": f"{sel_metrics['recall@20']:.4f}"},
-                       best=loop["best_epoch"])
-      if loop["stopped"]:
+      pbar.set_postfix(loss=f"{terms['loss']:.4f}",
+                       **{f"{selection}_r@20": f"{sel_metrics['recall@20']:.4f}"},
+                       best=loop.best_epoch)
+      if loop.stop:
         break
   finally:
     pbar.close()  # before any error message, so that it is the last line
-
-  results = {
-      "dataset": ds.name, "selection": sel_name, "views": config.views,
-      "best_epoch": loop["best_epoch"], "epochs_run": loop["epoch"] + 1,
-      "stopped_early": bool(loop["stopped"]),
-      "stop_reason": loop.get("stop_reason") or ("early stopping (patience "
-                                                  f"{config.train.patience})" if loop["stopped"]
-                                                  else "max_epochs"),
-      "valid": loop["best"].get("valid", {}), "test": loop["best"].get("test", {}),
-      "test_groups": loop["best"].get("test_groups"),
-      "test_groups_equal_interactions": loop["best"].get("test_groups_equal_interactions"),
-      "train_seconds": loop["train_seconds"], "setup_seconds": setup_seconds,
-      "epoch_seconds_median": float(np.median(loop["epoch_seconds"])) if loop["epoch_seconds"]
-      else None,
-      "train_step_compilations": _compilations(train_step),
-      "backend": model._backend(config), "devices": [str(d) for d in jax.devices()],
-      "data_parallel_devices": n_devices,
-      "n_params": int(sum(x.size for x in jax.tree_util.tree_leaves(best_params))),
-  }
-  rundir.write_json(os.path.join(workdir, "results.json"), results)
+    writer.close()
+  results = write_results(workdir, config, ds, loop, trainer, best_params, setup_seconds)
   if config.train.plot:
     from cikg_jax import plots
-    plots.training_curves(metrics_path, os.path.join(workdir, "curves.png"), sel_name)
-  print(f"best epoch {results['best_epoch']}: test "
-        + "  ".join(f"{k} {results['test'].get(k, float('nan')):.4f}"
-                    for k in ("recall@20", "ndcg@20", "recall@50", "ndcg@50")), flush=True)
+    plots.training_curves(writer.metrics_path, os.path.join(workdir, "curves.png"), selection)
+  log.info("best epoch %d: test %s", results["best_epoch"],
+           "  ".join(f"{k} {results['test'].get(k, float('nan')):.4f}"
+                     for k in ("recall@20", "ndcg@20", "recall@50", "ndcg@50")))
+  return results
+
+
+def _compilations(jitted) -> Optional[int]:
+  try:
+    return int(jitted._cache_size())
+  except AttributeError:  # private API; absent in some jax versions and for pmap
+    return None
+
+
+def stop_reason(loop: LoopState, config) -> str:
+  if loop.stop == BUDGET:
+    return f"time budget of {loop.budget_seconds:.0f} s reached"
+  if loop.stop == EARLY_STOPPING:
+    return f"early stopping (patience {config.train.patience})"
+  return "max_epochs"
+
+
+def write_results(workdir, config, ds, loop: LoopState, trainer: Trainer, best_params,
+                  setup_seconds: float) -> Dict[str, Any]:
+  """results.json: the best epoch's metrics on every split and user group, and the run's costs."""
+  results = {
+      "dataset": ds.name, "selection": ds.selection, "views": config.views,
+      "best_epoch": loop.best_epoch, "epochs_run": loop.epoch + 1,
+      "stopped_early": bool(loop.stop), "stop_reason": stop_reason(loop, config),
+      "valid": loop.best.get("valid", {}), "test": loop.best.get("test", {}),
+      "test_groups": loop.best.get("test_groups"),
+      "test_groups_equal_interactions": loop.best.get("test_groups_equal_interactions"),
+      "train_seconds": loop.train_seconds, "setup_seconds": setup_seconds,
+      "epoch_seconds_median": (float(np.median(loop.epoch_seconds)) if loop.epoch_seconds
+                               else None),
+      "train_step_compilations": _compilations(trainer.train_step),
+      "backend": prop.resolve_backend(config.model.backend),
+      "devices": [str(d) for d in jax.devices()],
+      "data_parallel_devices": trainer.n_devices,
+      "n_params": steps.param_count(best_params),
+  }
+  rundir.write_json(os.path.join(workdir, "results.json"), results)
   return results

@@ -1,4 +1,4 @@
-"""Defaults shared by every config: the release's DBbook2014 values (METHOD.md §5), paper views,
+"""Defaults shared by every config: the release's DBbook2014 values (docs/method.md §8), paper views,
 validation-based model selection. Dataset files override what differs. Any other dataset (README
 "Bring your own dataset") runs with these values:
 

@@ -1,4 +1,4 @@
-"""CIKGRec on Book-Crossing with the release's hyper-parameters (METHOD.md §5).
+"""CIKGRec on Book-Crossing with the release's hyper-parameters (docs/method.md §8).
 
   python -m cikg_jax.main --config=configs/book_crossing.py --workdir=runs/book-crossing
 """

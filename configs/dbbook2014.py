@@ -1,4 +1,4 @@
-"""CIKGRec on DBbook2014 with the release's hyper-parameters (METHOD.md §5).
+"""CIKGRec on DBbook2014 with the release's hyper-parameters (docs/method.md §8).
 
   python -m cikg_jax.main --config=configs/dbbook2014.py --workdir=runs/dbbook2014
 """

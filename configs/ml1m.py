@@ -1,4 +1,4 @@
-"""CIKGRec on ML-1M with the release's hyper-parameters (METHOD.md §5). The shipped data lacks
+"""CIKGRec on ML-1M with the release's hyper-parameters (docs/method.md §8). The shipped data lacks
 kg_final.txt: without it the run has no KG edges (a warning says so).
 
   python -m cikg_jax.main --config=configs/ml1m.py --workdir=runs/ml1m

@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cikg_jax import evaluation, host, model, train  # noqa: E402
+from cikg_jax import evaluation, host, model, steps, train  # noqa: E402
 from cikg_jax import propagation as prop  # noqa: E402
 from cikg_jax import losses  # noqa: E402
 from cikg_jax.data import sampling  # noqa: E402
@@ -51,17 +51,17 @@ def _median_seconds(fn, repeats):
 
 
 def bench(config, repeats: int, profile: bool, compare: bool = False):
-  ds, config, graphs = train.setup(config, verbose=False)
-  tx, kge_tx = train.make_optimizers(config)
-  state = train.create_train_state(jax.random.PRNGKey(0), ds, config, tx, kge_tx)
+  ds, config, net, graphs = steps.setup(config)
+  tx, kge_tx = steps.make_optimizers(config)
+  state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, config.kge.use)
   sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
   batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size,
                                np.random.default_rng(0))
   batch = {k: v[0] for k, v in batches.items()}
-  batch["mask_rate"] = np.float32(0.3)
-  step = jax.jit(train.make_train_step(config, tx))
+  rate = np.full(1, 0.3, np.float32)  # the mask rate of every timed step
+  step = jax.jit(steps.make_train_step(net, tx, rate, 1))
   key = jax.random.PRNGKey(1)
-  out = {"dataset": ds.name, "backend": model._backend(config),
+  out = {"dataset": ds.name, "backend": net.backend,
          "devices": [str(d) for d in jax.devices()], "n_nodes": ds.n_nodes,
          "cikg_edges": int(graphs.ops["cikg"].graph.n_edge[0]),
          "terms": [t for t, on in (("bpr", True), ("cl", config.cl.weight > 0),
@@ -74,7 +74,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
     # view operator (model.with_stacked_views).
     info_nce = losses.info_nce
     losses.info_nce = _info_nce_before  # read when the step is traced
-    step_before = jax.jit(train.make_train_step(config, tx))
+    step_before = jax.jit(steps.make_train_step(net, tx, rate, 1))
     jax.block_until_ready(step_before(state, batch, key, graphs)[1]["loss"])
     losses.info_nce = info_nce
     stacked = model.with_stacked_views(graphs)
@@ -95,12 +95,10 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   out["steps_per_epoch"] = int(batches["users"].shape[0])
   epoch = out["step_seconds_median"] * out["steps_per_epoch"]
   if config.kge.use:
-    triples, n_for_steps = sampling.kge_triples(ds, config.views)
-    n_kge = max(1, (n_for_steps or len(triples)) // config.kge.batch_size)
-    kb = sampling.kge_epoch(triples, 1, config.kge.batch_size, ds.item_offset,
-                            ds.item_offset + ds.n_entities, np.random.default_rng(0))
-    kb = {k: v[0] for k, v in kb.items()}
-    kge_step = jax.jit(train.make_kge_step(config, kge_tx))
+    kge_sampler = sampling.KGESampler(ds, config.views, config.kge.batch_size)
+    n_kge = kge_sampler.steps
+    kb = {k: v[0] for k, v in kge_sampler.epoch(config.seed, 0).items()}
+    kge_step = jax.jit(steps.make_kge_step(net, kge_tx))
     out["kge_step_seconds_median"] = _median_seconds(lambda: kge_step(state, kb)[1]["kge"],
                                                      repeats)
     out["kge_steps_per_epoch"] = n_kge
@@ -108,7 +106,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   out["epoch_seconds_estimate"] = epoch
 
   eval_sets = train.make_eval_sets(ds, config)
-  embed = jax.jit(lambda p, g: model.final_embeddings(p, g, config))
+  embed = steps.make_embed_fn(net)
   split = ds.selection
 
   def run_eval():
@@ -130,28 +128,27 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
                              repeats)
 
     rng = jax.random.PRNGKey(2)
-    cfg_bpr = _only(config, "bpr")
-    prof["bpr_fwd_bwd"] = grad_time(lambda p, g: model.total_loss(p, g, batch, rng, cfg_bpr)[0])
+    bpr, cl, uir = _term_losses(net, batch, rng)
+    prof["bpr_fwd_bwd"] = grad_time(bpr)
     if config.cl.weight > 0:
-      prof["cl_fwd_bwd"] = grad_time(lambda p, g: sum(model.cl_loss(p, g, batch, rng, config)))
+      prof["cl_fwd_bwd"] = grad_time(cl)
       stacked = model.with_stacked_views(graphs)
-      g_st = jax.jit(jax.grad(lambda p, g: sum(model.cl_loss(p, g, batch, rng, config))))
+      g_st = jax.jit(jax.grad(cl))
       prof["cl_fwd_bwd_stacked_views"] = _median_seconds(lambda: g_st(params, stacked), repeats)
     if config.uir.weight > 0:
-      prof["uir_fwd_bwd"] = grad_time(
-          lambda p, g: model.uir_loss(p, g, rng, jnp.float32(0.3), config)[0])
+      prof["uir_fwd_bwd"] = grad_time(uir)
     for backend in prop.BACKENDS:
       f = jax.jit(jax.grad(lambda x, op: jnp.sum(prop.propagate(op, x, 1, None, backend) ** 2)))
       try:
         prof[f"one_layer_fwd_bwd_{backend}"] = _median_seconds(
-            lambda: f(params["embedding"], graphs.ops["cikg"]), repeats)
+            lambda: f(params["node_embedding"]["embedding"], graphs.ops["cikg"]), repeats)
       except Exception as e:  # e.g. a backend without a kernel on this platform
         prof[f"one_layer_fwd_bwd_{backend}"] = f"failed: {type(e).__name__}: {e}"[:200]
     out["profile_seconds"] = prof
     if config.cl.weight > 0:
       out["roofline"] = roofline.measure(max(3, repeats // 2))
-      out["terms"] = _term_table(config, model.with_stacked_views(graphs), params, batch, state,
-                                 tx, repeats, out["roofline"])
+      out["terms"] = _term_table(config, net, model.with_stacked_views(graphs), params, batch,
+                                 state, tx, repeats, out["roofline"])
   out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
   return out
 
@@ -164,7 +161,22 @@ def _info_nce_before(anchors, candidates, positive_index, mask, tau, count=None)
   return losses._masked_mean(lse - pos, mask, count)
 
 
-def _term_table(config, graphs, params, batch, state, tx, repeats, roof):
+def _term_losses(net, batch, key):
+  """Scalar losses of (params, graphs) for the BPR part, the contrastive term and the
+  reconstruction (mask rate 0.3), each through the model's own method."""
+  apply = lambda p, *a, method: net.apply({"params": p}, *a, method=method)
+  k_edge, k_msg = jax.random.split(key)
+
+  def bpr(p, g):
+    t = apply(p, g, batch, k_edge, k_msg, method="bpr_terms")
+    return t["bpr"] + t["reg"]
+
+  cl = lambda p, g: sum(apply(p, g, batch, key, method="cl_loss"))
+  uir = lambda p, g: apply(p, g, key, jnp.float32(0.3), method="uir_loss")[0]
+  return bpr, cl, uir
+
+
+def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
   """FLOPs, bytes and time of each part of a step (forward+backward where it has one), and the
   fraction of the roofline reached: max(FLOPs / peak matmul rate, bytes / peak bandwidth) over
   the measured time. Bytes count each gathered row as read from memory (an upper bound where the
@@ -172,7 +184,9 @@ def _term_table(config, graphs, params, batch, state, tx, repeats, roof):
   pass (4 passes: logits, exp-sum, softmax, its transpose read)."""
   n, d, nu = graphs.n_nodes, config.model.embed_dim, graphs.n_users
   layers, b = config.model.num_layers, int(batch["users"].shape[0])
-  ego = params["embedding"]
+  ego = params["node_embedding"]["embedding"]
+  bpr, cl, uir = _term_losses(net, batch, jax.random.PRNGKey(2))
+  backend = net.backend
   rows = []
 
   def add(name, flops, nbytes, fn, *args):
@@ -189,12 +203,12 @@ def _term_table(config, graphs, params, batch, state, tx, repeats, roof):
   views = graphs.ops["views"]
   sq = lambda f: jax.jit(jax.grad(lambda x, g: jnp.sum(f(x, g) ** 2)))
   for i, v in enumerate(model.CL_VIEWS):
-    f = sq(lambda x, g, v=v: prop.propagate(g.ops[v], x, 1, None, model._backend(config)))
+    f = sq(lambda x, g, v=v: prop.propagate(g.ops[v], x, 1, None, backend))
     add(f"view {v}: one layer", *spmm_cost(graphs.ops[v], 1), f, ego, graphs)
   f = sq(lambda x, g: prop.propagate(g.ops["views"], jnp.concatenate([x] * 3), layers, None,
-                                     model._backend(config)))
+                                     backend))
   add(f"3 views stacked: {layers} layers", *spmm_cost(views, layers), f, ego, graphs)
-  f = sq(lambda x, g: sum(prop.propagate(g.ops[v], x, layers, None, model._backend(config))
+  f = sq(lambda x, g: sum(prop.propagate(g.ops[v], x, layers, None, backend)
                           for v in model.CL_VIEWS))
   add(f"3 views separate: {layers} layers", *spmm_cost(views, layers), f, ego, graphs)
   noise = jax.jit(lambda x, k: [model.simgcl_noise(k, config.cl.eps)(l, x)
@@ -222,35 +236,21 @@ def _term_table(config, graphs, params, batch, state, tx, repeats, roof):
   views_cost = spmm_cost(views, layers)
   add("contrastive term (all of it)", views_cost[0] + nce_cost[0],
       views_cost[1] + nce_cost[1] + layers * n * d * 4 * 3,
-      jax.jit(jax.grad(lambda p, g: sum(model.cl_loss(p, g, batch, jax.random.PRNGKey(2),
-                                                         config)))), params, graphs)
+      jax.jit(jax.grad(cl)), params, graphs)
   cikg = graphs.ops["cikg"]
   fl, by = spmm_cost(cikg, layers)
-  cfg_bpr = _only(config, "bpr")
-  add(f"BPR (CIKG, {layers} layers)", fl, by, jax.jit(jax.grad(
-      lambda p, g: model.total_loss(p, g, batch, jax.random.PRNGKey(2), cfg_bpr)[0])),
-      params, graphs)
+  add(f"BPR (CIKG, {layers} layers)", fl, by, jax.jit(jax.grad(bpr)), params, graphs)
   if config.uir.weight > 0:
     k = config.uir.enc_layers + config.uir.dec_layers
     fl, by = spmm_cost(cikg, k)
     add(f"UIR ({k} layers + (n x d)(d x d))", fl + 3 * 2 * n * d * d, by,
-        jax.jit(jax.grad(lambda p, g: model.uir_loss(p, g, jax.random.PRNGKey(2),
-                                                     jnp.float32(0.3), config)[0])),
-        params, graphs)
+        jax.jit(jax.grad(uir)), params, graphs)
   n_par = sum(x.size for x in jax.tree_util.tree_leaves(params))
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
   adam = jax.jit(lambda g, s, p: optax.apply_updates(p, tx.update(g, s, p)[0]))
   add(f"Adam ({n_par / 1e6:.2f} M parameters)", 12 * n_par, 7 * 4 * n_par, adam, grads,
       state.opt_state, params)
   return rows
-
-
-def _only(config, term):
-  c = config.copy_and_resolve_references()
-  if term == "bpr":
-    c.cl.weight = 0.0
-    c.uir.weight = 0.0
-  return c
 
 
 def main(argv):

@@ -41,7 +41,7 @@ def build(release: str, dataset: str, seed: int):
   tgt_k = loader.kg_org["tail"].to_list() + loader.kg_org["head"].to_list()
   src_in = loader.kg_interest["uid"].to_list() + loader.kg_interest["interest"].to_list()
   tgt_in = loader.kg_interest["interest"].to_list() + loader.kg_interest["uid"].to_list()
-  # train.py's graphs, its aliasing quirks included (METHOD.md §7.2)
+  # train.py's graphs, its aliasing quirks included (docs/method.md §2, §6)
   ig = coalesce(torch.LongTensor([src_in + src_cf, tgt_in + src_cf]))
   kg = coalesce(torch.LongTensor([src_k + src_cf, tgt_k + src_cf]))
   cikg = coalesce(torch.LongTensor([src + src_k + src_in, tgt + tgt_k + tgt_in]))

@@ -4,6 +4,7 @@ the node layout `[users | items (= first entities) | other entities | interest n
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import warnings
 from typing import Dict, List, Optional
@@ -11,6 +12,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from cikg_jax.data import files
+
+log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "CIKG_DATA_DIR"
 
@@ -23,7 +26,7 @@ class Dataset:
   n_items: int
   n_entities: int          # KG entities including items (ids 0..n_entities-1)
   n_relations: int         # KG relations (0 when there is no KG)
-  n_interests: int         # interest rows: the whole id range above the entities (METHOD.md §7.5)
+  n_interests: int         # interest rows: the whole id range above the entities (docs/method.md §1, §6)
   train: np.ndarray        # (n, 2) [user, item], grouped by user, file order within a user
   valid: np.ndarray        # (n, 2); empty under selection="test"
   test: np.ndarray         # (n, 2)
@@ -110,7 +113,7 @@ def model_fitting_split(train: Dict[int, List[int]], selection: str, valid_fract
 
 def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
                  valid_fraction: float = 0.125, seed: int = 2024,
-                 interest_file: Optional[str] = None, verbose: bool = True) -> Dataset:
+                 interest_file: Optional[str] = None) -> Dataset:
   """Reads and validates one dataset directory and builds the split of the chosen protocol."""
   if selection not in ("valid", "test"):
     raise ValueError(f"selection must be 'valid' or 'test', got {selection!r}")
@@ -167,8 +170,7 @@ def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
                n_relations=n_relations, n_interests=n_interests, train=_pairs(fit),
                valid=_pairs(valid), test=_pairs(test), kg=kg, user_interest=user_interest,
                selection=selection)
-  if verbose:
-    print(ds.describe(), flush=True)
+  log.info("%s", ds.describe())
   return ds
 
 
@@ -179,7 +181,7 @@ def split_seed_of(config) -> int:
   return config.seed if seed is None or seed < 0 else seed
 
 
-def load_from_config(config, verbose: bool = True) -> Dataset:
+def load_from_config(config) -> Dataset:
   """Loads `config.dataset`, generating the synthetic one on first use."""
   data_dir = config.get("data_dir")
   if config.dataset == "synthetic":
@@ -187,13 +189,12 @@ def load_from_config(config, verbose: bool = True) -> Dataset:
     data_dir = synthetic.ensure(config.get("synthetic_dir") or None, **dict(config.synthetic))
   ds = load_dataset(data_dir, config.dataset, selection=config.selection,
                     valid_fraction=config.valid_fraction, seed=split_seed_of(config),
-                    interest_file=config.get("interest_file") or None, verbose=verbose)
+                    interest_file=config.get("interest_file") or None)
   control = config.get("interest_control") or ""
   if control:
     from cikg_jax.data import interest_controls
     edges = interest_controls.apply(ds.user_interest, ds.n_users, control, config.seed)
     ds = dataclasses.replace(ds, user_interest=edges)
-    if verbose:
-      print(f"  interest control {control!r} (seed {config.seed}): {len(edges):,} user-interest "
-            f"edges on {len(np.unique(edges[:, 1])) if len(edges) else 0} nodes", flush=True)
+    log.info("interest control %r (seed %d): %s user-interest edges on %d nodes", control,
+             config.seed, f"{len(edges):,}", len(np.unique(edges[:, 1])) if len(edges) else 0)
   return ds

@@ -1,4 +1,4 @@
-"""Readers for the KGAT-style text files of METHOD.md §1.
+"""Readers for the KGAT-style text files of docs/method.md §1.
 
 Every reader validates as it parses and raises `DataFormatError` naming the file, the line and the
 problem: a recommender trained on silently mangled ids produces plausible-looking, wrong numbers.

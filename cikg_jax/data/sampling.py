@@ -71,7 +71,7 @@ def kge_relation_count(ds, views: str) -> int:
 
 
 def kge_triples(ds, views: str = "paper"):
-  """TransE triples in node-row ids and the number of TransE steps per epoch (METHOD.md §4).
+  """TransE triples in node-row ids and the number of TransE steps per epoch (docs/method.md §3.4).
 
   paper: KG triples + user->item `interact` triples (relation n_relations), n_triples // 4096
   steps. release: as the release builds them: KG triples and their inverses (relation r + R),
@@ -98,3 +98,26 @@ def kge_epoch(triples: np.ndarray, n_steps: int, batch_size: int, tail_low: int,
   neg = rng.integers(tail_low, tail_high, size=(n_steps, batch_size))
   return {"head": t[..., 0].astype(np.int32), "relation": t[..., 1].astype(np.int32),
           "tail": t[..., 2].astype(np.int32), "neg_tail": neg.astype(np.int32)}
+
+
+def num_batches(n_pairs: int, batch_size: int) -> int:
+  """Mini-batches per epoch of bpr_epoch (the last one padded)."""
+  return -(-n_pairs // batch_size)
+
+
+class KGESampler:
+  """The TransE triples of a dataset and their per-epoch batches: `steps` batches of
+  `batch_size` random triples, each with a uniform negative tail. Paper views draw the negative
+  among the entity rows; release views in [0, n_entities), mostly user rows, as the release does
+  (docs/method.md §6)."""
+
+  def __init__(self, ds, views: str, batch_size: int):
+    self.triples, n_for_steps = kge_triples(ds, views)
+    self.batch_size = batch_size
+    self.steps = max(1, (n_for_steps or len(self.triples)) // batch_size)
+    self.tail_range = ((ds.item_offset, ds.item_offset + ds.n_entities) if views == "paper"
+                       else (0, ds.n_entities))
+
+  def epoch(self, seed: int, epoch: int) -> Dict[str, np.ndarray]:
+    return kge_epoch(self.triples, self.steps, self.batch_size, *self.tail_range,
+                     epoch_rng(seed, epoch, 1))
