@@ -1,4 +1,5 @@
-"""Times one mini-batch train step of the authors' PyTorch release (laowangzi/CIKGRec) on the CPU,
+"""Times one mini-batch train step of the authors' PyTorch release (laowangzi/CIKGRec) on the CPU
+(or a GPU, --device=cuda),
 for side-by-side ratios with experiments/bench.py. The release is not part of this repository: pass
 the path of a checkout (its data/ folder included). Needs torch and torch_geometric.
 
@@ -20,7 +21,7 @@ import sys
 import time
 
 
-def build(release: str, dataset: str, seed: int):
+def build(release: str, dataset: str, seed: int, device: str = "cpu"):
   """The release's loader, graphs, model and optimizer, as its train.py builds them."""
   import torch
   from torch_geometric.utils import coalesce
@@ -30,7 +31,7 @@ def build(release: str, dataset: str, seed: int):
   from utils import MyLoader, init_seed  # noqa: E402
 
   config = json.load(open(f"./config/{dataset}.json"))
-  config["device"] = "cpu"
+  config["device"] = device
   init_seed(seed, True)
   loader = MyLoader(config, verbose=False)
   tr = loader.train
@@ -46,11 +47,12 @@ def build(release: str, dataset: str, seed: int):
   kg = coalesce(torch.LongTensor([src_k + src_cf, tgt_k + src_cf]))
   cikg = coalesce(torch.LongTensor([src + src_k + src_in, tgt + tgt_k + tgt_in]))
   cf = coalesce(torch.LongTensor([src + src_k + src_in, tgt + tgt_k + tgt_in]))
-  model = CIKGRec(config, cikg)
+  ig, kg, cf, cikg = (g.to(device) for g in (ig, kg, cf, cikg))
+  model = CIKGRec(config, cikg).to(device)
   optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
   train_loader, _ = loader.get_cf_loader(bs=config["batch_size"])
-  user, pos, neg = next(iter(train_loader))
-  return model, optimizer, (user.squeeze(), pos.squeeze(), neg.squeeze()), (ig, kg, cf, cikg)
+  user, pos, neg = (x.squeeze().to(device) for x in next(iter(train_loader)))
+  return model, optimizer, (user, pos, neg), (ig, kg, cf, cikg)
 
 
 def main():
@@ -60,12 +62,14 @@ def main():
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--repeats", type=int, default=4)
   p.add_argument("--mask_rate", type=float, default=0.3)  # as experiments/bench.py
+  p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU table")
   args = p.parse_args()
   import torch
   torch.set_num_threads(args.threads)
   t0 = time.perf_counter()
   model, optimizer, (user, pos, neg), (ig, kg, cf, cikg) = build(
-      os.path.abspath(args.release), args.dataset, 2024)
+      os.path.abspath(args.release), args.dataset, 2024, args.device)
+  sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
   setup = time.perf_counter() - t0
   model.train()
   model.gmae_p = args.mask_rate
@@ -77,7 +81,9 @@ def main():
             + model.interest_recon_loss(cikg))
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    value = float(loss.detach())  # waits for the device
+    sync()
+    return value
 
   step()  # warm-up
   times = []
@@ -86,6 +92,7 @@ def main():
     step()
     times.append(time.perf_counter() - t)
   print(json.dumps({"impl": "release", "dataset": args.dataset, "threads": args.threads,
+                    "device": args.device,
                     "torch": torch.__version__, "step_seconds_median": statistics.median(times),
                     "step_seconds": times, "setup_seconds": setup,
                     "cikg_edges": int(cikg.shape[1]), "batch": int(user.shape[0])}))
