@@ -250,5 +250,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
   return report
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The console entry point (`cikg-convert`): main() without its return value."""
   main()
+
+
+if __name__ == "__main__":
+  cli()
