@@ -27,8 +27,8 @@ from cikg_jax.model import LightGCN, simgcl_noise, xavier
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  create: Callable        # (config, ds, common fields) -> the module
-  make_graphs: Callable   # (graphs, ds, config) -> the graph pytree its methods take
+  create: Callable  # (config, ds, common fields) -> the module
+  make_graphs: Callable  # (graphs, ds, config) -> the graph pytree its methods take
 
 
 # ---- SimGCL --------------------------------------------------------------------------------
@@ -59,29 +59,34 @@ class SimGCL(LightGCN):
   """LightGCN's encoder without the layer-0 input in the mean, trained with BPR, L2 and
   InfoNCE between two noise-perturbed views of the batch's unique users and unique positive
   items (SELFRec's and RecBole-GNN's SimGCL)."""
+
   cl_weight: float = 0.5
   tau: float = 0.2
   eps: float = 0.1
 
   def init_params(self, key: jax.Array) -> Dict:
-    return {"node_embedding": {"embedding": xavier(key, (self.n_nodes, self.embed_dim),
-                                                   jnp.float32)}}
+    return {
+      "node_embedding": {"embedding": xavier(key, (self.n_nodes, self.embed_dim), jnp.float32)}
+    }
 
   def encode(self, g: UserItemGraph, x, perturb=None):
-    return prop.propagate(g.op, x, self.num_layers, None, self.backend, perturb=perturb,
-                          include_input=False)
+    return prop.propagate(
+      g.op, x, self.num_layers, None, self.backend, perturb=perturb, include_input=False
+    )
 
   def __call__(self, g: UserItemGraph):
-    out = self.encode(g, self.table()[:self.n_users + self.n_items])
-    return out[:self.n_users], out[self.n_users:]
+    out = self.encode(g, self.table()[: self.n_users + self.n_items])
+    return out[: self.n_users], out[self.n_users :]
 
   def loss(self, g: UserItemGraph, batch, key, mask_rate=None, n_rows=None, share=1.0):
     del mask_rate, share
     if n_rows is not None:
-      raise NotImplementedError("SimGCL runs on one device: its InfoNCE contrasts the whole "
-                                "batch's unique rows, which shards would split")
+      raise NotImplementedError(
+        "SimGCL runs on one device: its InfoNCE contrasts the whole "
+        "batch's unique rows, which shards would split"
+      )
     nu = self.n_users
-    ego = self.table()[:nu + self.n_items]
+    ego = self.table()[: nu + self.n_items]
     out = self.encode(g, ego)
     users, pos, neg, mask = batch["users"], batch["pos"] + nu, batch["neg"] + nu, batch["mask"]
     bpr = losses.bpr_loss(out[users], out[pos], out[neg], mask, self.cf_weight)
@@ -94,14 +99,26 @@ class SimGCL(LightGCN):
     cl_item = losses.paired_info_nce(views[0][nu + i_ids], views[1][nu + i_ids], i_mask, self.tau)
     cl = self.cl_weight * (cl_user + cl_item)
     loss = bpr + reg + cl
-    return loss, {"bpr": bpr, "reg": reg, "cl_user": cl_user, "cl_item": cl_item, "cl": cl,
-                  "loss": loss}
+    return loss, {
+      "bpr": bpr,
+      "reg": reg,
+      "cl_user": cl_user,
+      "cl_item": cl_item,
+      "cl": cl,
+      "loss": loss,
+    }
 
 
 def create_simgcl(config, ds, common) -> SimGCL:
   s = config.simgcl
-  return SimGCL(**common, cf_weight=config.train.cf_weight, l2=config.train.l2,
-                cl_weight=s.weight, tau=s.tau, eps=s.eps)
+  return SimGCL(
+    **common,
+    cf_weight=config.train.cf_weight,
+    l2=config.train.l2,
+    cl_weight=s.weight,
+    tau=s.tau,
+    eps=s.eps,
+  )
 
 
 # ---- KGAT ----------------------------------------------------------------------------------
@@ -109,11 +126,12 @@ def create_simgcl(config, ds, common) -> SimGCL:
 class KnowledgeGraph:
   """The collaborative knowledge graph as directed typed edges h <-r- t, sorted by the head h
   (the receiver; the tail t sends), and the (relation, node) rows attention projects."""
+
   op: prop.Operator
-  relation: jnp.ndarray      # per edge, in the operator's edge order
-  proj_nodes: jnp.ndarray    # node of each projection row, rows grouped by relation
-  head_proj: jnp.ndarray     # per edge: projection row of (r, h)
-  tail_proj: jnp.ndarray     # per edge: projection row of (r, t)
+  relation: jnp.ndarray  # per edge, in the operator's edge order
+  proj_nodes: jnp.ndarray  # node of each projection row, rows grouped by relation
+  head_proj: jnp.ndarray  # per edge: projection row of (r, h)
+  tail_proj: jnp.ndarray  # per edge: projection row of (r, t)
   proj_slices: Tuple[Tuple[int, int], ...] = flax.struct.field(pytree_node=False)
   n_users: int = flax.struct.field(pytree_node=False)
   n_items: int = flax.struct.field(pytree_node=False)
@@ -125,8 +143,9 @@ def kgat_triples(ds, use_kg: bool = True) -> Tuple[np.ndarray, int]:
   Ids match sampling.kge_triples(ds, "paper"), so TransR trains the forward relations' rows."""
   r_interact = ds.n_relations
   n_rel = r_interact + 1
-  ui = np.stack([ds.train[:, 0], np.full(len(ds.train), r_interact),
-                 ds.train[:, 1] + ds.item_offset], axis=1)
+  ui = np.stack(
+    [ds.train[:, 0], np.full(len(ds.train), r_interact), ds.train[:, 1] + ds.item_offset], axis=1
+  )
   parts = [ui]
   if use_kg and len(ds.kg):
     parts.append(ds.kg + np.array([ds.item_offset, 0, ds.item_offset]))
@@ -144,30 +163,40 @@ def kgat_make_graphs(graphs, ds, config) -> KnowledgeGraph:
   h, r, t = triples.T
   order = np.lexsort((r, t, h))
   h, r, t = h[order], r[order], t[order]
-  g = jraph.GraphsTuple(nodes=None, globals=None, senders=t.astype(np.int32),
-                        receivers=h.astype(np.int32),
-                        edges={"pair": np.arange(len(h), dtype=np.int32)},
-                        n_node=np.array([n], np.int32), n_edge=np.array([len(h)], np.int32))
+  g = jraph.GraphsTuple(
+    nodes=None,
+    globals=None,
+    senders=t.astype(np.int32),
+    receivers=h.astype(np.int32),
+    edges={"pair": np.arange(len(h), dtype=np.int32)},
+    n_node=np.array([n], np.int32),
+    n_edge=np.array([len(h)], np.int32),
+  )
   keys = np.unique(np.concatenate([r * n + h, r * n + t]))
   bounds = np.searchsorted(keys, np.arange(n_rel + 1) * n)
   return KnowledgeGraph(
-      op=prop.make_operator(g), relation=jnp.asarray(r, jnp.int32),
-      proj_nodes=jnp.asarray(keys % n, jnp.int32),
-      head_proj=jnp.asarray(np.searchsorted(keys, r * n + h), jnp.int32),
-      tail_proj=jnp.asarray(np.searchsorted(keys, r * n + t), jnp.int32),
-      proj_slices=tuple((int(bounds[k]), int(bounds[k + 1])) for k in range(n_rel)),
-      n_users=ds.n_users, n_items=ds.n_items)
+    op=prop.make_operator(g),
+    relation=jnp.asarray(r, jnp.int32),
+    proj_nodes=jnp.asarray(keys % n, jnp.int32),
+    head_proj=jnp.asarray(np.searchsorted(keys, r * n + h), jnp.int32),
+    tail_proj=jnp.asarray(np.searchsorted(keys, r * n + t), jnp.int32),
+    proj_slices=tuple((int(bounds[k]), int(bounds[k + 1])) for k in range(n_rel)),
+    n_users=ds.n_users,
+    n_items=ds.n_items,
+  )
 
 
 class BiInteraction(nn.Module):
   """KGAT's bi-interaction aggregator: LeakyReLU(W1 (e_h + e_N)) + LeakyReLU(W2 (e_h * e_N))."""
+
   features: int
   negative_slope: float = 0.2
 
   @nn.compact
   def __call__(self, ego, side):
-    dense = lambda name: nn.Dense(self.features, kernel_init=nn.initializers.xavier_uniform(),
-                                  name=name)
+    dense = lambda name: nn.Dense(
+      self.features, kernel_init=nn.initializers.xavier_uniform(), name=name
+    )
     act = lambda x: nn.leaky_relu(x, self.negative_slope)
     return act(dense("sum")(ego + side)) + act(dense("bi")(ego * side))
 
@@ -175,12 +204,13 @@ class BiInteraction(nn.Module):
 class KGAT(nn.Module):
   """KGAT: attentive propagation over the collaborative knowledge graph with bi-interaction
   layers, BPR on the concatenated layer outputs, TransR on the CKG triples."""
+
   n_users: int
   n_items: int
   n_nodes: int
-  n_relations: int                  # forward relations (sampling.kge_relation_count)
+  n_relations: int  # forward relations (sampling.kge_relation_count)
   embed_dim: int = 64
-  num_layers: int = 3               # unused: the depth is len(layers)
+  num_layers: int = 3  # unused: the depth is len(layers)
   backend: str = "bcsr"
   relation_dim: int = 64
   layers: Tuple[int, ...] = (64, 32, 16)
@@ -202,14 +232,17 @@ class KGAT(nn.Module):
     from fold_in(layers key, i)."""
     dim, k_dim, n_rel = self.embed_dim, self.relation_dim, 2 * self.n_relations
     k_emb, k_rel, k_w, k_layers = jax.random.split(key, 4)
-    params = {"node_embedding": {"embedding": xavier(k_emb, (self.n_nodes, dim), jnp.float32)},
-              "relation_embedding": {"embedding": xavier(k_rel, (n_rel, k_dim), jnp.float32)},
-              "w_r": W_R_INIT(k_w, (n_rel, dim, k_dim), jnp.float32)}
+    params = {
+      "node_embedding": {"embedding": xavier(k_emb, (self.n_nodes, dim), jnp.float32)},
+      "relation_embedding": {"embedding": xavier(k_rel, (n_rel, k_dim), jnp.float32)},
+      "w_r": W_R_INIT(k_w, (n_rel, dim, k_dim), jnp.float32),
+    }
     d_in = dim
     for i, features in enumerate(self.layers):
       x = jnp.zeros((1, d_in))
       params[f"aggregators_{i}"] = BiInteraction(features, self.negative_slope, parent=None).init(
-          jax.random.fold_in(k_layers, i), x, x)["params"]
+        jax.random.fold_in(k_layers, i), x, x
+      )["params"]
       d_in = features
     return params
 
@@ -217,37 +250,43 @@ class KGAT(nn.Module):
     """pi(h, r, t) = (W_r e_t)^T tanh(W_r e_h + e_r), softmax over each head's edges."""
     emb, w = self.node_embedding.embedding, self.w_r
     relation = self.relation_embedding.embedding
-    proj = jnp.concatenate([emb[g.proj_nodes[s:e]] @ w[r]
-                            for r, (s, e) in enumerate(g.proj_slices) if e > s])
+    proj = jnp.concatenate(
+      [emb[g.proj_nodes[s:e]] @ w[r] for r, (s, e) in enumerate(g.proj_slices) if e > s]
+    )
     # tanh(W_r e_h + e_r) per (relation, node) row, not per edge: 7x fewer tanh on dbbook2014.
-    rel = jnp.concatenate([jnp.broadcast_to(relation[r], (e - s, proj.shape[1]))
-                           for r, (s, e) in enumerate(g.proj_slices) if e > s])
+    rel = jnp.concatenate(
+      [
+        jnp.broadcast_to(relation[r], (e - s, proj.shape[1]))
+        for r, (s, e) in enumerate(g.proj_slices)
+        if e > s
+      ]
+    )
     # The barrier materialises both tables: fused into the gathers, the concatenations became a
     # 2R-way select per gathered element (10x slower on CPU).
     proj, query = jax.lax.optimization_barrier((proj, jnp.tanh(proj + rel)))
     score = jnp.sum(proj[g.tail_proj] * query[g.head_proj], axis=-1)
-    return jraph.segment_softmax(score, g.op.graph.receivers, g.op.n_nodes,
-                                 indices_are_sorted=True)
+    return jraph.segment_softmax(score, g.op.graph.receivers, g.op.n_nodes, indices_are_sorted=True)
 
   def propagate(self, g: KnowledgeGraph, dropout_key=None):
     """Concatenation of e^(0) and the L2-normalised outputs of the bi-interaction layers. As in
     KGAT's code the attention is a constant of the CF step (no gradient from BPR)."""
     att = jax.lax.stop_gradient(self.attention(g))
-    ego = self.node_embedding.embedding[:g.op.n_nodes]
+    ego = self.node_embedding.embedding[: g.op.n_nodes]
     outs = [ego]
     for i, aggregate in enumerate(self.aggregators):
       side = prop.spmm(g.op, att, ego, self.backend)
       ego = aggregate(ego, side)
       if dropout_key is not None and self.mess_dropout > 0:
-        keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), 1 - self.mess_dropout,
-                                    ego.shape)
+        keep = jax.random.bernoulli(
+          jax.random.fold_in(dropout_key, i), 1 - self.mess_dropout, ego.shape
+        )
         ego = jnp.where(keep, ego / (1 - self.mess_dropout), 0.0)
       outs.append(losses.l2_normalize(ego))
     return jnp.concatenate(outs, axis=-1)
 
   def __call__(self, g: KnowledgeGraph):
     out = self.propagate(g)
-    return out[:self.n_users], out[self.n_users:self.n_users + self.n_items]
+    return out[: self.n_users], out[self.n_users : self.n_users + self.n_items]
 
   def loss(self, g: KnowledgeGraph, batch, key, mask_rate=None, n_rows=None, share=1.0):
     """BPR on the concatenated representations + L2 on those same rows (KGAT's regulariser)."""
@@ -270,8 +309,9 @@ class KGAT(nn.Module):
     h, r, t, neg = batch["head"], batch["relation"], batch["tail"], batch["neg_tail"]
     heads, rel = jnp.concatenate([h, t]), jnp.concatenate([r, r + n_fwd])
     tails, negs = jnp.concatenate([t, h]), jnp.concatenate([neg, neg])
-    return losses.transr_loss(emb[heads], relation[rel], emb[tails], emb[negs], self.w_r[rel],
-                              self.kge_l2)
+    return losses.transr_loss(
+      emb[heads], relation[rel], emb[tails], emb[negs], self.w_r[rel], self.kge_l2
+    )
 
 
 W_R_INIT = nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
@@ -279,12 +319,22 @@ W_R_INIT = nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0
 
 def create_kgat(config, ds, common) -> KGAT:
   from cikg_jax.data import sampling
+
   c = config.kgat
-  return KGAT(**common, n_relations=sampling.kge_relation_count(ds, config.views),
-              relation_dim=c.relation_dim, layers=tuple(c.layers),
-              negative_slope=c.negative_slope, mess_dropout=c.mess_dropout,
-              cf_weight=config.train.cf_weight, l2=config.train.l2, kge_l2=config.kge.l2)
+  return KGAT(
+    **common,
+    n_relations=sampling.kge_relation_count(ds, config.views),
+    relation_dim=c.relation_dim,
+    layers=tuple(c.layers),
+    negative_slope=c.negative_slope,
+    mess_dropout=c.mess_dropout,
+    cf_weight=config.train.cf_weight,
+    l2=config.train.l2,
+    kge_l2=config.kge.l2,
+  )
 
 
-MODELS = {"simgcl": Entry(create_simgcl, simgcl_make_graphs),
-          "kgat": Entry(create_kgat, kgat_make_graphs)}
+MODELS = {
+  "simgcl": Entry(create_simgcl, simgcl_make_graphs),
+  "kgat": Entry(create_kgat, kgat_make_graphs),
+}

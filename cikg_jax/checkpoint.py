@@ -28,9 +28,10 @@ class CheckpointError(RuntimeError):
 def manager(workdir: str) -> ocp.CheckpointManager:
   # max_to_keep=2: a damaged latest step always has an older one to fall back to.
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
-      item_names=("state", "best_params", "loop"))
+    os.path.abspath(os.path.join(workdir, "checkpoints")),
+    options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+    item_names=("state", "best_params", "loop"),
+  )
 
 
 def digest(state, best_params, loop: dict) -> str:
@@ -40,25 +41,33 @@ def digest(state, best_params, loop: dict) -> str:
     a = np.ascontiguousarray(np.asarray(x))
     h.update(f"{a.dtype.str}{a.shape}".encode())
     h.update(a.tobytes())
-  h.update(json.dumps({k: v for k, v in loop.items() if k != DIGEST_KEY},
-                      sort_keys=True).encode())
+  h.update(json.dumps({k: v for k, v in loop.items() if k != DIGEST_KEY}, sort_keys=True).encode())
   return h.hexdigest()
 
 
 def save(mgr: ocp.CheckpointManager, epoch: int, state, best_params, loop: dict) -> None:
   loop = dict(loop, **{DIGEST_KEY: digest(state, best_params, loop)})
-  mgr.save(epoch, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), best_params=ocp.args.StandardSave(best_params),
-      loop=ocp.args.JsonSave(loop)))
+  mgr.save(
+    epoch,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      best_params=ocp.args.StandardSave(best_params),
+      loop=ocp.args.JsonSave(loop),
+    ),
+  )
   mgr.wait_until_finished()
 
 
 def _restore_step(mgr, step, state_like, params_like):
   abstract = lambda tree: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
-  got = mgr.restore(step, args=ocp.args.Composite(
+  got = mgr.restore(
+    step,
+    args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract(state_like)),
       best_params=ocp.args.StandardRestore(abstract(params_like)),
-      loop=ocp.args.JsonRestore()))
+      loop=ocp.args.JsonRestore(),
+    ),
+  )
   loop = dict(got.loop)
   if loop.get("epoch") != step:
     raise ValueError(f"its loop state names epoch {loop.get('epoch')!r}")
@@ -73,9 +82,13 @@ def _why(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
 
 
-def restore_latest(mgr: ocp.CheckpointManager, state_like, params_like,
-                   delete_damaged: bool = False, log: Callable[[str], None] = print,
-                   ) -> Optional[Tuple[Any, Any, dict]]:
+def restore_latest(
+  mgr: ocp.CheckpointManager,
+  state_like,
+  params_like,
+  delete_damaged: bool = False,
+  log: Callable[[str], None] = print,
+) -> Optional[Tuple[Any, Any, dict]]:
   """(state, best_params, loop) of the newest step that restores and verifies, None without
   steps. Skipped steps are reported through `log` and, with `delete_damaged`, deleted (so a
   replay can save those epochs again) once an older step verifies."""
@@ -84,8 +97,7 @@ def restore_latest(mgr: ocp.CheckpointManager, state_like, params_like,
     try:
       restored = _restore_step(mgr, step, state_like, params_like)
     except Exception as e:  # orbax/tensorstore raise many kinds; every one means "damaged"
-      log(f"warning: checkpoint step {step} in {mgr.directory} is damaged ({_why(e)}); "
-          "skipped it")
+      log(f"warning: checkpoint step {step} in {mgr.directory} is damaged ({_why(e)}); skipped it")
       continue
     if delete_damaged:
       for bad in steps[:n]:  # only once a good step is found: never delete the last resort
@@ -95,8 +107,9 @@ def restore_latest(mgr: ocp.CheckpointManager, state_like, params_like,
     return restored
   if steps:
     raise CheckpointError(
-        f"{mgr.directory}: no checkpoint step restores (tried {steps}); start the run afresh "
-        "with --config.train.resume=False or use another workdir")
+      f"{mgr.directory}: no checkpoint step restores (tried {steps}); start the run afresh "
+      "with --config.train.resume=False or use another workdir"
+    )
   return None
 
 

@@ -41,8 +41,9 @@ def _canonical(*pair_sets: np.ndarray) -> np.ndarray:
   return np.unique(np.sort(pairs, axis=1), axis=0)
 
 
-def make_graph(n_nodes: int, pairs: np.ndarray, self_loop_nodes: Optional[np.ndarray] = None
-               ) -> jraph.GraphsTuple:
+def make_graph(
+  n_nodes: int, pairs: np.ndarray, self_loop_nodes: Optional[np.ndarray] = None
+) -> jraph.GraphsTuple:
   """Undirected pairs (+ self loops on `self_loop_nodes`) -> a directed GraphsTuple sorted by
   receiver. `edges['pair']` is the undirected pair id (added self loops: -1, never dropped)."""
   pairs = _canonical(pairs)
@@ -60,18 +61,27 @@ def make_graph(n_nodes: int, pairs: np.ndarray, self_loop_nodes: Optional[np.nda
     pair_id = np.concatenate([pair_id, -np.ones(len(loops), np.int64)])
   order = np.lexsort((senders, receivers))
   return jraph.GraphsTuple(
-      nodes=None, globals=None,
-      senders=senders[order].astype(np.int32), receivers=receivers[order].astype(np.int32),
-      edges={"pair": pair_id[order].astype(np.int32)},
-      n_node=np.array([n_nodes], np.int32), n_edge=np.array([len(senders)], np.int32))
+    nodes=None,
+    globals=None,
+    senders=senders[order].astype(np.int32),
+    receivers=receivers[order].astype(np.int32),
+    edges={"pair": pair_id[order].astype(np.int32)},
+    n_node=np.array([n_nodes], np.int32),
+    n_edge=np.array([len(senders)], np.int32),
+  )
 
 
 def num_self_loops(graph: jraph.GraphsTuple) -> int:
   return int((np.asarray(graph.edges["pair"]) < 0).sum())
 
 
-def build_graphs(ds: Dataset, views: str = "paper", add_self_loops: bool = True,
-                 use_kg_edges: bool = True, use_interest_edges: bool = True) -> Dict[str, jraph.GraphsTuple]:
+def build_graphs(
+  ds: Dataset,
+  views: str = "paper",
+  add_self_loops: bool = True,
+  use_kg_edges: bool = True,
+  use_interest_edges: bool = True,
+) -> Dict[str, jraph.GraphsTuple]:
   """Graphs used by training, keyed by role:
 
   - `cikg`: the main BPR graph (user-item + KG + user-interest, self loops if configured);
@@ -87,8 +97,10 @@ def build_graphs(ds: Dataset, views: str = "paper", add_self_loops: bool = True,
   kg = kg_pairs(ds) if use_kg_edges else np.zeros((0, 2), np.int64)
   uint = user_interest_pairs(ds) if use_interest_edges else np.zeros((0, 2), np.int64)
   cikg = np.concatenate([ui, kg, uint])
-  graphs = {"cikg_with_loops": make_graph(n, cikg, all_nodes),
-            "cikg_no_loops": make_graph(n, cikg, None)}
+  graphs = {
+    "cikg_with_loops": make_graph(n, cikg, all_nodes),
+    "cikg_no_loops": make_graph(n, cikg, None),
+  }
   graphs["cikg"] = graphs["cikg_with_loops" if add_self_loops else "cikg_no_loops"]
   if views == "paper":
     # Self loops belong to the main graph only (docs/method.md §2); the views are plain edge sets.
@@ -111,6 +123,8 @@ def describe_graphs(graphs: Dict[str, jraph.GraphsTuple]) -> str:
   rows = []
   for name, g in graphs.items():
     loops = num_self_loops(g)
-    rows.append(f"  graph {name:14s} nodes {int(g.n_node[0]):,}  directed edges "
-                f"{int(g.n_edge[0]) - loops:,} + {loops:,} self loops")
+    rows.append(
+      f"  graph {name:14s} nodes {int(g.n_node[0]):,}  directed edges "
+      f"{int(g.n_edge[0]) - loops:,} + {loops:,} self loops"
+    )
   return "\n".join(rows)

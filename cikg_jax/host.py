@@ -33,9 +33,11 @@ def keep_freed_memory(top_pad_mb: int = 256) -> bool:
   except (OSError, AttributeError):
     return False
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-  ok = (mallopt(_M_MMAP_MAX, 0) == 1
-        and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
-        and mallopt(_M_TOP_PAD, top_pad_mb * 2**20) == 1)
+  ok = (
+    mallopt(_M_MMAP_MAX, 0) == 1
+    and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    and mallopt(_M_TOP_PAD, top_pad_mb * 2**20) == 1
+  )
   _done = ok
   return ok
 

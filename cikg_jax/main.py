@@ -11,21 +11,21 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import configs
 from cikg_jax import checkpoint, host, rundir, train
+import configs
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "tiny.py")
 # Errors that report a problem with the input, not a bug: their message is the whole story.
-USER_ERRORS = (ValueError, OSError, FloatingPointError, rundir.RunError,
-               checkpoint.CheckpointError)
+USER_ERRORS = (ValueError, OSError, FloatingPointError, rundir.RunError, checkpoint.CheckpointError)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/tiny", "Directory for config, metrics, results, checkpoints.")
 flags.DEFINE_bool("debug", False, "Show the Python traceback of an input error, not one line.")
 try:
   # Applies the --config.x=v overrides at once: an unknown key fails here, at import.
-  config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training configuration file.",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Training configuration file.", lock_config=True
+  )
   _CONFIG_FLAG_ERROR = None
 except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
   _CONFIG_FLAG_ERROR = e
@@ -69,8 +69,7 @@ def run():
   if _CONFIG_FLAG_ERROR is not None:
     if any(a in ("--debug", "--debug=true", "--debug=True") for a in sys.argv[1:]):
       raise _CONFIG_FLAG_ERROR
-    what = ("unknown key " if isinstance(_CONFIG_FLAG_ERROR, (AttributeError, KeyError))
-            else "")
+    what = "unknown key " if isinstance(_CONFIG_FLAG_ERROR, (AttributeError, KeyError)) else ""
     _fail(f"--config override: {what}{_message(_CONFIG_FLAG_ERROR)}", 2)
   app.run(main, flags_parser=_parse_flags)
 

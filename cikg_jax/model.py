@@ -25,7 +25,6 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from cikg_jax import losses
 from cikg_jax import propagation as prop
@@ -37,6 +36,7 @@ xavier = nn.initializers.xavier_uniform()
 class Graphs:
   """CIKGRec's graphs: the operators its terms propagate over (keys of graph.build_graphs, plus
   `views` when stacked) and the node rows the reconstruction may mask."""
+
   ops: Dict[str, prop.Operator]
   interest_rows: jnp.ndarray
   n_users: int = flax.struct.field(pytree_node=False)
@@ -47,6 +47,7 @@ class Graphs:
 @dataclasses.dataclass(frozen=True)
 class Contrastive:
   """Cross-domain InfoNCE between the CF view (with SimGCL noise) and the interest / KG views."""
+
   weight: float = 0.0
   tau: float = 0.2
   eps: float = 0.1
@@ -55,6 +56,7 @@ class Contrastive:
 @dataclasses.dataclass(frozen=True)
 class Reconstruction:
   """GraphMAE-style masked reconstruction of the interest nodes."""
+
   weight: float = 0.0
   enc_layers: int = 2
   dec_layers: int = 1
@@ -72,12 +74,13 @@ class TransE:
 class LightGCN(nn.Module):
   """LightGCN trained with BPR and L2 on the batch's layer-0 rows, over a node table of
   `n_nodes` rows whose first `n_users` are users and next `n_items` items."""
+
   n_users: int
   n_items: int
   n_nodes: int
   embed_dim: int = 64
   num_layers: int = 3
-  backend: str = "bcsr"            # prop.BACKENDS
+  backend: str = "bcsr"  # prop.BACKENDS
   edge_dropout: float = 0.0
   message_dropout: float = 0.0
   cf_weight: float = 1.0
@@ -92,18 +95,18 @@ class LightGCN(nn.Module):
     `init` would fold each module path into the key and draw other values; the structure is the
     same (tests/test_model.py checks it against `model.init`)."""
     k_emb, _, _ = jax.random.split(key, 3)
-    return {"node_embedding": {"embedding": xavier(k_emb, (self.n_nodes, self.embed_dim),
-                                                   jnp.float32)}}
+    return {
+      "node_embedding": {"embedding": xavier(k_emb, (self.n_nodes, self.embed_dim), jnp.float32)}
+    }
 
   def table(self) -> jnp.ndarray:
     return self.node_embedding.embedding
 
   def __call__(self, graphs: Graphs) -> Tuple[jnp.ndarray, jnp.ndarray]:
     out = prop.propagate(graphs.ops["cikg"], self.table(), self.num_layers, None, self.backend)
-    return out[:self.n_users], out[self.n_users:self.n_users + self.n_items]
+    return out[: self.n_users], out[self.n_users : self.n_users + self.n_items]
 
-  def bpr_terms(self, graphs: Graphs, batch, k_edge, k_msg, n_rows=None
-                ) -> Dict[str, jnp.ndarray]:
+  def bpr_terms(self, graphs: Graphs, batch, k_edge, k_msg, n_rows=None) -> Dict[str, jnp.ndarray]:
     """BPR over the (dropout) propagated main graph and L2 on the batch's layer-0 rows."""
     ego = self.table()
     op = graphs.ops["cikg"]
@@ -111,13 +114,18 @@ class LightGCN(nn.Module):
     if self.message_dropout > 0:
       p = self.message_dropout
       x = jnp.where(jax.random.bernoulli(k_msg, 1 - p, ego.shape), ego / (1 - p), 0.0)
-    weights = (prop.normalized_weights(op, prop.edge_keep_mask(op, k_edge, self.edge_dropout))
-               if self.edge_dropout > 0 else op.weights)
+    weights = (
+      prop.normalized_weights(op, prop.edge_keep_mask(op, k_edge, self.edge_dropout))
+      if self.edge_dropout > 0
+      else op.weights
+    )
     out = prop.propagate(op, x, self.num_layers, weights, self.backend)
     users, pos, neg = batch["users"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
     mask = batch["mask"]
-    return {"bpr": losses.bpr_loss(out[users], out[pos], out[neg], mask, self.cf_weight, n_rows),
-            "reg": losses.l2_reg((ego[users], ego[pos], ego[neg]), mask, self.l2, n_rows)}
+    return {
+      "bpr": losses.bpr_loss(out[users], out[pos], out[neg], mask, self.cf_weight, n_rows),
+      "reg": losses.l2_reg((ego[users], ego[pos], ego[neg]), mask, self.l2, n_rows),
+    }
 
   def loss(self, graphs: Graphs, batch, key, mask_rate=None, n_rows=None, share=1.0):
     """(loss, terms) of one mini-batch. `n_rows`: real rows of the whole batch when this is a
@@ -132,9 +140,11 @@ class LightGCN(nn.Module):
 
 def simgcl_noise(key, eps: float):
   """e += sign(e) * normalize(U[0, 1)) * eps after every layer, a fresh draw per layer."""
+
   def perturb(layer, e):
     u = jax.random.uniform(jax.random.fold_in(key, layer), e.shape)
     return e + jnp.sign(e) * losses.l2_normalize(u) * eps
+
   return perturb
 
 
@@ -156,6 +166,7 @@ CL_VIEWS = ("cf", "interest", "kg")  # view 1 (perturbed), 2 (user anchors), 3 (
 class CIKGRec(LightGCN):
   """LightGCN over the CIKG plus the cross-domain contrastive loss, the masked interest
   reconstruction and TransE on the same node table (docs/method.md §3)."""
+
   n_relations: int = 0
   contrastive: Contrastive = Contrastive()
   reconstruction: Reconstruction = Reconstruction()
@@ -175,11 +186,13 @@ class CIKGRec(LightGCN):
     d = self.embed_dim
     if self.reconstruction.weight > 0:
       params["mask_token"] = jnp.zeros((1, d), jnp.float32)
-      params["e2d"] = nn.Dense(d, kernel_init=xavier, parent=None).init(
-          k_e2d, jnp.zeros((1, d)))["params"]
+      params["e2d"] = nn.Dense(d, kernel_init=xavier, parent=None).init(k_e2d, jnp.zeros((1, d)))[
+        "params"
+      ]
     if self.transe.use:
-      params["relation_embedding"] = {"embedding": xavier(k_rel, (self.n_relations, d),
-                                                          jnp.float32)}
+      params["relation_embedding"] = {
+        "embedding": xavier(k_rel, (self.n_relations, d), jnp.float32)
+      }
     return params
 
   # ---- masked user-interest reconstruction ------------------------------------------------
@@ -192,8 +205,9 @@ class CIKGRec(LightGCN):
     chosen, token, noise = choose_masked_rows(k_choose, rows.shape[0], mask_rate, c.replace_rate)
     donors = rows[jax.random.randint(k_noise, rows.shape, 0, rows.shape[0])]
     original = ego[rows]
-    masked = jnp.where(token[:, None], self.mask_token,
-                       jnp.where(noise[:, None], ego[donors], original))
+    masked = jnp.where(
+      token[:, None], self.mask_token, jnp.where(noise[:, None], ego[donors], original)
+    )
     x = ego.at[rows].set(masked)
     if c.edge_drop > 0:
       # Drop edges of the CIKG, then add self loops (added loops are never dropped); the decoder
@@ -221,14 +235,22 @@ class CIKGRec(LightGCN):
     layers = self.num_layers
     noise = simgcl_noise(key, self.contrastive.eps)
     if "views" not in graphs.ops:
-      return (prop.propagate(graphs.ops["cf"], ego, layers, None, self.backend, perturb=noise),
-              prop.propagate(graphs.ops["interest"], ego, layers, None, self.backend),
-              prop.propagate(graphs.ops["kg"], ego, layers, None, self.backend))
+      return (
+        prop.propagate(graphs.ops["cf"], ego, layers, None, self.backend, perturb=noise),
+        prop.propagate(graphs.ops["interest"], ego, layers, None, self.backend),
+        prop.propagate(graphs.ops["kg"], ego, layers, None, self.backend),
+      )
     n = graphs.n_nodes
     perturb = lambda layer, e: jnp.concatenate([noise(layer, e[:n]), e[n:]])
-    out = prop.propagate(graphs.ops["views"], jnp.concatenate([ego] * len(CL_VIEWS)), layers,
-                         None, self.backend, perturb=perturb)
-    return out[:n], out[n:2 * n], out[2 * n:]
+    out = prop.propagate(
+      graphs.ops["views"],
+      jnp.concatenate([ego] * len(CL_VIEWS)),
+      layers,
+      None,
+      self.backend,
+      perturb=perturb,
+    )
+    return out[:n], out[n : 2 * n], out[2 * n :]
 
   def cl_loss(self, graphs: Graphs, batch, key, n_rows=None):
     """(user term, item term): the batch's users against all users of the interest view, its
@@ -262,8 +284,13 @@ class CIKGRec(LightGCN):
 
   def kge_loss(self, batch):
     emb, rel = self.table(), self.relation_embedding.embedding
-    return losses.transe_loss(emb[batch["head"]], rel[batch["relation"]], emb[batch["tail"]],
-                              emb[batch["neg_tail"]], self.transe.l2)
+    return losses.transe_loss(
+      emb[batch["head"]],
+      rel[batch["relation"]],
+      emb[batch["tail"]],
+      emb[batch["neg_tail"]],
+      self.transe.l2,
+    )
 
 
 def with_stacked_views(graphs: Graphs) -> Graphs:

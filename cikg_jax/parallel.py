@@ -24,8 +24,10 @@ def num_devices(requested: int) -> int:
   available = jax.local_device_count()
   n = available if requested <= 0 else requested
   if n > available:
-    raise ValueError(f"train.num_devices={requested} but only {available} local devices "
-                     "(on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)")
+    raise ValueError(
+      f"train.num_devices={requested} but only {available} local devices "
+      "(on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)"
+    )
   return n
 
 
@@ -35,8 +37,10 @@ def shard_batch(batch: Dict[str, np.ndarray], n: int):
   for k, v in batch.items():
     v = np.asarray(v)
     if v.shape[0] % n:
-      raise ValueError(f"batch of {v.shape[0]} rows does not split over {n} devices; choose "
-                       "a batch size divisible by the device count")
+      raise ValueError(
+        f"batch of {v.shape[0]} rows does not split over {n} devices; choose "
+        "a batch size divisible by the device count"
+      )
     out[k] = v.reshape((n, v.shape[0] // n) + v.shape[1:])
   return out
 
@@ -51,8 +55,17 @@ def unreplicate(tree):
 
 def make_steps(net, tx, kge_tx, rates, steps_per_epoch: int, use_kge: bool):
   """pmapped (train_step, kge_step): state and batch mapped, key and graphs broadcast."""
-  step = jax.pmap(steps.make_train_step(net, tx, rates, steps_per_epoch, AXIS), axis_name=AXIS,
-                  in_axes=(0, 0, None, None), donate_argnums=0)
-  kge = (jax.pmap(steps.make_kge_step(net, kge_tx, AXIS), axis_name=AXIS, in_axes=(0, 0),
-                  donate_argnums=0) if use_kge else None)
+  step = jax.pmap(
+    steps.make_train_step(net, tx, rates, steps_per_epoch, AXIS),
+    axis_name=AXIS,
+    in_axes=(0, 0, None, None),
+    donate_argnums=0,
+  )
+  kge = (
+    jax.pmap(
+      steps.make_kge_step(net, kge_tx, AXIS), axis_name=AXIS, in_axes=(0, 0), donate_argnums=0
+    )
+    if use_kge
+    else None
+  )
   return step, kge

@@ -15,10 +15,10 @@ from typing import Callable, Optional
 
 import flax.struct
 import jax
+from jax.experimental import sparse
 import jax.numpy as jnp
 import jraph
 import numpy as np
-from jax.experimental import sparse
 
 BACKENDS = ("segment", "bcsr")
 
@@ -27,10 +27,11 @@ BACKENDS = ("segment", "bcsr")
 class CSR:
   """Side arrays of the CSR kernel, computed once per graph: the CSR structure of A (its column
   indices are the graph's senders) and of A^T, and the permutation from A's edge order to A^T's."""
-  indptr: jnp.ndarray        # CSR rows = receivers
-  t_indptr: jnp.ndarray      # CSR of A^T: rows = senders
+
+  indptr: jnp.ndarray  # CSR rows = receivers
+  t_indptr: jnp.ndarray  # CSR of A^T: rows = senders
   t_indices: jnp.ndarray
-  t_perm: jnp.ndarray        # data of A^T = data of A [t_perm]
+  t_perm: jnp.ndarray  # data of A^T = data of A [t_perm]
 
 
 @flax.struct.dataclass
@@ -38,6 +39,7 @@ class Operator:
   """A graph ready for propagation: a GraphsTuple sorted by receiver whose `edges` hold the
   undirected pair id of every directed edge (`pair`, -1 for an added self loop) and its weight
   D^-1/2 A D^-1/2 without dropout (`weight`), plus the CSR kernel's side arrays."""
+
   graph: jraph.GraphsTuple
   csr: CSR
   n_nodes: int = flax.struct.field(pytree_node=False)
@@ -63,15 +65,22 @@ def make_operator(graph: jraph.GraphsTuple) -> Operator:
   deg = np.bincount(receivers, minlength=n).astype(np.float64)
   inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1e-12)), 0.0)
   weights = (inv_sqrt[senders] * inv_sqrt[receivers]).astype(np.float32)
-  graph = graph._replace(senders=jnp.asarray(senders), receivers=jnp.asarray(receivers),
-                         edges={"pair": jnp.asarray(pair), "weight": jnp.asarray(weights)},
-                         n_node=jnp.asarray(graph.n_node), n_edge=jnp.asarray(graph.n_edge))
-  csr = CSR(indptr=jnp.asarray(np.cumsum(indptr), jnp.int32),
-            t_indptr=jnp.asarray(np.cumsum(t_indptr), jnp.int32),
-            t_indices=jnp.asarray(receivers[t_perm], jnp.int32),
-            t_perm=jnp.asarray(t_perm, jnp.int32))
-  return Operator(graph=graph, csr=csr, n_nodes=n,
-                  n_pairs=int(pair.max()) + 1 if (pair >= 0).any() else 0)
+  graph = graph._replace(
+    senders=jnp.asarray(senders),
+    receivers=jnp.asarray(receivers),
+    edges={"pair": jnp.asarray(pair), "weight": jnp.asarray(weights)},
+    n_node=jnp.asarray(graph.n_node),
+    n_edge=jnp.asarray(graph.n_edge),
+  )
+  csr = CSR(
+    indptr=jnp.asarray(np.cumsum(indptr), jnp.int32),
+    t_indptr=jnp.asarray(np.cumsum(t_indptr), jnp.int32),
+    t_indices=jnp.asarray(receivers[t_perm], jnp.int32),
+    t_perm=jnp.asarray(t_perm, jnp.int32),
+  )
+  return Operator(
+    graph=graph, csr=csr, n_nodes=n, n_pairs=int(pair.max()) + 1 if (pair >= 0).any() else 0
+  )
 
 
 def stack_graphs(graphs) -> jraph.GraphsTuple:
@@ -92,10 +101,15 @@ def stack_graphs(graphs) -> jraph.GraphsTuple:
     pairs.append(np.where(pair < 0, -1, pair + n_pairs))
     n_pairs += int(pair.max()) + 1 if (pair >= 0).any() else 0
   cat = lambda xs: np.concatenate(xs).astype(np.int32)
-  return jraph.GraphsTuple(nodes=None, globals=None, senders=cat(senders),
-                           receivers=cat(receivers), edges={"pair": cat(pairs)},
-                           n_node=np.array([n * len(graphs)], np.int32),
-                           n_edge=np.array([sum(len(s) for s in senders)], np.int32))
+  return jraph.GraphsTuple(
+    nodes=None,
+    globals=None,
+    senders=cat(senders),
+    receivers=cat(receivers),
+    edges={"pair": cat(pairs)},
+    n_node=np.array([n * len(graphs)], np.int32),
+    n_edge=np.array([sum(len(s) for s in senders)], np.int32),
+  )
 
 
 def edge_keep_mask(op: Operator, key: jax.Array, drop_rate: float) -> jnp.ndarray:
@@ -125,8 +139,7 @@ def _bcsr_spmm(data, x, indices, indptr, t_indices, t_indptr, t_perm):
 
 
 def _bcsr_fwd(data, x, indices, indptr, t_indices, t_indptr, t_perm):
-  return (_csr_matmul(data, indices, indptr, x),
-          (data, t_indices, t_indptr, t_perm))
+  return (_csr_matmul(data, indices, indptr, x), (data, t_indices, t_indptr, t_perm))
 
 
 def _bcsr_bwd(res, g):
@@ -138,8 +151,9 @@ def _bcsr_bwd(res, g):
 _bcsr_spmm.defvjp(_bcsr_fwd, _bcsr_bwd)
 
 
-def aggregate(graph: jraph.GraphsTuple, csr: Optional[CSR] = None,
-              backend: str = "bcsr") -> jnp.ndarray:
+def aggregate(
+  graph: jraph.GraphsTuple, csr: Optional[CSR] = None, backend: str = "bcsr"
+) -> jnp.ndarray:
   """One propagation step: sum over each node's incoming edges of weight * sender row, i.e.
   A_w @ nodes for `nodes` (n, d) and `edges["weight"]`. segment: jraph's gather + segment_sum;
   bcsr: the CSR kernel over the precomputed side arrays."""
@@ -154,10 +168,14 @@ def aggregate(graph: jraph.GraphsTuple, csr: Optional[CSR] = None,
   raise ValueError(f"unknown propagation backend {backend!r}; choose from {BACKENDS}")
 
 
-def light_gcn(graph: jraph.GraphsTuple, num_layers: int, csr: Optional[CSR] = None,
-              backend: str = "bcsr",
-              perturb: Optional[Callable[[int, jnp.ndarray], jnp.ndarray]] = None,
-              include_input: bool = True) -> jraph.GraphsTuple:
+def light_gcn(
+  graph: jraph.GraphsTuple,
+  num_layers: int,
+  csr: Optional[CSR] = None,
+  backend: str = "bcsr",
+  perturb: Optional[Callable[[int, jnp.ndarray], jnp.ndarray]] = None,
+  include_input: bool = True,
+) -> jraph.GraphsTuple:
   """LightGCN on a GraphsTuple whose `nodes` are the layer-0 embeddings and whose
   `edges["weight"]` are the normalised edge weights: returns the graph with `nodes` the mean of
   layers 0..L (1..L without `include_input`, SimGCL's encoder). `perturb(l, e)` edits each
@@ -172,8 +190,9 @@ def light_gcn(graph: jraph.GraphsTuple, num_layers: int, csr: Optional[CSR] = No
   return graph._replace(nodes=functools.reduce(jnp.add, layers) / len(layers))
 
 
-def with_inputs(op: Operator, x: jnp.ndarray, weights: Optional[jnp.ndarray] = None
-                ) -> jraph.GraphsTuple:
+def with_inputs(
+  op: Operator, x: jnp.ndarray, weights: Optional[jnp.ndarray] = None
+) -> jraph.GraphsTuple:
   """The operator's graph carrying node features `x` and (dropout-renormalised) edge weights."""
   edges = op.graph.edges if weights is None else {**op.graph.edges, "weight": weights}
   return op.graph._replace(nodes=x, edges=edges)
@@ -184,13 +203,19 @@ def spmm(op: Operator, weights: jnp.ndarray, x: jnp.ndarray, backend: str = "bcs
   return aggregate(with_inputs(op, x, weights), op.csr, backend)
 
 
-def propagate(op: Operator, x: jnp.ndarray, num_layers: int, weights: Optional[jnp.ndarray] = None,
-              backend: str = "bcsr",
-              perturb: Optional[Callable[[int, jnp.ndarray], jnp.ndarray]] = None,
-              include_input: bool = True) -> jnp.ndarray:
+def propagate(
+  op: Operator,
+  x: jnp.ndarray,
+  num_layers: int,
+  weights: Optional[jnp.ndarray] = None,
+  backend: str = "bcsr",
+  perturb: Optional[Callable[[int, jnp.ndarray], jnp.ndarray]] = None,
+  include_input: bool = True,
+) -> jnp.ndarray:
   """`light_gcn` for arrays: the layer mean of `x` propagated over `op` (weights: op's own)."""
-  return light_gcn(with_inputs(op, x, weights), num_layers, op.csr, backend, perturb,
-                   include_input).nodes
+  return light_gcn(
+    with_inputs(op, x, weights), num_layers, op.csr, backend, perturb, include_input
+  ).nodes
 
 
 def default_backend() -> str:

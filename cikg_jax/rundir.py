@@ -18,17 +18,35 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-IDENTITY_FILE = "identity.json"   # the requested config and the data's digest
-LOCK_FILE = "run.lock"            # flock'ed while a training runs; holds its PID
+IDENTITY_FILE = "identity.json"  # the requested config and the data's digest
+LOCK_FILE = "run.lock"  # flock'ed while a training runs; holds its PID
 # Keys a resume may change: when to stop, what to write, where the data lives (its content is
 # checked through its digest instead). Everything else decides the numbers.
-RESUMABLE_KEYS = frozenset({
-    "data_dir", "synthetic_dir", "interest_file", "train.max_epochs", "train.max_seconds",
-    "train.plot", "train.checkpoint", "train.checkpoint_every_seconds", "train.resume"})
-RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "results.json", "curves.png", "config.json",
-             IDENTITY_FILE)
-_FRESH_HINT = ("use another --workdir, or --config.train.resume=False to delete that run and "
-               "start afresh there")
+RESUMABLE_KEYS = frozenset(
+  {
+    "data_dir",
+    "synthetic_dir",
+    "interest_file",
+    "train.max_epochs",
+    "train.max_seconds",
+    "train.plot",
+    "train.checkpoint",
+    "train.checkpoint_every_seconds",
+    "train.resume",
+  }
+)
+RUN_FILES = (
+  "checkpoints",
+  "metrics.jsonl",
+  "tensorboard",
+  "results.json",
+  "curves.png",
+  "config.json",
+  IDENTITY_FILE,
+)
+_FRESH_HINT = (
+  "use another --workdir, or --config.train.resume=False to delete that run and start afresh there"
+)
 
 
 class RunError(RuntimeError):
@@ -55,8 +73,11 @@ def data_digest(ds) -> str:
     a = np.ascontiguousarray(getattr(ds, name), dtype=np.int64)
     h.update(f"{name}{a.shape}".encode())
     h.update(a.tobytes())
-  h.update(json.dumps([ds.n_users, ds.n_items, ds.n_entities, ds.n_relations, ds.n_interests,
-                       ds.selection]).encode())
+  h.update(
+    json.dumps(
+      [ds.n_users, ds.n_items, ds.n_entities, ds.n_relations, ds.n_interests, ds.selection]
+    ).encode()
+  )
   return h.hexdigest()
 
 
@@ -83,8 +104,10 @@ def config_differences(stored: dict, current: dict) -> List[str]:
   for k in sorted((a.keys() | b.keys()) - RESUMABLE_KEYS):
     x, y = a.get(k, missing), b.get(k, missing)
     if x != y:
-      out.append(f"{k} {'(absent)' if x is missing else _short(x)} -> "
-                 f"{'(absent)' if y is missing else _short(y)}")
+      out.append(
+        f"{k} {'(absent)' if x is missing else _short(x)} -> "
+        f"{'(absent)' if y is missing else _short(y)}"
+      )
   return out
 
 
@@ -96,8 +119,9 @@ def _read_json(path: str):
     raise RunError(f"{path}: unreadable ({e}); {_FRESH_HINT}") from e
 
 
-def check_resume(workdir: str, requested, effective=None, data_sha256: Optional[str] = None
-                 ) -> bool:
+def check_resume(
+  workdir: str, requested, effective=None, data_sha256: Optional[str] = None
+) -> bool:
   """True if `workdir` holds this run (resume it), False if it holds none; raises RunError if it
   holds another. Reads only. Without `effective`/`data_sha256` (before the data is loaded) the
   checks that need them are left to a second call."""
@@ -113,14 +137,19 @@ def check_resume(workdir: str, requested, effective=None, data_sha256: Optional[
       return True
     diffs = config_differences(_read_json(legacy), plain(effective))
   elif os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
-      os.path.join(workdir, "checkpoints")):
-    raise RunError(f"{workdir}: holds checkpoints but no {IDENTITY_FILE} or config.json saying "
-                   f"which run they belong to; {_FRESH_HINT}")
+    os.path.join(workdir, "checkpoints")
+  ):
+    raise RunError(
+      f"{workdir}: holds checkpoints but no {IDENTITY_FILE} or config.json saying "
+      f"which run they belong to; {_FRESH_HINT}"
+    )
   else:
     return False
   if diffs:
-    raise RunError(f"{workdir} holds a run with other settings ({'; '.join(diffs)}): resuming "
-                   f"it would mix two runs; {_FRESH_HINT}")
+    raise RunError(
+      f"{workdir} holds a run with other settings ({'; '.join(diffs)}): resuming "
+      f"it would mix two runs; {_FRESH_HINT}"
+    )
   return True
 
 
@@ -151,8 +180,10 @@ def locked(workdir: str) -> Iterator[None]:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-      raise RunError(f"{workdir} is in use by another training (PID {holder}, lock {path}): "
-                     "wait for it, stop it, or use another --workdir") from None
+      raise RunError(
+        f"{workdir} is in use by another training (PID {holder}, lock {path}): "
+        "wait for it, stop it, or use another --workdir"
+      ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     yield

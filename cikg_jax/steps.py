@@ -41,22 +41,38 @@ def create_model(config, ds) -> nn.Module:
   sizes (as ogbg_molpcba's create_model)."""
   name = model_name(config)
   m = config.model
-  common = dict(n_users=ds.n_users, n_items=ds.n_items, n_nodes=ds.n_nodes,
-                embed_dim=m.embed_dim, num_layers=m.num_layers,
-                backend=prop.resolve_backend(m.backend))
+  common = dict(
+    n_users=ds.n_users,
+    n_items=ds.n_items,
+    n_nodes=ds.n_nodes,
+    embed_dim=m.embed_dim,
+    num_layers=m.num_layers,
+    backend=prop.resolve_backend(m.backend),
+  )
   if name in baselines.MODELS:
     return baselines.MODELS[name].create(config, ds, common)
-  common.update(edge_dropout=m.edge_dropout, message_dropout=m.message_dropout,
-                cf_weight=config.train.cf_weight, l2=config.train.l2)
+  common.update(
+    edge_dropout=m.edge_dropout,
+    message_dropout=m.message_dropout,
+    cf_weight=config.train.cf_weight,
+    l2=config.train.l2,
+  )
   if name == "lightgcn":
     return model.LightGCN(**common)
   return model.CIKGRec(
-      **common, n_relations=sampling.kge_relation_count(ds, config.views),
-      contrastive=model.Contrastive(config.cl.weight, config.cl.tau, config.cl.eps),
-      reconstruction=model.Reconstruction(config.uir.weight, config.uir.enc_layers,
-                                          config.uir.dec_layers, config.uir.replace_rate,
-                                          config.uir.edge_drop, config.uir.gamma),
-      transe=model.TransE(bool(config.kge.use), config.kge.l2))
+    **common,
+    n_relations=sampling.kge_relation_count(ds, config.views),
+    contrastive=model.Contrastive(config.cl.weight, config.cl.tau, config.cl.eps),
+    reconstruction=model.Reconstruction(
+      config.uir.weight,
+      config.uir.enc_layers,
+      config.uir.dec_layers,
+      config.uir.replace_rate,
+      config.uir.edge_drop,
+      config.uir.gamma,
+    ),
+    transe=model.TransE(bool(config.kge.use), config.kge.l2),
+  )
 
 
 def make_graphs(graphs, ds, config):
@@ -83,8 +99,13 @@ def make_graphs(graphs, ds, config):
     rows = ds.n_users + np.arange(ids.min(), ids.max() + 1)
   else:
     rows = ds.n_users + ds.connected_interest_ids()
-  return model.Graphs(ops=ops, interest_rows=jnp.asarray(rows, jnp.int32), n_users=ds.n_users,
-                      n_items=ds.n_items, n_nodes=ds.n_nodes)
+  return model.Graphs(
+    ops=ops,
+    interest_rows=jnp.asarray(rows, jnp.int32),
+    n_users=ds.n_users,
+    n_items=ds.n_items,
+    n_nodes=ds.n_nodes,
+  )
 
 
 def effective_config(config, ds):
@@ -103,10 +124,13 @@ def setup(config):
   """(dataset, effective config, model, graph pytree) for a config: what training, prediction
   and the benchmarks start from."""
   ds = dataset_lib.load_from_config(config)
-  graphs = graph_lib.build_graphs(ds, views=config.views,
-                                  add_self_loops=config.model.add_self_loops,
-                                  use_kg_edges=config.model.use_kg_edges,
-                                  use_interest_edges=config.model.use_interest_edges)
+  graphs = graph_lib.build_graphs(
+    ds,
+    views=config.views,
+    add_self_loops=config.model.add_self_loops,
+    use_kg_edges=config.model.use_kg_edges,
+    use_interest_edges=config.model.use_interest_edges,
+  )
   config = effective_config(config, ds)
   return ds, config, create_model(config, ds), make_graphs(graphs, ds, config)
 
@@ -114,7 +138,7 @@ def setup(config):
 # ---- the train state and its steps -----------------------------------------------------------
 @flax.struct.dataclass
 class TrainState:
-  step: jnp.ndarray            # train steps taken (TransE steps not counted)
+  step: jnp.ndarray  # train steps taken (TransE steps not counted)
   params: Any
   opt_state: Any
   kge_opt_state: Any
@@ -126,19 +150,29 @@ def make_optimizers(config):
 
 def create_train_state(key, net: nn.Module, tx, kge_tx, use_kge: bool) -> TrainState:
   params = net.init_params(key)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    kge_opt_state=kge_tx.init(params) if use_kge else None)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    kge_opt_state=kge_tx.init(params) if use_kge else None,
+  )
 
 
 def mask_rates(config) -> np.ndarray:
   """The interest-reconstruction mask rate of every epoch (float32, as the step uses it)."""
   u = config.uir
-  return np.array([schedules.mask_rate(e, u.schedule, u.p0, u.pmax, u.total_epoch)
-                   for e in range(max(1, config.train.max_epochs))], np.float32)
+  return np.array(
+    [
+      schedules.mask_rate(e, u.schedule, u.p0, u.pmax, u.total_epoch)
+      for e in range(max(1, config.train.max_epochs))
+    ],
+    np.float32,
+  )
 
 
-def make_train_step(net: nn.Module, tx, rates: np.ndarray, steps_per_epoch: int,
-                    axis_name: Optional[str] = None) -> Callable:
+def make_train_step(
+  net: nn.Module, tx, rates: np.ndarray, steps_per_epoch: int, axis_name: Optional[str] = None
+) -> Callable:
   """The one train step: a pure function (state, batch, key, graphs) -> (state, terms).
 
   The mask rate is read from the per-epoch schedule `rates` at epoch step // steps_per_epoch.
@@ -155,8 +189,9 @@ def make_train_step(net: nn.Module, tx, rates: np.ndarray, steps_per_epoch: int,
       share = 1.0 / jax.lax.psum(1, axis_name)
 
     def loss_fn(params):
-      return net.apply({"params": params}, graphs, batch, key, rates[epoch], n_rows, share,
-                       method="loss")
+      return net.apply(
+        {"params": params}, graphs, batch, key, rates[epoch], n_rows, share, method="loss"
+      )
 
     (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:

@@ -31,15 +31,16 @@ EARLY_STOPPING, BUDGET = "early_stopping", "budget"  # LoopState.stop ("" = runn
 @dataclasses.dataclass
 class LoopState:
   """What the loop carries from epoch to epoch; checkpointed as JSON with the train state."""
-  epoch: int = -1                      # last finished epoch
+
+  epoch: int = -1  # last finished epoch
   best_score: float = -math.inf
   best_epoch: int = -1
   bad_epochs: int = 0
   best: Dict[str, Any] = dataclasses.field(default_factory=dict)  # metrics of the best epoch
   train_seconds: float = 0.0
   epoch_seconds: List[float] = dataclasses.field(default_factory=list)
-  stop: str = ""                       # EARLY_STOPPING, or BUDGET: a pause a rerun continues
-  budget_seconds: float = 0.0          # the budget that paused the run (for the message)
+  stop: str = ""  # EARLY_STOPPING, or BUDGET: a pause a rerun continues
+  budget_seconds: float = 0.0  # the budget that paused the run (for the message)
 
   def to_json(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)
@@ -50,8 +51,9 @@ class LoopState:
     if "stopped" in d:  # checkpoints written before this dataclass: a dict with string reasons
       reason = str(d.pop("stop_reason", ""))
       stopped = d.pop("stopped")
-      d["stop"] = BUDGET if reason.startswith("time budget") else (EARLY_STOPPING if stopped
-                                                                      else "")
+      d["stop"] = (
+        BUDGET if reason.startswith("time budget") else (EARLY_STOPPING if stopped else "")
+      )
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -60,8 +62,9 @@ class LoopState:
 def make_eval_sets(ds, config) -> Dict[str, evaluation.EvalSet]:
   """Known items are excluded from ranking: training items, and for test also validation."""
   c = config.eval.chunk_size
-  sets = {"test": evaluation.make_eval_set(ds.test, [ds.train, ds.valid], ds.n_users,
-                                           ds.n_items, c)}
+  sets = {
+    "test": evaluation.make_eval_set(ds.test, [ds.train, ds.valid], ds.n_users, ds.n_items, c)
+  }
   if ds.selection == "valid":
     sets["valid"] = evaluation.make_eval_set(ds.valid, [ds.train], ds.n_users, ds.n_items, c)
   return sets
@@ -71,19 +74,25 @@ def selection_score(metrics: Dict[str, float], k: int) -> float:
   return metrics[f"recall@{k}"] + metrics[f"ndcg@{k}"]
 
 
-def evaluate(embeddings, eval_sets, selection: str, config, train_counts,
-             loop: LoopState) -> Dict[str, float]:
+def evaluate(
+  embeddings, eval_sets, selection: str, config, train_counts, loop: LoopState
+) -> Dict[str, float]:
   """Scores the selection split and, when it improves, the test split with its user groups
   (both from the same propagation); updates the loop's early-stopping state."""
   ks = tuple(config.eval.ks)
   sel_metrics, _ = evaluation.evaluate(*embeddings, eval_sets[selection], ks)
   score = selection_score(sel_metrics, config.eval.select_k)
   if score > loop.best_score:
-    test_metrics, groups = evaluation.evaluate_groups(*embeddings, eval_sets["test"], ks,
-                                                      train_counts, config.eval.n_groups)
-    loop.best = {"valid": {}, selection: sel_metrics, "test": test_metrics,
-                 "test_groups": groups["quantile"],
-                 "test_groups_equal_interactions": groups["equal_interactions"]}
+    test_metrics, groups = evaluation.evaluate_groups(
+      *embeddings, eval_sets["test"], ks, train_counts, config.eval.n_groups
+    )
+    loop.best = {
+      "valid": {},
+      selection: sel_metrics,
+      "test": test_metrics,
+      "test_groups": groups["quantile"],
+      "test_groups_equal_interactions": groups["equal_interactions"],
+    }
     loop.best_score, loop.best_epoch, loop.bad_epochs = score, loop.epoch, 0
   else:
     loop.bad_epochs += 1
@@ -104,8 +113,9 @@ def _check_finite(step_terms, key: str, epoch: int, what: str, workdir: str, mgr
   values = np.asarray([m[key] for m in jax.device_get(step_terms)]).reshape(len(step_terms), -1)
   bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
   if bad.size:
-    _raise_non_finite(f"{what} loss at epoch {epoch}, step {int(bad[0])} of the epoch", workdir,
-                      mgr)
+    _raise_non_finite(
+      f"{what} loss at epoch {epoch}, step {int(bad[0])} of the epoch", workdir, mgr
+    )
 
 
 def _raise_non_finite(where: str, workdir: str, mgr) -> None:
@@ -115,22 +125,26 @@ def _raise_non_finite(where: str, workdir: str, mgr) -> None:
   elif saved_epoch is None:
     saved = "no checkpoint has been saved yet"
   else:
-    saved = (f"the latest checkpoint (end of epoch {saved_epoch}) is in "
-             f"{os.path.join(workdir, 'checkpoints')}")
-  raise FloatingPointError(f"non-finite {where}: training stopped; {saved}. Lower the learning "
-                           "rate or check the data.")
+    saved = (
+      f"the latest checkpoint (end of epoch {saved_epoch}) is in "
+      f"{os.path.join(workdir, 'checkpoints')}"
+    )
+  raise FloatingPointError(
+    f"non-finite {where}: training stopped; {saved}. Lower the learning rate or check the data."
+  )
 
 
 @dataclasses.dataclass
 class Trainer:
   """The compiled steps and the host-side pieces of one run (single device or pmap)."""
+
   train_step: Any
   kge_step: Any
   kge_sampler: Optional[sampling.KGESampler]
   sampler: sampling.NegativeSampler
-  place: Any          # host state -> device layout
-  host_view: Any      # device layout -> host state
-  shard: Any          # batch -> device layout
+  place: Any  # host state -> device layout
+  host_view: Any  # device layout -> host state
+  shard: Any  # batch -> device layout
   n_devices: int
 
 
@@ -138,27 +152,42 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
   rates = steps.mask_rates(config)
   per_epoch = sampling.num_batches(len(ds.train), config.train.batch_size)
   n_devices = parallel.num_devices(config.train.num_devices)
-  kge_sampler = (sampling.KGESampler(ds, config.views, config.kge.batch_size)
-                 if config.kge.use else None)
+  kge_sampler = (
+    sampling.KGESampler(ds, config.views, config.kge.batch_size) if config.kge.use else None
+  )
   if n_devices > 1:
     train_step, kge_step = parallel.make_steps(net, tx, kge_tx, rates, per_epoch, config.kge.use)
-    return Trainer(train_step, kge_step, kge_sampler,
-                   sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
-                   lambda tree: parallel.replicate(tree, n_devices), parallel.unreplicate,
-                   lambda b: parallel.shard_batch(b, n_devices), n_devices)
+    return Trainer(
+      train_step,
+      kge_step,
+      kge_sampler,
+      sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
+      lambda tree: parallel.replicate(tree, n_devices),
+      parallel.unreplicate,
+      lambda b: parallel.shard_batch(b, n_devices),
+      n_devices,
+    )
   train_step = jax.jit(steps.make_train_step(net, tx, rates, per_epoch), donate_argnums=0)
-  kge_step = (jax.jit(steps.make_kge_step(net, kge_tx), donate_argnums=0) if config.kge.use
-              else None)
+  kge_step = jax.jit(steps.make_kge_step(net, kge_tx), donate_argnums=0) if config.kge.use else None
   same = lambda tree: tree
-  return Trainer(train_step, kge_step, kge_sampler,
-                 sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items), same, same, same, 1)
+  return Trainer(
+    train_step,
+    kge_step,
+    kge_sampler,
+    sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
+    same,
+    same,
+    same,
+    1,
+  )
 
 
 def run_epoch(trainer: Trainer, state, graphs, ds, config, epoch: int, root_key, workdir, mgr):
   """The BPR mini-batches of one epoch, then its TransE batches; returns (state, mean terms)."""
   epoch_key = jax.random.fold_in(root_key, epoch + 1)
-  batches = sampling.bpr_epoch(ds.train, trainer.sampler, config.train.batch_size,
-                               sampling.epoch_rng(config.seed, epoch))
+  batches = sampling.bpr_epoch(
+    ds.train, trainer.sampler, config.train.batch_size, sampling.epoch_rng(config.seed, epoch)
+  )
   step_terms = []
   for b in range(batches["users"].shape[0]):
     batch = trainer.shard({k: v[b] for k, v in batches.items()})
@@ -207,8 +236,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       gone = rundir.clear(workdir)
       if gone:
         log.warning("train.resume=False: deleted %s in %s", ", ".join(gone), workdir)
-    rundir.write_json(os.path.join(workdir, rundir.IDENTITY_FILE),
-                      {"config": rundir.plain(requested), "data_sha256": data_sha256})
+    rundir.write_json(
+      os.path.join(workdir, rundir.IDENTITY_FILE),
+      {"config": rundir.plain(requested), "data_sha256": data_sha256},
+    )
     rundir.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     return _train(config, workdir, ds, net, graphs, t_setup)
 
@@ -243,6 +274,7 @@ class EpochWriter:
     self.tb = None
     try:
       from tensorboardX import SummaryWriter
+
       self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
     except ImportError:
       log.warning("tensorboardX is not installed: no TensorBoard event files")
@@ -255,11 +287,19 @@ class EpochWriter:
         if k != "epoch" and isinstance(v, (int, float)):
           self.tb.add_scalar(k, v, epoch)
     if self.log_lines:
-      terms = " ".join(f"{k} {record[k]:.5g}" for k in ("loss", "bpr", "reg", "cl", "uir", "kge")
-                       if k in record)
-      log.info("epoch %d: %s | %s/recall@20 %.4f selection %.4f (best epoch %d) %.1f s", epoch,
-               terms, selection, record[f"{selection}/recall@20"], record["selection_score"],
-               record["best_epoch"], record["seconds"])
+      terms = " ".join(
+        f"{k} {record[k]:.5g}" for k in ("loss", "bpr", "reg", "cl", "uir", "kge") if k in record
+      )
+      log.info(
+        "epoch %d: %s | %s/recall@20 %.4f selection %.4f (best epoch %d) %.1f s",
+        epoch,
+        terms,
+        selection,
+        record[f"{selection}/recall@20"],
+        record["selection_score"],
+        record["best_epoch"],
+        record["seconds"],
+      )
 
   def close(self) -> None:
     if self.tb is not None:
@@ -272,8 +312,7 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
   selection = ds.selection
   tx, kge_tx = steps.make_optimizers(config)
   root_key = jax.random.PRNGKey(config.seed)
-  state = steps.create_train_state(jax.random.fold_in(root_key, 0), net, tx, kge_tx,
-                                   config.kge.use)
+  state = steps.create_train_state(jax.random.fold_in(root_key, 0), net, tx, kge_tx, config.kge.use)
   trainer = make_trainer(net, graphs, ds, config, tx, kge_tx)
   embed = steps.make_embed_fn(net)
   best_params = jax.tree_util.tree_map(jnp.copy, state.params)
@@ -284,8 +323,13 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
   rates = steps.mask_rates(config)
 
   last_save = time.perf_counter()
-  pbar = tqdm(range(loop.epoch + 1, config.train.max_epochs), desc=f"train {ds.name}",
-              unit="epoch", dynamic_ncols=True, disable=None)
+  pbar = tqdm(
+    range(loop.epoch + 1, config.train.max_epochs),
+    desc=f"train {ds.name}",
+    unit="epoch",
+    dynamic_ncols=True,
+    disable=None,
+  )
   writer = EpochWriter(workdir, log_lines=pbar.disable)
   try:
     for epoch in pbar:
@@ -307,10 +351,19 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
       loop.train_seconds += seconds
       loop.epoch_seconds.append(t_train)
       score = sel_metrics.pop("selection_score")
-      writer.write({"epoch": epoch, **terms, "mask_rate": float(rates[min(epoch, len(rates) - 1)]),
-                    **{f"{selection}/{k}": v for k, v in sel_metrics.items()},
-                    "selection_score": score, "best_epoch": loop.best_epoch,
-                    "train_seconds": t_train, "seconds": seconds}, selection)
+      writer.write(
+        {
+          "epoch": epoch,
+          **terms,
+          "mask_rate": float(rates[min(epoch, len(rates) - 1)]),
+          **{f"{selection}/{k}": v for k, v in sel_metrics.items()},
+          "selection_score": score,
+          "best_epoch": loop.best_epoch,
+          "train_seconds": t_train,
+          "seconds": seconds,
+        },
+        selection,
+      )
       if loop.bad_epochs >= config.train.patience and epoch + 1 >= config.train.min_epochs:
         loop.stop = EARLY_STOPPING
       budget = config.train.max_seconds
@@ -319,15 +372,18 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
         loop.stop, loop.budget_seconds = BUDGET, float(budget)
         log.warning("stopping: time budget of %.0f s reached after epoch %d", budget, epoch)
       last = bool(loop.stop) or epoch + 1 >= config.train.max_epochs
-      if mgr is not None and (last or time.perf_counter() - last_save
-                              >= config.train.checkpoint_every_seconds):
+      if mgr is not None and (
+        last or time.perf_counter() - last_save >= config.train.checkpoint_every_seconds
+      ):
         # Epochs are pure functions of (state, seed, epoch): resuming from an older checkpoint
         # replays the same epochs, so saving every epoch buys nothing but I/O.
         ckpt.save(mgr, epoch, trainer.host_view(state), best_params, loop.to_json())
         last_save = time.perf_counter()
-      pbar.set_postfix(loss=f"{terms['loss']:.4f}",
-                       **{f"{selection}_r@20": f"{sel_metrics['recall@20']:.4f}"},
-                       best=loop.best_epoch)
+      pbar.set_postfix(
+        loss=f"{terms['loss']:.4f}",
+        **{f"{selection}_r@20": f"{sel_metrics['recall@20']:.4f}"},
+        best=loop.best_epoch,
+      )
       if loop.stop:
         break
   finally:
@@ -336,10 +392,16 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
   results = write_results(workdir, config, ds, loop, trainer, best_params, setup_seconds)
   if config.train.plot:
     from cikg_jax import plots
+
     plots.training_curves(writer.metrics_path, os.path.join(workdir, "curves.png"), selection)
-  log.info("best epoch %d: test %s", results["best_epoch"],
-           "  ".join(f"{k} {results['test'].get(k, float('nan')):.4f}"
-                     for k in ("recall@20", "ndcg@20", "recall@50", "ndcg@50")))
+  log.info(
+    "best epoch %d: test %s",
+    results["best_epoch"],
+    "  ".join(
+      f"{k} {results['test'].get(k, float('nan')):.4f}"
+      for k in ("recall@20", "ndcg@20", "recall@50", "ndcg@50")
+    ),
+  )
   return results
 
 
@@ -358,24 +420,30 @@ def stop_reason(loop: LoopState, config) -> str:
   return "max_epochs"
 
 
-def write_results(workdir, config, ds, loop: LoopState, trainer: Trainer, best_params,
-                  setup_seconds: float) -> Dict[str, Any]:
+def write_results(
+  workdir, config, ds, loop: LoopState, trainer: Trainer, best_params, setup_seconds: float
+) -> Dict[str, Any]:
   """results.json: the best epoch's metrics on every split and user group, and the run's costs."""
   results = {
-      "dataset": ds.name, "selection": ds.selection, "views": config.views,
-      "best_epoch": loop.best_epoch, "epochs_run": loop.epoch + 1,
-      "stopped_early": bool(loop.stop), "stop_reason": stop_reason(loop, config),
-      "valid": loop.best.get("valid", {}), "test": loop.best.get("test", {}),
-      "test_groups": loop.best.get("test_groups"),
-      "test_groups_equal_interactions": loop.best.get("test_groups_equal_interactions"),
-      "train_seconds": loop.train_seconds, "setup_seconds": setup_seconds,
-      "epoch_seconds_median": (float(np.median(loop.epoch_seconds)) if loop.epoch_seconds
-                               else None),
-      "train_step_compilations": _compilations(trainer.train_step),
-      "backend": prop.resolve_backend(config.model.backend),
-      "devices": [str(d) for d in jax.devices()],
-      "data_parallel_devices": trainer.n_devices,
-      "n_params": steps.param_count(best_params),
+    "dataset": ds.name,
+    "selection": ds.selection,
+    "views": config.views,
+    "best_epoch": loop.best_epoch,
+    "epochs_run": loop.epoch + 1,
+    "stopped_early": bool(loop.stop),
+    "stop_reason": stop_reason(loop, config),
+    "valid": loop.best.get("valid", {}),
+    "test": loop.best.get("test", {}),
+    "test_groups": loop.best.get("test_groups"),
+    "test_groups_equal_interactions": loop.best.get("test_groups_equal_interactions"),
+    "train_seconds": loop.train_seconds,
+    "setup_seconds": setup_seconds,
+    "epoch_seconds_median": (float(np.median(loop.epoch_seconds)) if loop.epoch_seconds else None),
+    "train_step_compilations": _compilations(trainer.train_step),
+    "backend": prop.resolve_backend(config.model.backend),
+    "devices": [str(d) for d in jax.devices()],
+    "data_parallel_devices": trainer.n_devices,
+    "n_params": steps.param_count(best_params),
   }
   rundir.write_json(os.path.join(workdir, "results.json"), results)
   return results

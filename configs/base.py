@@ -12,23 +12,23 @@ import ml_collections
 def get_config(dataset: str = "dbbook2014"):
   c = ml_collections.ConfigDict()
   c.dataset = dataset
-  c.data_dir = ""            # or the CIKG_DATA_DIR environment variable
-  c.interest_file = ""       # a user_interest_clustered.txt replacing the dataset's own ("" = own)
+  c.data_dir = ""  # or the CIKG_DATA_DIR environment variable
+  c.interest_file = ""  # a user_interest_clustered.txt replacing the dataset's own ("" = own)
   # "" (the interests as given), "shuffled" or "random": information-free controls of the same size
   # (cikg_jax/data/interest_controls.py), seeded by config.seed.
   c.interest_control = ""
-  c.synthetic_dir = ""       # where the synthetic dataset is generated ("" = ~/.cache/cikg_jax)
+  c.synthetic_dir = ""  # where the synthetic dataset is generated ("" = ~/.cache/cikg_jax)
   c.synthetic = ml_collections.ConfigDict(dict(n_users=300, n_items=200, seed=0))
-  c.selection = "valid"      # "valid": select/stop on a held-out 1/8 of train; "test": the release's
+  c.selection = "valid"  # "valid": select/stop on a held-out 1/8 of train; "test": the release's
   c.valid_fraction = 0.125
   # Seed of the validation split, fixed across training seeds (a study's seeds vary the model, not
   # the data), and the split inference/generate.py excludes from the LLM prompts; -1 = config.seed.
   c.split_seed = 2024
-  c.views = "paper"          # contrastive views: "paper" (the intent) or "release" (its bugs)
+  c.views = "paper"  # contrastive views: "paper" (the intent) or "release" (its bugs)
   c.seed = 2024
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "cikgrec"   # or a baseline: "lightgcn", "simgcl", "kgat" (cikg_jax/baselines.py)
+  c.model.name = "cikgrec"  # or a baseline: "lightgcn", "simgcl", "kgat" (cikg_jax/baselines.py)
   c.model.embed_dim = 64
   c.model.num_layers = 3
   c.model.add_self_loops = True
@@ -36,7 +36,7 @@ def get_config(dataset: str = "dbbook2014"):
   c.model.use_interest_edges = True
   c.model.edge_dropout = 0.0
   c.model.message_dropout = 0.0
-  c.model.backend = "auto"   # "bcsr" (fast on CPU), "segment" (gather + segment_sum), "auto"
+  c.model.backend = "auto"  # "bcsr" (fast on CPU), "segment" (gather + segment_sum), "auto"
 
   c.train = ml_collections.ConfigDict()
   c.train.lr = 8e-4
@@ -48,7 +48,7 @@ def get_config(dataset: str = "dbbook2014"):
   c.train.min_epochs = 20
   c.train.cf_weight = 1.5
   c.train.l2 = 1e-5
-  c.train.num_devices = 1   # data-parallel over this many local devices (0 = all), via pmap
+  c.train.num_devices = 1  # data-parallel over this many local devices (0 = all), via pmap
   c.train.max_seconds = 0.0  # wall-time budget (0 = none): stop cleanly, results say so
   c.train.checkpoint = True
   c.train.checkpoint_every_seconds = 60.0  # and always at the end; resume replays exactly
@@ -65,7 +65,7 @@ def get_config(dataset: str = "dbbook2014"):
   c.uir.replace_rate = 0.15
   c.uir.edge_drop = 0.2
   c.uir.gamma = 2.0
-  c.uir.schedule = "exp"     # "exp", "lin" or "const"
+  c.uir.schedule = "exp"  # "exp", "lin" or "const"
   c.uir.p0 = 0.05
   c.uir.pmax = 0.75
   c.uir.total_epoch = 150
@@ -86,6 +86,6 @@ def get_config(dataset: str = "dbbook2014"):
   c.eval = ml_collections.ConfigDict()
   c.eval.ks = (20, 50, 100)
   c.eval.chunk_size = 1024
-  c.eval.select_k = 50       # early stopping on recall@k + ndcg@k
-  c.eval.n_groups = 4        # user groups by training-interaction count (quantiles)
+  c.eval.select_k = 50  # early stopping on recall@k + ndcg@k
+  c.eval.n_groups = 4  # user groups by training-interaction count (quantiles)
   return c

@@ -1,6 +1,6 @@
 """CIKGRec on Book-Crossing with the release's hyper-parameters (docs/method.md §8).
 
-  python -m cikg_jax.main --config=configs/book_crossing.py --workdir=runs/book-crossing
+python -m cikg_jax.main --config=configs/book_crossing.py --workdir=runs/book-crossing
 """
 
 from configs import base

@@ -4,8 +4,13 @@ dataset) gets the base values (configs/base.py)."""
 
 import importlib
 
-MODULES = {"dbbook2014": "dbbook2014", "book-crossing": "book_crossing",
-           "book_crossing": "book_crossing", "ml1m": "ml1m", "synthetic": "tiny"}
+MODULES = {
+  "dbbook2014": "dbbook2014",
+  "book-crossing": "book_crossing",
+  "book_crossing": "book_crossing",
+  "ml1m": "ml1m",
+  "synthetic": "tiny",
+}
 
 
 def get_config(dataset: str):

@@ -1,6 +1,6 @@
 """CIKGRec on DBbook2014 with the release's hyper-parameters (docs/method.md §8).
 
-  python -m cikg_jax.main --config=configs/dbbook2014.py --workdir=runs/dbbook2014
+python -m cikg_jax.main --config=configs/dbbook2014.py --workdir=runs/dbbook2014
 """
 
 from configs import base

@@ -14,13 +14,13 @@ from experiments.runner import Run, main  # noqa: E402
 
 BASE = ("--config.selection=valid",)
 VARIANTS = {
-    "cikgrec-paper-valid": ("--config.views=paper",),
-    "cikgrec-no_uir": ("--config.views=paper", "--config.uir.weight=0"),
-    "cikgrec-no_cl": ("--config.views=paper", "--config.cl.weight=0"),
-    "cikgrec-no_interest": ("--config.views=paper", "--config.model.use_interest_edges=False"),
-    "cikgrec-no_kg": ("--config.views=paper", "--config.model.use_kg_edges=False"),
-    "cikgrec-no_transe": ("--config.views=paper", "--config.kge.use=False"),
-    "cikgrec-release-valid": ("--config.views=release",),
+  "cikgrec-paper-valid": ("--config.views=paper",),
+  "cikgrec-no_uir": ("--config.views=paper", "--config.uir.weight=0"),
+  "cikgrec-no_cl": ("--config.views=paper", "--config.cl.weight=0"),
+  "cikgrec-no_interest": ("--config.views=paper", "--config.model.use_interest_edges=False"),
+  "cikgrec-no_kg": ("--config.views=paper", "--config.model.use_kg_edges=False"),
+  "cikgrec-no_transe": ("--config.views=paper", "--config.kge.use=False"),
+  "cikgrec-release-valid": ("--config.views=release",),
 }
 USES_TRANSE = {"dbbook2014", "synthetic"}
 

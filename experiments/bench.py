@@ -20,24 +20,37 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-
-from cikg_jax import evaluation, host, model, steps, train  # noqa: E402
-from cikg_jax import propagation as prop  # noqa: E402
-from cikg_jax import losses  # noqa: E402
-from cikg_jax.data import sampling  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from cikg_jax import (  # noqa: E402
+  evaluation,
+  host,
+  losses,  # noqa: E402
+  model,
+  steps,
+  train,
+)
+from cikg_jax import propagation as prop  # noqa: E402
+from cikg_jax.data import sampling  # noqa: E402
 from experiments import roofline  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/dbbook2014.py", "Config to benchmark.")
 flags.DEFINE_integer("repeats", 10, "Timed repetitions per measurement (median reported).")
-flags.DEFINE_bool("profile", True, "Also time each loss term and the propagation alone, and the "
-                  "per-term roofline table (FLOPs, bytes, time, fraction of the roofline).")
-flags.DEFINE_bool("compare", False, "Also time the step before the speed work (allocator defaults, "
-                  "previous InfoNCE), now, and with the stacked view operator, alternating.")
+flags.DEFINE_bool(
+  "profile",
+  True,
+  "Also time each loss term and the propagation alone, and the "
+  "per-term roofline table (FLOPs, bytes, time, fraction of the roofline).",
+)
+flags.DEFINE_bool(
+  "compare",
+  False,
+  "Also time the step before the speed work (allocator defaults, "
+  "previous InfoNCE), now, and with the stacked view operator, alternating.",
+)
 
 
 def _median_seconds(fn, repeats):
@@ -55,19 +68,31 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   tx, kge_tx = steps.make_optimizers(config)
   state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, config.kge.use)
   sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
-  batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size,
-                               np.random.default_rng(0))
+  batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size, np.random.default_rng(0))
   batch = {k: v[0] for k, v in batches.items()}
   rate = np.full(1, 0.3, np.float32)  # the mask rate of every timed step
   step = jax.jit(steps.make_train_step(net, tx, rate, 1))
   key = jax.random.PRNGKey(1)
-  out = {"dataset": ds.name, "backend": net.backend,
-         "devices": [str(d) for d in jax.devices()], "n_nodes": ds.n_nodes,
-         "cikg_edges": int(graphs.ops["cikg"].graph.n_edge[0]),
-         "terms": [t for t, on in (("bpr", True), ("cl", config.cl.weight > 0),
-                                   ("uir", config.uir.weight > 0), ("kge", config.kge.use)) if on]}
-  out["step_seconds_median"] = _median_seconds(lambda: step(state, batch, key, graphs)[1]["loss"],
-                                               repeats)
+  out = {
+    "dataset": ds.name,
+    "backend": net.backend,
+    "devices": [str(d) for d in jax.devices()],
+    "n_nodes": ds.n_nodes,
+    "cikg_edges": int(graphs.ops["cikg"].graph.n_edge[0]),
+    "terms": [
+      t
+      for t, on in (
+        ("bpr", True),
+        ("cl", config.cl.weight > 0),
+        ("uir", config.uir.weight > 0),
+        ("kge", config.kge.use),
+      )
+      if on
+    ],
+  }
+  out["step_seconds_median"] = _median_seconds(
+    lambda: step(state, batch, key, graphs)[1]["loss"], repeats
+  )
   if compare and config.cl.weight > 0:
     # Alternating rounds in this process, medians of the round medians: the step before the speed
     # work (glibc's allocator defaults, the previous InfoNCE), now, and now with the opt-in stacked
@@ -81,17 +106,21 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
     rounds = {"before": [], "now": [], "now_stacked_views": []}
     for _ in range(3):
       host.restore_malloc_defaults()
-      rounds["before"].append(_median_seconds(
-          lambda: step_before(state, batch, key, graphs)[1]["loss"], repeats))
+      rounds["before"].append(
+        _median_seconds(lambda: step_before(state, batch, key, graphs)[1]["loss"], repeats)
+      )
       host.keep_freed_memory()
-      rounds["now"].append(_median_seconds(
-          lambda: step(state, batch, key, graphs)[1]["loss"], repeats))
-      rounds["now_stacked_views"].append(_median_seconds(
-          lambda: step(state, batch, key, stacked)[1]["loss"], repeats))
+      rounds["now"].append(
+        _median_seconds(lambda: step(state, batch, key, graphs)[1]["loss"], repeats)
+      )
+      rounds["now_stacked_views"].append(
+        _median_seconds(lambda: step(state, batch, key, stacked)[1]["loss"], repeats)
+      )
     out["step_rounds_seconds"] = rounds
     out["step_rounds_median"] = {k: statistics.median(v) for k, v in rounds.items()}
-    out["step_speedup_over_before"] = (out["step_rounds_median"]["before"]
-                                       / out["step_rounds_median"]["now"])
+    out["step_speedup_over_before"] = (
+      out["step_rounds_median"]["before"] / out["step_rounds_median"]["now"]
+    )
   out["steps_per_epoch"] = int(batches["users"].shape[0])
   epoch = out["step_seconds_median"] * out["steps_per_epoch"]
   if config.kge.use:
@@ -99,8 +128,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
     n_kge = kge_sampler.steps
     kb = {k: v[0] for k, v in kge_sampler.epoch(config.seed, 0).items()}
     kge_step = jax.jit(steps.make_kge_step(net, kge_tx))
-    out["kge_step_seconds_median"] = _median_seconds(lambda: kge_step(state, kb)[1]["kge"],
-                                                     repeats)
+    out["kge_step_seconds_median"] = _median_seconds(lambda: kge_step(state, kb)[1]["kge"], repeats)
     out["kge_steps_per_epoch"] = n_kge
     epoch += out["kge_step_seconds_median"] * n_kge
   out["epoch_seconds_estimate"] = epoch
@@ -124,8 +152,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
     def grad_time(loss_fn, argument=None):
       # graphs as an argument, as in the train step (a closure would make them constants)
       g = jax.jit(jax.grad(loss_fn))
-      return _median_seconds(lambda: g(params if argument is None else argument, graphs),
-                             repeats)
+      return _median_seconds(lambda: g(params if argument is None else argument, graphs), repeats)
 
     rng = jax.random.PRNGKey(2)
     bpr, cl, uir = _term_losses(net, batch, rng)
@@ -141,14 +168,24 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
       f = jax.jit(jax.grad(lambda x, op: jnp.sum(prop.propagate(op, x, 1, None, backend) ** 2)))
       try:
         prof[f"one_layer_fwd_bwd_{backend}"] = _median_seconds(
-            lambda: f(params["node_embedding"]["embedding"], graphs.ops["cikg"]), repeats)
+          lambda: f(params["node_embedding"]["embedding"], graphs.ops["cikg"]), repeats
+        )
       except Exception as e:  # e.g. a backend without a kernel on this platform
         prof[f"one_layer_fwd_bwd_{backend}"] = f"failed: {type(e).__name__}: {e}"[:200]
     out["profile_seconds"] = prof
     if config.cl.weight > 0:
       out["roofline"] = roofline.measure(max(3, repeats // 2))
-      out["terms"] = _term_table(config, net, model.with_stacked_views(graphs), params, batch,
-                                 state, tx, repeats, out["roofline"])
+      out["terms"] = _term_table(
+        config,
+        net,
+        model.with_stacked_views(graphs),
+        params,
+        batch,
+        state,
+        tx,
+        repeats,
+        out["roofline"],
+      )
   out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
   return out
 
@@ -191,10 +228,19 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
 
   def add(name, flops, nbytes, fn, *args):
     t = _median_seconds(lambda: fn(*args), repeats)
-    bound = max(flops / (roof["peak_matmul_gflops"] * 1e9),
-                nbytes / (roof["peak_bandwidth_gbps"] * 1e9))
-    rows.append({"term": name, "gflop": flops / 1e9, "mbytes": nbytes / 1e6, "ms": t * 1e3,
-                 "roofline_ms": bound * 1e3, "fraction": bound / t})
+    bound = max(
+      flops / (roof["peak_matmul_gflops"] * 1e9), nbytes / (roof["peak_bandwidth_gbps"] * 1e9)
+    )
+    rows.append(
+      {
+        "term": name,
+        "gflop": flops / 1e9,
+        "mbytes": nbytes / 1e6,
+        "ms": t * 1e3,
+        "roofline_ms": bound * 1e3,
+        "fraction": bound / t,
+      }
+    )
 
   def spmm_cost(op, k):  # k layers forward + backward: 2 E d flops, index/weight/row reads
     e = int(op.graph.n_edge[0])
@@ -202,27 +248,37 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
 
   views = graphs.ops["views"]
   sq = lambda f: jax.jit(jax.grad(lambda x, g: jnp.sum(f(x, g) ** 2)))
-  for i, v in enumerate(model.CL_VIEWS):
+  for v in model.CL_VIEWS:
     f = sq(lambda x, g, v=v: prop.propagate(g.ops[v], x, 1, None, backend))
     add(f"view {v}: one layer", *spmm_cost(graphs.ops[v], 1), f, ego, graphs)
-  f = sq(lambda x, g: prop.propagate(g.ops["views"], jnp.concatenate([x] * 3), layers, None,
-                                     backend))
+  f = sq(
+    lambda x, g: prop.propagate(g.ops["views"], jnp.concatenate([x] * 3), layers, None, backend)
+  )
   add(f"3 views stacked: {layers} layers", *spmm_cost(views, layers), f, ego, graphs)
-  f = sq(lambda x, g: sum(prop.propagate(g.ops[v], x, layers, None, backend)
-                          for v in model.CL_VIEWS))
+  f = sq(
+    lambda x, g: sum(prop.propagate(g.ops[v], x, layers, None, backend) for v in model.CL_VIEWS)
+  )
   add(f"3 views separate: {layers} layers", *spmm_cost(views, layers), f, ego, graphs)
-  noise = jax.jit(lambda x, k: [model.simgcl_noise(k, config.cl.eps)(l, x)
-                                for l in range(layers)])
-  add(f"SimGCL noise: {layers} draws of (n x d)", 0, layers * n * d * 4 * 3, noise, ego,
-      jax.random.PRNGKey(3))
+  noise = jax.jit(
+    lambda x, k: [model.simgcl_noise(k, config.cl.eps)(layer, x) for layer in range(layers)]
+  )
+  add(
+    f"SimGCL noise: {layers} draws of (n x d)",
+    0,
+    layers * n * d * 4 * 3,
+    noise,
+    ego,
+    jax.random.PRNGKey(3),
+  )
   z = jnp.concatenate([ego] * 3)
   z = z * jax.lax.rsqrt(jnp.sum(z * z, axis=1, keepdims=True))
   users, pos, mask = batch["users"], batch["pos"], batch["mask"]
 
   def nce(z):
-    z1, z2, z3 = z[:n], z[n:2 * n], z[2 * n:]
-    return (losses.info_nce(z1[users], z2[:nu], users, mask, config.cl.tau)
-            + losses.info_nce(z1[nu + pos], z3[nu:], pos, mask, config.cl.tau))
+    z1, z2, z3 = z[:n], z[n : 2 * n], z[2 * n :]
+    return losses.info_nce(z1[users], z2[:nu], users, mask, config.cl.tau) + losses.info_nce(
+      z1[nu + pos], z3[nu:], pos, mask, config.cl.tau
+    )
 
   cands = nu + (n - nu)
   nce_cost = (6 * b * cands * d, 4 * b * cands * 4 * 2 + 3 * cands * d * 4)
@@ -234,22 +290,40 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
   losses.info_nce = info_nce
   add("InfoNCE products, before", *nce_cost, nce_before, z)
   views_cost = spmm_cost(views, layers)
-  add("contrastive term (all of it)", views_cost[0] + nce_cost[0],
-      views_cost[1] + nce_cost[1] + layers * n * d * 4 * 3,
-      jax.jit(jax.grad(cl)), params, graphs)
+  add(
+    "contrastive term (all of it)",
+    views_cost[0] + nce_cost[0],
+    views_cost[1] + nce_cost[1] + layers * n * d * 4 * 3,
+    jax.jit(jax.grad(cl)),
+    params,
+    graphs,
+  )
   cikg = graphs.ops["cikg"]
   fl, by = spmm_cost(cikg, layers)
   add(f"BPR (CIKG, {layers} layers)", fl, by, jax.jit(jax.grad(bpr)), params, graphs)
   if config.uir.weight > 0:
     k = config.uir.enc_layers + config.uir.dec_layers
     fl, by = spmm_cost(cikg, k)
-    add(f"UIR ({k} layers + (n x d)(d x d))", fl + 3 * 2 * n * d * d, by,
-        jax.jit(jax.grad(uir)), params, graphs)
+    add(
+      f"UIR ({k} layers + (n x d)(d x d))",
+      fl + 3 * 2 * n * d * d,
+      by,
+      jax.jit(jax.grad(uir)),
+      params,
+      graphs,
+    )
   n_par = sum(x.size for x in jax.tree_util.tree_leaves(params))
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
   adam = jax.jit(lambda g, s, p: optax.apply_updates(p, tx.update(g, s, p)[0]))
-  add(f"Adam ({n_par / 1e6:.2f} M parameters)", 12 * n_par, 7 * 4 * n_par, adam, grads,
-      state.opt_state, params)
+  add(
+    f"Adam ({n_par / 1e6:.2f} M parameters)",
+    12 * n_par,
+    7 * 4 * n_par,
+    adam,
+    grads,
+    state.opt_state,
+    params,
+  )
   return rows
 
 

@@ -25,6 +25,7 @@ def build(release: str, dataset: str, seed: int, device: str = "cpu"):
   """The release's loader, graphs, model and optimizer, as its train.py builds them."""
   import torch
   from torch_geometric.utils import coalesce
+
   sys.path.insert(0, release)
   os.chdir(release)  # MyLoader reads ./data/<dataset>
   from models.Model import CIKGRec  # noqa: E402
@@ -37,7 +38,7 @@ def build(release: str, dataset: str, seed: int, device: str = "cpu"):
   tr = loader.train
   src = tr["userid"].to_list() + tr["itemid"].to_list()
   tgt = tr["itemid"].to_list() + tr["userid"].to_list()
-  src_cf, tgt_cf = list(src), list(tgt)
+  src_cf = list(src)  # the release builds tgt_cf too, unused
   src_k = loader.kg_org["head"].to_list() + loader.kg_org["tail"].to_list()
   tgt_k = loader.kg_org["tail"].to_list() + loader.kg_org["head"].to_list()
   src_in = loader.kg_interest["uid"].to_list() + loader.kg_interest["interest"].to_list()
@@ -65,10 +66,12 @@ def main():
   p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU table")
   args = p.parse_args()
   import torch
+
   torch.set_num_threads(args.threads)
   t0 = time.perf_counter()
   model, optimizer, (user, pos, neg), (ig, kg, cf, cikg) = build(
-      os.path.abspath(args.release), args.dataset, 2024, args.device)
+    os.path.abspath(args.release), args.dataset, 2024, args.device
+  )
   sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
   setup = time.perf_counter() - t0
   model.train()
@@ -76,9 +79,11 @@ def main():
 
   def step():
     optimizer.zero_grad()
-    loss = (model(user, pos, neg)
-            + model.cross_domain_contrastive_loss(user, pos, ig, kg, cf)
-            + model.interest_recon_loss(cikg))
+    loss = (
+      model(user, pos, neg)
+      + model.cross_domain_contrastive_loss(user, pos, ig, kg, cf)
+      + model.interest_recon_loss(cikg)
+    )
     loss.backward()
     optimizer.step()
     value = float(loss.detach())  # waits for the device
@@ -91,11 +96,22 @@ def main():
     t = time.perf_counter()
     step()
     times.append(time.perf_counter() - t)
-  print(json.dumps({"impl": "release", "dataset": args.dataset, "threads": args.threads,
-                    "device": args.device,
-                    "torch": torch.__version__, "step_seconds_median": statistics.median(times),
-                    "step_seconds": times, "setup_seconds": setup,
-                    "cikg_edges": int(cikg.shape[1]), "batch": int(user.shape[0])}))
+  print(
+    json.dumps(
+      {
+        "impl": "release",
+        "dataset": args.dataset,
+        "threads": args.threads,
+        "device": args.device,
+        "torch": torch.__version__,
+        "step_seconds_median": statistics.median(times),
+        "step_seconds": times,
+        "setup_seconds": setup,
+        "cikg_edges": int(cikg.shape[1]),
+        "batch": int(user.shape[0]),
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

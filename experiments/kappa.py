@@ -33,23 +33,52 @@ def prepare(datasets, data_dir: str) -> None:
     answers_dir = os.path.join(ROOT, "runs", "kappa", d, "answers")
     if not os.path.exists(os.path.join(answers_dir, "results.jsonl")):
       os.makedirs(answers_dir, exist_ok=True)
-      with gzip.open(os.path.join(ROOT, ANSWERS[d]), "rb") as src, \
-          open(os.path.join(answers_dir, "results.jsonl"), "wb") as dst:
+      with (
+        gzip.open(os.path.join(ROOT, ANSWERS[d]), "rb") as src,
+        open(os.path.join(answers_dir, "results.jsonl"), "wb") as dst,
+      ):
         shutil.copyfileobj(src, dst)
     for k in KAPPAS:
       out = os.path.join(ROOT, os.path.dirname(interest_file(d, k)))
       if os.path.exists(os.path.join(out, "user_interest_clustered.txt")):
         continue
-      subprocess.run([sys.executable, "-m", "inference.structure", "--run_dir", answers_dir,
-                      "--dataset", d, "--data_dir", data_dir, "--kappa", str(k), "--out_dir", out],
-                     cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+      subprocess.run(
+        [
+          sys.executable,
+          "-m",
+          "inference.structure",
+          "--run_dir",
+          answers_dir,
+          "--dataset",
+          d,
+          "--data_dir",
+          data_dir,
+          "--kappa",
+          str(k),
+          "--out_dir",
+          out,
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+      )
       print(f"[kappa] structured {d} with kappa {k} -> {out}", flush=True)
 
 
 def runs(datasets, seeds):
-  return [Run(d, f"cikgrec-smollm2_kappa{k}", "cikgrec",
-              BASE + (f"--config.interest_file={interest_file(d, k)}",), seed)
-          for seed in seeds for d in datasets if d in ANSWERS for k in KAPPAS]
+  return [
+    Run(
+      d,
+      f"cikgrec-smollm2_kappa{k}",
+      "cikgrec",
+      BASE + (f"--config.interest_file={interest_file(d, k)}",),
+      seed,
+    )
+    for seed in seeds
+    for d in datasets
+    if d in ANSWERS
+    for k in KAPPAS
+  ]
 
 
 if __name__ == "__main__":

@@ -23,8 +23,15 @@ def runs(datasets, seeds, selections=("valid", "test")):
         # CIKGRec: paper views with validation selection; the release's views and test selection
         # reproduce the release's own protocol.
         views = "paper" if sel == "valid" else "release"
-        out.append(Run(d, f"cikgrec-{views}-{sel}", "cikgrec",
-                       (f"--config.views={views}", f"--config.selection={sel}"), seed))
+        out.append(
+          Run(
+            d,
+            f"cikgrec-{views}-{sel}",
+            "cikgrec",
+            (f"--config.views={views}", f"--config.selection={sel}"),
+            seed,
+          )
+        )
         out += [Run(d, f"{m}-{sel}", m, (f"--config.selection={sel}",), seed) for m in BASELINES]
   return out
 

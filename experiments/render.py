@@ -67,6 +67,7 @@ def welch_p(a, b) -> Optional[float]:
   if len(a) < 2 or len(b) < 2:
     return None
   from scipy import stats
+
   return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
@@ -88,8 +89,10 @@ def group_values(rs, scheme: str, g: int, key="recall@20"):
 def provenance(rows) -> str:
   machines = sorted({r.get("machine", "?") for r in rows})
   commits = sorted({str(r.get("commit", "?"))[:12] for r in rows})
-  return (f"Machines: {'; '.join(machines)}. Code commits: {', '.join(commits)}. Rerun: "
-          f"`python experiments/{{study}}.py` (see each script's docstring).")
+  return (
+    f"Machines: {'; '.join(machines)}. Code commits: {', '.join(commits)}. Rerun: "
+    f"`python experiments/{{study}}.py` (see each script's docstring)."
+  )
 
 
 def missing(study: str, rows, datasets, seeds) -> str:
@@ -99,14 +102,22 @@ def missing(study: str, rows, datasets, seeds) -> str:
   if not todo:
     return ""
   names = sorted({f"{r.dataset} {r.variant}" for r in todo})
-  return (f"Not yet run ({len(todo)} runs of seeds {', '.join(map(str, seeds))}; compute-limited, "
-          f"they resume with the study script): " + "; ".join(
-              f"{n} ×{sum(1 for r in todo if f'{r.dataset} {r.variant}' == n)}" for n in names) + ".")
+  return (
+    f"Not yet run ({len(todo)} runs of seeds {', '.join(map(str, seeds))}; compute-limited, "
+    f"they resume with the study script): "
+    + "; ".join(f"{n} ×{sum(1 for r in todo if f'{r.dataset} {r.variant}' == n)}" for n in names)
+    + "."
+  )
 
 
 # ---- the single-seed files of earlier sessions ------------------------------------------------
-LEGACY_ORDER = ["cikgrec-paper-valid", "cikgrec-release-valid", "cikgrec-release-test",
-                "lightgcn-valid", "lightgcn-test"]
+LEGACY_ORDER = [
+  "cikgrec-paper-valid",
+  "cikgrec-release-valid",
+  "cikgrec-release-test",
+  "lightgcn-valid",
+  "lightgcn-test",
+]
 
 
 def legacy_table(results_dir: str) -> List[str]:
@@ -123,17 +134,29 @@ def legacy_table(results_dir: str) -> List[str]:
     rows.append((dataset, variant, where, r))
   if not rows:
     return []
-  out = ["| dataset | variant | where | best / run epochs | R@20 | N@20 | R@50 | N@50 | R@100 "
-         "| N@100 | sparsest-25% R@20 | train time |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  key = lambda r: (r[0], LEGACY_ORDER.index(re.sub(r"-s\d+$", "", r[1]))
-                   if re.sub(r"-s\d+$", "", r[1]) in LEGACY_ORDER else 99, r[1], r[2])
+  out = [
+    "| dataset | variant | where | best / run epochs | R@20 | N@20 | R@50 | N@50 | R@100 "
+    "| N@100 | sparsest-25% R@20 | train time |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  key = lambda r: (
+    r[0],
+    LEGACY_ORDER.index(re.sub(r"-s\d+$", "", r[1]))
+    if re.sub(r"-s\d+$", "", r[1]) in LEGACY_ORDER
+    else 99,
+    r[1],
+    r[2],
+  )
   for dataset, variant, where, r in sorted(rows, key=key):
     t = r["test"]
     sparse = r["test_groups"][0]["recall@20"] if r.get("test_groups") else float("nan")
     budget = " (budget)" if "budget" in str(r.get("stop_reason", "")) else ""
-    out.append(f"| {dataset} | {variant} | {where} | {r['best_epoch']} / {r.get('epochs_run', '?')}"
-               f"{budget} | " + " | ".join(f"{t[m]:.4f}" for m in METRICS)
-               + f" | {sparse:.4f} | {r['train_seconds'] / 60:.1f} min |")
+    out.append(
+      f"| {dataset} | {variant} | {where} | {r['best_epoch']} / {r.get('epochs_run', '?')}"
+      f"{budget} | "
+      + " | ".join(f"{t[m]:.4f}" for m in METRICS)
+      + f" | {sparse:.4f} | {r['train_seconds'] / 60:.1f} min |"
+    )
   return out
 
 
@@ -144,17 +167,25 @@ def main_table(rows, datasets, selection: str) -> List[str]:
     vs = {v: rs for v, rs in by_variant(rows, d).items() if v.endswith(f"-{selection}")}
     if not vs:
       continue
-    out += [f"**{d}**, selection on {selection}:", "",
-            "| model | seeds | " + " | ".join(SHORT[m] for m in METRICS) + " | best epochs |",
-            "|---|---|" + "---|" * len(METRICS) + "---|"]
+    out += [
+      f"**{d}**, selection on {selection}:",
+      "",
+      "| model | seeds | " + " | ".join(SHORT[m] for m in METRICS) + " | best epochs |",
+      "|---|---|" + "---|" * len(METRICS) + "---|",
+    ]
     order = sorted(vs, key=lambda v: (not v.startswith("cikgrec"), v))
     for v in order:
       rs = sorted(vs[v], key=lambda r: r["_seed"])
       name = MODEL_NAMES.get(v.split("-")[0], v)
       if v.startswith("cikgrec"):
         name += f" ({v.split('-')[1]} views)"
-      out.append(f"| {name} | {len(rs)} | " + " | ".join(mean_std(values(rs, m)) for m in METRICS)
-                 + " | " + ", ".join(str(r["best_epoch"]) for r in rs) + " |")
+      out.append(
+        f"| {name} | {len(rs)} | "
+        + " | ".join(mean_std(values(rs, m)) for m in METRICS)
+        + " | "
+        + ", ".join(str(r["best_epoch"]) for r in rs)
+        + " |"
+      )
     cik = [v for v in vs if v.startswith("cikgrec")]
     base = [v for v in vs if not v.startswith("cikgrec")]
     if cik and base:
@@ -163,9 +194,11 @@ def main_table(rows, datasets, selection: str) -> List[str]:
       for m in ("recall@20", "ndcg@20"):
         best = max(base, key=lambda v: values(vs[v], m).mean())
         a, b = values(c, m), values(vs[best], m)
-        lines.append(f"{SHORT[m]}: {100 * (a.mean() / b.mean() - 1):+.1f}% over "
-                     f"{MODEL_NAMES.get(best.split('-')[0], best)} (Welch p = {fmt_p(welch_p(a, b))}, "
-                     f"{len(a)} vs {len(b)} seeds)")
+        lines.append(
+          f"{SHORT[m]}: {100 * (a.mean() / b.mean() - 1):+.1f}% over "
+          f"{MODEL_NAMES.get(best.split('-')[0], best)} (Welch p = {fmt_p(welch_p(a, b))}, "
+          f"{len(a)} vs {len(b)} seeds)"
+        )
       out += ["", "CIKGRec against the best baseline: " + "; ".join(lines) + ".", ""]
     else:
       out.append("")
@@ -173,56 +206,82 @@ def main_table(rows, datasets, selection: str) -> List[str]:
 
 
 def knowledge_table(rows, datasets) -> List[str]:
-  names = {"cikgrec-paper-valid": "shipped GPT-3.5 interests", "cikgrec-no_interest": "no interest nodes",
-           "cikgrec-shuffled_interest": "shuffled interests", "cikgrec-random_interest":
-           "random interest nodes", "cikgrec-smollm2_interest": "SmolLM2-135M interests (leak-free)"}
+  names = {
+    "cikgrec-paper-valid": "shipped GPT-3.5 interests",
+    "cikgrec-no_interest": "no interest nodes",
+    "cikgrec-shuffled_interest": "shuffled interests",
+    "cikgrec-random_interest": "random interest nodes",
+    "cikgrec-smollm2_interest": "SmolLM2-135M interests (leak-free)",
+  }
   out = []
   for d in datasets:
     vs = by_variant(rows, d)
     if not vs:
       continue
     ref = vs.get("cikgrec-paper-valid", [])
-    out += [f"**{d}** (validation selection; p: Welch test against the shipped interests; "
-            "sparsest: the quarter of test users with the fewest training interactions, and the "
-            "sparsest of four groups holding equal shares of all training interactions):", "",
-            "| interests | seeds | R@20 | N@20 | p (R@20) | sparsest 25% R@20 | p (sparsest 25%) "
-            "| sparsest equal-share R@20 |", "|---|---|---|---|---|---|---|---|"]
+    out += [
+      f"**{d}** (validation selection; p: Welch test against the shipped interests; "
+      "sparsest: the quarter of test users with the fewest training interactions, and the "
+      "sparsest of four groups holding equal shares of all training interactions):",
+      "",
+      "| interests | seeds | R@20 | N@20 | p (R@20) | sparsest 25% R@20 | p (sparsest 25%) "
+      "| sparsest equal-share R@20 |",
+      "|---|---|---|---|---|---|---|---|",
+    ]
     for v in names:
       if v not in vs:
         continue
       rs = vs[v]
-      p = welch_p(values(rs, "recall@20"), values(ref, "recall@20")) if v != "cikgrec-paper-valid" else None
+      p = (
+        welch_p(values(rs, "recall@20"), values(ref, "recall@20"))
+        if v != "cikgrec-paper-valid"
+        else None
+      )
       sparse = group_values(rs, "quantile", 0)
-      p_sparse = (welch_p(sparse, group_values(ref, "quantile", 0))
-                  if v != "cikgrec-paper-valid" else None)
-      out.append(f"| {names[v]} | {len(rs)} | {mean_std(values(rs, 'recall@20'))} | "
-                 f"{mean_std(values(rs, 'ndcg@20'))} | {fmt_p(p)} | {mean_std(sparse)} | "
-                 f"{fmt_p(p_sparse)} | {mean_std(group_values(rs, 'equal', 0))} |")
+      p_sparse = (
+        welch_p(sparse, group_values(ref, "quantile", 0)) if v != "cikgrec-paper-valid" else None
+      )
+      out.append(
+        f"| {names[v]} | {len(rs)} | {mean_std(values(rs, 'recall@20'))} | "
+        f"{mean_std(values(rs, 'ndcg@20'))} | {fmt_p(p)} | {mean_std(sparse)} | "
+        f"{fmt_p(p_sparse)} | {mean_std(group_values(rs, 'equal', 0))} |"
+      )
     out.append("")
   return out
 
 
 def ablation_table(rows, datasets) -> List[str]:
-  names = {"cikgrec-paper-valid": "full CIKGRec", "cikgrec-no_uir": "w/o interest reconstruction",
-           "cikgrec-no_cl": "w/o contrastive learning", "cikgrec-no_interest": "w/o interest nodes",
-           "cikgrec-no_kg": "w/o KG edges", "cikgrec-no_transe": "w/o TransE",
-           "cikgrec-release-valid": "release views instead of paper views"}
+  names = {
+    "cikgrec-paper-valid": "full CIKGRec",
+    "cikgrec-no_uir": "w/o interest reconstruction",
+    "cikgrec-no_cl": "w/o contrastive learning",
+    "cikgrec-no_interest": "w/o interest nodes",
+    "cikgrec-no_kg": "w/o KG edges",
+    "cikgrec-no_transe": "w/o TransE",
+    "cikgrec-release-valid": "release views instead of paper views",
+  }
   out = []
   for d in datasets:
     vs = by_variant(rows, d)
     if not vs:
       continue
     full = values(vs.get("cikgrec-paper-valid", []), "recall@20")
-    out += [f"**{d}** (validation selection):", "",
-            "| variant | seeds | R@20 | N@20 | R@50 | ΔR@20 vs full | p |", "|---|---|---|---|---|---|---|"]
+    out += [
+      f"**{d}** (validation selection):",
+      "",
+      "| variant | seeds | R@20 | N@20 | R@50 | ΔR@20 vs full | p |",
+      "|---|---|---|---|---|---|---|",
+    ]
     for v in names:
       if v not in vs:
         continue
       x = values(vs[v], "recall@20")
       delta = f"{x.mean() - full.mean():+.4f}" if len(full) and v != "cikgrec-paper-valid" else "–"
       p = welch_p(x, full) if v != "cikgrec-paper-valid" else None
-      out.append(f"| {names[v]} | {len(x)} | {mean_std(x)} | {mean_std(values(vs[v], 'ndcg@20'))} | "
-                 f"{mean_std(values(vs[v], 'recall@50'))} | {delta} | {fmt_p(p)} |")
+      out.append(
+        f"| {names[v]} | {len(x)} | {mean_std(x)} | {mean_std(values(vs[v], 'ndcg@20'))} | "
+        f"{mean_std(values(vs[v], 'recall@50'))} | {delta} | {fmt_p(p)} |"
+      )
     out.append("")
   return out
 
@@ -233,13 +292,21 @@ def schedule_table(rows, datasets, first: str = "schedule") -> List[str]:
     vs = by_variant(rows, d)
     if not vs:
       continue
-    out += [f"**{d}** (validation selection; seeds per point in the table):", "",
-            f"| {first} | seeds | R@20 | N@20 | best epochs |", "|---|---|---|---|---|"]
+    out += [
+      f"**{d}** (validation selection; seeds per point in the table):",
+      "",
+      f"| {first} | seeds | R@20 | N@20 | best epochs |",
+      "|---|---|---|---|---|",
+    ]
     for v in sorted(vs):
       rs = vs[v]
-      label = {"cikgrec-paper-valid": "exp, p0 0.05 → pmax (config)"}.get(v, v.replace("cikgrec-", ""))
-      out.append(f"| {label} | {len(rs)} | {mean_std(values(rs, 'recall@20'))} | "
-                 f"{mean_std(values(rs, 'ndcg@20'))} | {', '.join(str(r['best_epoch']) for r in rs)} |")
+      label = {"cikgrec-paper-valid": "exp, p0 0.05 → pmax (config)"}.get(
+        v, v.replace("cikgrec-", "")
+      )
+      out.append(
+        f"| {label} | {len(rs)} | {mean_std(values(rs, 'recall@20'))} | "
+        f"{mean_std(values(rs, 'ndcg@20'))} | {', '.join(str(r['best_epoch']) for r in rs)} |"
+      )
     out.append("")
   return out
 
@@ -250,29 +317,47 @@ def sparse_table(rows, datasets) -> List[str]:
     vs = {v: rs for v, rs in by_variant(rows, d).items() if v.endswith("-valid")}
     if not vs:
       continue
-    for scheme, label in (("quantile", "quartiles of users by training interactions"),
-                          ("equal", "four groups with equal shares of all training interactions")):
+    for scheme, label in (
+      ("quantile", "quartiles of users by training interactions"),
+      ("equal", "four groups with equal shares of all training interactions"),
+    ):
       field = "test_groups" if scheme == "quantile" else "test_groups_equal_interactions"
       first = next((r[field] for rs in vs.values() for r in rs if r.get(field)), None)
       if not first:
         continue
-      heads = [f"g{g['group']}: {g['train_interactions'][0]}–{g['train_interactions'][1]} "
-               f"({g['n_users']} users)" for g in first]
-      out += [f"**{d}**, Recall@20 by {label} (validation selection):", "",
-              "| model | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+      heads = [
+        f"g{g['group']}: {g['train_interactions'][0]}–{g['train_interactions'][1]} "
+        f"({g['n_users']} users)"
+        for g in first
+      ]
+      out += [
+        f"**{d}**, Recall@20 by {label} (validation selection):",
+        "",
+        "| model | " + " | ".join(heads) + " |",
+        "|---|" + "---|" * len(heads),
+      ]
       for v in sorted(vs, key=lambda v: (not v.startswith("cikgrec"), v)):
-        out.append(f"| {MODEL_NAMES.get(v.split('-')[0], v)} | " + " | ".join(
-            mean_std(group_values(vs[v], scheme, g["group"])) for g in first) + " |")
+        out.append(
+          f"| {MODEL_NAMES.get(v.split('-')[0], v)} | "
+          + " | ".join(mean_std(group_values(vs[v], scheme, g["group"])) for g in first)
+          + " |"
+        )
       out.append("")
   return out
 
 
 def sparse_plot(rows, datasets, png) -> bool:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  panels = [(d, s) for d in datasets for s in ("quantile", "equal")
-            if any(v.endswith("-valid") for v in by_variant(rows, d))]
+
+  panels = [
+    (d, s)
+    for d in datasets
+    for s in ("quantile", "equal")
+    if any(v.endswith("-valid") for v in by_variant(rows, d))
+  ]
   if not panels:
     return False
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
@@ -286,12 +371,19 @@ def sparse_plot(rows, datasets, png) -> bool:
         x = group_values(vs[v], scheme, g)
         means.append(x.mean() if len(x) else np.nan)
         stds.append(x.std(ddof=1) if len(x) > 1 else 0.0)
-      ax.bar(np.arange(4) + i * width, means, width, yerr=stds, capsize=2,
-             label=MODEL_NAMES.get(v.split("-")[0], v))
+      ax.bar(
+        np.arange(4) + i * width,
+        means,
+        width,
+        yerr=stds,
+        capsize=2,
+        label=MODEL_NAMES.get(v.split("-")[0], v),
+      )
     ax.set_xticks(np.arange(4) + 0.4 - width / 2)
     ax.set_xticklabels(["sparsest", "g1", "g2", "densest"])
-    ax.set_title(f"{d}: {'quartiles' if scheme == 'quantile' else 'equal-interaction groups'}",
-                 fontsize=9)
+    ax.set_title(
+      f"{d}: {'quartiles' if scheme == 'quantile' else 'equal-interaction groups'}", fontsize=9
+    )
     ax.set_ylabel("test Recall@20")
     ax.legend(fontsize=7)
   fig.tight_layout()
@@ -303,45 +395,76 @@ def sparse_plot(rows, datasets, png) -> bool:
 def efficiency_table(rows, datasets) -> List[str]:
   """Seconds per epoch and to the selected epoch, as the runs recorded them (machine-dependent:
   the GPU runs shared one H200 with up to 13 others, so a lone run is several times faster)."""
-  out = ["| dataset | model | selection | machine | s / epoch (median) | epochs run | train min "
-         "| setup s |", "|---|---|---|---|---|---|---|---|"]
+  out = [
+    "| dataset | model | selection | machine | s / epoch (median) | epochs run | train min "
+    "| setup s |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   groups: Dict[tuple, List[Dict]] = {}
   for r in rows:
     groups.setdefault((r["_dataset"], r["_variant"], r.get("machine", "?")), []).append(r)
-  for (d, v, m), rs in sorted(groups.items(), key=lambda kv: (datasets.index(kv[0][0])
-                                                               if kv[0][0] in datasets else 9,
-                                                               kv[0][1])):
+  for (d, v, m), rs in sorted(
+    groups.items(),
+    key=lambda kv: (datasets.index(kv[0][0]) if kv[0][0] in datasets else 9, kv[0][1]),
+  ):
     if not all(r.get("epoch_seconds_median") and r.get("train_seconds") for r in rs):
       continue
     med = np.median([r["epoch_seconds_median"] for r in rs])
-    short = re.sub(r"^1x NVIDIA (\S+) \(device tool\), (jax [\d.]+), up to (\d+) runs.*",
-                   r"\1, \2, ≤\3 runs sharing it", m)
-    out.append(f"| {d} | {MODEL_NAMES.get(v.split('-')[0], v)} | {v.split('-')[-1]} | {short} | "
-               f"{med:.2f} | {np.mean([r['epochs_run'] for r in rs]):.0f} | "
-               f"{np.mean([r['train_seconds'] for r in rs]) / 60:.1f} | "
-               f"{np.mean([r.get('setup_seconds') or 0 for r in rs]):.0f} |")
+    short = re.sub(
+      r"^1x NVIDIA (\S+) \(device tool\), (jax [\d.]+), up to (\d+) runs.*",
+      r"\1, \2, ≤\3 runs sharing it",
+      m,
+    )
+    out.append(
+      f"| {d} | {MODEL_NAMES.get(v.split('-')[0], v)} | {v.split('-')[-1]} | {short} | "
+      f"{med:.2f} | {np.mean([r['epochs_run'] for r in rs]):.0f} | "
+      f"{np.mean([r['train_seconds'] for r in rs]) / 60:.1f} | "
+      f"{np.mean([r.get('setup_seconds') or 0 for r in rs]):.0f} |"
+    )
   return out + [""]
 
 
 def section(results_dir: str = RESULTS, plots: bool = True) -> str:
   datasets = ("dbbook2014", "book-crossing")
   seeds = (2024, 1, 2)
-  out = [BEGIN, "", "Generated by `python experiments/render.py` from the files in "
-         "`experiments/results/<study>/` (one JSON per run: command, commit, machine, wall time). "
-         "Mean ± standard deviation over seeds; Welch's t-test across seeds (with 3 seeds a test "
-         "has little power: p > 0.05 does not show that two models are equal).", ""]
-  studies = [("main_table", "Main table", lambda r: main_table(r, datasets, "valid")
-              + main_table(r, datasets, "test")),
-             ("user_knowledge", "User-side knowledge", lambda r: knowledge_table(r, datasets)),
-             ("main_table", "Sparse users", lambda r: sparse_table(r, datasets)),
-             ("ablations", "Ablations", lambda r: ablation_table(r, datasets)),
-             ("main_table", "Efficiency", lambda r: ["Per run, mean over seeds, from the main "
-                                                     "table's result files (the CPU benchmarks of "
-                                                     "single steps are in the Speed section):",
-                                                     ""] + efficiency_table(r, datasets)),
-             ("schedules", "Mask-rate schedules", lambda r: schedule_table(r, datasets)),
-             ("kappa", "Number of interest clusters (kappa, SmolLM2 interests)",
-              lambda r: schedule_table(r, datasets, first="interest clusters"))]
+  out = [
+    BEGIN,
+    "",
+    "Generated by `python experiments/render.py` from the files in "
+    "`experiments/results/<study>/` (one JSON per run: command, commit, machine, wall time). "
+    "Mean ± standard deviation over seeds; Welch's t-test across seeds (with 3 seeds a test "
+    "has little power: p > 0.05 does not show that two models are equal).",
+    "",
+  ]
+  studies = [
+    (
+      "main_table",
+      "Main table",
+      lambda r: main_table(r, datasets, "valid") + main_table(r, datasets, "test"),
+    ),
+    ("user_knowledge", "User-side knowledge", lambda r: knowledge_table(r, datasets)),
+    ("main_table", "Sparse users", lambda r: sparse_table(r, datasets)),
+    ("ablations", "Ablations", lambda r: ablation_table(r, datasets)),
+    (
+      "main_table",
+      "Efficiency",
+      lambda r: (
+        [
+          "Per run, mean over seeds, from the main "
+          "table's result files (the CPU benchmarks of "
+          "single steps are in the Speed section):",
+          "",
+        ]
+        + efficiency_table(r, datasets)
+      ),
+    ),
+    ("schedules", "Mask-rate schedules", lambda r: schedule_table(r, datasets)),
+    (
+      "kappa",
+      "Number of interest clusters (kappa, SmolLM2 interests)",
+      lambda r: schedule_table(r, datasets, first="interest clusters"),
+    ),
+  ]
   for study, title, render_fn in studies:
     rows = load_study(study, results_dir)
     out += [f"### {title}", ""]
@@ -360,13 +483,21 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
       out += [provenance(rows).replace("{study}", study)] + ([m] if m else []) + [""]
   legacy = legacy_table(results_dir)
   if legacy:
-    out += ["### Earlier single-seed runs", "",
-            "From the `paper_tables.py` script of earlier sessions (since replaced by the study scripts) (files "
-            "`experiments/results/<dataset>__<variant>__<where>.json`; \"cpu\": this 2-core machine, "
-            "\"h200\": one H200 shared by 10–14 runs). Seeds 1 and 2 (`-s1`, `-s2`) of these used a "
-            "validation split that followed the training seed; the studies above fix it "
-            "(`config.split_seed`). Seed-2024 runs with validation selection use the same split as "
-            "the studies.", ""] + legacy + [""]
+    out += (
+      [
+        "### Earlier single-seed runs",
+        "",
+        "From the `paper_tables.py` script of earlier sessions (since replaced by the study scripts) (files "
+        '`experiments/results/<dataset>__<variant>__<where>.json`; "cpu": this 2-core machine, '
+        '"h200": one H200 shared by 10–14 runs). Seeds 1 and 2 (`-s1`, `-s2`) of these used a '
+        "validation split that followed the training seed; the studies above fix it "
+        "(`config.split_seed`). Seed-2024 runs with validation selection use the same split as "
+        "the studies.",
+        "",
+      ]
+      + legacy
+      + [""]
+    )
   out.append(END)
   return "\n".join(out)
 
@@ -395,8 +526,10 @@ def main(argv=None) -> int:
   updated = splice(readme, new)
   if args.check:
     if updated != readme:
-      print(f"{args.readme}: the results section is out of date; run python experiments/render.py",
-            file=sys.stderr)
+      print(
+        f"{args.readme}: the results section is out of date; run python experiments/render.py",
+        file=sys.stderr,
+      )
       return 1
     return 0
   with open(args.readme, "w") as f:

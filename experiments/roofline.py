@@ -33,10 +33,12 @@ def measure(r: int = 7) -> dict:
   out = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
   mm = {}
   # (m, k, n): square; InfoNCE forward (anchors x d @ d x candidates) and its two backward products
-  for name, (m, k, n) in {"square_2048": (2048, 2048, 2048),
-                          "nce_fwd_1024x64x9776": (1024, 64, 9776),
-                          "nce_bwd_dA_1024x9776x64": (1024, 9776, 64),
-                          "nce_bwd_dC_9776x1024x64": (9776, 1024, 64)}.items():
+  for name, (m, k, n) in {
+    "square_2048": (2048, 2048, 2048),
+    "nce_fwd_1024x64x9776": (1024, 64, 9776),
+    "nce_bwd_dA_1024x9776x64": (1024, 9776, 64),
+    "nce_bwd_dC_9776x1024x64": (9776, 1024, 64),
+  }.items():
     a = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
     b = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
     t = median_seconds(jax.jit(jnp.matmul), a, b, repeats=r)
@@ -52,8 +54,11 @@ def measure(r: int = 7) -> dict:
   bw["sum_64MiB"] = {"seconds": t, "gbps": 4 * n / t / 1e9}  # read only
   e = jnp.asarray(rng.standard_normal((16384, 1024)), jnp.float32)  # a (batch x candidates) block
   t = median_seconds(jax.jit(lambda v: jnp.sum(jnp.exp(v - 5.0), axis=1)), e, repeats=r)
-  bw["exp_rowsum_64MiB"] = {"seconds": t, "gbps": 4 * e.size / t / 1e9,
-                            "gelem_per_s": e.size / t / 1e9}
+  bw["exp_rowsum_64MiB"] = {
+    "seconds": t,
+    "gbps": 4 * e.size / t / 1e9,
+    "gelem_per_s": e.size / t / 1e9,
+  }
   out["bandwidth"] = bw
   out["peak_bandwidth_gbps"] = max(v["gbps"] for v in bw.values())
   shape = (16384, 64)

@@ -34,20 +34,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "experiments", "results")
 DATASETS = ("dbbook2014", "book-crossing")
 SEEDS = (2024, 1, 2)
-DATASET_CONFIG = {"dbbook2014": "configs/dbbook2014.py", "book-crossing": "configs/book_crossing.py",
-                  "ml1m": "configs/ml1m.py", "synthetic": "configs/tiny.py"}
-MODEL_CONFIG = {"lightgcn": "configs/lightgcn.py", "simgcl": "configs/simgcl.py",
-                "kgat": "configs/kgat.py"}
+DATASET_CONFIG = {
+  "dbbook2014": "configs/dbbook2014.py",
+  "book-crossing": "configs/book_crossing.py",
+  "ml1m": "configs/ml1m.py",
+  "synthetic": "configs/tiny.py",
+}
+MODEL_CONFIG = {
+  "lightgcn": "configs/lightgcn.py",
+  "simgcl": "configs/simgcl.py",
+  "kgat": "configs/kgat.py",
+}
 QUICK_FLAGS = ("--config.train.max_epochs=2", "--config.train.plot=False")
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One training run: a model's config for a dataset, overrides and a seed."""
+
   dataset: str
-  variant: str                 # e.g. "cikgrec-paper-valid", "simgcl-valid", "cikgrec-no_cl"
-  model: str                   # "cikgrec" or a key of MODEL_CONFIG
-  flags: Sequence[str] = ()    # --config.x=y overrides
+  variant: str  # e.g. "cikgrec-paper-valid", "simgcl-valid", "cikgrec-no_cl"
+  model: str  # "cikgrec" or a key of MODEL_CONFIG
+  flags: Sequence[str] = ()  # --config.x=y overrides
   seed: int = 2024
 
   @property
@@ -60,8 +68,16 @@ class Run:
     return f"{MODEL_CONFIG[self.model]}:{self.dataset}"
 
   def command(self, workdir: str, extra: Sequence[str] = ()) -> List[str]:
-    return [sys.executable, "-m", "cikg_jax.main", f"--config={self.config_arg()}",
-            f"--workdir={workdir}", *self.flags, f"--config.seed={self.seed}", *extra]
+    return [
+      sys.executable,
+      "-m",
+      "cikg_jax.main",
+      f"--config={self.config_arg()}",
+      f"--workdir={workdir}",
+      *self.flags,
+      f"--config.seed={self.seed}",
+      *extra,
+    ]
 
 
 def git_commit() -> str:
@@ -70,10 +86,15 @@ def git_commit() -> str:
   if os.environ.get("CIKG_COMMIT"):
     return os.environ["CIKG_COMMIT"]
   try:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+      ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no"],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+    ).stdout.strip()
     return head + ("+dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
     return os.environ.get("CIKG_COMMIT", "unknown")
@@ -108,10 +129,18 @@ class Job:
   t0: float
 
 
-def run_grid(study_runs: Sequence[Tuple[str, Run]], *, results_dir: str = RESULTS,
-            runs_dir: str = os.path.join(ROOT, "runs"), parallel: int = 1,
-            machine: str = "", extra: Sequence[str] = (), deadline: float = 0.0,
-            min_run_seconds: float = 30.0, log: Callable[[str], None] = print) -> Dict[str, int]:
+def run_grid(
+  study_runs: Sequence[Tuple[str, Run]],
+  *,
+  results_dir: str = RESULTS,
+  runs_dir: str = os.path.join(ROOT, "runs"),
+  parallel: int = 1,
+  machine: str = "",
+  extra: Sequence[str] = (),
+  deadline: float = 0.0,
+  min_run_seconds: float = 30.0,
+  log: Callable[[str], None] = print,
+) -> Dict[str, int]:
   """Trains every (study, run) without a result, in the given order, `parallel` at a time; a run
   listed by several studies is trained once and recorded in each. Returns counts by outcome.
 
@@ -124,7 +153,7 @@ def run_grid(study_runs: Sequence[Tuple[str, Run]], *, results_dir: str = RESULT
   commit = git_commit()
   counts = {"done": 0, "skipped": 0, "copied": 0, "failed": 0, "paused": 0, "not_started": 0}
   pending: List[Run] = []
-  wanted_by: Dict[str, List[str]] = {}   # run name -> the studies that list it
+  wanted_by: Dict[str, List[str]] = {}  # run name -> the studies that list it
   for study, r in study_runs:
     os.makedirs(os.path.join(results_dir, study), exist_ok=True)
     out = os.path.join(results_dir, study, f"{r.name}.json")
@@ -140,8 +169,10 @@ def run_grid(study_runs: Sequence[Tuple[str, Run]], *, results_dir: str = RESULT
       wanted_by[r.name] = [study]
       pending.append(r)
   study = label
-  log(f"[{study}] {len(study_runs)} runs: {counts['skipped']} done before, {counts['copied']} "
-      f"copied from other studies, {len(pending)} to train ({parallel} at a time)")
+  log(
+    f"[{study}] {len(study_runs)} runs: {counts['skipped']} done before, {counts['copied']} "
+    f"copied from other studies, {len(pending)} to train ({parallel} at a time)"
+  )
   running: List[Job] = []
 
   def finish(job: Job):
@@ -156,20 +187,30 @@ def run_grid(study_runs: Sequence[Tuple[str, Run]], *, results_dir: str = RESULT
       res = json.load(f)
     if "budget" in str(res.get("stop_reason", "")):
       counts["paused"] += 1
-      log(f"[{study}] paused {job.run.name} at epoch {res.get('epochs_run')} (budget); rerun to "
-          "continue")
+      log(
+        f"[{study}] paused {job.run.name} at epoch {res.get('epochs_run')} (budget); rerun to "
+        "continue"
+      )
       return
-    res.update(run=job.run.name, variant=job.run.variant, model=job.run.model,
-               seed=job.run.seed, machine=machine, commit=commit,
-               wall_seconds=time.time() - job.t0,
-               command=_portable(job.run.command(job.workdir), job.workdir))
+    res.update(
+      run=job.run.name,
+      variant=job.run.variant,
+      model=job.run.model,
+      seed=job.run.seed,
+      machine=machine,
+      commit=commit,
+      wall_seconds=time.time() - job.t0,
+      command=_portable(job.run.command(job.workdir), job.workdir),
+    )
     for s in wanted_by[job.run.name]:
       with open(os.path.join(results_dir, s, f"{job.run.name}.json"), "w") as f:
         json.dump(dict(res, study=s), f, indent=1)
     counts["done"] += 1
     t = res.get("test", {})
-    log(f"[{study}] done {job.run.name}: best epoch {res['best_epoch']}, test recall@20 "
-        f"{t.get('recall@20', float('nan')):.4f} ({time.time() - job.t0:.0f} s)")
+    log(
+      f"[{study}] done {job.run.name}: best epoch {res['best_epoch']}, test recall@20 "
+      f"{t.get('recall@20', float('nan')):.4f} ({time.time() - job.t0:.0f} s)"
+    )
 
   def reap():
     for job in list(running):
@@ -194,8 +235,11 @@ def run_grid(study_runs: Sequence[Tuple[str, Run]], *, results_dir: str = RESULT
     cmd = r.command(wd, list(extra) + budget)
     logf = open(os.path.join(wd, "log.txt"), "a")
     log(f"[{study}] start {r.name} ({i + 1}/{len(pending)})")
-    running.append(Job(r, wd, subprocess.Popen(cmd, cwd=ROOT, stdout=logf, stderr=logf, env=env), logf,
-                       time.time()))
+    running.append(
+      Job(
+        r, wd, subprocess.Popen(cmd, cwd=ROOT, stdout=logf, stderr=logf, env=env), logf, time.time()
+      )
+    )
   while running:
     time.sleep(0.5)
     reap()
@@ -211,8 +255,9 @@ def quick(runs: Sequence[Run]) -> List[Run]:
       continue
     seen.add(r.variant)
     flags = [f for f in r.flags if not f.startswith("--config.interest_file=")]
-    out.append(dataclasses.replace(r, dataset="synthetic", flags=tuple(flags) + QUICK_FLAGS,
-                                   seed=2024))
+    out.append(
+      dataclasses.replace(r, dataset="synthetic", flags=tuple(flags) + QUICK_FLAGS, seed=2024)
+    )
   return out
 
 
@@ -229,8 +274,11 @@ def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
   `runs(datasets, seeds)` and may make their inputs with `prepare(datasets, data_dir)`, called
   before training (not for --quick or --list)."""
   p = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else studies[0])
-  p.add_argument("--studies", default=",".join(studies),
-                 help="comma-separated study modules under experiments/, in priority order")
+  p.add_argument(
+    "--studies",
+    default=",".join(studies),
+    help="comma-separated study modules under experiments/, in priority order",
+  )
   p.add_argument("--datasets", default=",".join(DATASETS))
   p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
   p.add_argument("--quick", action="store_true", help="tiny synthetic data, 2 epochs, one seed")
@@ -240,13 +288,25 @@ def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
   p.add_argument("--machine", default="", help="where the numbers are measured (recorded)")
   p.add_argument("--results-dir", default="")
   p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs"))
-  p.add_argument("--deadline-seconds", type=float, default=0.0,
-                 help="wall-time budget of the whole invocation: runs get what is left")
-  p.add_argument("--min-run-seconds", type=float, default=30.0,
-                 help="start no run with less than this left before the deadline")
+  p.add_argument(
+    "--deadline-seconds",
+    type=float,
+    default=0.0,
+    help="wall-time budget of the whole invocation: runs get what is left",
+  )
+  p.add_argument(
+    "--min-run-seconds",
+    type=float,
+    default=30.0,
+    help="start no run with less than this left before the deadline",
+  )
   p.add_argument("--extra", default="", help="extra --config.x=y flags for every run")
-  p.add_argument("--order", choices=("seed", "study"), default="seed",
-                 help="seed: every run's first seed first; study: the studies in the given order")
+  p.add_argument(
+    "--order",
+    choices=("seed", "study"),
+    default="seed",
+    help="seed: every run's first seed first; study: the studies in the given order",
+  )
   args = p.parse_args(argv)
   names = args.studies.split(",")
   datasets = args.datasets.split(",")
@@ -272,6 +332,13 @@ def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
       if prepare is not None:
         prepare(datasets, data_dir)
   deadline = time.time() + args.deadline_seconds if args.deadline_seconds else 0.0
-  return run_grid(pairs, results_dir=results_dir, runs_dir=args.runs_dir,
-                  parallel=args.parallel, machine=args.machine, extra=args.extra.split(),
-                  deadline=deadline, min_run_seconds=args.min_run_seconds)
+  return run_grid(
+    pairs,
+    results_dir=results_dir,
+    runs_dir=args.runs_dir,
+    parallel=args.parallel,
+    machine=args.machine,
+    extra=args.extra.split(),
+    deadline=deadline,
+    min_run_seconds=args.min_run_seconds,
+  )

@@ -22,12 +22,22 @@ def runs(datasets, seeds):
     for d in datasets:
       out.append(Run(d, "cikgrec-paper-valid", "cikgrec", BASE, seed))
       for sched in ("lin", "const"):
-        out.append(Run(d, f"cikgrec-sched_{sched}", "cikgrec",
-                       BASE + (f"--config.uir.schedule={sched}",), seed))
+        out.append(
+          Run(
+            d, f"cikgrec-sched_{sched}", "cikgrec", BASE + (f"--config.uir.schedule={sched}",), seed
+          )
+        )
       for p0 in P0:
         for pmax in PMAX:
-          out.append(Run(d, f"cikgrec-exp_p0_{p0}_pmax_{pmax}", "cikgrec",
-                         BASE + (f"--config.uir.p0={p0}", f"--config.uir.pmax={pmax}"), seed))
+          out.append(
+            Run(
+              d,
+              f"cikgrec-exp_p0_{p0}_pmax_{pmax}",
+              "cikgrec",
+              BASE + (f"--config.uir.p0={p0}", f"--config.uir.pmax={pmax}"),
+              seed,
+            )
+          )
   return out
 
 

@@ -15,13 +15,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.runner import Run, main  # noqa: E402
 
 BASE = ("--config.views=paper", "--config.selection=valid")
-GENERATED = {"dbbook2014": {
-    "smollm2": "experiments/results/smollm2_leakfree_dbbook2014/interests.txt"}}
+GENERATED = {
+  "dbbook2014": {"smollm2": "experiments/results/smollm2_leakfree_dbbook2014/interests.txt"}
+}
 VARIANTS = {
-    "cikgrec-paper-valid": (),  # shipped GPT-3.5 interests: the main table's run
-    "cikgrec-no_interest": ("--config.model.use_interest_edges=False",),
-    "cikgrec-shuffled_interest": ("--config.interest_control=shuffled",),
-    "cikgrec-random_interest": ("--config.interest_control=random",),
+  "cikgrec-paper-valid": (),  # shipped GPT-3.5 interests: the main table's run
+  "cikgrec-no_interest": ("--config.model.use_interest_edges=False",),
+  "cikgrec-shuffled_interest": ("--config.interest_control=shuffled",),
+  "cikgrec-random_interest": ("--config.interest_control=random",),
 }
 
 
@@ -31,8 +32,15 @@ def runs(datasets, seeds):
     for d in datasets:
       out += [Run(d, v, "cikgrec", BASE + f, seed) for v, f in VARIANTS.items()]
       for name, path in GENERATED.get(d, {}).items():
-        out.append(Run(d, f"cikgrec-{name}_interest", "cikgrec",
-                       BASE + (f"--config.interest_file={path}",), seed))
+        out.append(
+          Run(
+            d,
+            f"cikgrec-{name}_interest",
+            "cikgrec",
+            BASE + (f"--config.interest_file={path}",),
+            seed,
+          )
+        )
   return out
 
 

@@ -26,8 +26,8 @@ import argparse
 import json
 import os
 import sys
+from typing import Dict, List, Optional
 import warnings
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -78,13 +78,24 @@ def _read_histories(path: str, item_of: Dict[str, int], report: Dict, key: str):
 
 def convert_kgat(src: str, out: str, item_ids: str = "org", user_order: str = "first") -> Dict:
   """Converts `src` into `out` (a dataset folder) and returns the report."""
-  report = {k: 0 for k in (
-      "train_interactions_with_unknown_items", "test_interactions_with_unknown_items",
-      "train_repeated_items", "test_repeated_items", "train_duplicate_user_lines_merged",
-      "test_duplicate_user_lines_merged", "test_items_also_in_train",
+  report = {
+    k: 0
+    for k in (
+      "train_interactions_with_unknown_items",
+      "test_interactions_with_unknown_items",
+      "train_repeated_items",
+      "test_repeated_items",
+      "train_duplicate_user_lines_merged",
+      "test_duplicate_user_lines_merged",
+      "test_items_also_in_train",
       "users_without_training_items",
-      "test_items_of_dropped_users", "kg_triples_with_unknown_entities", "kg_duplicate_triples",
-      "interest_pairs_of_unknown_users", "items_not_matching_entity_list")}
+      "test_items_of_dropped_users",
+      "kg_triples_with_unknown_entities",
+      "kg_duplicate_triples",
+      "interest_pairs_of_unknown_users",
+      "items_not_matching_entity_list",
+    )
+  }
   p = lambda name: os.path.join(src, name)
   items = files.read_id_list(p("item_list.txt"), dense=False)
   # Item i is the i-th item in source entity-id (remap_id) order and becomes entity i; the other
@@ -95,15 +106,22 @@ def convert_kgat(src: str, out: str, item_ids: str = "org", user_order: str = "f
     item_of = {}
     for i, org in enumerate(items.org_ids):
       if org in item_of:
-        files._fail(items.path, items.line_of[i], f"org_id {org!r} listed twice: raw item ids "
-                    "cannot be mapped (--item_ids=remap if train.txt holds remap ids)")
+        files._fail(
+          items.path,
+          items.line_of[i],
+          f"org_id {org!r} listed twice: raw item ids "
+          "cannot be mapped (--item_ids=remap if train.txt holds remap ids)",
+        )
       item_of[org] = i
   else:
     item_of = {str(r): i for r, i in new_item_of_entity.items()}
 
   train, first_seen = _read_histories(p("train.txt"), item_of, report, "train")
-  test, _ = _read_histories(p("test.txt"), item_of, report, "test") if os.path.exists(
-      p("test.txt")) else ({}, [])
+  test, _ = (
+    _read_histories(p("test.txt"), item_of, report, "test")
+    if os.path.exists(p("test.txt"))
+    else ({}, [])
+  )
   users = [u for u in (first_seen if user_order == "first" else sorted(train)) if train[u]]
   report["users_without_training_items"] = len(train) - len(users)
   user_of = {u: k for k, u in enumerate(users)}
@@ -120,8 +138,11 @@ def convert_kgat(src: str, out: str, item_ids: str = "org", user_order: str = "f
       new_test[user_of[u]] = kept
 
   # Entities: items keep their new ids; the other entities follow in source id order.
-  entities = files.read_id_list(p("entity_list.txt"), dense=False) if os.path.exists(
-      p("entity_list.txt")) else None
+  entities = (
+    files.read_id_list(p("entity_list.txt"), dense=False)
+    if os.path.exists(p("entity_list.txt"))
+    else None
+  )
   ent_remaps = entities.remap_ids if entities is not None else []
   if entities is not None:
     ent_index = {r: k for k, r in enumerate(ent_remaps)}
@@ -135,8 +156,10 @@ def convert_kgat(src: str, out: str, item_ids: str = "org", user_order: str = "f
     ok = np.array([h in known and t in known for h, _, t in kg.tolist()], dtype=bool)
     report["kg_triples_with_unknown_entities"] = int((~ok).sum())
     kg = kg[ok]
-  others = sorted((set(ent_remaps) | (set(kg[:, [0, 2]].ravel().tolist()) if kg is not None
-                                      else set())) - set(new_item_of_entity))
+  others = sorted(
+    (set(ent_remaps) | (set(kg[:, [0, 2]].ravel().tolist()) if kg is not None else set()))
+    - set(new_item_of_entity)
+  )
   entity_of = dict(new_item_of_entity)
   entity_of.update({e: n_items + k for k, e in enumerate(others)})
   n_entities = len(entity_of)
@@ -148,8 +171,10 @@ def convert_kgat(src: str, out: str, item_ids: str = "org", user_order: str = "f
   with open(o("user_list.txt"), "w") as f:
     f.write("org_id remap_id\n")
     f.writelines(f"{u} {k}\n" for k, u in enumerate(users))
-  item_lines = [" ".join([org, str(i)] + ([name] if name else [])) + "\n"
-                for i, (org, name) in enumerate(zip(items.org_ids, items.names))]
+  item_lines = [
+    " ".join([org, str(i)] + ([name] if name else [])) + "\n"
+    for i, (org, name) in enumerate(zip(items.org_ids, items.names))
+  ]
   with open(o("item_list.txt"), "w") as f:
     f.write("org_id remap_id item_name\n")
     f.writelines(item_lines)
@@ -194,15 +219,24 @@ def convert_kgat(src: str, out: str, item_ids: str = "org", user_order: str = "f
     ids = sorted({v for _, v in pairs})
     interest_of = {v: n_entities + k for k, v in enumerate(ids)}
     if pairs:
-      files.write_rows(o("user_interest_clustered.txt"),
-                       np.array([(u, interest_of[v]) for u, v in pairs]))
+      files.write_rows(
+        o("user_interest_clustered.txt"), np.array([(u, interest_of[v]) for u, v in pairs])
+      )
     n_interests = len(ids)
 
-  report.update(source=os.path.abspath(src), item_ids=item_ids, user_order=user_order,
-                users=len(users), items=n_items, entities=n_entities, relations=n_relations,
-                interests=n_interests, train_interactions=sum(map(len, new_train.values())),
-                test_interactions=sum(map(len, new_test.values())),
-                kg_triples=int(len(kg) - report["kg_duplicate_triples"]) if kg is not None else 0)
+  report.update(
+    source=os.path.abspath(src),
+    item_ids=item_ids,
+    user_order=user_order,
+    users=len(users),
+    items=n_items,
+    entities=n_entities,
+    relations=n_relations,
+    interests=n_interests,
+    train_interactions=sum(map(len, new_train.values())),
+    test_interactions=sum(map(len, new_test.values())),
+    kg_triples=int(len(kg) - report["kg_duplicate_triples"]) if kg is not None else 0,
+  )
   with open(o(REPORT), "w") as f:
     json.dump(report, f, indent=1, sort_keys=True)
     f.write("\n")
@@ -213,40 +247,65 @@ def _read_source_kg(path: str) -> np.ndarray:
   rows = []
   for line_no, tokens in _text(path):
     if len(tokens) != 3:
-      files._fail(path, line_no,
-                  f"expected 3 integers 'head relation tail', got {len(tokens)} tokens")
+      files._fail(
+        path, line_no, f"expected 3 integers 'head relation tail', got {len(tokens)} tokens"
+      )
     rows.append([_int(path, line_no, t, w) for t, w in zip(tokens, ("head", "relation", "tail"))])
   return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   ap.add_argument("--format", choices=["kgat"], default="kgat")
   ap.add_argument("--src", required=True, help="source dataset folder")
   ap.add_argument("--out", required=True, help="new dataset folder: <data_dir>/<name>")
-  ap.add_argument("--item_ids", choices=["org", "remap"], default="org",
-                  help="what train.txt/test.txt item ids are: item_list.txt org ids or remap ids")
-  ap.add_argument("--user_order", choices=["first", "sorted"], default="first",
-                  help="new user ids by first appearance in train.txt or by sorted source id")
+  ap.add_argument(
+    "--item_ids",
+    choices=["org", "remap"],
+    default="org",
+    help="what train.txt/test.txt item ids are: item_list.txt org ids or remap ids",
+  )
+  ap.add_argument(
+    "--user_order",
+    choices=["first", "sorted"],
+    default="first",
+    help="new user ids by first appearance in train.txt or by sorted source id",
+  )
   ap.add_argument("--force", action="store_true", help="overwrite an existing dataset in --out")
   a = ap.parse_args(argv)
   if os.path.exists(os.path.join(a.out, "train.txt")) and not a.force:
     sys.exit(f"{a.out} already holds a dataset; pass --force to overwrite it")
   report = convert_kgat(a.src, a.out, a.item_ids, a.user_order)
   print(json.dumps(report, indent=1, sort_keys=True))
-  dropped = {k: v for k, v in report.items() if isinstance(v, int) and v and (
-      "unknown" in k or "repeated" in k or "also" in k or "without" in k or "dropped" in k
-      or "duplicate" in k or "not_matching" in k)}
+  dropped = {
+    k: v
+    for k, v in report.items()
+    if isinstance(v, int)
+    and v
+    and (
+      "unknown" in k
+      or "repeated" in k
+      or "also" in k
+      or "without" in k
+      or "dropped" in k
+      or "duplicate" in k
+      or "not_matching" in k
+    )
+  }
   print(f"dropped/merged: {dropped or 'nothing'} (report: {os.path.join(a.out, REPORT)})")
   out = os.path.abspath(a.out)
   from cikg_jax.data import dataset as dataset_lib
+
   with warnings.catch_warnings():
     warnings.simplefilter("default")
     dataset_lib.load_dataset(os.path.dirname(out), os.path.basename(out), selection="test")
   name = os.path.basename(out)
-  print(f"train with: python -m cikg_jax.main --config=configs/base.py:{name} "
-        f"--config.data_dir={os.path.dirname(out)} --workdir=runs/{name}")
+  print(
+    f"train with: python -m cikg_jax.main --config=configs/base.py:{name} "
+    f"--config.data_dir={os.path.dirname(out)} --workdir=runs/{name}"
+  )
   return report
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import warnings
 from typing import Dict, List, Optional
+import warnings
 
 import numpy as np
 
@@ -24,13 +24,13 @@ class Dataset:
   path: str
   n_users: int
   n_items: int
-  n_entities: int          # KG entities including items (ids 0..n_entities-1)
-  n_relations: int         # KG relations (0 when there is no KG)
-  n_interests: int         # interest rows: the whole id range above the entities (docs/method.md §1, §6)
-  train: np.ndarray        # (n, 2) [user, item], grouped by user, file order within a user
-  valid: np.ndarray        # (n, 2); empty under selection="test"
-  test: np.ndarray         # (n, 2)
-  kg: np.ndarray           # (n, 3) [head, relation, tail] entity ids; (0, 3) without a KG
+  n_entities: int  # KG entities including items (ids 0..n_entities-1)
+  n_relations: int  # KG relations (0 when there is no KG)
+  n_interests: int  # interest rows: the whole id range above the entities (docs/method.md §1, §6)
+  train: np.ndarray  # (n, 2) [user, item], grouped by user, file order within a user
+  valid: np.ndarray  # (n, 2); empty under selection="test"
+  test: np.ndarray  # (n, 2)
+  kg: np.ndarray  # (n, 3) [head, relation, tail] entity ids; (0, 3) without a KG
   user_interest: np.ndarray  # (n, 2) [user, interest id (unshifted, >= n_entities)]
   selection: str = "valid"
 
@@ -58,14 +58,14 @@ class Dataset:
   def describe(self) -> str:
     per_user = np.bincount(self.train[:, 0], minlength=self.n_users)
     lines = [
-        f"dataset {self.name} ({self.path}), selection={self.selection}",
-        f"  users {self.n_users:,}  items {self.n_items:,}  entities {self.n_entities:,}  "
-        f"relations {self.n_relations}  interest rows {self.n_interests} "
-        f"({len(self.connected_interest_ids())} with edges)  nodes {self.n_nodes:,}",
-        f"  train {len(self.train):,}  valid {len(self.valid):,}  test {len(self.test):,}  "
-        f"train items/user median {int(np.median(per_user))}",
-        f"  KG triples {len(self.kg):,}  user-interest edges {len(self.user_interest):,}  "
-        f"users with interests {len(np.unique(self.user_interest[:, 0])):,}",
+      f"dataset {self.name} ({self.path}), selection={self.selection}",
+      f"  users {self.n_users:,}  items {self.n_items:,}  entities {self.n_entities:,}  "
+      f"relations {self.n_relations}  interest rows {self.n_interests} "
+      f"({len(self.connected_interest_ids())} with edges)  nodes {self.n_nodes:,}",
+      f"  train {len(self.train):,}  valid {len(self.valid):,}  test {len(self.test):,}  "
+      f"train items/user median {int(np.median(per_user))}",
+      f"  KG triples {len(self.kg):,}  user-interest edges {len(self.user_interest):,}  "
+      f"users with interests {len(np.unique(self.user_interest[:, 0])):,}",
     ]
     return "\n".join(lines)
 
@@ -73,9 +73,11 @@ class Dataset:
 def resolve_data_dir(data_dir: Optional[str]) -> str:
   d = data_dir or os.environ.get(DATA_DIR_ENV)
   if not d:
-    raise ValueError(f"no data directory: set config.data_dir or the {DATA_DIR_ENV} environment "
-                     "variable (e.g. ../shared/data), or fetch one with "
-                     "`python -m cikg_jax.data.download`")
+    raise ValueError(
+      f"no data directory: set config.data_dir or the {DATA_DIR_ENV} environment "
+      "variable (e.g. ../shared/data), or fetch one with "
+      "`python -m cikg_jax.data.download`"
+    )
   return d
 
 
@@ -96,14 +98,17 @@ def split_validation(train: Dict[int, List[int]], fraction: float, seed: int):
     want = len(items) * fraction
     n_valid = int(np.floor(want)) + int(rng.random() < want - np.floor(want))
     n_valid = min(n_valid, len(items) - 1)
-    held = set(rng.choice(len(items), size=n_valid, replace=False).tolist()) if n_valid > 0 else set()
+    held = (
+      set(rng.choice(len(items), size=n_valid, replace=False).tolist()) if n_valid > 0 else set()
+    )
     fit[u] = [it for k, it in enumerate(items) if k not in held]
     valid[u] = [it for k, it in enumerate(items) if k in held]
   return fit, valid
 
 
-def model_fitting_split(train: Dict[int, List[int]], selection: str, valid_fraction: float,
-                        split_seed: int):
+def model_fitting_split(
+  train: Dict[int, List[int]], selection: str, valid_fraction: float, split_seed: int
+):
   """(fit, valid) histories of a protocol: the one function the trainer and the LLM prompt builder
   (inference/generate.py) share, so prompts never see the items model selection is done on."""
   if selection == "valid":
@@ -111,17 +116,24 @@ def model_fitting_split(train: Dict[int, List[int]], selection: str, valid_fract
   return train, {}
 
 
-def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
-                 valid_fraction: float = 0.125, seed: int = 2024,
-                 interest_file: Optional[str] = None) -> Dataset:
+def load_dataset(
+  data_dir: Optional[str],
+  name: str,
+  selection: str = "valid",
+  valid_fraction: float = 0.125,
+  seed: int = 2024,
+  interest_file: Optional[str] = None,
+) -> Dataset:
   """Reads and validates one dataset directory and builds the split of the chosen protocol."""
   if selection not in ("valid", "test"):
     raise ValueError(f"selection must be 'valid' or 'test', got {selection!r}")
   root = os.path.join(resolve_data_dir(data_dir), name)
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"{root}: dataset directory not found (datasets: dbbook2014, "
-                            "book-crossing, ml1m; fetch with `python -m cikg_jax.data.download`; "
-                            "your own: README 'Bring your own dataset')")
+    raise FileNotFoundError(
+      f"{root}: dataset directory not found (datasets: dbbook2014, "
+      "book-crossing, ml1m; fetch with `python -m cikg_jax.data.download`; "
+      "your own: README 'Bring your own dataset')"
+    )
   train_path, test_path = os.path.join(root, "train.txt"), os.path.join(root, "test.txt")
 
   item_list = files.read_id_list_if_present(os.path.join(root, "item_list.txt"))
@@ -135,9 +147,13 @@ def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
   n_users = max(train) + 1
   missing = sorted(set(range(n_users)) - set(train))
   if missing:
-    files._fail(train_path, None, f"user {missing[0]} has no training items (no line); users "
-                "must be numbered 0..n-1 and each needs at least one training item (data from "
-                "elsewhere: `python -m cikg_jax.data.convert`, README 'Bring your own dataset')")
+    files._fail(
+      train_path,
+      None,
+      f"user {missing[0]} has no training items (no line); users "
+      "must be numbered 0..n-1 and each needs at least one training item (data from "
+      "elsewhere: `python -m cikg_jax.data.convert`, README 'Bring your own dataset')",
+    )
   all_items = [i for v in train.values() for i in v] + [i for v in test.values() for i in v]
   n_items = n_listed_items if n_listed_items is not None else max(all_items) + 1
 
@@ -146,12 +162,14 @@ def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
   if os.path.exists(kg_path):
     kg = files.read_triples(kg_path, n_entities=n_listed_entities)
   else:
-    warnings.warn(f"{kg_path} not found: training without item-side knowledge (no KG edges, no "
-                  "TransE). Fetch it with `python -m cikg_jax.data.download` where a network is "
-                  "available.", stacklevel=2)
+    warnings.warn(
+      f"{kg_path} not found: training without item-side knowledge (no KG edges, no "
+      "TransE). Fetch it with `python -m cikg_jax.data.download` where a network is "
+      "available.",
+      stacklevel=2,
+    )
     kg = np.zeros((0, 3), dtype=np.int64)
-  n_entities = max(n_items, n_listed_entities or 0,
-                   int(kg[:, [0, 2]].max()) + 1 if len(kg) else 0)
+  n_entities = max(n_items, n_listed_entities or 0, int(kg[:, [0, 2]].max()) + 1 if len(kg) else 0)
   n_relations = int(kg[:, 1].max()) + 1 if len(kg) else 0
 
   ui_path = interest_file or os.path.join(root, "user_interest_clustered.txt")
@@ -166,10 +184,21 @@ def load_dataset(data_dir: Optional[str], name: str, selection: str = "valid",
     n_interests = 0
 
   fit, valid = model_fitting_split(train, selection, valid_fraction, seed)
-  ds = Dataset(name=name, path=root, n_users=n_users, n_items=n_items, n_entities=n_entities,
-               n_relations=n_relations, n_interests=n_interests, train=_pairs(fit),
-               valid=_pairs(valid), test=_pairs(test), kg=kg, user_interest=user_interest,
-               selection=selection)
+  ds = Dataset(
+    name=name,
+    path=root,
+    n_users=n_users,
+    n_items=n_items,
+    n_entities=n_entities,
+    n_relations=n_relations,
+    n_interests=n_interests,
+    train=_pairs(fit),
+    valid=_pairs(valid),
+    test=_pairs(test),
+    kg=kg,
+    user_interest=user_interest,
+    selection=selection,
+  )
   log.info("%s", ds.describe())
   return ds
 
@@ -186,15 +215,27 @@ def load_from_config(config) -> Dataset:
   data_dir = config.get("data_dir")
   if config.dataset == "synthetic":
     from cikg_jax.data import synthetic
+
     data_dir = synthetic.ensure(config.get("synthetic_dir") or None, **dict(config.synthetic))
-  ds = load_dataset(data_dir, config.dataset, selection=config.selection,
-                    valid_fraction=config.valid_fraction, seed=split_seed_of(config),
-                    interest_file=config.get("interest_file") or None)
+  ds = load_dataset(
+    data_dir,
+    config.dataset,
+    selection=config.selection,
+    valid_fraction=config.valid_fraction,
+    seed=split_seed_of(config),
+    interest_file=config.get("interest_file") or None,
+  )
   control = config.get("interest_control") or ""
   if control:
     from cikg_jax.data import interest_controls
+
     edges = interest_controls.apply(ds.user_interest, ds.n_users, control, config.seed)
     ds = dataclasses.replace(ds, user_interest=edges)
-    log.info("interest control %r (seed %d): %s user-interest edges on %d nodes", control,
-             config.seed, f"{len(edges):,}", len(np.unique(edges[:, 1])) if len(edges) else 0)
+    log.info(
+      "interest control %r (seed %d): %s user-interest edges on %d nodes",
+      control,
+      config.seed,
+      f"{len(edges):,}",
+      len(np.unique(edges[:, 1])) if len(edges) else 0,
+    )
   return ds

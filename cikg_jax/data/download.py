@@ -12,9 +12,9 @@ import hashlib
 import os
 import sys
 import tempfile
+from typing import Dict, List
 import urllib.error
 import urllib.request
-from typing import Dict, List
 
 COMMIT = "4cd310f605e8857883a508170e6753dcb05c4e98"
 BASE_URL = f"https://raw.githubusercontent.com/laowangzi/CIKGRec/{COMMIT}/data"
@@ -58,8 +58,13 @@ def _verify(rel: str, data: bytes) -> None:
     raise DownloadError(f"{rel}: no pinned checksum")
 
 
-def fetch(dataset: str, out_dir: str, base_url: str = BASE_URL, timeout: float = 60.0,
-          skip_missing: bool = False) -> List[str]:
+def fetch(
+  dataset: str,
+  out_dir: str,
+  base_url: str = BASE_URL,
+  timeout: float = 60.0,
+  skip_missing: bool = False,
+) -> List[str]:
   """Downloads each file of `dataset` into out_dir/dataset, verified, atomically (a file only
   appears once its checksum matched). Files already present and valid are kept."""
   if dataset not in DATASETS:
@@ -84,8 +89,10 @@ def fetch(dataset: str, out_dir: str, base_url: str = BASE_URL, timeout: float =
     except (urllib.error.URLError, OSError) as e:
       if skip_missing and isinstance(e, urllib.error.HTTPError) and e.code == 404:
         continue
-      raise DownloadError(f"could not fetch {url}: {e}. Are you offline? The datasets can also "
-                          "be copied by hand into the data directory.") from e
+      raise DownloadError(
+        f"could not fetch {url}: {e}. Are you offline? The datasets can also "
+        "be copied by hand into the data directory."
+      ) from e
     _verify(rel, data)
     fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
     with os.fdopen(fd, "wb") as f:

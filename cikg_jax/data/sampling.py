@@ -41,8 +41,9 @@ def epoch_rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
   return np.random.default_rng([seed, epoch, stream])
 
 
-def bpr_epoch(train_pairs: np.ndarray, sampler: NegativeSampler, batch_size: int,
-              rng: np.random.Generator) -> Dict[str, np.ndarray]:
+def bpr_epoch(
+  train_pairs: np.ndarray, sampler: NegativeSampler, batch_size: int, rng: np.random.Generator
+) -> Dict[str, np.ndarray]:
   """Every training interaction once, shuffled, with one negative each; shaped
   (n_batches, batch_size), the last batch padded and flagged by `mask` (static shapes)."""
   order = rng.permutation(len(train_pairs))
@@ -60,8 +61,12 @@ def bpr_epoch(train_pairs: np.ndarray, sampler: NegativeSampler, batch_size: int
 
   mask = np.zeros(total, np.float32)
   mask[:n] = 1.0
-  return {"users": pad(users), "pos": pad(pos), "neg": pad(neg),
-          "mask": mask.reshape(n_batches, batch_size)}
+  return {
+    "users": pad(users),
+    "pos": pad(pos),
+    "neg": pad(neg),
+    "mask": mask.reshape(n_batches, batch_size),
+  }
 
 
 def kge_relation_count(ds, views: str) -> int:
@@ -89,15 +94,25 @@ def kge_triples(ds, views: str = "paper"):
   return np.concatenate([kg, inverse, ui, iu]).astype(np.int64), 2 * len(kg)
 
 
-def kge_epoch(triples: np.ndarray, n_steps: int, batch_size: int, tail_low: int, tail_high: int,
-              rng: np.random.Generator) -> Dict[str, np.ndarray]:
+def kge_epoch(
+  triples: np.ndarray,
+  n_steps: int,
+  batch_size: int,
+  tail_low: int,
+  tail_high: int,
+  rng: np.random.Generator,
+) -> Dict[str, np.ndarray]:
   """n_steps batches of triples drawn at random, each with a uniform negative tail row in
   [tail_low, tail_high)."""
   idx = rng.integers(len(triples), size=(n_steps, batch_size))
   t = triples[idx]
   neg = rng.integers(tail_low, tail_high, size=(n_steps, batch_size))
-  return {"head": t[..., 0].astype(np.int32), "relation": t[..., 1].astype(np.int32),
-          "tail": t[..., 2].astype(np.int32), "neg_tail": neg.astype(np.int32)}
+  return {
+    "head": t[..., 0].astype(np.int32),
+    "relation": t[..., 1].astype(np.int32),
+    "tail": t[..., 2].astype(np.int32),
+    "neg_tail": neg.astype(np.int32),
+  }
 
 
 def num_batches(n_pairs: int, batch_size: int) -> int:
@@ -115,9 +130,11 @@ class KGESampler:
     self.triples, n_for_steps = kge_triples(ds, views)
     self.batch_size = batch_size
     self.steps = max(1, (n_for_steps or len(self.triples)) // batch_size)
-    self.tail_range = ((ds.item_offset, ds.item_offset + ds.n_entities) if views == "paper"
-                       else (0, ds.n_entities))
+    self.tail_range = (
+      (ds.item_offset, ds.item_offset + ds.n_entities) if views == "paper" else (0, ds.n_entities)
+    )
 
   def epoch(self, seed: int, epoch: int) -> Dict[str, np.ndarray]:
-    return kge_epoch(self.triples, self.steps, self.batch_size, *self.tail_range,
-                     epoch_rng(seed, epoch, 1))
+    return kge_epoch(
+      self.triples, self.steps, self.batch_size, *self.tail_range, epoch_rng(seed, epoch, 1)
+    )

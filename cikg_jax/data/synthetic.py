@@ -15,9 +15,16 @@ import numpy as np
 from cikg_jax.data import files
 
 
-def generate(out_dir: str, n_users: int = 300, n_items: int = 200, n_topics: int = 8,
-             n_extra_entities: int = 60, items_per_user: int = 14, n_interests: int = 24,
-             seed: int = 0) -> str:
+def generate(
+  out_dir: str,
+  n_users: int = 300,
+  n_items: int = 200,
+  n_topics: int = 8,
+  n_extra_entities: int = 60,
+  items_per_user: int = 14,
+  n_interests: int = 24,
+  seed: int = 0,
+) -> str:
   rng = np.random.default_rng(seed)
   root = os.path.join(out_dir, "synthetic")
   os.makedirs(root, exist_ok=True)
@@ -73,8 +80,11 @@ FORMAT = 2
 def ensure(directory: str | None = None, **params) -> str:
   """Generates the dataset once per parameter set and returns its data_dir."""
   key = hashlib.sha1(json.dumps(dict(params, format=FORMAT), sort_keys=True).encode()).hexdigest()
-  base = directory or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                                   "cikg_jax", f"synthetic-{key[:10]}")
+  base = directory or os.path.join(
+    os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+    "cikg_jax",
+    f"synthetic-{key[:10]}",
+  )
   marker = os.path.join(base, "synthetic", f".format-{FORMAT}")
   if not os.path.exists(marker):
     os.makedirs(base, exist_ok=True)

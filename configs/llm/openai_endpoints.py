@@ -8,12 +8,13 @@ Keys are never written here: an endpoint names the environment variable that hol
 {"base_url": ..., "api_key_env": "MY_KEY"} (default OPENAI_API_KEY; unset = "EMPTY", for local servers).
 A literal "api_key" is refused.
 """
+
 from configs.llm import qwen2_5_7b
 
 
 def get_config():
-    c = qwen2_5_7b.get_config()
-    c.name = "openai_endpoints"
-    c.backend = "openai"
-    c.endpoints = ({"base_url": "http://127.0.0.1:8000/v1", "concurrency": 32},)
-    return c
+  c = qwen2_5_7b.get_config()
+  c.name = "openai_endpoints"
+  c.backend = "openai"
+  c.endpoints = ({"base_url": "http://127.0.0.1:8000/v1", "concurrency": 32},)
+  return c

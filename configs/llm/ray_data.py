@@ -10,16 +10,17 @@ Slurm) with --config.ray.address=auto; '' starts a local one on this machine.
 The sampling, prompt and model are those of qwen2_5_7b.py, so the answers (and the run-directory
 fingerprint) are the same as with the other backends.
 """
+
 from configs.llm import qwen2_5_7b
 
 
 def get_config():
-    c = qwen2_5_7b.get_config()
-    c.name = "ray_data"
-    c.backend = "ray_data"
-    c.ray.processor = "vllm_engine"
-    c.ray.address = "auto"             # a running cluster; '' = start a local one
-    c.ray.concurrency = 1              # replicas: the number of GPUs / tensor_parallel_size
-    c.ray.batch_size = 64
-    c.ray.cpu_stage_num_cpus = 1.0
-    return c
+  c = qwen2_5_7b.get_config()
+  c.name = "ray_data"
+  c.backend = "ray_data"
+  c.ray.processor = "vllm_engine"
+  c.ray.address = "auto"  # a running cluster; '' = start a local one
+  c.ray.concurrency = 1  # replicas: the number of GPUs / tensor_parallel_size
+  c.ray.batch_size = 64
+  c.ray.cpu_stage_num_cpus = 1.0
+  return c

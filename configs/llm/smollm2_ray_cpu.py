@@ -7,17 +7,20 @@ from that interpreter).
   # Ray's HTTP processor against a vLLM server this run launches (project venv is enough):
   python -m inference.generate --config=configs/llm/smollm2_ray_cpu.py --config.ray.processor=http
 """
+
 from configs.llm import smollm2_cpu
 
 
 def get_config():
-    c = smollm2_cpu.get_config()
-    c.name = "smollm2_ray_cpu"
-    c.backend = "ray_data"
-    c.ray.processor = "vllm_engine"
-    c.ray.num_cpus = 2                 # logical CPUs of the local cluster
-    c.ray.concurrency = 1              # one engine replica (one per GPU on a GPU cluster)
-    c.ray.cpus_per_replica = 1
-    c.ray.batch_size = 16
-    c.ray.cpu_stage_num_cpus = 0.1     # chat template / tokenize / detokenize / HTTP stages are light here
-    return c
+  c = smollm2_cpu.get_config()
+  c.name = "smollm2_ray_cpu"
+  c.backend = "ray_data"
+  c.ray.processor = "vllm_engine"
+  c.ray.num_cpus = 2  # logical CPUs of the local cluster
+  c.ray.concurrency = 1  # one engine replica (one per GPU on a GPU cluster)
+  c.ray.cpus_per_replica = 1
+  c.ray.batch_size = 16
+  c.ray.cpu_stage_num_cpus = (
+    0.1  # chat template / tokenize / detokenize / HTTP stages are light here
+  )
+  return c
