@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import optax
 
-from cikg_jax import parallel, train
+from cikg_jax import parallel, steps, train
 from configs import tiny
 
 
@@ -17,41 +17,47 @@ def main(tmp):
   c = tiny.get_config()
   c.synthetic_dir = f"{tmp}/data"
   c.train.plot = False
-  ds, c, graphs = train.setup(c, verbose=False)
-  tx, kge_tx = train.make_optimizers(c)
-  state = train.create_train_state(jax.random.PRNGKey(0), ds, c, tx, kge_tx)
+  ds, c, net, graphs = steps.setup(c)
+  tx, kge_tx = steps.make_optimizers(c)
+  state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, c.kge.use)
+  rates = np.full(3, 0.4, np.float32)  # the mask rate of every epoch
   rng = np.random.default_rng(0)
   batch = {"users": rng.integers(ds.n_users, size=256).astype(np.int32),
            "pos": rng.integers(ds.n_items, size=256).astype(np.int32),
            "neg": rng.integers(ds.n_items, size=256).astype(np.int32),
-           "mask": (np.arange(256) < 200).astype(np.float32),  # a padded last batch
-           "mask_rate": np.float32(0.4)}
+           "mask": (np.arange(256) < 200).astype(np.float32)}  # a padded last batch
   key = jax.random.PRNGKey(3)
   out = {}
   # SGD makes the parameter change the gradient itself; Adam's first step (g / (|g| + eps))
   # magnifies float-order noise in near-zero gradients, so it gets a relative bound.
   for name, opt in (("sgd", optax.sgd(1.0)), ("adam", tx)):
-    s0 = train.create_train_state(jax.random.PRNGKey(0), ds, c, opt, kge_tx)
-    single, m1 = jax.jit(train.make_train_step(c, opt))(s0, batch, key, graphs)
-    p_step, p_kge = parallel.make_steps(c, opt, kge_tx)
+    s0 = steps.create_train_state(jax.random.PRNGKey(0), net, opt, kge_tx, c.kge.use)
+    single, m1 = jax.jit(steps.make_train_step(net, opt, rates, 1))(s0, batch, key, graphs)
+    p_step, p_kge = parallel.make_steps(net, opt, kge_tx, rates, 1, c.kge.use)
     multi, m4 = p_step(parallel.replicate(s0, 4), parallel.shard_batch(batch, 4), key, graphs)
     multi = parallel.unreplicate(multi)
     out[name] = {
         "max_param_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                               for a, b in zip(jax.tree_util.tree_leaves(single.params),
                                               jax.tree_util.tree_leaves(multi.params))),
-        "max_param_change": float(np.max(np.abs(np.asarray(single.params["embedding"])
-                                                - np.asarray(s0.params["embedding"]))))}
+        "max_param_change": float(np.max(np.abs(
+            np.asarray(single.params["node_embedding"]["embedding"])
+            - np.asarray(s0.params["node_embedding"]["embedding"]))))}
   out["metrics_single"] = {k: float(v) for k, v in m1.items()}
   out["metrics_multi"] = {k: float(np.asarray(v)[0]) for k, v in m4.items()}
   kb = {"head": rng.integers(ds.n_nodes, size=256).astype(np.int32),
         "relation": rng.integers(ds.n_relations + 1, size=256).astype(np.int32),  # paper views
         "tail": rng.integers(ds.n_nodes, size=256).astype(np.int32),
         "neg_tail": rng.integers(ds.n_nodes, size=256).astype(np.int32)}
-  k1, _ = jax.jit(train.make_kge_step(c, kge_tx))(state, kb)
-  k4, _ = p_kge(parallel.replicate(state, 4), parallel.shard_batch(kb, 4, with_count=False))
-  out["kge_max_param_diff"] = float(np.max(np.abs(
-      np.asarray(k1.params["embedding"]) - np.asarray(parallel.unreplicate(k4).params["embedding"]))))
+  k1, _ = jax.jit(steps.make_kge_step(net, kge_tx))(state, kb)
+  k4, _ = p_kge(parallel.replicate(state, 4), parallel.shard_batch(kb, 4))
+  k4 = parallel.unreplicate(k4)
+  out["kge_max_param_change"] = float(np.max(np.abs(
+      np.asarray(k1.params["node_embedding"]["embedding"])
+      - np.asarray(state.params["node_embedding"]["embedding"]))))
+  out["kge_max_param_diff"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                                  for a, b in zip(jax.tree_util.tree_leaves(k1.params),
+                                                  jax.tree_util.tree_leaves(k4.params)))
   runs = {}
   for n in (1, 4):
     c.train.num_devices = n

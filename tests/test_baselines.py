@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cikg_jax import baselines, model, train
+from cikg_jax import baselines, steps, train
 from cikg_jax.data import dataset as dataset_lib
 from configs import kgat as kgat_config
 from configs import simgcl as simgcl_config
 from tests.test_data import _write
+from tests.test_model import assert_init_params_match_flax
 
 
 @pytest.fixture()
@@ -24,7 +25,7 @@ def toy(tmp_path):
   _write(root, "test.txt", "0 2\n1 0\n2 1\n3 0\n")
   _write(root, "kg_final.txt", "0 0 4\n1 0 4\n2 1 5\n3 1 5\n4 1 6\n4 0 6\n")
   _write(root, "user_interest_clustered.txt", "0 7\n2 8\n")  # rows both baselines ignore
-  return dataset_lib.load_dataset(str(tmp_path), "toy", selection="test", verbose=False)
+  return dataset_lib.load_dataset(str(tmp_path), "toy", selection="test")
 
 
 def _norm(x):
@@ -58,18 +59,20 @@ def _simgcl_config():
 def test_simgcl_loss_against_numpy(toy):
   ds, c = toy, _simgcl_config()
   g = baselines.simgcl_make_graphs(None, ds, c)
-  params = model.init_params(jax.random.PRNGKey(0), ds.n_nodes, 3, c)
+  net = steps.create_model(c, ds)
+  assert type(net) is baselines.SimGCL
+  params = net.init_params(jax.random.PRNGKey(0))
   # duplicate users and items, and two padding rows (which must not enter the unique sets)
   batch = {"users": np.array([0, 2, 2, 3, 1, 0, 0], np.int32),
            "pos": np.array([1, 3, 0, 1, 2, 3, 3], np.int32),
            "neg": np.array([2, 1, 1, 0, 3, 0, 0], np.int32),
            "mask": np.array([1, 1, 1, 1, 1, 0, 0], np.float32)}
   key = jax.random.PRNGKey(5)
-  loss, m = model.total_loss(params, g, batch, key, c)
+  loss, m = net.apply({"params": params}, g, batch, key, method="loss")
 
   nu, n = ds.n_users, ds.n_users + ds.n_items
   a_hat = _user_item_operator(ds)
-  ego = np.asarray(params["embedding"], np.float64)[:n]
+  ego = np.asarray(params["node_embedding"]["embedding"], np.float64)[:n]
 
   def encoder(noise_key=None):  # mean of layers 1..L, layer 0 excluded
     e, layers = ego, []
@@ -102,7 +105,7 @@ def test_simgcl_loss_against_numpy(toy):
   assert float(m["cl_user"]) == pytest.approx(cl_user, rel=1e-4)
   assert float(m["cl_item"]) == pytest.approx(cl_item, rel=1e-4)
   assert float(loss) == pytest.approx(bpr + reg + 0.5 * (cl_user + cl_item), rel=1e-4)
-  users, items = model.final_embeddings(params, g, c)
+  users, items = net.apply({"params": params}, g)
   np.testing.assert_allclose(np.asarray(users), out[:nu], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(items), out[nu:], rtol=1e-5, atol=1e-6)
 
@@ -133,9 +136,15 @@ def _ckg_triples(ds):
   return sorted(edges)
 
 
+def _layers(params):
+  return [params[f"aggregators_{i}"] for i in range(sum(k.startswith("aggregators_")
+                                                         for k in params))]
+
+
 def _numpy_attention(params, triples):
-  emb = np.asarray(params["embedding"], np.float64)
-  w, rel = np.asarray(params["w_r"], np.float64), np.asarray(params["relation"], np.float64)
+  emb = np.asarray(params["node_embedding"]["embedding"], np.float64)
+  w = np.asarray(params["w_r"], np.float64)
+  rel = np.asarray(params["relation_embedding"]["embedding"], np.float64)
   score = {(h, r, t): (emb[t] @ w[r]) @ np.tanh(emb[h] @ w[r] + rel[r]) for h, r, t in triples}
   att = {}
   for h in {e[0] for e in triples}:
@@ -150,10 +159,10 @@ def _numpy_kgat(params, triples, n, c):
   lap = np.zeros((n, n))
   for (h, _, t), p in att.items():
     lap[h, t] += p
-  ego = np.asarray(params["embedding"], np.float64)[:n]
+  ego = np.asarray(params["node_embedding"]["embedding"], np.float64)[:n]
   outs = [ego]
   leaky = lambda x: np.where(x > 0, x, c.kgat.negative_slope * x)
-  for layer in params["layers"]:
+  for layer in _layers(params):
     side = lap @ ego
     dense = lambda name, x: x @ np.asarray(layer[name]["kernel"]) + np.asarray(layer[name]["bias"])
     ego = leaky(dense("sum", ego + side)) + leaky(dense("bi", ego * side))
@@ -163,7 +172,7 @@ def _numpy_kgat(params, triples, n, c):
 
 def _nonzero_biases(params):
   key = jax.random.PRNGKey(9)
-  for i, layer in enumerate(params["layers"]):
+  for i, layer in enumerate(_layers(params)):
     for name in ("sum", "bi"):
       b = layer[name]["bias"]
       layer[name]["bias"] = 0.1 * jax.random.normal(jax.random.fold_in(key, 2 * i + len(name)),
@@ -175,20 +184,25 @@ def test_kgat_attention_and_propagation_against_numpy(toy):
   ds, c = toy, _kgat_config()
   g = baselines.kgat_make_graphs(None, ds, c)
   n_rel = ds.n_relations + 1
-  params = _nonzero_biases(model.init_params(jax.random.PRNGKey(1), ds.n_nodes, n_rel, c))
+  net = steps.create_model(c, ds)
+  assert type(net) is baselines.KGAT
+  params = _nonzero_biases(net.init_params(jax.random.PRNGKey(1)))
   triples = _ckg_triples(ds)
-  assert params["relation"].shape == (2 * n_rel, 4) and params["w_r"].shape == (2 * n_rel, 6, 4)
-  got = np.asarray(baselines.kgat_attention(params, g))
+  assert params["relation_embedding"]["embedding"].shape == (2 * n_rel, 4)
+  assert params["w_r"].shape == (2 * n_rel, 6, 4) and len(_layers(params)) == 2
+  variables = {"params": params}
+  got = np.asarray(net.apply(variables, g, method="attention"))
   edges = list(zip(np.asarray(g.op.graph.receivers), np.asarray(g.relation),
                    np.asarray(g.op.graph.senders)))
   assert sorted(tuple(e) for e in np.array(edges).tolist()) == triples
   n = ds.n_users + ds.n_entities
   ref, att = _numpy_kgat(params, triples, n, c)
   np.testing.assert_allclose(got, [att[tuple(e)] for e in np.array(edges).tolist()], rtol=1e-5)
-  out = np.asarray(baselines.kgat_propagate(params, g, c))
+  out = np.asarray(net.apply(variables, g, method="propagate"))
   assert out.shape == (n, 6 + 5 + 3)
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-6)
-  users, items = model.final_embeddings(params, g, c)
+  users, items = net.apply(variables, g)
+  np.testing.assert_allclose(np.asarray(users), ref[:ds.n_users], rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(np.asarray(items), ref[ds.n_users:ds.n_users + ds.n_items],
                              rtol=1e-4, atol=1e-6)
 
@@ -198,12 +212,14 @@ def test_kgat_losses_against_numpy(toy):
   c.kgat.mess_dropout = 0.0  # the loss without dropout equals the evaluation propagation
   g = baselines.kgat_make_graphs(None, ds, c)
   n_rel = ds.n_relations + 1
-  params = _nonzero_biases(model.init_params(jax.random.PRNGKey(2), ds.n_nodes, n_rel, c))
+  net = steps.create_model(c, ds)
+  params = _nonzero_biases(net.init_params(jax.random.PRNGKey(2)))
   batch = {"users": np.array([0, 1, 2, 3, 0], np.int32),
            "pos": np.array([1, 2, 3, 1, 0], np.int32),
            "neg": np.array([2, 3, 1, 0, 0], np.int32),
            "mask": np.array([1, 1, 1, 1, 0], np.float32)}
-  loss, m = model.total_loss(params, g, batch, jax.random.PRNGKey(0), c)
+  loss_fn = lambda p: net.apply({"params": p}, g, batch, jax.random.PRNGKey(0), method="loss")
+  loss, m = loss_fn(params)
   out, _ = _numpy_kgat(params, _ckg_triples(ds), ds.n_users + ds.n_entities, c)
   u, i, j = out[[0, 1, 2, 3]], out[ds.n_users + np.array([1, 2, 3, 1])], out[ds.n_users + np.array(
       [2, 3, 1, 0])]
@@ -213,14 +229,17 @@ def test_kgat_losses_against_numpy(toy):
   assert float(m["reg"]) == pytest.approx(reg, rel=1e-4)
   assert float(loss) == pytest.approx(bpr + reg, rel=1e-4)
   # BPR does not train the attention (KGAT's code: A is a constant of the CF step)
-  grads = jax.grad(lambda p: model.total_loss(p, g, batch, jax.random.PRNGKey(0), c)[0])(params)
-  assert not np.any(np.asarray(grads["w_r"])) and not np.any(np.asarray(grads["relation"]))
+  grads = jax.grad(lambda p: loss_fn(p)[0])(params)
+  assert not np.any(np.asarray(grads["w_r"]))
+  assert not np.any(np.asarray(grads["relation_embedding"]["embedding"]))
+  assert np.any(np.asarray(grads["node_embedding"]["embedding"]))
   # TransR on a hand batch: ||h W_r + e_r - t W_r||^2 against a negative tail,
   kb = {"head": np.array([4, 0, 6]), "relation": np.array([0, 2, 1]), "tail": np.array([8, 5, 9]),
         "neg_tail": np.array([10, 7, 4])}
   # and on each triple's inverse (t, r + R + 1, h) against the same corrupted tail
-  emb = np.asarray(params["embedding"], np.float64)
-  w_all, rel_all = np.asarray(params["w_r"], np.float64), np.asarray(params["relation"])
+  emb = np.asarray(params["node_embedding"]["embedding"], np.float64)
+  w_all = np.asarray(params["w_r"], np.float64)
+  rel_all = np.asarray(params["relation_embedding"]["embedding"], np.float64)
   rows = []
   for h_, r_, t_, n_ in zip(kb["head"], kb["relation"], kb["tail"], kb["neg_tail"]):
     rows += [(h_, r_, t_, n_), (t_, r_ + n_rel, h_, n_)]
@@ -230,14 +249,54 @@ def test_kgat_losses_against_numpy(toy):
   pos, neg = ((h + r - t) ** 2).sum(1), ((h + r - tn) ** 2).sum(1)
   l2m = lambda x: np.mean((x ** 2).sum(1) / 2)
   ref = np.mean(-_log_sigmoid(neg - pos)) + 1e-2 * (l2m(h) + l2m(r) + l2m(t) + l2m(tn))
-  assert float(model.kge_loss(params, kb, c)) == pytest.approx(ref, rel=1e-5)
+  got = net.apply({"params": params}, {k: v.astype(np.int32) for k, v in kb.items()},
+                  method="kge_loss")
+  assert float(got) == pytest.approx(ref, rel=1e-5)
 
 
 def test_unknown_model_name_is_refused():
   c = simgcl_config.get_config("synthetic")
   c.model.name = "ngcf"
-  with pytest.raises(ValueError, match="unknown config.model.name"):
-    baselines.get(c)
+  with pytest.raises(ValueError, match="unknown config.model.name 'ngcf'"):
+    steps.model_name(c)
+  with pytest.raises(ValueError, match="unknown config.model.name 'ngcf'"):
+    steps.create_model(c, None)
+  for name in ("cikgrec", "lightgcn", "simgcl", "kgat"):
+    c.model.name = name
+    assert steps.model_name(c) == name
+
+
+# ---- init_params against Flax's declaration -------------------------------------------------
+def test_simgcl_init_params_match_flax_init(toy):
+  ds, c = toy, _simgcl_config()
+  net = steps.create_model(c, ds)
+  g = baselines.simgcl_make_graphs(None, ds, c)
+  key = jax.random.PRNGKey(0)
+  params = assert_init_params_match_flax(net, key, g)
+  assert set(params) == {"node_embedding"}
+  assert params["node_embedding"]["embedding"].shape == (ds.n_nodes, 6)
+  batch = {"users": np.array([0, 1], np.int32), "pos": np.array([1, 2], np.int32),
+           "neg": np.array([2, 3], np.int32), "mask": np.ones(2, np.float32)}
+  assert_init_params_match_flax(net, key, g, batch, key, method="loss")
+
+
+def test_kgat_init_params_match_flax_init(toy):
+  """KGAT's __call__ (attention + bi-interaction layers) touches every parameter."""
+  ds, c = toy, _kgat_config()
+  net = steps.create_model(c, ds)
+  g = baselines.kgat_make_graphs(None, ds, c)
+  key = jax.random.PRNGKey(0)
+  params = assert_init_params_match_flax(net, key, g)
+  n_rel = 2 * (ds.n_relations + 1)
+  assert set(params) == {"node_embedding", "relation_embedding", "w_r", "aggregators_0",
+                         "aggregators_1"}
+  assert params["w_r"].shape == (n_rel, 6, 4)
+  assert params["aggregators_0"]["sum"]["kernel"].shape == (6, 5)
+  assert params["aggregators_1"]["bi"]["kernel"].shape == (5, 3)
+  kb = {"head": np.array([4, 0], np.int32), "relation": np.array([0, 2], np.int32),
+        "tail": np.array([8, 5], np.int32), "neg_tail": np.array([10, 7], np.int32)}
+  assert_init_params_match_flax(
+      net, key, g, kb, method=lambda m, g, kb: (m(g), m.kge_loss(kb)))
 
 
 # ---- through the driver --------------------------------------------------------------------

@@ -2,7 +2,10 @@
 entities) and configs for any dataset name."""
 
 import json
+import logging
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +13,7 @@ from cikg_jax.data import convert, files
 from cikg_jax.data import dataset as dataset_lib
 
 FIX = os.path.join(os.path.dirname(__file__), "data_fixtures", "kgat_onebased")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ids(path):
@@ -17,10 +21,11 @@ def _ids(path):
   return {org: i for i, org in enumerate(lst.org_ids)}
 
 
-def test_convert_kgat_remaps_users_items_entities_and_loads(tmp_path, capsys):
+def test_convert_kgat_remaps_users_items_entities_and_loads(tmp_path, capsys, caplog):
+  caplog.set_level(logging.INFO, logger="cikg_jax")
   out = tmp_path / "mydata"
   report = convert.main(["--format=kgat", f"--src={FIX}", f"--out={out}"])
-  ds = dataset_lib.load_dataset(str(tmp_path), "mydata", selection="test", verbose=False)
+  ds = dataset_lib.load_dataset(str(tmp_path), "mydata", selection="test")
   assert (ds.n_users, ds.n_items, ds.n_entities, ds.n_relations, ds.n_interests) == (3, 4, 8, 2, 2)
   users, items = _ids(out / "user_list.txt"), _ids(out / "item_list.txt")
   entities, relations = _ids(out / "entity_list.txt"), _ids(out / "relation_list.txt")
@@ -47,9 +52,25 @@ def test_convert_kgat_remaps_users_items_entities_and_loads(tmp_path, capsys):
       "kg_duplicate_triples": 1, "interest_pairs_of_unknown_users": 1,
       "items_not_matching_entity_list": 0}
   printed = capsys.readouterr().out
-  assert "users_without_training_items': 1" in printed and "users 3  items 4" in printed
+  assert "users_without_training_items': 1" in printed
+  # the converted dataset loads: its summary is logged (the loaders log instead of printing)
+  assert "users 3  items 4" in caplog.text
   with pytest.raises(SystemExit, match="--force"):
     convert.main(["--format=kgat", f"--src={FIX}", f"--out={out}"])
+
+
+@pytest.mark.xfail(strict=True, reason="cikg_jax/data/convert.py configures no logging since the "
+                   "loaders log instead of printing: the CLI no longer shows the loaded dataset's "
+                   "summary")
+def test_convert_cli_shows_the_loaded_datasets_summary(tmp_path):
+  p = subprocess.run([sys.executable, "-m", "cikg_jax.data.convert", "--format=kgat",
+                      f"--src={FIX}", f"--out={tmp_path / 'mydata'}"], capture_output=True,
+                     text=True, cwd=ROOT, timeout=120,
+                     env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
+                              os.environ.get("PYTHONPATH", "")))
+  assert p.returncode == 0, p.stderr
+  assert "train with: python -m cikg_jax.main" in p.stdout
+  assert "users 3  items 4" in p.stdout + p.stderr
 
 
 def test_convert_sorted_user_order(tmp_path):
@@ -70,7 +91,7 @@ def test_convert_sorted_user_order(tmp_path):
 def test_the_source_itself_is_refused_by_the_loader():
   with pytest.raises(files.DataFormatError,
                      match=r"item_list.txt:4: remap_id 4 out of range.*0 is missing"):
-    dataset_lib.load_dataset(os.path.dirname(FIX), os.path.basename(FIX), verbose=False)
+    dataset_lib.load_dataset(os.path.dirname(FIX), os.path.basename(FIX))
 
 
 @pytest.mark.parametrize("module", ["lightgcn", "base"])

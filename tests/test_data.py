@@ -26,7 +26,7 @@ def toy_dir(tmp_path):
 
 
 def test_loads_toy(toy_dir):
-  ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
   assert (ds.n_users, ds.n_items, ds.n_entities, ds.n_relations) == (3, 5, 7, 2)
   assert ds.n_interests == 2 and ds.n_nodes == 3 + 7 + 2
   assert len(ds.train) == 7 and len(ds.test) == 4 and len(ds.valid) == 0
@@ -34,10 +34,10 @@ def test_loads_toy(toy_dir):
 
 def test_env_var_data_dir(toy_dir, monkeypatch):
   monkeypatch.setenv("CIKG_DATA_DIR", str(toy_dir))
-  assert dataset_lib.load_dataset(None, "toy", selection="test", verbose=False).n_users == 3
+  assert dataset_lib.load_dataset(None, "toy", selection="test").n_users == 3
   monkeypatch.delenv("CIKG_DATA_DIR")
   with pytest.raises(ValueError, match="CIKG_DATA_DIR"):
-    dataset_lib.load_dataset(None, "toy", verbose=False)
+    dataset_lib.load_dataset(None, "toy")
 
 
 @pytest.mark.parametrize("name,text,message", [
@@ -61,38 +61,38 @@ def test_malformed_input_names_file_line_and_problem(toy_dir, name, text, messag
   if name == "train.txt":
     _write(toy_dir / "toy", "test.txt", "0 3\n")
   with pytest.raises(files.DataFormatError, match=message):
-    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
 
 
 def test_item_out_of_range_with_item_list(toy_dir):
   _write(toy_dir / "toy", "item_list.txt", "org_id remap_id name\n" +
          "".join(f"{i} {i} Book {i}\n" for i in range(4)))
   with pytest.raises(files.DataFormatError, match=r"train.txt:3: item id 4 out of range"):
-    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
 
 
 def test_missing_file_and_missing_kg(toy_dir):
   os.remove(toy_dir / "toy" / "kg_final.txt")
   with pytest.warns(UserWarning, match="kg_final.txt not found: training without item-side"):
-    ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+    ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
   assert not ds.has_kg and ds.n_relations == 0
   os.remove(toy_dir / "toy" / "test.txt")
   with pytest.raises(files.DataFormatError, match="test.txt: file not found"):
-    dataset_lib.load_dataset(str(toy_dir), "toy", verbose=False)
+    dataset_lib.load_dataset(str(toy_dir), "toy")
 
 
 def test_duplicate_interest_lines_warn(toy_dir):
   _write(toy_dir / "toy", "user_interest_clustered.txt", "0 7\n0 7\n")
   with pytest.warns(UserWarning, match="1 duplicate lines ignored"):
-    ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+    ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
   assert len(ds.user_interest) == 1
 
 
 def test_validation_split_is_seeded_disjoint_and_one_eighth(data_dir):
-  a = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=1, verbose=False)
-  b = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=1, verbose=False)
-  c = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=2, verbose=False)
-  full = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="test", verbose=False)
+  a = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=1)
+  b = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=1)
+  c = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=2)
+  full = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="test")
   assert np.array_equal(a.valid, b.valid) and not np.array_equal(a.valid, c.valid)
   assert len(a.train) + len(a.valid) == len(full.train) == 50745
   key = lambda p: set(map(tuple, p.tolist()))
@@ -105,7 +105,7 @@ def test_validation_split_is_seeded_disjoint_and_one_eighth(data_dir):
 def test_paper_dataset_statistics(data_dir):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    ds = dataset_lib.load_dataset(data_dir, "book-crossing", selection="test", verbose=False)
+    ds = dataset_lib.load_dataset(data_dir, "book-crossing", selection="test")
   assert (ds.n_users, ds.n_items, ds.n_entities) == (6616, 8853, 9526)
   assert (len(ds.train), len(ds.test), len(ds.kg)) == (85989, 24673, 1137)
   assert ds.interest_offset + ds.n_interests == ds.n_users + 9776  # ids up to 9775 covered
@@ -140,12 +140,12 @@ def test_bpr_epoch_visits_every_interaction_once():
 
 def test_synthetic_dataset_round_trips_through_the_loader(tmp_path):
   d = synthetic.ensure(str(tmp_path), n_users=40, n_items=30)
-  ds = dataset_lib.load_dataset(d, "synthetic", verbose=False)
+  ds = dataset_lib.load_dataset(d, "synthetic")
   assert ds.n_users == 40 and ds.n_items == 30 and ds.has_kg and ds.n_interests > 0
 
 
 def test_kge_triples_paper_and_release(toy_dir):
-  ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  ds = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
   n_u, r = ds.n_users, ds.n_relations
   paper, n_steps_base = sampling.kge_triples(ds, "paper")
   assert n_steps_base is None and len(paper) == len(ds.kg) + len(ds.train)
@@ -172,11 +172,11 @@ def test_utf8_bom_and_crlf_are_accepted(toy_dir, name):
          "".join(f"i{i} {i} Book {i}\n" for i in range(5)))
   _write(root, "entity_list.txt", "org_id remap_id\n" +
          "".join(f"{'i' if e < 5 else 'e'}{e} {e}\n" for e in range(7)))
-  before = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  before = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
   path = root / name
   data = path.read_bytes().replace(b"\n", b"\r\n")
   path.write_bytes(b"\xef\xbb\xbf" + data)
-  after = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  after = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
   for field in ("train", "test", "kg", "user_interest"):
     assert np.array_equal(getattr(before, field), getattr(after, field)), field
   assert (after.n_items, after.n_entities, after.n_interests) == (5, 7, 2)
@@ -186,7 +186,7 @@ def _with_lists(toy_dir, items, entities=None):
   _write(toy_dir / "toy", "item_list.txt", items)
   if entities is not None:
     _write(toy_dir / "toy", "entity_list.txt", entities)
-  return lambda: dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+  return lambda: dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
 
 
 ITEMS = "org_id remap_id item_name\n" + "".join(f"i{i} {i} Book {i}\n" for i in range(5))
@@ -239,11 +239,10 @@ def test_stray_interest_id_is_refused_with_its_line(toy_dir):
   with pytest.raises(files.DataFormatError, match=r"user_interest_clustered.txt:4: interest id "
                      r"5000000 would size the interest table to 4,999,994 rows of which only 3 are "
                      r"used; the other ids lie in 7..8"):
-    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test", verbose=False)
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
   # a small gap (book-crossing leaves 5 ids unused) is fine
   _write(toy_dir / "toy", "user_interest_clustered.txt", "0 7\n1 40\n2 8\n")
-  assert dataset_lib.load_dataset(str(toy_dir), "toy", selection="test",
-                                  verbose=False).n_interests == 34
+  assert dataset_lib.load_dataset(str(toy_dir), "toy", selection="test").n_interests == 34
 
 
 SHIPPED = {  # users items entities relations interest-rows train test kg user-interest
@@ -257,7 +256,7 @@ SHIPPED = {  # users items entities relations interest-rows train test kg user-i
 def test_shipped_datasets_sizes_unchanged(data_dir, name):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    ds = dataset_lib.load_dataset(data_dir, name, selection="test", verbose=False)
+    ds = dataset_lib.load_dataset(data_dir, name, selection="test")
   assert (ds.n_users, ds.n_items, ds.n_entities, ds.n_relations, ds.n_interests, len(ds.train),
           len(ds.test), len(ds.kg), len(ds.user_interest)) == SHIPPED[name]
   items = files.read_id_list(os.path.join(data_dir, name, "item_list.txt"))

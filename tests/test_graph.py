@@ -14,7 +14,7 @@ def toy(tmp_path):
   _write(root, "test.txt", "0 2\n1 0\n")
   _write(root, "kg_final.txt", "0 0 3\n3 1 0\n1 0 4\n4 0 4\n")  # a duplicate pair + a KG self loop
   _write(root, "user_interest_clustered.txt", "0 5\n1 5\n1 6\n")
-  return dataset_lib.load_dataset(str(tmp_path), "toy", selection="test", verbose=False)
+  return dataset_lib.load_dataset(str(tmp_path), "toy", selection="test")
 
 
 def _edges(g):
@@ -24,7 +24,7 @@ def _edges(g):
 def test_toy_cikg_and_views(toy):
   ds = toy
   assert ds.n_nodes == 2 + 5 + 2
-  gs = graph_lib.build_graphs(ds, views="paper", verbose=False)
+  gs = graph_lib.build_graphs(ds, views="paper")
   # node rows: users 0,1; items 2,3,4; entities 5,6; interests 7,8
   ui = {(0, 2), (0, 3), (1, 3), (1, 4)}
   kg = {(2, 5), (3, 6), (6, 6)}
@@ -39,7 +39,7 @@ def test_toy_cikg_and_views(toy):
   assert _edges(gs["cf"]) == both(ui)
   assert _edges(gs["interest"]) == both(uint | ui)
   assert _edges(gs["kg"]) == both(kg | ui)
-  rel = graph_lib.build_graphs(ds, views="release", verbose=False)
+  rel = graph_lib.build_graphs(ds, views="release")
   cf_loops = {(n, n) for n in range(5)}  # users + items
   assert rel["cf"] is rel["cikg_no_loops"]  # the release's aliased CIKG edge list, no loops
   assert _edges(rel["interest"]) == both(uint) | cf_loops
@@ -47,7 +47,7 @@ def test_toy_cikg_and_views(toy):
   # receiver-sorted, with shared pair ids for both directions
   r = np.asarray(gs["cikg"].receivers)
   assert np.all(np.diff(r) >= 0)
-  no_kg = graph_lib.build_graphs(ds, use_kg_edges=False, use_interest_edges=False, verbose=False)
+  no_kg = graph_lib.build_graphs(ds, use_kg_edges=False, use_interest_edges=False)
   assert _edges(no_kg["cikg_no_loops"]) == both(ui)
 
 
@@ -55,8 +55,8 @@ def test_dbbook_release_edge_counts(data_dir):
   import warnings
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    ds = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="test", verbose=False)
-  gs = graph_lib.build_graphs(ds, views="release", verbose=False)
+    ds = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="test")
+  gs = graph_lib.build_graphs(ds, views="release")
   assert int(gs["cikg_no_loops"].n_edge[0]) == 354_205  # the release's unique directed edges
   assert int(gs["cikg"].n_edge[0]) == 354_205 + ds.n_nodes
   assert int(gs["interest"].n_edge[0]) == 2 * 6961 + ds.n_users + ds.n_items
@@ -64,15 +64,16 @@ def test_dbbook_release_edge_counts(data_dir):
 
 def test_release_masks_the_interest_id_range(data_dir):
   import warnings
-  from cikg_jax import model
+
+  from cikg_jax import steps
   from configs import book_crossing
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    ds = dataset_lib.load_dataset(data_dir, "book-crossing", selection="test", verbose=False)
+    ds = dataset_lib.load_dataset(data_dir, "book-crossing", selection="test")
   c = book_crossing.get_config()
   c.cl.weight = 0.0
-  gs = graph_lib.build_graphs(ds, views="release", verbose=False)
+  gs = graph_lib.build_graphs(ds, views="release")
   c.views = "release"
-  assert model.make_graphs(gs, ds, c).interest_rows.shape[0] == 245  # ids 9531..9775 (§7.5)
+  assert steps.make_graphs(gs, ds, c).interest_rows.shape[0] == 245  # ids 9531..9775 (§7.5)
   c.views = "paper"
-  assert model.make_graphs(gs, ds, c).interest_rows.shape[0] == 244  # ids with edges
+  assert steps.make_graphs(gs, ds, c).interest_rows.shape[0] == 244  # ids with edges

@@ -1,4 +1,5 @@
-"""CIKGRec terms against independent dense numpy computations on a hand-sized CIKG."""
+"""CIKGRec terms against independent dense numpy computations on a hand-sized CIKG, and the
+explicit-key parameter initializer against Flax's own declaration of the parameters."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from cikg_jax import graph as graph_lib
-from cikg_jax import model, train
+from cikg_jax import model, steps
 from cikg_jax.data import dataset as dataset_lib
 from configs import tiny
 from tests.test_data import _write
@@ -20,16 +21,20 @@ def setup(tmp_path):
   _write(root, "test.txt", "0 2\n1 0\n2 0\n")
   _write(root, "kg_final.txt", "0 0 4\n1 0 4\n2 1 5\n3 1 5\n")
   _write(root, "user_interest_clustered.txt", "0 6\n1 6\n1 7\n2 8\n")
-  ds = dataset_lib.load_dataset(str(tmp_path), "toy", selection="test", verbose=False)
+  ds = dataset_lib.load_dataset(str(tmp_path), "toy", selection="test")
   c = tiny.get_config()
   c.model.embed_dim = 8
   c.model.num_layers = 2
   c.uir.enc_layers, c.uir.dec_layers, c.uir.gamma = 2, 1, 2.0
-  gs = graph_lib.build_graphs(ds, views="paper", verbose=False)
-  graphs = model.make_graphs(gs, ds, c)
-  params = model.init_params(jax.random.PRNGKey(0), ds.n_nodes, ds.n_relations + 1, c)
+  gs = graph_lib.build_graphs(ds, views="paper")
+  graphs = steps.make_graphs(gs, ds, c)
+  params = steps.create_model(c, ds).init_params(jax.random.PRNGKey(0))
   params["mask_token"] = jnp.full((1, 8), 0.3)
   return ds, c, gs, graphs, params
+
+
+def _ego(params):
+  return np.asarray(params["node_embedding"]["embedding"], np.float64)
 
 
 def _dense(g, n, weights=None):
@@ -65,14 +70,16 @@ def test_uir_loss_against_numpy(setup, edge_drop):
   c.uir.edge_drop = edge_drop
   c.uir.replace_rate = 0.5
   key, rate = jax.random.PRNGKey(7), jnp.float32(0.67)
-  got, n_masked = model.uir_loss(params, graphs, key, rate, c)
+  net = steps.create_model(c, ds)  # the module's fields now carry edge_drop and replace_rate
+  assert (net.reconstruction.edge_drop, net.reconstruction.replace_rate) == (edge_drop, 0.5)
+  got, n_masked = net.apply({"params": params}, graphs, key, rate, method="uir_loss")
   # The random draws, exactly as uir_loss makes them; the rest is recomputed densely.
   rows = np.asarray(graphs.interest_rows)
   k_choose, k_noise, k_drop = jax.random.split(key, 3)
   chosen, token, noise = map(np.asarray, model.choose_masked_rows(k_choose, len(rows), rate, 0.5))
   donors = rows[np.asarray(jax.random.randint(k_noise, rows.shape, 0, len(rows)))]
   assert int(n_masked) == 2 and noise.sum() == 1  # floor(0.67 * 3) rows
-  ego = np.asarray(params["embedding"], np.float64)
+  ego = _ego(params)
   x = ego.copy()
   x[rows[token]] = 0.3
   x[rows[noise]] = ego[donors[noise]]
@@ -99,9 +106,11 @@ def test_cl_loss_against_numpy(setup):
   c.cl.eps = 0.0  # noise checked separately below
   batch = {"users": np.array([0, 2, 1, 0], np.int32), "pos": np.array([1, 3, 2, 0], np.int32),
            "mask": np.array([1, 1, 1, 0], np.float32)}
-  user_term, item_term = model.cl_loss(params, graphs, batch, jax.random.PRNGKey(0), c)
+  net = steps.create_model(c, ds)
+  user_term, item_term = net.apply({"params": params}, graphs, batch, jax.random.PRNGKey(0),
+                                   method="cl_loss")
   n, nu = ds.n_nodes, ds.n_users
-  ego = np.asarray(params["embedding"], np.float64)
+  ego = _ego(params)
   z = {v: _norm(_layer_mean(_dense(gs[v], n), ego, 2)) for v in ("cf", "interest", "kg")}
   tau = c.cl.tau
 
@@ -127,12 +136,12 @@ def test_switching_a_module_off_changes_exactly_that_term(tmp_path):
   base.synthetic_dir = str(tmp_path / "data")
 
   def terms(cfg):
-    ds, cfg, graphs = train.setup(cfg, verbose=False)
-    params = model.init_params(jax.random.PRNGKey(0), ds.n_nodes, ds.n_relations + 1, cfg)
+    ds, cfg, net, graphs = steps.setup(cfg)
+    params = net.init_params(jax.random.PRNGKey(0))
     batch = {"users": np.arange(64, dtype=np.int32), "pos": np.arange(64, dtype=np.int32) % 50,
-             "neg": np.arange(64, dtype=np.int32) % 50 + 100, "mask": np.ones(64, np.float32),
-             "mask_rate": np.float32(0.4)}
-    _, m = model.total_loss(params, graphs, batch, jax.random.PRNGKey(1), cfg)
+             "neg": np.arange(64, dtype=np.int32) % 50 + 100, "mask": np.ones(64, np.float32)}
+    _, m = net.apply({"params": params}, graphs, batch, jax.random.PRNGKey(1), np.float32(0.4),
+                     method="loss")
     return {k: float(v) for k, v in m.items()}
 
   full = terms(base)
@@ -148,3 +157,74 @@ def test_switching_a_module_off_changes_exactly_that_term(tmp_path):
       if k != gone:
         assert t[k] == pytest.approx(full[k], rel=1e-6), (gone, k)
     assert t["loss"] == pytest.approx(full["loss"] - full[gone], rel=1e-5)
+
+
+# ---- init_params against Flax's declaration ------------------------------------------------------
+def assert_init_params_match_flax(net, key, *args, method=None):
+  """`net.init_params(key)` (the explicit key split every run has used) has exactly the leaves,
+  shapes and dtypes that Flax's own `net.init` declares for a method touching every parameter."""
+  explicit = net.init_params(key)
+  declared = jax.eval_shape(lambda: net.init(key, *args, method=method))["params"]
+  assert declared, "Flax declared no parameters"
+  paths = lambda tree: sorted(jax.tree_util.keystr(p) for p, _ in
+                              jax.tree_util.tree_flatten_with_path(tree)[0])
+  assert paths(explicit) == paths(declared)
+  assert jax.tree_util.tree_structure(explicit) == jax.tree_util.tree_structure(dict(declared))
+  shape = lambda tree: jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
+  assert shape(explicit) == shape(dict(declared))
+  return explicit
+
+
+def _toy_batches(ds):
+  batch = {"users": np.array([0, 1, 2, 0], np.int32), "pos": np.array([0, 1, 2, 3], np.int32),
+           "neg": np.array([3, 2, 1, 0], np.int32), "mask": np.array([1, 1, 1, 0], np.float32)}
+  kge_batch = {"head": np.array([3, 4], np.int32), "relation": np.array([0, 1], np.int32),
+               "tail": np.array([7, 8], np.int32), "neg_tail": np.array([5, 6], np.int32)}
+  return batch, kge_batch
+
+
+def test_lightgcn_init_params_match_flax_init(setup):
+  ds, c, gs, _, _ = setup
+  c.model.name = "lightgcn"
+  c.uir.weight = c.cl.weight = 0.0
+  c.kge.use = False
+  net = steps.create_model(c, ds)
+  assert type(net) is model.LightGCN
+  graphs = steps.make_graphs(gs, ds, c)
+  params = assert_init_params_match_flax(net, jax.random.PRNGKey(0), graphs)
+  assert params["node_embedding"]["embedding"].shape == (ds.n_nodes, 8)
+
+
+def test_cikgrec_init_params_match_flax_init(setup):
+  """Every module on (UIR, CL, TransE): __call__ touches only the node table, so Flax initialises
+  through the loss and the TransE loss together; every leaf of init_params is declared."""
+  ds, c, gs, graphs, _ = setup
+  assert c.uir.weight > 0 and c.cl.weight > 0 and c.kge.use
+  net = steps.create_model(c, ds)
+  assert type(net) is model.CIKGRec
+  batch, kge_batch = _toy_batches(ds)
+
+  def touch_all(m, g, b, key, kb):
+    return m.loss(g, b, key, 0.5), m.kge_loss(kb)
+
+  key = jax.random.PRNGKey(0)
+  params = assert_init_params_match_flax(net, key, graphs, batch, key, kge_batch,
+                                         method=touch_all)
+  n_rel = ds.n_relations + 1  # paper views: KG relations + interact
+  assert set(params) == {"node_embedding", "mask_token", "e2d", "relation_embedding"}
+  assert params["relation_embedding"]["embedding"].shape == (n_rel, 8)
+  assert params["e2d"]["kernel"].shape == (8, 8) and params["mask_token"].shape == (1, 8)
+  assert not np.any(np.asarray(params["mask_token"]))  # zeros, as the release's
+  # the explicit keys: table, encoder-to-decoder, relations = split(key, 3)
+  k_emb, _, k_rel = jax.random.split(key, 3)
+  xavier = jax.nn.initializers.xavier_uniform()
+  np.testing.assert_array_equal(params["node_embedding"]["embedding"],
+                                xavier(k_emb, (ds.n_nodes, 8), jnp.float32))
+  np.testing.assert_array_equal(params["relation_embedding"]["embedding"],
+                                xavier(k_rel, (n_rel, 8), jnp.float32))
+  # switching modules off drops exactly their parameters, in both initialisers
+  c.uir.weight = 0.0
+  c.kge.use = False
+  off = steps.create_model(c, ds)
+  params = assert_init_params_match_flax(off, key, graphs, batch, key, method="loss")
+  assert set(params) == {"node_embedding"}

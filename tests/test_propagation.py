@@ -101,12 +101,17 @@ def test_edge_dropout_drops_undirected_pairs_and_renormalises(backend):
   np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_backends_agree_and_flax_module():
-  g, _ = _random_graph(n=50, n_pairs=200, seed=5)
+def test_backends_agree_and_light_gcn_on_a_graphs_tuple():
+  g, pairs = _random_graph(n=50, n_pairs=200, seed=5)
   op = prop.make_operator(g)
   x = jax.random.normal(jax.random.PRNGKey(0), (50, 16))
-  outs = [prop.LightGCN(num_layers=3, backend=b).apply({}, op, x) for b in prop.BACKENDS]
+  ref = _dense_lightgcn(_dense_adjacency(50, pairs, True), np.asarray(x, np.float64), 3)
+  outs = [prop.propagate(op, x, 3, backend=b) for b in prop.BACKENDS]
   np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(outs[1]), rtol=1e-5, atol=1e-6)
+  for b in prop.BACKENDS:  # the GraphsTuple entry point: nodes in, layer mean out as nodes
+    out = prop.light_gcn(prop.with_inputs(op, x), 3, op.csr, b)
+    assert out.senders is op.graph.senders and out.receivers is op.graph.receivers
+    np.testing.assert_allclose(np.asarray(out.nodes), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_operator_rejects_unsorted_edges():

@@ -3,16 +3,18 @@ log after a crash, and one-line errors from the command line."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 
-import numpy as np
+import jax
+import jax.numpy as jnp
 import pytest
 
 from cikg_jax import checkpoint as ckpt
-from cikg_jax import rundir, schedules, train
+from cikg_jax import rundir, steps, train
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,12 +127,21 @@ def test_legacy_run_without_identity_file_is_checked_against_config_json(runs, t
     train.train_and_evaluate(c, workdir)
 
 
+def _tb_steps(tb):
+  from tests.test_train import _read_events
+  return {e.step for n in os.listdir(tb) for e in _read_events(os.path.join(tb, n))
+          if e.summary.value}
+
+
 def test_resume_false_starts_afresh(runs, tmp_path):
   workdir = _copy(runs, tmp_path)
+  tb = os.path.join(workdir, "tensorboard")
+  assert _tb_steps(tb) == {0, 1, 2}
   c = _tiny(runs["data"], max_epochs=1, resume=False)
   c.seed = 7
   train.train_and_evaluate(c, workdir)
   assert [ln["epoch"] for ln in _lines(workdir)] == [0]
+  assert _tb_steps(tb) == {0}  # the old run's TensorBoard events are gone
   assert sorted(ckpt.manager(workdir).all_steps()) == [0]
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["seed"] == 7
@@ -269,27 +280,52 @@ def test_non_finite_loss_without_checkpoint_says_so(tmp_path):
   assert "epoch -1" not in str(e.value)
 
 
-def test_non_finite_loss_names_the_latest_saved_epoch(runs, tmp_path, monkeypatch):
-  """Saved at epoch 2 only (time-based saving), non-finite at epoch 5: not 'end of epoch 4'."""
-  workdir = _copy(runs, tmp_path)
-  make_step, mask_rate = train.make_train_step, schedules.mask_rate
+def _poison(monkeypatch, epoch, what):
+  """Wraps the train step: at step 1 of `epoch` the logged loss becomes NaN ("loss"), or at the
+  epoch's last step the parameters do while every logged loss stays finite ("params")."""
+  make_step = steps.make_train_step
 
-  def poisoned(config, tx, axis_name=None):
-    step = make_step(config, tx, axis_name)
+  def poisoned(net, tx, rates, steps_per_epoch, axis_name=None):
+    step = make_step(net, tx, rates, steps_per_epoch, axis_name)
 
     def train_step(state, batch, key, graphs):
-      state, m = step(state, batch, key, graphs)
-      m["finite"] = m["finite"] & (batch["mask_rate"] >= 0)
-      return state, m
+      e, s = state.step // steps_per_epoch, state.step % steps_per_epoch
+      state, terms = step(state, batch, key, graphs)
+      if what == "loss":
+        terms["loss"] = jnp.where((e == epoch) & (s == 1), jnp.nan, terms["loss"])
+      else:
+        bad = (e == epoch) & (s == steps_per_epoch - 1)
+        state = state.replace(params=jax.tree_util.tree_map(
+            lambda x: jnp.where(bad, jnp.nan, x), state.params))
+      return state, terms
     return train_step
 
-  monkeypatch.setattr(train, "make_train_step", poisoned)
-  monkeypatch.setattr(schedules, "mask_rate",
-                      lambda epoch, *a: -1.0 if epoch == 5 else mask_rate(epoch, *a))
+  monkeypatch.setattr(steps, "make_train_step", poisoned)
+
+
+@pytest.mark.parametrize("what,message", [
+    ("loss", r"non-finite training loss at epoch 5, step 1 of the epoch"),
+    ("params", r"non-finite parameters after epoch 5"),
+])
+def test_non_finite_names_the_latest_saved_epoch_and_saves_nothing_after(runs, tmp_path,
+                                                                         monkeypatch, what,
+                                                                         message):
+  """Saved at epoch 2 only (time-based saving), non-finite at epoch 5: the error names epoch 5
+  and the checkpoint of epoch 2 (not 'end of epoch 4'). The state is not kept at the last finite
+  step: the checkpoint of epoch 2 is the last good state, and nothing is saved after the error
+  (no checkpoint, no metrics line, no results)."""
+  workdir = _copy(runs, tmp_path)
+  _poison(monkeypatch, 5, what)
   c = _tiny(runs["data"], max_epochs=8, checkpoint_every_seconds=1e9)
-  with pytest.raises(FloatingPointError, match=r"epoch 5, step 0.*latest checkpoint \(end of "
-                     r"epoch 2\)"):
+  saved = os.path.join(workdir, "checkpoints")
+  with pytest.raises(FloatingPointError, match=message + r": training stopped; the latest "
+                     r"checkpoint \(end of epoch 2\) is in " + re.escape(saved) +
+                     r"\. Lower the learning rate or check the data\."):
     train.train_and_evaluate(c, workdir)
+  assert sorted(ckpt.manager(workdir).all_steps()) == [1, 2]
+  assert [ln["epoch"] for ln in _lines(workdir)] == [0, 1, 2, 3, 4]
+  with open(os.path.join(workdir, "results.json")) as f:  # the base run's, untouched
+    assert json.load(f)["epochs_run"] == 3
 
 
 # ---- 6. one-line errors from the command line ----------------------------------------------------

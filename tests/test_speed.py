@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cikg_jax import graph as graph_lib
-from cikg_jax import host, losses, model, train
+from cikg_jax import host, losses, model, steps, train
 from cikg_jax import propagation as prop
 from cikg_jax.data import sampling
 from configs import tiny
@@ -44,23 +44,23 @@ def test_stacked_product_equals_separate_products_exactly():
 
 @pytest.mark.parametrize("views", ["paper", "release"])
 def test_loss_and_gradients_match_separate_views(tmp_path, views):
-  ds, config, graphs = train.setup(_tiny(tmp_path, views), verbose=False)
+  ds, config, net, graphs = steps.setup(_tiny(tmp_path, views))
   assert "views" not in graphs.ops  # opt-in
   graphs = model.with_stacked_views(graphs)
-  tx, kge_tx = train.make_optimizers(config)
-  state = train.create_train_state(jax.random.PRNGKey(0), ds, config, tx, kge_tx)
+  tx, kge_tx = steps.make_optimizers(config)
+  state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, config.kge.use)
   batches = sampling.bpr_epoch(ds.train, sampling.NegativeSampler(ds.train, ds.n_users,
                                                                   ds.n_items),
                                config.train.batch_size, np.random.default_rng(0))
   batch = {k: v[0] for k, v in batches.items()}
-  batch["mask_rate"] = np.float32(0.3)
   key = jax.random.PRNGKey(7)
-  f = jax.jit(jax.value_and_grad(lambda p, g: model.total_loss(p, g, batch, key, config),
-                                 has_aux=True))
+  f = jax.jit(jax.value_and_grad(
+      lambda p, g: net.apply({"params": p}, g, batch, key, np.float32(0.3), method="loss"),
+      has_aux=True))
   (loss, m), grads = f(state.params, graphs)
   (loss0, m0), grads0 = f(state.params, _unstacked(graphs))
-  z = model.view_embeddings(state.params, graphs, key, config)
-  z0 = model.view_embeddings(state.params, _unstacked(graphs), key, config)
+  views = lambda g: net.apply({"params": state.params}, g, key, method="view_embeddings")
+  z, z0 = views(graphs), views(_unstacked(graphs))
   for a, b in zip(z, z0):  # same noise draws, same sums: equal values
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for k in ("cl_user", "cl_item", "bpr", "uir", "loss"):
@@ -74,9 +74,15 @@ def test_short_training_matches_separate_views(tmp_path, monkeypatch):
   c.train.max_epochs = 2
   c.train.checkpoint = False
   train.train_and_evaluate(c, str(tmp_path / "separate"))
-  make = model.make_graphs
-  monkeypatch.setattr(model, "make_graphs", lambda *a: model.with_stacked_views(make(*a)))
+  make, stacked = steps.make_graphs, []
+
+  def make_stacked(*a):
+    stacked.append(model.with_stacked_views(make(*a)))
+    return stacked[-1]
+
+  monkeypatch.setattr(steps, "make_graphs", make_stacked)
   train.train_and_evaluate(c, str(tmp_path / "stacked"))
+  assert len(stacked) == 1 and "views" in stacked[0].ops  # the run did use the stacked operator
   res = [json.load(open(os.path.join(tmp_path, w, "results.json")))
          for w in ("stacked", "separate")]
   for k, v in res[1]["test"].items():

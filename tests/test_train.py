@@ -5,7 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from cikg_jax import train
+from cikg_jax import checkpoint as ckpt
+from cikg_jax import schedules, steps, train
+from cikg_jax.data import sampling
 from configs import lightgcn, tiny
 
 
@@ -59,29 +61,82 @@ def test_resume_is_exact(tmp_path):
       assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (x["epoch"], key)
 
 
-def test_non_finite_loss_stops_with_clear_error_and_keeps_state(tmp_path):
+def test_non_finite_loss_stops_with_clear_error_naming_epoch_and_step(tmp_path):
+  """With lr = NaN the first update makes every parameter NaN: step 0's loss (of the initial
+  parameters) is finite, step 1's is not. The host check names that step; the state is not kept
+  at the last finite step (the newest checkpoint holds the last good state) and nothing of the
+  failed epoch is saved."""
   c = _tiny(tmp_path, max_epochs=3, lr=float("nan"))
-  with pytest.raises(FloatingPointError, match="non-finite training loss at epoch 0, step 0"):
-    train.train_and_evaluate(c, str(tmp_path / "nan"))
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(FloatingPointError, match=r"non-finite training loss at epoch 0, step 1 of "
+                     r"the epoch: training stopped; no checkpoint has been saved yet\. Lower the "
+                     r"learning rate"):
+    train.train_and_evaluate(c, workdir)
+  assert _lines(workdir) == []
+  assert ckpt.manager(workdir).all_steps() == []
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def _batch(n=256):
+  return {"users": np.zeros(n, np.int32), "pos": np.ones(n, np.int32),
+          "neg": np.full(n, 2, np.int32), "mask": np.ones(n, np.float32)}
 
 
 def test_train_step_is_pure_and_compiles_once(tmp_path):
   c = _tiny(tmp_path)
-  ds, c, graphs = train.setup(c, verbose=False)
-  tx, kge_tx = train.make_optimizers(c)
-  state = train.create_train_state(jax.random.PRNGKey(0), ds, c, tx, kge_tx)
-  step = jax.jit(train.make_train_step(c, tx))
-  batch = {"users": np.zeros(256, np.int32), "pos": np.ones(256, np.int32),
-           "neg": np.full(256, 2, np.int32), "mask": np.ones(256, np.float32),
-           "mask_rate": np.float32(0.3)}
+  ds, c, net, graphs = steps.setup(c)
+  tx, kge_tx = steps.make_optimizers(c)
+  state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, c.kge.use)
+  rates = np.array([0.3, 0.6], np.float32)  # epoch 0 and 1 of a one-step epoch
+  step = jax.jit(steps.make_train_step(net, tx, rates, steps_per_epoch=1))
+  batch = _batch()
   s1, m1 = step(state, batch, jax.random.PRNGKey(1), graphs)
   s2, m2 = step(state, batch, jax.random.PRNGKey(1), graphs)  # same inputs, same outputs
   assert float(m1["loss"]) == float(m2["loss"])
-  np.testing.assert_array_equal(np.asarray(s1.params["embedding"]),
-                                np.asarray(s2.params["embedding"]))
-  batch["mask_rate"] = np.float32(0.6)  # a new mask rate is data, not a new program
-  step(s1, batch, jax.random.PRNGKey(2), graphs)
+  for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s2.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert int(s1.step) == 1 and int(state.step) == 0
+  # the next epoch's mask rate is read from the table in the step: data, not a new program
+  _, m3 = step(s1, batch, jax.random.PRNGKey(1), graphs)
+  n_rows = graphs.interest_rows.shape[0]
+  assert float(m1["uir_masked_rows"]) == np.floor(np.float32(0.3) * n_rows + 1e-6)
+  assert float(m3["uir_masked_rows"]) == np.floor(np.float32(0.6) * n_rows + 1e-6)
   assert step._cache_size() == 1
+
+
+def test_mask_rates_table_follows_the_schedule(tmp_path):
+  c = _tiny(tmp_path, max_epochs=5)
+  for schedule in schedules.SCHEDULES:
+    c.uir.schedule, c.uir.p0, c.uir.pmax, c.uir.total_epoch = schedule, 0.05, 0.75, 3
+    want = [np.float32(schedules.mask_rate(e, schedule, 0.05, 0.75, 3)) for e in range(5)]
+    got = steps.mask_rates(c)
+    assert got.dtype == np.float32 and got.tolist() == want
+
+
+def test_train_step_mask_rate_follows_the_schedule(tmp_path):
+  """Two steps per epoch: step s masks floor(rate(s // 2) * n) interest rows, the rate of the
+  table's last epoch past its end."""
+  c = _tiny(tmp_path, max_epochs=3)
+  c.uir.schedule, c.uir.p0, c.uir.pmax, c.uir.total_epoch = "exp", 0.05, 0.75, 2
+  ds, c, net, graphs = steps.setup(c)
+  n_rows = int(graphs.interest_rows.shape[0])
+  assert n_rows == len(ds.connected_interest_ids()) > 10
+  tx, kge_tx = steps.make_optimizers(c)
+  state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, c.kge.use)
+  step = jax.jit(steps.make_train_step(net, tx, steps.mask_rates(c), steps_per_epoch=2))
+  batches = sampling.bpr_epoch(ds.train, sampling.NegativeSampler(ds.train, ds.n_users,
+                                                                  ds.n_items),
+                               c.train.batch_size, np.random.default_rng(0))
+  got = []
+  for s in range(8):
+    state, terms = step(state, {k: v[s % 4] for k, v in batches.items()},
+                        jax.random.PRNGKey(s), graphs)
+    got.append(float(terms["uir_masked_rows"]))
+  # independently: p0 (pmax/p0)^(t/T), capped at pmax, in float32 as the step holds it
+  rate = lambda t: np.float32(min(0.05 * (0.75 / 0.05) ** (t / 2), 0.75))
+  want = [float(np.floor(np.float64(rate(min(s // 2, 2))) * n_rows + 1e-6)) for s in range(8)]
+  assert len(set(want)) == 3  # three distinct counts: the test tells epochs apart
+  assert got == want
 
 
 def test_lightgcn_config_has_only_bpr(tmp_path):
@@ -112,18 +167,122 @@ def test_every_loss_term_decreases_on_tiny(tmp_path):
 
 
 def test_predict_top_k_from_a_run_excludes_known_items(tmp_path):
-  from cikg_jax import model, predict
+  from cikg_jax import predict
   workdir = str(tmp_path / "pred")
   train.train_and_evaluate(_tiny(tmp_path, max_epochs=2), workdir)
-  ds, config, graphs, params = predict.load_run(workdir)
-  recs = predict.top_k(ds, config, graphs, params, [0, 5], 10)
+  ds, net, graphs, params = predict.load_run(workdir)
+  recs = predict.top_k(ds, net, graphs, params, [0, 5], 10)
   known = {(int(u), int(i)) for u, i in np.concatenate([ds.train, ds.valid])}
   for u, items in recs.items():
     assert len(items) == 10 and not any((u, i) in known for i in items)
   # same ranking as the evaluation's top-k for user 0
-  u_emb, i_emb = model.final_embeddings(params, graphs, config)
+  u_emb, i_emb = net.apply({"params": params}, graphs)
   scores = np.array(u_emb[0] @ i_emb.T)
   scores[[i for (uu, i) in known if uu == 0]] = -np.inf
   assert recs[0] == np.argsort(-scores, kind="stable")[:10].tolist()
   with pytest.raises(ValueError, match="out of range"):
-    predict.top_k(ds, config, graphs, params, [10_000], 5)
+    predict.top_k(ds, net, graphs, params, [10_000], 5)
+
+
+# ---- the command line's per-epoch log lines and TensorBoard event files --------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+  """`python -m cikg_jax.main` on the tiny config for 2 epochs, stdout and stderr piped (not a
+  terminal: no progress bar, log lines instead)."""
+  import subprocess
+  import sys
+  tmp = tmp_path_factory.mktemp("cli")
+  workdir = str(tmp / "run")
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             JAX_PLATFORMS="cpu")
+  p = subprocess.run([sys.executable, "-m", "cikg_jax.main", "--config=configs/tiny.py",
+                      f"--workdir={workdir}", "--config.train.max_epochs=2",
+                      "--config.train.plot=False", f"--config.synthetic_dir={tmp / 'data'}"],
+                     stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=ROOT,
+                     timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  return {"workdir": workdir, "out": p.stdout + p.stderr, "lines": _lines(workdir)}
+
+
+def test_cli_logs_one_line_per_epoch_with_loss_and_selection_metric(cli_run):
+  import re
+  records = cli_run["lines"]
+  assert [r["epoch"] for r in records] == [0, 1]
+  out = cli_run["out"]
+  assert "\r" not in out  # no progress bar redrawn into a pipe
+  epoch_lines = [ln for ln in out.splitlines() if re.search(r"(?<!best )\bepoch \d+:", ln)]
+  assert len(epoch_lines) == 2, out[-3000:]
+  number = r"(-?\d+(?:\.\d*)?(?:e[-+]?\d+)?)"
+  for line, record in zip(epoch_lines, records):
+    assert re.search(rf"\bepoch {record['epoch']}:", line), line
+    loss = re.search(rf"\bloss {number}", line)
+    selection = re.search(rf"\bselection {number}", line)
+    assert loss and selection, line
+    # as printed: 4 to 5 significant digits
+    assert float(loss.group(1)) == pytest.approx(record["loss"], rel=1e-3, abs=1e-4), line
+    assert float(selection.group(1)) == pytest.approx(record["selection_score"], rel=1e-3,
+                                                      abs=1e-4), line
+
+
+def _read_events(path):
+  """The Event protos of a TensorBoard event file (TFRecord framing: length, masked CRC-32C of
+  the length, data, masked CRC-32C of the data), with both checksums verified."""
+  import struct
+
+  from tensorboardX.crc32c import crc32c
+  from tensorboardX.proto import event_pb2
+  assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value: the right polynomial
+
+  def masked(data):
+    x = crc32c(data) & 0xffffffff
+    return (((x >> 15) | (x << 17)) + 0xa282ead8) & 0xffffffff
+
+  events = []
+  with open(path, "rb") as f:
+    data = f.read()
+  pos = 0
+  while pos < len(data):
+    header = data[pos:pos + 8]
+    (length,), (header_crc,) = struct.unpack("<Q", header), struct.unpack("<I", data[pos + 8:
+                                                                                       pos + 12])
+    assert header_crc == masked(header)
+    body = data[pos + 12:pos + 12 + length]
+    (body_crc,) = struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])
+    assert len(body) == length and body_crc == masked(body)
+    events.append(event_pb2.Event.FromString(body))
+    pos += 16 + length
+  return events
+
+
+def _tb_tag(key):
+  """TensorBoard's tag for a key: characters outside [-/\\w.] become "_" (tensorboardX cleans
+  tags so; e.g. valid/recall@20 is shown as valid/recall_20)."""
+  import re
+  return re.sub(r"[^-/\w.]", "_", key)
+
+
+def test_tensorboard_events_hold_every_metrics_jsonl_key(cli_run):
+  tb = os.path.join(cli_run["workdir"], "tensorboard")
+  files = [os.path.join(tb, n) for n in os.listdir(tb) if n.startswith("events.out.tfevents")]
+  assert files
+  scalars = {}
+  for path in files:
+    for event in _read_events(path):
+      for v in event.summary.value:
+        value = v.simple_value if v.HasField("simple_value") else v.tensor.float_val[0]
+        scalars[(v.tag, event.step)] = value
+  records = cli_run["lines"]
+  assert len(records) == 2
+  for record in records:
+    assert {"loss", "bpr", "cl", "uir", "kge", "mask_rate", "valid/recall@20",
+            "selection_score"} <= set(record)
+    keys = set(record) - {"epoch"}
+    assert len({_tb_tag(k) for k in keys}) == len(keys)  # no two keys share a tag
+    for key in keys:
+      tag = (_tb_tag(key), record["epoch"])
+      assert tag in scalars, tag
+      assert scalars[tag] == pytest.approx(record[key], rel=1e-6, abs=1e-30), key
+  assert set(scalars) == {(_tb_tag(k), r["epoch"]) for r in records for k in r if k != "epoch"}
