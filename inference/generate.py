@@ -17,9 +17,12 @@ import hashlib
 import json
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Dict, List
 
+from cikg_jax.data import dataset as dataset_lib
+from cikg_jax.data import files
 from inference.history import domain_of, exclude_items, read_item_titles, read_user_items
 from inference.prompts import INTERESTS_JSON_SCHEMA, get_template
 from inference.redact import redact
@@ -40,23 +43,32 @@ def out_dir_of(config) -> Path:
     return Path(config.out_dir or f"runs/llm/{config.name}/{config.dataset}")
 
 
+def dataset_root(config) -> Path:
+    return Path(dataset_lib.resolve_data_dir(config.data_dir)) / config.dataset
+
+
 def prompt_history(config):
     """(history, held_out): each user's model-fitting items in file order, and the items held out
-    from the prompts. By default the held-out items are the trainer's validation split, made by the
-    trainer's own function with the same fraction and seed; test items are never in train.txt."""
-    from cikg_jax.data import dataset as dataset_lib
-    from cikg_jax.data import files
-    root = Path(config.data_dir) / config.dataset
+    from the prompts. The dataset is loaded by the trainer's loader, so a file the trainer refuses is
+    refused here with the same one-line error. By default the held-out items are the trainer's
+    validation split, made by the trainer's own function with the same fraction and seed; test items
+    are never in train.txt."""
+    root = dataset_root(config)
     for f in ("train.txt", "item_list.txt"):
         if not (root / f).is_file():
             raise FileNotFoundError(f"{root / f}: missing (set --config.data_dir / --config.dataset)")
-    train = files.read_user_items(str(root / "train.txt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # notes on the KG / interest files concern training only
+        ds = dataset_lib.load_dataset(str(root.parent), root.name, selection="test")
+    train: Dict[int, List[int]] = {}
+    for u, i in ds.train.tolist():  # grouped by user, file order within a user
+        train.setdefault(u, []).append(i)
     if config.valid_file:
-        held = read_user_items(config.valid_file)
+        held = read_user_items(config.valid_file, n_items=ds.n_items)
     else:
         _, held = dataset_lib.model_fitting_split(train, config.split.selection,
                                                   config.split.valid_fraction, config.split.split_seed)
-    return exclude_items(dict(train), held), held
+    return exclude_items(train, held), held
 
 
 def split_info(config, held) -> Dict:
@@ -79,7 +91,7 @@ def validation_items_in_prompts(history, held_out, titles, n_items: int) -> Dict
 
 def make_requests(config, history=None) -> List[Dict]:
     """Requests for every user (or the first `limit`) of config.dataset from their model-fitting history."""
-    root = Path(config.data_dir) / config.dataset
+    root = dataset_root(config)
     if history is None:
         history, _ = prompt_history(config)
     titles = read_item_titles(root / "item_list.txt", config.prompt.strip_disambiguation)
@@ -161,6 +173,9 @@ def main(argv) -> None:
     except (RunDirError, CredentialError) as exc:   # refused: one line, nothing written
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         sys.exit(2)
+    except (files.DataFormatError, FileNotFoundError) as exc:  # bad data: the trainer's one line
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        sys.exit(1)
     except Exception:  # noqa: BLE001 - printed redacted instead of absl's raw traceback
         print(redact(traceback.format_exc()), file=sys.stderr)
         sys.exit(1)

@@ -21,10 +21,11 @@ _NAMELESS = files.NAMELESS
 DataFileError = files.DataFormatError
 
 
-def read_user_items(path: str | Path) -> Dict[int, List[int]]:
-    """Parse `uid item item ...` lines (train.txt / test.txt / a validation file), keeping the file's
-    item order; a user line without items is allowed (a validation file may have some)."""
-    return dict(files.read_user_items(str(path), allow_empty=True))
+def read_user_items(path: str | Path, n_items: Optional[int] = None) -> Dict[int, List[int]]:
+    """Parse a held-out file (`uid item item ...` lines, train.txt format), keeping the file's item
+    order; read as the trainer reads test.txt: a user line without items is allowed, item ids must be
+    below `n_items` when given."""
+    return dict(files.read_user_items(str(path), n_items=n_items, allow_empty=True))
 
 
 def uri_to_title(name: str, strip_disambiguation: bool = False) -> Optional[str]:

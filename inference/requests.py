@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Mapping, Sequence
 
 from inference.history import last_titles
 from inference.prompts import PromptTemplate
@@ -42,8 +42,7 @@ def jsonl_bytes(rows: Iterable[Mapping]) -> bytes:
 
 
 def build_requests(history: Mapping[int, Sequence[int]], titles: Mapping[int, str],
-                   template: PromptTemplate, domain: str, body: Mapping, n_items: int = 30,
-                   users: Optional[Iterable[int]] = None) -> List[Dict]:
+                   template: PromptTemplate, domain: str, body: Mapping, n_items: int = 30) -> List[Dict]:
     """One Batch request per user with at least one titled item among their last `n_items`.
 
     `history` must hold TRAINING items only (validation/test already removed); `body` holds the model
@@ -52,7 +51,7 @@ def build_requests(history: Mapping[int, Sequence[int]], titles: Mapping[int, st
     if "messages" in body:
         raise ValueError("body must not contain 'messages'; they come from the template")
     out = []
-    for uid in (sorted(history) if users is None else users):
+    for uid in sorted(history):
         t = last_titles(history[uid], titles, n_items)
         if not t:
             continue

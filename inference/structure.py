@@ -18,6 +18,8 @@ import collections
 import json
 import re
 import statistics
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -157,23 +159,21 @@ def _summary(xs: List[int]) -> Optional[Dict]:
     return {"mean": round(statistics.fmean(xs), 3), "median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
+def dataset_bounds(dataset_dir: Path) -> Tuple[int, int]:
+    """(n_users, max_entity_id) of a dataset as the trainer loads it (`cikg_jax.data.dataset`, so the
+    same files are accepted and refused, with the same one-line errors): interest ids must start right
+    above the trainer's entity range (entity_list.txt, the items and kg_final.txt together)."""
+    from cikg_jax.data import dataset as dataset_lib
+    dataset_dir = Path(dataset_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # notes on the KG / interest files concern training only
+        ds = dataset_lib.load_dataset(str(dataset_dir.parent), dataset_dir.name, selection="test")
+    return ds.n_users, ds.n_entities - 1
+
+
 def max_entity_id(dataset_dir: Path) -> int:
-    """Largest entity remap_id (entity_list.txt; kg_final.txt as a fallback), read by the trainer's
-    readers (names with spaces, as in book-crossing's entity_list, are fine)."""
-    from cikg_jax.data import files
-    ent = dataset_dir / "entity_list.txt"
-    if ent.is_file():
-        return len(files.read_id_list(str(ent))) - 1
-    kg = dataset_dir / "kg_final.txt"
-    if kg.is_file():
-        arr = files.read_triples(str(kg))
-        return int(max(arr[:, 0].max(), arr[:, 2].max()))
-    raise FileNotFoundError(f"{dataset_dir}: neither entity_list.txt nor kg_final.txt; pass --max_entity_id")
-
-
-def count_users(dataset_dir: Path) -> int:
-    with open(dataset_dir / "train.txt", encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
+    """Largest entity id of a dataset as the trainer numbers it (`dataset_bounds`)."""
+    return dataset_bounds(dataset_dir)[1]
 
 
 def write_outputs(s: Structured, phrases_by_user: Mapping[int, Sequence[str]], out_dir: Path) -> None:
@@ -203,14 +203,13 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     ap.add_argument("--features", default="tfidf", choices=["tfidf", "minilm"])
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--max_items", type=int, default=5)
-    ap.add_argument("--max_entity_id", type=int, default=None)
     ap.add_argument("--out_dir", type=Path, default=None, help="default: RUN_DIR/structured")
     a = ap.parse_args(argv)
-    ddir = a.data_dir / a.dataset
+    n_users, max_entity = dataset_bounds(a.data_dir / a.dataset)
     results = load_results(a.run_dir)
     by_user, flags = user_phrases(results, a.max_items)
-    s = cluster_interests(by_user, a.kappa or DEFAULT_KAPPA.get(a.dataset, 550), count_users(ddir),
-                          a.max_entity_id if a.max_entity_id is not None else max_entity_id(ddir), a.features, a.seed)
+    s = cluster_interests(by_user, a.kappa or DEFAULT_KAPPA.get(a.dataset, 550), n_users, max_entity,
+                          a.features, a.seed)
     s.stats.update(answers=len(results), parse_flags=dict(flags))
     req_file = a.run_dir / "requests.jsonl"
     if req_file.exists():
@@ -222,5 +221,15 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     return s.stats
 
 
+def cli() -> None:
+    """`main` with input errors (bad or missing data, no results, nothing to cluster) as one line
+    `error: ...` and exit status 1, as the trainer's command line reports them."""
+    try:
+        main()
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

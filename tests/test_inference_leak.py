@@ -17,7 +17,7 @@ def _config(data_dir, dataset):
 
 
 def _trainer_valid(data_dir, dataset):
-  ds = dataset_lib.load_dataset(data_dir, dataset, selection="valid", seed=2024, verbose=False)
+  ds = dataset_lib.load_dataset(data_dir, dataset, selection="valid", seed=2024)
   out = {}
   for u, i in ds.valid:
     out.setdefault(int(u), set()).add(int(i))
@@ -56,16 +56,15 @@ def test_default_prompts_hold_out_exactly_the_trainers_validation_split(data_dir
 
 
 def test_trainer_split_does_not_move_with_the_training_seed(data_dir):
-  base = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=2024,
-                                  verbose=False)
+  base = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=2024)
   from configs import base as base_cfg
   c = base_cfg.get_config()
   c.data_dir = data_dir
   c.seed = 7
-  other = dataset_lib.load_from_config(c, verbose=False)
+  other = dataset_lib.load_from_config(c)
   assert (base.valid == other.valid).all()
   c.split_seed = -1  # the old behaviour: the split follows the training seed
-  moved = dataset_lib.load_from_config(c, verbose=False)
+  moved = dataset_lib.load_from_config(c)
   assert moved.valid.shape != base.valid.shape or not (moved.valid == base.valid).all()
 
 
