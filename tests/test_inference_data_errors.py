@@ -2,12 +2,13 @@
 refuses is refused by the prompt builder (inference.generate), the structuring step
 (inference.structure) and experiments/llm_swap.py with the trainer's one-line error, in process and
 on the command line."""
+
 import importlib.util
 import os
+from pathlib import Path
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 
@@ -19,30 +20,43 @@ from inference import generate, structure
 ROOT = Path(__file__).resolve().parents[1]
 
 GOOD = {
-    "train.txt": "0 0 1\n1 1 2\n2 2 3\n",
-    "test.txt": "0 2\n1 3\n2 0\n",
-    "item_list.txt": "org_id remap_id entity_name\ni0 0 http://x.org/A\ni1 1 http://x.org/B\n"
-                     "i2 2 http://x.org/C\ni3 3 http://x.org/D\n",
-    "entity_list.txt": "org_id remap_id\ni0 0\ni1 1\ni2 2\ni3 3\ne4 4\ne5 5\n",
-    "kg_final.txt": "0 0 4\n1 0 5\n2 1 4\n",
+  "train.txt": "0 0 1\n1 1 2\n2 2 3\n",
+  "test.txt": "0 2\n1 3\n2 0\n",
+  "item_list.txt": "org_id remap_id entity_name\ni0 0 http://x.org/A\ni1 1 http://x.org/B\n"
+  "i2 2 http://x.org/C\ni3 3 http://x.org/D\n",
+  "entity_list.txt": "org_id remap_id\ni0 0\ni1 1\ni2 2\ni3 3\ne4 4\ne5 5\n",
+  "kg_final.txt": "0 0 4\n1 0 5\n2 1 4\n",
 }
 
 # Each breaks one rule of cikg_jax.data.files / dataset. Before the inference side loaded datasets
-# as the trainer does, the prompt builder accepted all but the first case and structure.max_entity_id
-# (which read entity_list.txt alone) all of them.
+# as the trainer does, the prompt builder accepted all but the first case and
+# structure.max_entity_id (which read entity_list.txt alone) all of them.
 BAD = {
-    "non-integer item": ({"train.txt": "0 0 1\n1 1 x\n2 2 3\n"}, "train.txt:2: non-integer item id 'x'"),
-    "item beyond item_list": ({"train.txt": "0 0 1\n1 1 7\n2 2 3\n"},
-                              "train.txt:2: item id 7 out of range"),
-    "user without a line": ({"train.txt": "0 0 1\n2 2 3\n", "test.txt": "0 2\n2 0\n"},
-                            "train.txt: user 1 has no training items"),
-    "blank line inside": ({"test.txt": "0 2\n\n2 0\n"}, "test.txt:2: empty line inside the file"),
-    "test item in train": ({"test.txt": "0 1\n1 3\n2 0\n"},
-                           "test.txt:1: user 0: item 1 is both a training item and a test item"),
-    "item is not its entity": ({"entity_list.txt": "org_id remap_id\ni1 0\ni0 1\ni2 2\ni3 3\ne4 4\n"},
-                               "item_list.txt:2: item 0 (http://x.org/A / i0) is not entity 0"),
-    "kg entity out of range": ({"kg_final.txt": "0 0 4\n1 0 9\n"},
-                               "kg_final.txt:2: entity id 9 out of range"),
+  "non-integer item": (
+    {"train.txt": "0 0 1\n1 1 x\n2 2 3\n"},
+    "train.txt:2: non-integer item id 'x'",
+  ),
+  "item beyond item_list": (
+    {"train.txt": "0 0 1\n1 1 7\n2 2 3\n"},
+    "train.txt:2: item id 7 out of range",
+  ),
+  "user without a line": (
+    {"train.txt": "0 0 1\n2 2 3\n", "test.txt": "0 2\n2 0\n"},
+    "train.txt: user 1 has no training items",
+  ),
+  "blank line inside": ({"test.txt": "0 2\n\n2 0\n"}, "test.txt:2: empty line inside the file"),
+  "test item in train": (
+    {"test.txt": "0 1\n1 3\n2 0\n"},
+    "test.txt:1: user 0: item 1 is both a training item and a test item",
+  ),
+  "item is not its entity": (
+    {"entity_list.txt": "org_id remap_id\ni1 0\ni0 1\ni2 2\ni3 3\ne4 4\n"},
+    "item_list.txt:2: item 0 (http://x.org/A / i0) is not entity 0",
+  ),
+  "kg entity out of range": (
+    {"kg_final.txt": "0 0 4\n1 0 9\n"},
+    "kg_final.txt:2: entity id 9 out of range",
+  ),
 }
 
 
@@ -105,7 +119,9 @@ def test_max_entity_id_counts_items_beyond_the_kg(tmp_path):
 
 
 def _llm_swap():
-  spec = importlib.util.spec_from_file_location("llm_swap_errors", ROOT / "experiments" / "llm_swap.py")
+  spec = importlib.util.spec_from_file_location(
+    "llm_swap_errors", ROOT / "experiments" / "llm_swap.py"
+  )
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
@@ -136,10 +152,14 @@ def test_llm_swap_reads_interest_files_with_the_trainers_message(tmp_path, text)
 
 
 def _cli(*args):
-  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             JAX_PLATFORMS="cpu")
-  p = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT,
-                     timeout=300)
+  env = dict(
+    os.environ,
+    PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    JAX_PLATFORMS="cpu",
+  )
+  p = subprocess.run(
+    [sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+  )
   return p.returncode, p.stderr
 
 
@@ -147,13 +167,30 @@ def test_command_lines_print_the_trainers_one_line_error(tmp_path):
   d = _write(tmp_path / "data", **BAD["item beyond item_list"][0])
   want = f"error: {_trainer_error(d)}"
   runs = {
-      "trainer": _cli("-m", "cikg_jax.main", f"--workdir={tmp_path / 'run'}", "--config.dataset=mini",
-                      f"--config.data_dir={d.parent}", f"--config.synthetic_dir={tmp_path / 'syn'}"),
-      "generate": _cli("-m", "inference.generate", "--config=configs/llm/smollm2_cpu.py",
-                       f"--config.data_dir={d.parent}", "--config.dataset=mini",
-                       f"--config.out_dir={tmp_path / 'gen'}", "--requests_only"),
-      "structure": _cli("-m", "inference.structure", f"--run_dir={tmp_path / 'gen'}",
-                        f"--data_dir={d.parent}", "--dataset=mini"),
+    "trainer": _cli(
+      "-m",
+      "cikg_jax.main",
+      f"--workdir={tmp_path / 'run'}",
+      "--config.dataset=mini",
+      f"--config.data_dir={d.parent}",
+      f"--config.synthetic_dir={tmp_path / 'syn'}",
+    ),
+    "generate": _cli(
+      "-m",
+      "inference.generate",
+      "--config=configs/llm/smollm2_cpu.py",
+      f"--config.data_dir={d.parent}",
+      "--config.dataset=mini",
+      f"--config.out_dir={tmp_path / 'gen'}",
+      "--requests_only",
+    ),
+    "structure": _cli(
+      "-m",
+      "inference.structure",
+      f"--run_dir={tmp_path / 'gen'}",
+      f"--data_dir={d.parent}",
+      "--dataset=mini",
+    ),
   }
   for who, (rc, err) in runs.items():
     assert rc == 1 and err.strip().splitlines()[-1] == want and "Traceback" not in err, (who, err)
