@@ -1,4 +1,4 @@
-"""Interest phrases -> clustered interest nodes (METHOD.md §8), as user_interest_clustered.txt.
+"""Interest phrases -> clustered interest nodes (docs/method.md §9), as user_interest_clustered.txt.
 
   python -m inference.structure --run_dir runs/llm/smollm2_cpu/dbbook2014 --dataset dbbook2014 \
       --data_dir ../shared/data --kappa 550 [--features tfidf|minilm] [--out_dir DIR]
