@@ -1,4 +1,4 @@
-"""Swap the LLM: train CIKGRec on one dataset with user interests from different sources and tabulate.
+r"""Swap the LLM: train CIKGRec on one dataset with user interests from several sources, tabulate.
 
 Variants (comma-separated, in --variants):
   shipped         the dataset's own user_interest_clustered.txt (GPT-3.5, from the release)
@@ -9,199 +9,290 @@ Variants (comma-separated, in --variants):
                   a file in user_interest_clustered.txt format
 
   python experiments/llm_swap.py --dataset dbbook2014 \
-      --variants shipped,none,shuffled,smollm2=experiments/results/smollm2_dbbook2014_user_interest_clustered.txt \
-      --workdir runs/llm_swap [--set train.max_epochs=50 --set train.patience=5]
+    --variants shipped,none,shuffled,smollm2=experiments/results/smollm2_dbbook2014/interests.txt \
+    --workdir runs/llm_swap [--config.train.max_epochs=50 --config.train.patience=5]
+
+The training config comes through ml_collections' config flag, as for `python -m cikg_jax.main`:
+`--config=configs/lightgcn.py:dbbook2014` (default: the dataset's own CIKGRec config,
+`configs/datasets.py:<dataset>`) with `--config.KEY=VALUE` overrides. `--dataset` (default: the
+config's) sets config.dataset; `--data_dir` (default: config.data_dir, $CIKG_DATA_DIR,
+../shared/data) config.data_dir.
 
 Uses `cikg_jax.train.train_and_evaluate(config, workdir)` with `config.interest_file` and
-`config.model.use_interest_edges` (or a top-level `config.use_interest_edges`). A variant whose
-workdir already holds results.json is not retrained. Writes a Markdown table (overall test metrics and
-Recall@20 / NDCG@20 per training-interaction group, the sparse users first) and a JSON file next to it.
+`config.model.use_interest_edges`. A variant whose workdir already holds results.json is not
+retrained. Interest files are read by the trainer's reader (`cikg_jax.data.files.read_pairs`), so a
+malformed one fails here with the trainer's one-line error. Writes a Markdown table (overall test
+metrics and Recall@20 / NDCG@20 per training-interaction group, the sparse users first) and a JSON
+file next to it.
 """
+
 from __future__ import annotations
 
-import argparse
-import ast
-import importlib.util
 import json
+import os
+from pathlib import Path
 import platform
+import re
 import sys
 import time
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
-
-import numpy as np
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: configs/ and cikg_jax/ importable
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cikg_jax.data import files  # noqa: E402
+
 METRICS = ("recall@20", "ndcg@20", "recall@50", "ndcg@50", "recall@100", "ndcg@100")
+DEFAULT_DATASET = "dbbook2014"
+DATASET_CONFIGS = ROOT / "configs" / "datasets.py"  # NAME -> that dataset's CIKGRec config
 
 
 def parse_variants(spec: str) -> List[Tuple[str, Optional[str]]]:
-    """'shipped,none,x=path' -> [(name, path-or-None)]; names must be unique."""
-    out = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, path = part.partition("=")
-        if name in ("shipped", "none", "shuffled"):
-            if path:
-                raise ValueError(f"variant {name!r} takes no file")
-            out.append((name, None))
-        elif not path:
-            raise ValueError(f"variant {part!r}: use NAME=PATH for generated interests")
-        else:
-            out.append((name, path))
-    names = [n for n, _ in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate variant names in {spec!r}")
-    return out
+  """'shipped,none,x=path' -> [(name, path-or-None)]; names must be unique."""
+  out = []
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    name, _, path = part.partition("=")
+    if name in ("shipped", "none", "shuffled"):
+      if path:
+        raise ValueError(f"variant {name!r} takes no file")
+      out.append((name, None))
+    elif not path:
+      raise ValueError(f"variant {part!r}: use NAME=PATH for generated interests")
+    else:
+      out.append((name, path))
+  names = [n for n, _ in out]
+  if len(set(names)) != len(names):
+    raise ValueError(f"duplicate variant names in {spec!r}")
+  return out
 
 
 def read_pairs(path: Path) -> np.ndarray:
-    """`uid interest_id` rows, with the file and line named on a bad one."""
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise ValueError(f"{path}:{n}: expected `uid interest_id`, got {line.strip()[:60]!r}")
-            rows.append((int(parts[0]), int(parts[1])))
-    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+  """`uid interest_id` rows by the trainer's reader (its format rules and one-line errors; the
+  ranges against the dataset are checked when the trainer loads the file)."""
+  return files.read_pairs(str(path))
 
 
 def shuffle_interests(pairs: np.ndarray, seed: int) -> np.ndarray:
-    """Permute the interest column (keeps every user's and every node's degree), drop duplicate pairs."""
-    rng = np.random.default_rng(seed)
-    out = pairs.copy()
-    out[:, 1] = rng.permutation(out[:, 1])
-    return np.unique(out, axis=0)
-
-
-def load_config(path: Path):
-    """`get_config()` of a config file; the repo root is importable so `from configs import base` works."""
-    sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location("swap_config", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
-
-
-def apply_overrides(config, sets: List[str]) -> None:
-    for s in sets:
-        key, _, raw = s.partition("=")
-        try:
-            val = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            val = raw
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = val
-
-
-def set_interest_edges(config, on: bool) -> None:
-    if "model" in config and "use_interest_edges" in config.model:
-        config.model.use_interest_edges = on
-    else:
-        config.use_interest_edges = on
+  """Permutes the interest column (each user's and node's degree kept), drops duplicate pairs."""
+  rng = np.random.default_rng(seed)
+  out = pairs.copy()
+  out[:, 1] = rng.permutation(out[:, 1])
+  return np.unique(out, axis=0)
 
 
 def variant_config(base, name: str, path: Optional[str], shipped: Path, workdir: Path, seed: int):
-    """A copy of `base` set up for one variant (writes the shuffled file when needed)."""
-    c = base.copy_and_resolve_references() if hasattr(base, "copy_and_resolve_references") else base
-    c.interest_file = ""
-    set_interest_edges(c, name != "none")
-    if name == "shuffled":
-        workdir.mkdir(parents=True, exist_ok=True)
-        f = workdir / "shuffled_user_interest_clustered.txt"
-        np.savetxt(f, shuffle_interests(read_pairs(shipped), seed), fmt="%d")
-        c.interest_file = str(f)
-    elif path:
-        c.interest_file = str(Path(path).resolve())
-    return c
+  """A copy of `base` set up for one variant (writes the shuffled file when needed)."""
+  c = base.copy_and_resolve_references()
+  c.interest_file = ""
+  c.model.use_interest_edges = name != "none"
+  if name == "shuffled":
+    workdir.mkdir(parents=True, exist_ok=True)
+    f = workdir / "shuffled_user_interest_clustered.txt"
+    files.write_rows(str(f), shuffle_interests(read_pairs(shipped), seed))
+    c.interest_file = str(f)
+  elif path:
+    c.interest_file = str(Path(path).resolve())
+  return c
 
 
 def interest_stats(path: Optional[Path]) -> Dict:
-    if path is None:
-        return {"edges": 0, "users": 0, "nodes": 0}
-    p = read_pairs(path)
-    return {"edges": int(len(p)), "users": int(len(np.unique(p[:, 0]))), "nodes": int(len(np.unique(p[:, 1])))}
+  if path is None:
+    return {"edges": 0, "users": 0, "nodes": 0}
+  p = read_pairs(path)
+  return {
+    "edges": int(len(p)),
+    "users": int(len(np.unique(p[:, 0]))),
+    "nodes": int(len(np.unique(p[:, 1]))),
+  }
 
 
-def run(args, train_fn: Optional[Callable] = None) -> List[Dict]:
-    if train_fn is None:
-        from cikg_jax.train import train_and_evaluate as train_fn
-    base = load_config(Path(args.config or ROOT / "configs" / f"{args.dataset.replace('-', '_')}.py"))
-    base.dataset = args.dataset
-    base.data_dir = str(Path(args.data_dir).resolve())
-    apply_overrides(base, args.set)
-    shipped = Path(args.data_dir) / args.dataset / "user_interest_clustered.txt"
-    rows = []
-    for name, path in parse_variants(args.variants):
-        wd = Path(args.workdir) / args.dataset / name
-        c = variant_config(base, name, path, shipped, wd, args.seed)
-        res_file = wd / "results.json"
-        t0 = time.time()
-        if res_file.exists():
-            res, trained = json.loads(res_file.read_text()), False
-        else:
-            res, trained = train_fn(c, str(wd)), True
-        ifile = None if name == "none" else Path(c.interest_file or shipped)
-        rows.append({"variant": name, "interest_file": str(ifile) if ifile else None,
-                     "interests": interest_stats(ifile), "trained_now": trained,
-                     "wall_s": round(time.time() - t0, 1), "host": platform.node(),
-                     "devices": res.get("devices"), "best_epoch": res.get("best_epoch"),
-                     "train_seconds": res.get("train_seconds"), "test": res.get("test", {}),
-                     "test_groups": res.get("test_groups")})
-    return rows
+def run(
+  config, variants: str, workdir: str, seed: int = 2024, train_fn: Optional[Callable] = None
+) -> List[Dict]:
+  """Trains (or reuses) every variant of `config.dataset` from `config` (with its data_dir set)."""
+  if train_fn is None:
+    from cikg_jax.train import train_and_evaluate as train_fn
+  shipped = Path(config.data_dir) / config.dataset / "user_interest_clustered.txt"
+  todo = parse_variants(variants)
+  for _, path in todo:  # a malformed generated file fails now, not after the other variants trained
+    if path:
+      read_pairs(Path(path))
+  rows = []
+  for name, path in todo:
+    wd = Path(workdir) / config.dataset / name
+    c = variant_config(config, name, path, shipped, wd, seed)
+    res_file = wd / "results.json"
+    t0 = time.time()
+    if res_file.exists():
+      res, trained = json.loads(res_file.read_text()), False
+    else:
+      res, trained = train_fn(c, str(wd)), True
+    ifile = None if name == "none" else Path(c.interest_file or shipped)
+    rows.append(
+      {
+        "variant": name,
+        "interest_file": str(ifile) if ifile else None,
+        "interests": interest_stats(ifile),
+        "trained_now": trained,
+        "wall_s": round(time.time() - t0, 1),
+        "host": platform.node(),
+        "devices": res.get("devices"),
+        "best_epoch": res.get("best_epoch"),
+        "train_seconds": res.get("train_seconds"),
+        "test": res.get("test", {}),
+        "test_groups": res.get("test_groups"),
+      }
+    )
+  return rows
 
 
 def render(rows: List[Dict], dataset: str, note: str = "") -> str:
-    """Markdown: overall test metrics, then Recall@20 / NDCG@20 per user group (sparse first)."""
-    ks = [m for m in METRICS if any(m in r["test"] for r in rows)]
-    out = [f"# LLM swap on {dataset}", "", note, "",
-           "| variant | interest edges / users / nodes | best epoch | train s | " + " | ".join(ks) + " |",
-           "|---" * (4 + len(ks)) + "|"]
-    for r in rows:
-        i = r["interests"]
-        out.append(f"| {r['variant']} | {i['edges']} / {i['users']} / {i['nodes']} | {r['best_epoch']} | "
-                   f"{r['train_seconds'] if r['train_seconds'] is None else round(r['train_seconds'])} | "
-                   + " | ".join(f"{r['test'].get(k, float('nan')):.4f}" for k in ks) + " |")
-    groups = [r for r in rows if r.get("test_groups")]
-    if groups:
-        g0 = groups[0]["test_groups"]
-        heads = [f"g{g['group']} ({g['train_interactions'][0]}-{g['train_interactions'][1]}, {g['n_users']} u)"
-                 for g in g0]
-        for metric in ("recall@20", "ndcg@20"):
-            out += ["", f"{metric} by training-interaction group", "",
-                    "| variant | " + " | ".join(heads) + " |", "|---" * (1 + len(heads)) + "|"]
-            for r in groups:
-                out.append(f"| {r['variant']} | " + " | ".join(f"{g.get(metric, float('nan')):.4f}"
-                                                             for g in r["test_groups"]) + " |")
-    out += ["", "Where: " + "; ".join(sorted({f"{r['variant']}: {r['host']} {r['devices']}" for r in rows}))]
-    return "\n".join(out) + "\n"
+  """Markdown: overall test metrics, then Recall@20 / NDCG@20 per user group (sparse first)."""
+  ks = [m for m in METRICS if any(m in r["test"] for r in rows)]
+  out = [
+    f"# LLM swap on {dataset}",
+    "",
+    note,
+    "",
+    "| variant | interest edges / users / nodes | best epoch | train s | " + " | ".join(ks) + " |",
+    "|---" * (4 + len(ks)) + "|",
+  ]
+  for r in rows:
+    i = r["interests"]
+    out.append(
+      f"| {r['variant']} | {i['edges']} / {i['users']} / {i['nodes']} | {r['best_epoch']} | "
+      f"{r['train_seconds'] if r['train_seconds'] is None else round(r['train_seconds'])} | "
+      + " | ".join(f"{r['test'].get(k, float('nan')):.4f}" for k in ks)
+      + " |"
+    )
+  groups = [r for r in rows if r.get("test_groups")]
+  if groups:
+    g0 = groups[0]["test_groups"]
+    heads = [
+      f"g{g['group']} ({g['train_interactions'][0]}-{g['train_interactions'][1]}, {g['n_users']} u)"
+      for g in g0
+    ]
+    for metric in ("recall@20", "ndcg@20"):
+      out += [
+        "",
+        f"{metric} by training-interaction group",
+        "",
+        "| variant | " + " | ".join(heads) + " |",
+        "|---" * (1 + len(heads)) + "|",
+      ]
+      for r in groups:
+        out.append(
+          f"| {r['variant']} | "
+          + " | ".join(f"{g.get(metric, float('nan')):.4f}" for g in r["test_groups"])
+          + " |"
+        )
+  out += [
+    "",
+    "Where: " + "; ".join(sorted({f"{r['variant']}: {r['host']} {r['devices']}" for r in rows})),
+  ]
+  return "\n".join(out) + "\n"
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="dbbook2014")
-    ap.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--config", default=None, help="default: configs/<dataset>.py")
-    ap.add_argument("--variants", default="shipped,none,shuffled")
-    ap.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
-    ap.add_argument("--seed", type=int, default=2024, help="seed of the shuffled variant")
-    ap.add_argument("--workdir", default="runs/llm_swap")
-    ap.add_argument("--out", default=None, help="default: experiments/results/llm_swap_<dataset>.md")
-    ap.add_argument("--note", default="", help="a line under the title (what was run where)")
-    args = ap.parse_args(argv)
-    rows = run(args)
-    out = Path(args.out or ROOT / "experiments" / "results" / f"llm_swap_{args.dataset}.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    note = args.note or f"Overrides: {args.set or 'none'}."
-    out.write_text(render(rows, args.dataset, note))
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    print(out.read_text())
+def _flag_value(argv: Sequence[str], name: str) -> Optional[str]:
+  """The value of `--name=V` / `--name V` in argv (the last one), before the flags are parsed."""
+  value = None
+  for i, arg in enumerate(argv):
+    m = re.match(rf"^--?{name}(=(.*))?$", arg)
+    if m:
+      value = m.group(2) if m.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
+  return value
+
+
+def define_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The command's flags. `argv` (with the program name) is read now, as config_flags reads it for
+  the --config.KEY=VALUE overrides: its --dataset picks the default config."""
+  dataset = _flag_value(argv[1:], "dataset") or DEFAULT_DATASET
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string(
+    "dataset",
+    "",
+    "dataset name; sets config.dataset (default: the config's) and, "
+    "without --config, picks the config",
+    **fv,
+  )
+  flags.DEFINE_string(
+    "data_dir",
+    "",
+    "sets config.data_dir (default: the config's, $CIKG_DATA_DIR, ../shared/data)",
+    **fv,
+  )
+  flags.DEFINE_string(
+    "variants", "shipped,none,shuffled", "comma-separated variants (see above)", **fv
+  )
+  flags.DEFINE_integer("seed", 2024, "seed of the shuffled variant", **fv)
+  flags.DEFINE_string("workdir", "runs/llm_swap", "one training workdir per variant below it", **fv)
+  flags.DEFINE_string("out", "", "default: experiments/results/llm_swap_<dataset>.md", **fv)
+  flags.DEFINE_string("note", "", "a line under the title (what was run where)", **fv)
+  config_flags.DEFINE_config_file(
+    "config",
+    f"{DATASET_CONFIGS}:{dataset}",
+    "training config (default: configs/datasets.py:<dataset>)",
+    lock_config=True,
+    sys_argv=list(argv),
+    **fv,
+  )
+
+
+def base_config(flag_values: flags.FlagValues = flags.FLAGS):
+  """The parsed --config with --dataset and --data_dir applied."""
+  config = flag_values.config
+  if flag_values.dataset:
+    config.dataset = flag_values.dataset
+  config.data_dir = str(
+    Path(
+      flag_values.data_dir
+      or config.get("data_dir")
+      or os.environ.get("CIKG_DATA_DIR")
+      or ROOT.parent / "shared" / "data"
+    ).resolve()
+  )
+  return config
+
+
+def main(argv) -> None:
+  del argv
+  f = flags.FLAGS
+  config = base_config(f)
+  rows = run(config, f.variants, f.workdir, f.seed)
+  out = Path(f.out or ROOT / "experiments" / "results" / f"llm_swap_{config.dataset}.md")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  cfg = config_flags.get_config_filename(f["config"])
+  cfg = os.path.relpath(cfg, ROOT) if cfg.startswith(str(ROOT) + os.sep) else cfg
+  overrides = config_flags.get_override_values(f["config"])
+  note = f.note or f"Config: {cfg}; overrides: {overrides or 'none'}."
+  out.write_text(render(rows, config.dataset, note))
+  out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+  print(out.read_text())
+
+
+def _message(e: BaseException) -> str:
+  """One line: the innermost wrapped exception's text (KeyError's without its quotes)."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  return " ".join(text.split())
+
+
+def cli() -> None:
+  """As `python -m cikg_jax.main`: an override of the default config that fails (unknown key, bad
+  value) ends as one line and exit status 2."""
+  try:  # without --config, config_flags loads the default and applies the overrides right here
+    define_flags(sys.argv)
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    what = "unknown key " if isinstance(e, (AttributeError, KeyError)) else ""
+    print(f"error: --config override: {what}{_message(e)}", file=sys.stderr)
+    sys.exit(2)
+  app.run(main)
 
 
 if __name__ == "__main__":
-    main()
+  cli()

@@ -1,4 +1,4 @@
-"""LLM user-interest generation and structuring into interest nodes (METHOD.md §8).
+"""LLM user-interest generation and structuring into interest nodes (docs/method.md §9).
 
 Pipeline: histories (train.txt) -> prompts -> OpenAI-Batch requests -> backend (vLLM offline, any
 OpenAI-compatible endpoint, or a launched vLLM server) -> durable results JSONL -> parsed phrases ->

@@ -2,182 +2,247 @@
 
   python -m inference.generate --config=configs/llm/smollm2_cpu.py --config.limit=40
   python -m inference.generate --config=configs/llm/qwen2_5_7b.py --config.dataset=ml1m
-  python -m inference.generate --config=... --requests_only      # write the Batch file, send nothing
-  python -m inference.generate --config=... --import_batch_output=out.jsonl   # from `vllm run-batch`
+  python -m inference.generate --config=... --requests_only  # write the Batch file, send nothing
+  python -m inference.generate --config=... --import_batch_output=out.jsonl  # `vllm run-batch`
 
 Writes <out_dir>/requests.jsonl (OpenAI-Batch format), results.jsonl, failures.jsonl, manifest.json.
-Rerun the same command to finish an interrupted run. The run lock is taken before anything is written
-in out_dir, and a directory holding answers to other requests (another dataset, prompt, model, sampling,
-split) is refused before any of it is touched. Credentials are never config values: an endpoint names
-the environment variable holding its key (`api_key_env`, default OPENAI_API_KEY).
+Rerun the same command to finish an interrupted run. The run lock is taken before anything is
+written in out_dir, and a directory holding answers to other requests (another dataset, prompt,
+model, sampling, split) is refused before any of it is touched. Credentials are never config values:
+an endpoint names the environment variable holding its key (`api_key_env`, default OPENAI_API_KEY).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 import sys
 import traceback
-from pathlib import Path
 from typing import Dict, List
+import warnings
 
+from cikg_jax.data import dataset as dataset_lib
+from cikg_jax.data import files
+from inference.backends.credentials import CredentialError
 from inference.history import domain_of, exclude_items, read_item_titles, read_user_items
 from inference.prompts import INTERESTS_JSON_SCHEMA, get_template
 from inference.redact import redact
 from inference.requests import batch_output_to_records, build_requests, jsonl_bytes, write_jsonl
 from inference.runner import RunDir, RunDirError
-from inference.backends.credentials import CredentialError
 
 
 def request_body(config) -> Dict:
-    """Model name and the full sampling parameters, as sent in every request."""
-    body = {"model": config.model.served_name or config.model.name, **config.sampling.to_dict()}
-    if config.structured_outputs:
-        body["structured_outputs"] = {"json": INTERESTS_JSON_SCHEMA}
-    return body
+  """Model name and the full sampling parameters, as sent in every request."""
+  body = {"model": config.model.served_name or config.model.name, **config.sampling.to_dict()}
+  if config.structured_outputs:
+    body["structured_outputs"] = {"json": INTERESTS_JSON_SCHEMA}
+  return body
 
 
 def out_dir_of(config) -> Path:
-    return Path(config.out_dir or f"runs/llm/{config.name}/{config.dataset}")
+  return Path(config.out_dir or f"runs/llm/{config.name}/{config.dataset}")
+
+
+def dataset_root(config) -> Path:
+  return Path(dataset_lib.resolve_data_dir(config.data_dir)) / config.dataset
 
 
 def prompt_history(config):
-    """(history, held_out): each user's model-fitting items in file order, and the items held out
-    from the prompts. By default the held-out items are the trainer's validation split, made by the
-    trainer's own function with the same fraction and seed; test items are never in train.txt."""
-    from cikg_jax.data import dataset as dataset_lib
-    from cikg_jax.data import files
-    root = Path(config.data_dir) / config.dataset
-    for f in ("train.txt", "item_list.txt"):
-        if not (root / f).is_file():
-            raise FileNotFoundError(f"{root / f}: missing (set --config.data_dir / --config.dataset)")
-    train = files.read_user_items(str(root / "train.txt"))
-    if config.valid_file:
-        held = read_user_items(config.valid_file)
-    else:
-        _, held = dataset_lib.model_fitting_split(train, config.split.selection,
-                                                  config.split.valid_fraction, config.split.split_seed)
-    return exclude_items(dict(train), held), held
+  """(history, held_out): each user's model-fitting items in file order, and the items held out
+  from the prompts. The dataset is loaded by the trainer's loader, so a file the trainer refuses is
+  refused here with the same one-line error. By default the held-out items are the trainer's
+  validation split, made by the trainer's own function with the same fraction and seed; test items
+  are never in train.txt."""
+  root = dataset_root(config)
+  for f in ("train.txt", "item_list.txt"):
+    if not (root / f).is_file():
+      raise FileNotFoundError(f"{root / f}: missing (set --config.data_dir / --config.dataset)")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # notes on the KG / interest files concern training only
+    ds = dataset_lib.load_dataset(str(root.parent), root.name, selection="test")
+  train: Dict[int, List[int]] = {}
+  for u, i in ds.train.tolist():  # grouped by user, file order within a user
+    train.setdefault(u, []).append(i)
+  if config.valid_file:
+    held = read_user_items(config.valid_file, n_items=ds.n_items)
+  else:
+    _, held = dataset_lib.model_fitting_split(
+      train, config.split.selection, config.split.valid_fraction, config.split.split_seed
+    )
+  return exclude_items(train, held), held
 
 
 def split_info(config, held) -> Dict:
-    """What the manifest records of the split: where it came from and a digest of the held-out items."""
-    pairs = sorted((u, i) for u, items in held.items() for i in items)
-    return {"valid_file": config.valid_file, **config.split.to_dict(), "held_out_items": len(pairs),
-            "held_out_sha256": hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]}
+  """What the manifest records of the split: its origin and a digest of the held-out items."""
+  pairs = sorted((u, i) for u, items in held.items() for i in items)
+  return {
+    "valid_file": config.valid_file,
+    **config.split.to_dict(),
+    "held_out_items": len(pairs),
+    "held_out_sha256": hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16],
+  }
 
 
 def validation_items_in_prompts(history, held_out, titles, n_items: int) -> Dict[str, int]:
-    """Leak count: held-out items among the titled items each prompt window shows."""
-    users = items = 0
-    for uid, hist in history.items():
-        shown = {i for i in list(hist)[-n_items:] if i in titles}
-        leaked = shown & set(held_out.get(uid, ()))
-        users += bool(leaked)
-        items += len(leaked)
-    return {"users": users, "items": items}
+  """Leak count: held-out items among the titled items each prompt window shows."""
+  users = items = 0
+  for uid, hist in history.items():
+    shown = {i for i in list(hist)[-n_items:] if i in titles}
+    leaked = shown & set(held_out.get(uid, ()))
+    users += bool(leaked)
+    items += len(leaked)
+  return {"users": users, "items": items}
 
 
 def make_requests(config, history=None) -> List[Dict]:
-    """Requests for every user (or the first `limit`) of config.dataset from their model-fitting history."""
-    root = Path(config.data_dir) / config.dataset
-    if history is None:
-        history, _ = prompt_history(config)
-    titles = read_item_titles(root / "item_list.txt", config.prompt.strip_disambiguation)
-    template = get_template(config.prompt.template)
-    reqs = build_requests(history, titles, template, config.prompt.domain or domain_of(config.dataset),
-                          request_body(config), config.prompt.n_items)
-    return reqs[:config.limit] if config.limit else reqs
+  """Requests for all users (or the first `limit`) of config.dataset from model-fitting
+  histories."""
+  root = dataset_root(config)
+  if history is None:
+    history, _ = prompt_history(config)
+  titles = read_item_titles(root / "item_list.txt", config.prompt.strip_disambiguation)
+  template = get_template(config.prompt.template)
+  reqs = build_requests(
+    history,
+    titles,
+    template,
+    config.prompt.domain or domain_of(config.dataset),
+    request_body(config),
+    config.prompt.n_items,
+  )
+  return reqs[: config.limit] if config.limit else reqs
 
 
 def run_info(config, requests: List[Dict], held_out=None) -> Dict:
-    """What the manifest records; its runner.FINGERPRINT_KEYS decide whether a run directory may be resumed."""
-    t = get_template(config.prompt.template)
-    if held_out is None:
-        held_out = prompt_history(config)[1]
-    return {"model": config.model.name, "revision": config.model.revision, "model_path": config.model.path,
-            "served_name": config.model.served_name, "prompt_template": t.name,
-            "prompt_template_hash": t.digest(), "prompt": config.prompt.to_dict(),
-            "prompt_domain": config.prompt.domain or domain_of(config.dataset), "sampling": config.sampling.to_dict(),
-            "structured_outputs": bool(config.structured_outputs), "seed": config.seed,
-            "dataset": config.dataset, "n_items": config.prompt.n_items, "valid_file": config.valid_file,
-            "split": split_info(config, held_out), "limit": config.limit,
-            "requests_sha256": hashlib.sha256(jsonl_bytes(requests)).hexdigest()[:16],
-            "config": json.loads(config.to_json_best_effort())}
+  """What the manifest records; its runner.FINGERPRINT_KEYS decide whether a run dir may resume."""
+  t = get_template(config.prompt.template)
+  if held_out is None:
+    held_out = prompt_history(config)[1]
+  return {
+    "model": config.model.name,
+    "revision": config.model.revision,
+    "model_path": config.model.path,
+    "served_name": config.model.served_name,
+    "prompt_template": t.name,
+    "prompt_template_hash": t.digest(),
+    "prompt": config.prompt.to_dict(),
+    "prompt_domain": config.prompt.domain or domain_of(config.dataset),
+    "sampling": config.sampling.to_dict(),
+    "structured_outputs": bool(config.structured_outputs),
+    "seed": config.seed,
+    "dataset": config.dataset,
+    "n_items": config.prompt.n_items,
+    "valid_file": config.valid_file,
+    "split": split_info(config, held_out),
+    "limit": config.limit,
+    "requests_sha256": hashlib.sha256(jsonl_bytes(requests)).hexdigest()[:16],
+    "config": json.loads(config.to_json_best_effort()),
+  }
 
 
 def check_credentials(config) -> None:
-    """Refuse credentials written into the config (they would reach manifests and logs): endpoints name an
-    environment variable instead (`api_key_env`)."""
-    from inference.backends.credentials import endpoint_specs
-    endpoint_specs(config.endpoints)
+  """Refuse credentials written into the config (they would reach manifests and logs): endpoints
+  name an environment variable instead (`api_key_env`)."""
+  from inference.backends.credentials import endpoint_specs
+
+  endpoint_specs(config.endpoints)
 
 
-def generate(config, *, requests_only: bool = False, import_batch_output: str = "", progress: bool = True) -> int:
-    """The command, callable in-process; returns the exit status (0 done, 3 requests left).
+def generate(
+  config, *, requests_only: bool = False, import_batch_output: str = "", progress: bool = True
+) -> int:
+  """The command, callable in-process; returns the exit status (0 done, 3 requests left).
 
-    Order matters: credentials checked, requests built (reads the dataset only), THEN the run lock taken,
-    the run directory checked against these requests, and only then anything written in out_dir."""
-    check_credentials(config)
-    out = out_dir_of(config)
-    history, held_out = prompt_history(config)
-    reqs = make_requests(config, history)
-    info = run_info(config, reqs, held_out)
-    req_path = out / "requests.jsonl"
-    with RunDir(out) as rd:
-        todo = rd.check(reqs, info)
-        write_jsonl(req_path, reqs)
-        print(f"{len(reqs)} requests -> {req_path}", file=sys.stderr)
-        if requests_only:
-            return 0
-        if import_batch_output:
-            n = rd.import_records(batch_output_to_records(import_batch_output), reqs, info)
-            print(f"imported {n['imported']} answers into {out / 'results.jsonl'} ({json.dumps(n)})", file=sys.stderr)
-            return 0
-        if not todo:
-            print(f"all {len(reqs)} requests already answered in {out / 'results.jsonl'}", file=sys.stderr)
-            return 0
-        from inference.backends import make_backend
-        if not config.server.log_path:
-            config.server.log_path = str(out / "vllm_server.log")
-        with make_backend(config) as backend:
-            summary = rd.run(reqs, backend, info, max_consecutive_failures=config.client.max_consecutive_failures,
-                             progress=progress)
-    print(json.dumps(redact(summary), indent=1), file=sys.stderr)
-    if summary["remaining"]:
-        print(f"{summary['remaining']} requests not done; rerun the same command to finish", file=sys.stderr)
-        return 3
-    return 0
+  Order matters: credentials checked, requests built (reads the dataset only), THEN the run lock
+  taken, the run directory checked against these requests, and only then anything written in
+  out_dir."""
+  check_credentials(config)
+  out = out_dir_of(config)
+  history, held_out = prompt_history(config)
+  reqs = make_requests(config, history)
+  info = run_info(config, reqs, held_out)
+  req_path = out / "requests.jsonl"
+  with RunDir(out) as rd:
+    todo = rd.check(reqs, info)
+    write_jsonl(req_path, reqs)
+    print(f"{len(reqs)} requests -> {req_path}", file=sys.stderr)
+    if requests_only:
+      return 0
+    if import_batch_output:
+      n = rd.import_records(batch_output_to_records(import_batch_output), reqs, info)
+      print(
+        f"imported {n['imported']} answers into {out / 'results.jsonl'} ({json.dumps(n)})",
+        file=sys.stderr,
+      )
+      return 0
+    if not todo:
+      print(
+        f"all {len(reqs)} requests already answered in {out / 'results.jsonl'}", file=sys.stderr
+      )
+      return 0
+    from inference.backends import make_backend
+
+    if not config.server.log_path:
+      config.server.log_path = str(out / "vllm_server.log")
+    with make_backend(config) as backend:
+      summary = rd.run(
+        reqs,
+        backend,
+        info,
+        max_consecutive_failures=config.client.max_consecutive_failures,
+        progress=progress,
+      )
+  print(json.dumps(redact(summary), indent=1), file=sys.stderr)
+  if summary["remaining"]:
+    print(
+      f"{summary['remaining']} requests not done; rerun the same command to finish", file=sys.stderr
+    )
+    return 3
+  return 0
 
 
 def main(argv) -> None:
-    import logging
-    from absl import flags
-    for name in ("httpx", "httpx2"):  # the openai client's transport logs one INFO line per request
-        logging.getLogger(name).setLevel(logging.WARNING)
-    f = flags.FLAGS
-    try:
-        rc = generate(f.config, requests_only=f.requests_only, import_batch_output=f.import_batch_output,
-                      progress=not f.no_progress)
-    except (RunDirError, CredentialError) as exc:   # refused: one line, nothing written
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
-        sys.exit(2)
-    except Exception:  # noqa: BLE001 - printed redacted instead of absl's raw traceback
-        print(redact(traceback.format_exc()), file=sys.stderr)
-        sys.exit(1)
-    if rc:
-        sys.exit(rc)
+  import logging
+
+  from absl import flags
+
+  for name in ("httpx", "httpx2"):  # the openai client's transport logs one INFO line per request
+    logging.getLogger(name).setLevel(logging.WARNING)
+  f = flags.FLAGS
+  try:
+    rc = generate(
+      f.config,
+      requests_only=f.requests_only,
+      import_batch_output=f.import_batch_output,
+      progress=not f.no_progress,
+    )
+  except (RunDirError, CredentialError) as exc:  # refused: one line, nothing written
+    print(f"error: {redact(str(exc))}", file=sys.stderr)
+    sys.exit(2)
+  except (files.DataFormatError, FileNotFoundError) as exc:  # bad data: the trainer's one line
+    print(f"error: {redact(str(exc))}", file=sys.stderr)
+    sys.exit(1)
+  except Exception:  # noqa: BLE001 - printed redacted instead of absl's raw traceback
+    print(redact(traceback.format_exc()), file=sys.stderr)
+    sys.exit(1)
+  if rc:
+    sys.exit(rc)
 
 
 def cli() -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "configs/llm/NAME.py", lock_config=True)
-    flags.mark_flags_as_required(["config"])
-    flags.DEFINE_bool("requests_only", False, "write requests.jsonl and stop")
-    flags.DEFINE_string("import_batch_output", "", "OpenAI/vllm run-batch output file to import as results")
-    flags.DEFINE_bool("no_progress", False, "no progress bar")
-    app.run(main)
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "configs/llm/NAME.py", lock_config=True)
+  flags.mark_flags_as_required(["config"])
+  flags.DEFINE_bool("requests_only", False, "write requests.jsonl and stop")
+  flags.DEFINE_string(
+    "import_batch_output", "", "OpenAI/vllm run-batch output file to import as results"
+  )
+  flags.DEFINE_bool("no_progress", False, "no progress bar")
+  app.run(main)
 
 
 if __name__ == "__main__":
-    cli()
+  cli()

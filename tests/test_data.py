@@ -286,5 +286,8 @@ def test_inference_max_entity_id_reads_entity_names_with_spaces(tmp_path, data_d
   from inference.structure import max_entity_id
   (tmp_path / "entity_list.txt").write_text("org_id remap_id entity_name\n0 0 Clara Callan\n"
                                             "4 1 Our Dumb Century\n7 2\n")
+  # max_entity_id loads the dataset as the trainer does, so it needs the interactions too
+  (tmp_path / "train.txt").write_text("0 0 1\n1 1\n")
+  (tmp_path / "test.txt").write_text("0 2\n")
   assert max_entity_id(tmp_path) == 2
   assert max_entity_id(Path(data_dir) / "book-crossing") == 9525

@@ -1,11 +1,11 @@
 """experiments/llm_swap.py against a stand-in for cikg_jax.train.train_and_evaluate."""
-import argparse
 import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from absl import flags
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("llm_swap", ROOT / "experiments" / "llm_swap.py")
@@ -55,10 +55,16 @@ def test_run_and_render_with_fake_trainer(tmp_path):
         (Path(workdir) / "results.json").write_text(json.dumps(res))
         return res
 
-    args = argparse.Namespace(dataset="toy", data_dir=str(tmp_path / "data"), config=str(cfg),
-                              variants=f"shipped,none,shuffled,smol={gen}", set=["train.max_epochs=7"], seed=0,
-                              workdir=str(tmp_path / "wd"))
-    rows = llm_swap.run(args, train_fn=fake_train)
+    # the command line through config_flags, as `python experiments/llm_swap.py ...` parses it
+    argv = ["llm_swap.py", "--dataset=toy", f"--data_dir={tmp_path / 'data'}", f"--config={cfg}",
+            f"--variants=shipped,none,shuffled,smol={gen}", "--config.train.max_epochs=7", "--seed=0",
+            f"--workdir={tmp_path / 'wd'}"]
+    fv = flags.FlagValues()
+    llm_swap.define_flags(argv, fv)
+    fv(argv)
+    config = llm_swap.base_config(fv)
+    assert config.dataset == "toy" and config.data_dir == str((tmp_path / "data").resolve())
+    rows = llm_swap.run(config, fv.variants, fv.workdir, fv.seed, train_fn=fake_train)
     assert [s[1] for s in seen] == [True, False, True, True] and all(s[2] == 7 for s in seen)
     assert seen[0][0] == "" and seen[2][0].endswith("shuffled_user_interest_clustered.txt")
     assert seen[3][0] == str(gen.resolve())
@@ -66,7 +72,8 @@ def test_run_and_render_with_fake_trainer(tmp_path):
     md = llm_swap.render(rows, "toy", "note")
     assert "| smol | 2 / 2 / 1 | 3 | 1 | 0.4000 | 0.0500 |" in md and "recall@20 by training-interaction group" in md
     # a second run reuses results.json instead of training again
-    assert all(not r["trained_now"] for r in llm_swap.run(args, train_fn=fake_train)) and len(seen) == 4
+    again = llm_swap.run(config, fv.variants, fv.workdir, fv.seed, train_fn=fake_train)
+    assert all(not r["trained_now"] for r in again) and len(seen) == 4
 
 
 def test_bad_interest_file_names_line(tmp_path):
@@ -74,3 +81,29 @@ def test_bad_interest_file_names_line(tmp_path):
     p.write_text("1 2\n3 x\n")
     with pytest.raises(ValueError, match="f.txt:2"):
         llm_swap.read_pairs(p)
+
+
+def _parse(argv):
+    fv = flags.FlagValues()
+    llm_swap.define_flags(argv, fv)
+    fv(argv)
+    return fv
+
+
+def test_documented_command_lines_parse(monkeypatch):
+    """The docstring's and README's command lines: --dataset picks the dataset's own config unless
+    --config names one; --config.KEY=VALUE overrides either (the old --set is gone)."""
+    monkeypatch.delenv("CIKG_DATA_DIR", raising=False)
+    fv = _parse(["llm_swap.py", "--dataset", "book-crossing", "--variants", "shipped,none",
+                 "--config.train.max_epochs=50", "--config.train.patience=5"])
+    c = llm_swap.base_config(fv)
+    assert (c.dataset, c.model.num_layers, c.train.max_epochs, c.train.patience) == ("book-crossing", 4, 50, 5)
+    assert c.data_dir == str((ROOT.parent / "shared" / "data").resolve()) and fv.variants == "shipped,none"
+    fv = _parse(["llm_swap.py", "--dataset", "dbbook2014", "--config", str(ROOT / "configs" / "lightgcn.py"),
+                 "--config.train.checkpoint=False", "--data_dir=/data"])
+    c = llm_swap.base_config(fv)
+    assert (c.dataset, c.model.name, c.train.checkpoint, c.data_dir) == ("dbbook2014", "lightgcn", False, "/data")
+    c = llm_swap.base_config(_parse(["llm_swap.py", f"--config={ROOT / 'configs' / 'book_crossing.py'}"]))
+    assert c.dataset == "book-crossing"  # without --dataset the config's own dataset
+    with pytest.raises(flags.Error):
+        _parse(["llm_swap.py", "--set", "train.max_epochs=5"])

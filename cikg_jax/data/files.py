@@ -109,24 +109,28 @@ def read_triples(path: str, n_entities: Optional[int] = None) -> np.ndarray:
   return _dedupe_rows(path, arr)
 
 
-def read_pairs(path: str, n_users: int, min_second: int) -> np.ndarray:
-  """Reads `uid interest_id` lines; interest ids must lie above the entity range."""
+def read_pairs(path: str, n_users: Optional[int] = None,
+               min_second: Optional[int] = None) -> np.ndarray:
+  """Reads `uid interest_id` lines; interest ids must lie above the entity range. Without
+  `n_users` / `min_second` (a file read apart from its dataset) only the format is checked; the
+  trainer checks the ranges when it loads the file with its dataset."""
   rows, line_nos = [], []
   for line_no, tokens in _lines(path):
     if len(tokens) != 2:
       _fail(path, line_no, f"expected 'uid interest_id', got {len(tokens)} tokens")
     u = _to_int(path, line_no, tokens[0], "user id")
     v = _to_int(path, line_no, tokens[1], "interest id")
-    if u >= n_users:
+    if n_users is not None and u >= n_users:
       _fail(path, line_no, f"user id {u} out of range (train.txt has {n_users} users)")
-    if v < min_second:
+    if min_second is not None and v < min_second:
       _fail(path, line_no, f"interest id {v} collides with the entity range (ids < {min_second})")
     rows.append((u, v))
     line_nos.append(line_no)
   if not rows:
     _fail(path, None, "no user-interest pairs")
   arr = np.asarray(rows, dtype=np.int64)
-  check_dense_ids(path, arr[:, 1], line_nos, min_second, "interest")
+  if min_second is not None:
+    check_dense_ids(path, arr[:, 1], line_nos, min_second, "interest")
   return _dedupe_rows(path, arr)
 
 
