@@ -268,9 +268,10 @@ class EpochWriter:
   """Every epoch's terms and metrics: a line of metrics.jsonl (on disk before the checkpoint
   that claims it), TensorBoard scalars, and a log line when no progress bar is shown."""
 
-  def __init__(self, workdir: str, log_lines: bool):
+  def __init__(self, workdir: str, log_lines: bool, k: int):
     self.metrics_path = os.path.join(workdir, "metrics.jsonl")
     self.log_lines = log_lines
+    self.k = k  # the log line shows recall@k (eval.select_k)
     self.tb = None
     try:
       from tensorboardX import SummaryWriter
@@ -282,7 +283,7 @@ class EpochWriter:
   def write(self, record: Dict[str, Any], selection: str) -> None:
     rundir.append_line(self.metrics_path, record)
     epoch = record["epoch"]
-    if self.tb is not None:
+    if self.tb is not None:  # tensorboardX writes "@" in a tag as "_": valid/recall_20
       for k, v in record.items():
         if k != "epoch" and isinstance(v, (int, float)):
           self.tb.add_scalar(k, v, epoch)
@@ -291,11 +292,12 @@ class EpochWriter:
         f"{k} {record[k]:.5g}" for k in ("loss", "bpr", "reg", "cl", "uir", "kge") if k in record
       )
       log.info(
-        "epoch %d: %s | %s/recall@20 %.4f selection %.4f (best epoch %d) %.1f s",
+        "epoch %d: %s | %s/recall@%d %.4f selection %.4f (best epoch %d) %.1f s",
         epoch,
         terms,
         selection,
-        record[f"{selection}/recall@20"],
+        self.k,
+        record[f"{selection}/recall@{self.k}"],
         record["selection_score"],
         record["best_epoch"],
         record["seconds"],
@@ -330,7 +332,8 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
     dynamic_ncols=True,
     disable=None,
   )
-  writer = EpochWriter(workdir, log_lines=pbar.disable)
+  k = config.eval.select_k
+  writer = EpochWriter(workdir, log_lines=pbar.disable, k=k)
   try:
     for epoch in pbar:
       if loop.stop:
@@ -381,7 +384,7 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
         last_save = time.perf_counter()
       pbar.set_postfix(
         loss=f"{terms['loss']:.4f}",
-        **{f"{selection}_r@20": f"{sel_metrics['recall@20']:.4f}"},
+        **{f"{selection}_r@{k}": f"{sel_metrics[f'recall@{k}']:.4f}"},
         best=loop.best_epoch,
       )
       if loop.stop:
@@ -398,8 +401,9 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
     "best epoch %d: test %s",
     results["best_epoch"],
     "  ".join(
-      f"{k} {results['test'].get(k, float('nan')):.4f}"
-      for k in ("recall@20", "ndcg@20", "recall@50", "ndcg@50")
+      f"{m}@{k} {results['test'].get(f'{m}@{k}', float('nan')):.4f}"
+      for k in config.eval.ks
+      for m in ("recall", "ndcg")
     ),
   )
   return results

@@ -22,10 +22,12 @@ def main(tmp):
   state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, c.kge.use)
   rates = np.full(3, 0.4, np.float32)  # the mask rate of every epoch
   rng = np.random.default_rng(0)
-  batch = {"users": rng.integers(ds.n_users, size=256).astype(np.int32),
-           "pos": rng.integers(ds.n_items, size=256).astype(np.int32),
-           "neg": rng.integers(ds.n_items, size=256).astype(np.int32),
-           "mask": (np.arange(256) < 200).astype(np.float32)}  # a padded last batch
+  batch = {
+    "users": rng.integers(ds.n_users, size=256).astype(np.int32),
+    "pos": rng.integers(ds.n_items, size=256).astype(np.int32),
+    "neg": rng.integers(ds.n_items, size=256).astype(np.int32),
+    "mask": (np.arange(256) < 200).astype(np.float32),
+  }  # a padded last batch
   key = jax.random.PRNGKey(3)
   out = {}
   # SGD makes the parameter change the gradient itself; Adam's first step (g / (|g| + eps))
@@ -37,27 +39,44 @@ def main(tmp):
     multi, m4 = p_step(parallel.replicate(s0, 4), parallel.shard_batch(batch, 4), key, graphs)
     multi = parallel.unreplicate(multi)
     out[name] = {
-        "max_param_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                              for a, b in zip(jax.tree_util.tree_leaves(single.params),
-                                              jax.tree_util.tree_leaves(multi.params))),
-        "max_param_change": float(np.max(np.abs(
+      "max_param_diff": max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(
+          jax.tree_util.tree_leaves(single.params), jax.tree_util.tree_leaves(multi.params)
+        )
+      ),
+      "max_param_change": float(
+        np.max(
+          np.abs(
             np.asarray(single.params["node_embedding"]["embedding"])
-            - np.asarray(s0.params["node_embedding"]["embedding"]))))}
+            - np.asarray(s0.params["node_embedding"]["embedding"])
+          )
+        )
+      ),
+    }
   out["metrics_single"] = {k: float(v) for k, v in m1.items()}
   out["metrics_multi"] = {k: float(np.asarray(v)[0]) for k, v in m4.items()}
-  kb = {"head": rng.integers(ds.n_nodes, size=256).astype(np.int32),
-        "relation": rng.integers(ds.n_relations + 1, size=256).astype(np.int32),  # paper views
-        "tail": rng.integers(ds.n_nodes, size=256).astype(np.int32),
-        "neg_tail": rng.integers(ds.n_nodes, size=256).astype(np.int32)}
+  kb = {
+    "head": rng.integers(ds.n_nodes, size=256).astype(np.int32),
+    "relation": rng.integers(ds.n_relations + 1, size=256).astype(np.int32),  # paper views
+    "tail": rng.integers(ds.n_nodes, size=256).astype(np.int32),
+    "neg_tail": rng.integers(ds.n_nodes, size=256).astype(np.int32),
+  }
   k1, _ = jax.jit(steps.make_kge_step(net, kge_tx))(state, kb)
   k4, _ = p_kge(parallel.replicate(state, 4), parallel.shard_batch(kb, 4))
   k4 = parallel.unreplicate(k4)
-  out["kge_max_param_change"] = float(np.max(np.abs(
-      np.asarray(k1.params["node_embedding"]["embedding"])
-      - np.asarray(state.params["node_embedding"]["embedding"]))))
-  out["kge_max_param_diff"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                                  for a, b in zip(jax.tree_util.tree_leaves(k1.params),
-                                                  jax.tree_util.tree_leaves(k4.params)))
+  out["kge_max_param_change"] = float(
+    np.max(
+      np.abs(
+        np.asarray(k1.params["node_embedding"]["embedding"])
+        - np.asarray(state.params["node_embedding"]["embedding"])
+      )
+    )
+  )
+  out["kge_max_param_diff"] = max(
+    float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+    for a, b in zip(jax.tree_util.tree_leaves(k1.params), jax.tree_util.tree_leaves(k4.params))
+  )
   runs = {}
   for n in (1, 4):
     c.train.num_devices = n

@@ -44,7 +44,7 @@ def _user_item_operator(ds):
   for u, i in ds.train:
     a[u, ds.n_users + i] = a[ds.n_users + i, u] = 1.0
   d = a.sum(1)
-  inv = np.where(d > 0, d ** -0.5, 0.0)
+  inv = np.where(d > 0, d**-0.5, 0.0)
   return inv[:, None] * a * inv[None, :]
 
 
@@ -63,10 +63,12 @@ def test_simgcl_loss_against_numpy(toy):
   assert type(net) is baselines.SimGCL
   params = net.init_params(jax.random.PRNGKey(0))
   # duplicate users and items, and two padding rows (which must not enter the unique sets)
-  batch = {"users": np.array([0, 2, 2, 3, 1, 0, 0], np.int32),
-           "pos": np.array([1, 3, 0, 1, 2, 3, 3], np.int32),
-           "neg": np.array([2, 1, 1, 0, 3, 0, 0], np.int32),
-           "mask": np.array([1, 1, 1, 1, 1, 0, 0], np.float32)}
+  batch = {
+    "users": np.array([0, 2, 2, 3, 1, 0, 0], np.int32),
+    "pos": np.array([1, 3, 0, 1, 2, 3, 3], np.int32),
+    "neg": np.array([2, 1, 1, 0, 3, 0, 0], np.int32),
+    "mask": np.array([1, 1, 1, 1, 1, 0, 0], np.float32),
+  }
   key = jax.random.PRNGKey(5)
   loss, m = net.apply({"params": params}, g, batch, key, method="loss")
 
@@ -111,7 +113,7 @@ def test_simgcl_loss_against_numpy(toy):
 
 
 def test_unique_rows_ignore_padding():
-  ids, mask = baselines.unique_rows(jnp.array([3, 1, 3, 0, 2]), jnp.array([1, 1, 1, 0, 0.]), 5)
+  ids, mask = baselines.unique_rows(jnp.array([3, 1, 3, 0, 2]), jnp.array([1, 1, 1, 0, 0.0]), 5)
   assert np.asarray(ids).tolist()[:2] == [1, 3] and np.asarray(mask).tolist() == [1, 1, 0, 0, 0]
 
 
@@ -137,8 +139,9 @@ def _ckg_triples(ds):
 
 
 def _layers(params):
-  return [params[f"aggregators_{i}"] for i in range(sum(k.startswith("aggregators_")
-                                                         for k in params))]
+  return [
+    params[f"aggregators_{i}"] for i in range(sum(k.startswith("aggregators_") for k in params))
+  ]
 
 
 def _numpy_attention(params, triples):
@@ -175,8 +178,9 @@ def _nonzero_biases(params):
   for i, layer in enumerate(_layers(params)):
     for name in ("sum", "bi"):
       b = layer[name]["bias"]
-      layer[name]["bias"] = 0.1 * jax.random.normal(jax.random.fold_in(key, 2 * i + len(name)),
-                                                    b.shape)
+      layer[name]["bias"] = 0.1 * jax.random.normal(
+        jax.random.fold_in(key, 2 * i + len(name)), b.shape
+      )
   return params
 
 
@@ -192,8 +196,9 @@ def test_kgat_attention_and_propagation_against_numpy(toy):
   assert params["w_r"].shape == (2 * n_rel, 6, 4) and len(_layers(params)) == 2
   variables = {"params": params}
   got = np.asarray(net.apply(variables, g, method="attention"))
-  edges = list(zip(np.asarray(g.op.graph.receivers), np.asarray(g.relation),
-                   np.asarray(g.op.graph.senders)))
+  edges = list(
+    zip(np.asarray(g.op.graph.receivers), np.asarray(g.relation), np.asarray(g.op.graph.senders))
+  )
   assert sorted(tuple(e) for e in np.array(edges).tolist()) == triples
   n = ds.n_users + ds.n_entities
   ref, att = _numpy_kgat(params, triples, n, c)
@@ -202,9 +207,10 @@ def test_kgat_attention_and_propagation_against_numpy(toy):
   assert out.shape == (n, 6 + 5 + 3)
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-6)
   users, items = net.apply(variables, g)
-  np.testing.assert_allclose(np.asarray(users), ref[:ds.n_users], rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(items), ref[ds.n_users:ds.n_users + ds.n_items],
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(users), ref[: ds.n_users], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(items), ref[ds.n_users : ds.n_users + ds.n_items], rtol=1e-4, atol=1e-6
+  )
 
 
 def test_kgat_losses_against_numpy(toy):
@@ -214,17 +220,22 @@ def test_kgat_losses_against_numpy(toy):
   n_rel = ds.n_relations + 1
   net = steps.create_model(c, ds)
   params = _nonzero_biases(net.init_params(jax.random.PRNGKey(2)))
-  batch = {"users": np.array([0, 1, 2, 3, 0], np.int32),
-           "pos": np.array([1, 2, 3, 1, 0], np.int32),
-           "neg": np.array([2, 3, 1, 0, 0], np.int32),
-           "mask": np.array([1, 1, 1, 1, 0], np.float32)}
+  batch = {
+    "users": np.array([0, 1, 2, 3, 0], np.int32),
+    "pos": np.array([1, 2, 3, 1, 0], np.int32),
+    "neg": np.array([2, 3, 1, 0, 0], np.int32),
+    "mask": np.array([1, 1, 1, 1, 0], np.float32),
+  }
   loss_fn = lambda p: net.apply({"params": p}, g, batch, jax.random.PRNGKey(0), method="loss")
   loss, m = loss_fn(params)
   out, _ = _numpy_kgat(params, _ckg_triples(ds), ds.n_users + ds.n_entities, c)
-  u, i, j = out[[0, 1, 2, 3]], out[ds.n_users + np.array([1, 2, 3, 1])], out[ds.n_users + np.array(
-      [2, 3, 1, 0])]
+  u, i, j = (
+    out[[0, 1, 2, 3]],
+    out[ds.n_users + np.array([1, 2, 3, 1])],
+    out[ds.n_users + np.array([2, 3, 1, 0])],
+  )
   bpr = np.mean(-np.log(1 / (1 + np.exp(-((u * i).sum(1) - (u * j).sum(1)))) + 1e-10))
-  reg = 1e-2 * 0.5 * np.mean((u ** 2).sum(1) + (i ** 2).sum(1) + (j ** 2).sum(1))
+  reg = 1e-2 * 0.5 * np.mean((u**2).sum(1) + (i**2).sum(1) + (j**2).sum(1))
   assert float(m["bpr"]) == pytest.approx(bpr, rel=1e-4)
   assert float(m["reg"]) == pytest.approx(reg, rel=1e-4)
   assert float(loss) == pytest.approx(bpr + reg, rel=1e-4)
@@ -234,8 +245,12 @@ def test_kgat_losses_against_numpy(toy):
   assert not np.any(np.asarray(grads["relation_embedding"]["embedding"]))
   assert np.any(np.asarray(grads["node_embedding"]["embedding"]))
   # TransR on a hand batch: ||h W_r + e_r - t W_r||^2 against a negative tail,
-  kb = {"head": np.array([4, 0, 6]), "relation": np.array([0, 2, 1]), "tail": np.array([8, 5, 9]),
-        "neg_tail": np.array([10, 7, 4])}
+  kb = {
+    "head": np.array([4, 0, 6]),
+    "relation": np.array([0, 2, 1]),
+    "tail": np.array([8, 5, 9]),
+    "neg_tail": np.array([10, 7, 4]),
+  }
   # and on each triple's inverse (t, r + R + 1, h) against the same corrupted tail
   emb = np.asarray(params["node_embedding"]["embedding"], np.float64)
   w_all = np.asarray(params["w_r"], np.float64)
@@ -247,10 +262,11 @@ def test_kgat_losses_against_numpy(toy):
   proj = lambda nodes: np.einsum("bd,bdk->bk", emb[nodes], w_all[rs])
   h, t, tn, r = proj(hs), proj(ts), proj(ns), rel_all[rs]
   pos, neg = ((h + r - t) ** 2).sum(1), ((h + r - tn) ** 2).sum(1)
-  l2m = lambda x: np.mean((x ** 2).sum(1) / 2)
+  l2m = lambda x: np.mean((x**2).sum(1) / 2)
   ref = np.mean(-_log_sigmoid(neg - pos)) + 1e-2 * (l2m(h) + l2m(r) + l2m(t) + l2m(tn))
-  got = net.apply({"params": params}, {k: v.astype(np.int32) for k, v in kb.items()},
-                  method="kge_loss")
+  got = net.apply(
+    {"params": params}, {k: v.astype(np.int32) for k, v in kb.items()}, method="kge_loss"
+  )
   assert float(got) == pytest.approx(ref, rel=1e-5)
 
 
@@ -275,8 +291,12 @@ def test_simgcl_init_params_match_flax_init(toy):
   params = assert_init_params_match_flax(net, key, g)
   assert set(params) == {"node_embedding"}
   assert params["node_embedding"]["embedding"].shape == (ds.n_nodes, 6)
-  batch = {"users": np.array([0, 1], np.int32), "pos": np.array([1, 2], np.int32),
-           "neg": np.array([2, 3], np.int32), "mask": np.ones(2, np.float32)}
+  batch = {
+    "users": np.array([0, 1], np.int32),
+    "pos": np.array([1, 2], np.int32),
+    "neg": np.array([2, 3], np.int32),
+    "mask": np.ones(2, np.float32),
+  }
   assert_init_params_match_flax(net, key, g, batch, key, method="loss")
 
 
@@ -288,15 +308,23 @@ def test_kgat_init_params_match_flax_init(toy):
   key = jax.random.PRNGKey(0)
   params = assert_init_params_match_flax(net, key, g)
   n_rel = 2 * (ds.n_relations + 1)
-  assert set(params) == {"node_embedding", "relation_embedding", "w_r", "aggregators_0",
-                         "aggregators_1"}
+  assert set(params) == {
+    "node_embedding",
+    "relation_embedding",
+    "w_r",
+    "aggregators_0",
+    "aggregators_1",
+  }
   assert params["w_r"].shape == (n_rel, 6, 4)
   assert params["aggregators_0"]["sum"]["kernel"].shape == (6, 5)
   assert params["aggregators_1"]["bi"]["kernel"].shape == (5, 3)
-  kb = {"head": np.array([4, 0], np.int32), "relation": np.array([0, 2], np.int32),
-        "tail": np.array([8, 5], np.int32), "neg_tail": np.array([10, 7], np.int32)}
-  assert_init_params_match_flax(
-      net, key, g, kb, method=lambda m, g, kb: (m(g), m.kge_loss(kb)))
+  kb = {
+    "head": np.array([4, 0], np.int32),
+    "relation": np.array([0, 2], np.int32),
+    "tail": np.array([8, 5], np.int32),
+    "neg_tail": np.array([10, 7], np.int32),
+  }
+  assert_init_params_match_flax(net, key, g, kb, method=lambda m, g, kb: (m(g), m.kge_loss(kb)))
 
 
 # ---- through the driver --------------------------------------------------------------------

@@ -34,23 +34,40 @@ def test_convert_kgat_remaps_users_items_entities_and_loads(tmp_path, capsys, ca
   # source user 5 read "b-205" (The Hobbit, source entity 3): now (2, 1)
   assert (users["5"], items["b-205"]) == (2, 1) and [2, 1] in ds.train.tolist()
   # source triple (3 "The Hobbit", 7 author, 2 Tolkien): item i is entity i
-  hobbit, author, tolkien = entities["b-205"], relations["http://example.org/author"], \
-      entities["author:tolkien"]
+  hobbit, author, tolkien = (
+    entities["b-205"],
+    relations["http://example.org/author"],
+    entities["author:tolkien"],
+  )
   assert (hobbit, author, tolkien) == (1, 1, 5) and [1, 1, 5] in ds.kg.tolist()
   assert ds.test.tolist() == [[0, 2], [1, 0], [2, 0]]  # user 2's b-333 was a training item too
   assert sorted(map(tuple, ds.user_interest.tolist())) == [(0, 8), (1, 8), (2, 9)]
   saved = json.loads((out / "convert_report.json").read_text())
   assert saved == report
-  assert {k: saved[k] for k in ("train_interactions_with_unknown_items", "train_repeated_items",
-                                "users_without_training_items", "test_items_also_in_train",
-                                "test_items_of_dropped_users", "kg_triples_with_unknown_entities",
-                                "kg_duplicate_triples", "interest_pairs_of_unknown_users",
-                                "items_not_matching_entity_list")} == {
-      "train_interactions_with_unknown_items": 2, "train_repeated_items": 1,
-      "users_without_training_items": 1, "test_items_also_in_train": 1,
-      "test_items_of_dropped_users": 1, "kg_triples_with_unknown_entities": 1,
-      "kg_duplicate_triples": 1, "interest_pairs_of_unknown_users": 1,
-      "items_not_matching_entity_list": 0}
+  assert {
+    k: saved[k]
+    for k in (
+      "train_interactions_with_unknown_items",
+      "train_repeated_items",
+      "users_without_training_items",
+      "test_items_also_in_train",
+      "test_items_of_dropped_users",
+      "kg_triples_with_unknown_entities",
+      "kg_duplicate_triples",
+      "interest_pairs_of_unknown_users",
+      "items_not_matching_entity_list",
+    )
+  } == {
+    "train_interactions_with_unknown_items": 2,
+    "train_repeated_items": 1,
+    "users_without_training_items": 1,
+    "test_items_also_in_train": 1,
+    "test_items_of_dropped_users": 1,
+    "kg_triples_with_unknown_entities": 1,
+    "kg_duplicate_triples": 1,
+    "interest_pairs_of_unknown_users": 1,
+    "items_not_matching_entity_list": 0,
+  }
   printed = capsys.readouterr().out
   assert "users_without_training_items': 1" in printed
   # the converted dataset loads: its summary is logged (the loaders log instead of printing)
@@ -59,15 +76,22 @@ def test_convert_kgat_remaps_users_items_entities_and_loads(tmp_path, capsys, ca
     convert.main(["--format=kgat", f"--src={FIX}", f"--out={out}"])
 
 
-@pytest.mark.xfail(strict=True, reason="cikg_jax/data/convert.py configures no logging since the "
-                   "loaders log instead of printing: the CLI no longer shows the loaded dataset's "
-                   "summary")
 def test_convert_cli_shows_the_loaded_datasets_summary(tmp_path):
-  p = subprocess.run([sys.executable, "-m", "cikg_jax.data.convert", "--format=kgat",
-                      f"--src={FIX}", f"--out={tmp_path / 'mydata'}"], capture_output=True,
-                     text=True, cwd=ROOT, timeout=120,
-                     env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-                              os.environ.get("PYTHONPATH", "")))
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "cikg_jax.data.convert",
+      "--format=kgat",
+      f"--src={FIX}",
+      f"--out={tmp_path / 'mydata'}",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
+    env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")),
+  )
   assert p.returncode == 0, p.stderr
   assert "train with: python -m cikg_jax.main" in p.stdout
   assert "users 3  items 4" in p.stdout + p.stderr
@@ -80,7 +104,9 @@ def test_convert_sorted_user_order(tmp_path):
   for name in os.listdir(FIX):
     text = open(os.path.join(FIX, name)).read()
     if name == "train.txt":  # user 5 first
-      text = "".join(sorted(text.splitlines(True), key=lambda l: l.startswith("5 "), reverse=True))
+      text = "".join(
+        sorted(text.splitlines(True), key=lambda line: line.startswith("5 "), reverse=True)
+      )
     (tmp_path / "src" / name).write_text(text)
   convert.convert_kgat(str(tmp_path / "src"), str(tmp_path / "e"), user_order="first")
   assert _ids(tmp_path / "e" / "user_list.txt") == {"5": 0, "1": 1, "2": 2}
@@ -89,15 +115,18 @@ def test_convert_sorted_user_order(tmp_path):
 
 
 def test_the_source_itself_is_refused_by_the_loader():
-  with pytest.raises(files.DataFormatError,
-                     match=r"item_list.txt:4: remap_id 4 out of range.*0 is missing"):
+  with pytest.raises(
+    files.DataFormatError, match=r"item_list.txt:4: remap_id 4 out of range.*0 is missing"
+  ):
     dataset_lib.load_dataset(os.path.dirname(FIX), os.path.basename(FIX))
 
 
 @pytest.mark.parametrize("module", ["lightgcn", "base"])
 def test_configs_accept_any_dataset_name(module):
   import importlib
+
   from configs import base
+
   c = importlib.import_module(f"configs.{module}").get_config("mydata")
   ref = base.get_config()
   assert c.dataset == "mydata"

@@ -1,6 +1,6 @@
 import os
-import warnings
 from pathlib import Path
+import warnings
 
 import numpy as np
 import pytest
@@ -40,7 +40,9 @@ def test_env_var_data_dir(toy_dir, monkeypatch):
     dataset_lib.load_dataset(None, "toy")
 
 
-@pytest.mark.parametrize("name,text,message", [
+@pytest.mark.parametrize(
+  "name,text,message",
+  [
     ("train.txt", "0 0 1\n1 2 x\n", r"train.txt:2: non-integer item id 'x'"),
     ("train.txt", "0 0 1\n\n1 2\n", r"train.txt:2: empty line inside the file"),
     ("train.txt", "0 0 1\n0 2\n", r"train.txt:2: duplicate line for user 0"),
@@ -51,11 +53,20 @@ def test_env_var_data_dir(toy_dir, monkeypatch):
     ("test.txt", "0 1\n", r"test.txt:1: user 0: item 1 is both a training item and a test item"),
     ("test.txt", "0 3\n5 1\n", r"test.txt:2: user 5 has test items but no line"),
     ("kg_final.txt", "0 0 5\n1 0\n", r"kg_final.txt:2: expected 3 integers"),
-    ("user_interest_clustered.txt", "0 3\n", r"user_interest_clustered.txt:1: interest id 3 "
-     r"collides with the entity range"),
-    ("user_interest_clustered.txt", "9 7\n", r"user_interest_clustered.txt:1: user id 9 out of "
-     r"range"),
-])
+    (
+      "user_interest_clustered.txt",
+      "0 3\n",
+      r"user_interest_clustered.txt:1: interest id 3 "
+      r"collides with the entity range",
+    ),
+    (
+      "user_interest_clustered.txt",
+      "9 7\n",
+      r"user_interest_clustered.txt:1: user id 9 out of "
+      r"range",
+    ),
+  ],
+)
 def test_malformed_input_names_file_line_and_problem(toy_dir, name, text, message):
   _write(toy_dir / "toy", name, text)
   if name == "train.txt":
@@ -65,8 +76,11 @@ def test_malformed_input_names_file_line_and_problem(toy_dir, name, text, messag
 
 
 def test_item_out_of_range_with_item_list(toy_dir):
-  _write(toy_dir / "toy", "item_list.txt", "org_id remap_id name\n" +
-         "".join(f"{i} {i} Book {i}\n" for i in range(4)))
+  _write(
+    toy_dir / "toy",
+    "item_list.txt",
+    "org_id remap_id name\n" + "".join(f"{i} {i} Book {i}\n" for i in range(4)),
+  )
   with pytest.raises(files.DataFormatError, match=r"train.txt:3: item id 4 out of range"):
     dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
 
@@ -115,8 +129,13 @@ def test_paper_dataset_statistics(data_dir):
 def test_negative_sampler_never_returns_a_positive():
   rng = np.random.default_rng(0)
   n_users, n_items = 50, 12
-  pairs = np.array([(u, i) for u in range(n_users)
-                    for i in rng.choice(n_items, size=rng.integers(1, n_items), replace=False)])
+  pairs = np.array(
+    [
+      (u, i)
+      for u in range(n_users)
+      for i in rng.choice(n_items, size=rng.integers(1, n_items), replace=False)
+    ]
+  )
   sampler = sampling.NegativeSampler(pairs, n_users, n_items)
   users = np.repeat(np.arange(n_users), 200)
   neg = sampler.sample(users, np.random.default_rng(1))
@@ -150,28 +169,43 @@ def test_kge_triples_paper_and_release(toy_dir):
   paper, n_steps_base = sampling.kge_triples(ds, "paper")
   assert n_steps_base is None and len(paper) == len(ds.kg) + len(ds.train)
   assert sampling.kge_relation_count(ds, "paper") == r + 1
-  assert (0 + n_u, 0, 5 + n_u) in set(map(tuple, paper.tolist()))       # KG triple, node rows
-  assert (0, r, 0 + n_u) in set(map(tuple, paper.tolist()))             # user 0 interacts item 0
+  assert (0 + n_u, 0, 5 + n_u) in set(map(tuple, paper.tolist()))  # KG triple, node rows
+  assert (0, r, 0 + n_u) in set(map(tuple, paper.tolist()))  # user 0 interacts item 0
   rel, base = sampling.kge_triples(ds, "release")
   got = set(map(tuple, rel.tolist()))
   assert base == 2 * len(ds.kg) and len(rel) == 2 * len(ds.kg) + 2 * len(ds.train)
-  assert (5 + n_u, 0 + r, 0 + n_u) in got                               # inverse KG triple
-  assert (0, 2 * r, n_u) in got and (n_u, 2 * r + 1, 0) in got          # interact both ways
+  assert (5 + n_u, 0 + r, 0 + n_u) in got  # inverse KG triple
+  assert (0, 2 * r, n_u) in got and (n_u, 2 * r + 1, 0) in got  # interact both ways
   assert sampling.kge_relation_count(ds, "release") == 2 * r + 2
   assert rel[:, 1].max() < sampling.kge_relation_count(ds, "release")
 
 
 # ---- reliability: BOM, list files, interest id ranges, shipped sizes ---------------------------
 
-@pytest.mark.parametrize("name", ["train.txt", "test.txt", "kg_final.txt",
-                                  "user_interest_clustered.txt", "item_list.txt",
-                                  "entity_list.txt"])
+
+@pytest.mark.parametrize(
+  "name",
+  [
+    "train.txt",
+    "test.txt",
+    "kg_final.txt",
+    "user_interest_clustered.txt",
+    "item_list.txt",
+    "entity_list.txt",
+  ],
+)
 def test_utf8_bom_and_crlf_are_accepted(toy_dir, name):
   root = toy_dir / "toy"
-  _write(root, "item_list.txt", "org_id remap_id item_name\n" +
-         "".join(f"i{i} {i} Book {i}\n" for i in range(5)))
-  _write(root, "entity_list.txt", "org_id remap_id\n" +
-         "".join(f"{'i' if e < 5 else 'e'}{e} {e}\n" for e in range(7)))
+  _write(
+    root,
+    "item_list.txt",
+    "org_id remap_id item_name\n" + "".join(f"i{i} {i} Book {i}\n" for i in range(5)),
+  )
+  _write(
+    root,
+    "entity_list.txt",
+    "org_id remap_id\n" + "".join(f"{'i' if e < 5 else 'e'}{e} {e}\n" for e in range(7)),
+  )
   before = dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
   path = root / name
   data = path.read_bytes().replace(b"\n", b"\r\n")
@@ -192,24 +226,32 @@ def _with_lists(toy_dir, items, entities=None):
 ITEMS = "org_id remap_id item_name\n" + "".join(f"i{i} {i} Book {i}\n" for i in range(5))
 
 
-@pytest.mark.parametrize("items,message", [
+@pytest.mark.parametrize(
+  "items,message",
+  [
     (ITEMS + "i4 4 Book 4\n", r"item_list.txt:7: remap_id 4 already on line 6"),
     (ITEMS + "i5 x\n", r"item_list.txt:7: remap_id 'x' is not an integer"),
     (ITEMS + "i5 -5\n", r"item_list.txt:7: remap_id -5 is negative"),
-    (ITEMS + "i9 9 Far\n", r"item_list.txt:7: remap_id 9 out of range: the file has 6 entries, "
-     r"so remap ids must be 0..5 each once \(5 is missing\)"),
+    (
+      ITEMS + "i9 9 Far\n",
+      r"item_list.txt:7: remap_id 9 out of range: the file has 6 entries, "
+      r"so remap ids must be 0..5 each once \(5 is missing\)",
+    ),
     (ITEMS.replace("i2 2 Book 2\n", ""), r"item_list.txt:5: remap_id 4 out of range.*2 is missing"),
     (ITEMS.replace("org_id remap_id item_name\n", ""), r"item_list.txt:1: expected the header"),
     (ITEMS + "i5\n", r"item_list.txt:7: expected 'org_id remap_id \[name\]'"),
-], ids=["duplicate", "non-integer", "negative", "out-of-range", "gap", "no-header", "no-remap"])
+  ],
+  ids=["duplicate", "non-integer", "negative", "out-of-range", "gap", "no-header", "no-remap"],
+)
 def test_item_list_is_validated_not_just_counted(toy_dir, items, message):
   with pytest.raises(files.DataFormatError, match=message):
     _with_lists(toy_dir, items)()
 
 
 def test_item_list_names_may_have_spaces_or_be_absent(toy_dir):
-  load = _with_lists(toy_dir, "org_id remap_id item_name\ni0 0 A  long\tname\ni1 1\ni2 2 None\n"
-                     "i3 3 x\ni4 4 y\n")
+  load = _with_lists(
+    toy_dir, "org_id remap_id item_name\ni0 0 A  long\tname\ni1 1\ni2 2 None\ni3 3 x\ni4 4 y\n"
+  )
   assert load().n_items == 5
   got = files.read_id_list(str(toy_dir / "toy" / "item_list.txt"))
   assert got.org_ids[:2] == ["i0", "i1"] and got.names[:3] == ["A  long\tname", None, "None"]
@@ -219,13 +261,17 @@ def test_item_list_names_may_have_spaces_or_be_absent(toy_dir):
 def test_entity_list_is_validated_and_aligned_with_item_list(toy_dir):
   entities = "org_id remap_id\n" + "".join(f"i{e} {e}\n" for e in range(7))
   assert _with_lists(toy_dir, ITEMS, entities)().n_entities == 7
-  with pytest.raises(files.DataFormatError,
-                     match=r"entity_list.txt:9: remap_id 6 already on line 8"):
+  with pytest.raises(
+    files.DataFormatError, match=r"entity_list.txt:9: remap_id 6 already on line 8"
+  ):
     _with_lists(toy_dir, ITEMS, entities + "x 6\n")()
   # items numbered differently from the KG entities: item i must be entity i
   shifted = "org_id remap_id\n" + "".join(f"i{(e + 1) % 7} {e}\n" for e in range(7))
-  with pytest.raises(files.DataFormatError, match=r"item_list.txt:2: item 0 \(Book 0 / i0\) is not "
-                     r"entity 0 of .*entity_list.txt:2 \(i1\); 5 of 5 items disagree"):
+  with pytest.raises(
+    files.DataFormatError,
+    match=r"item_list.txt:2: item 0 \(Book 0 / i0\) is not "
+    r"entity 0 of .*entity_list.txt:2 \(i1\); 5 of 5 items disagree",
+  ):
     _with_lists(toy_dir, ITEMS, shifted)()
   # the URI/title of an item may be the entity's org id (dbbook2014, ml1m, KGAT's freebase ids)
   by_name = "org_id remap_id\n" + "".join(f"{'Book_' if e < 5 else 'e'}{e} {e}\n" for e in range(7))
@@ -236,9 +282,12 @@ def test_entity_list_is_validated_and_aligned_with_item_list(toy_dir):
 
 def test_stray_interest_id_is_refused_with_its_line(toy_dir):
   _write(toy_dir / "toy", "user_interest_clustered.txt", "0 7\n1 7\n2 8\n0 5000000\n1 8\n")
-  with pytest.raises(files.DataFormatError, match=r"user_interest_clustered.txt:4: interest id "
-                     r"5000000 would size the interest table to 4,999,994 rows of which only 3 are "
-                     r"used; the other ids lie in 7..8"):
+  with pytest.raises(
+    files.DataFormatError,
+    match=r"user_interest_clustered.txt:4: interest id "
+    r"5000000 would size the interest table to 4,999,994 rows of which only 3 are "
+    r"used; the other ids lie in 7..8",
+  ):
     dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
   # a small gap (book-crossing leaves 5 ids unused) is fine
   _write(toy_dir / "toy", "user_interest_clustered.txt", "0 7\n1 40\n2 8\n")
@@ -246,9 +295,9 @@ def test_stray_interest_id_is_refused_with_its_line(toy_dir):
 
 
 SHIPPED = {  # users items entities relations interest-rows train test kg user-interest
-    "dbbook2014": (5576, 2680, 8908, 13, 544, 50745, 15216, 134223, 6961),
-    "book-crossing": (6616, 8853, 9526, 4, 250, 85989, 24673, 1137, 19497),
-    "ml1m": (6040, 3260, 14703, 0, 550, 796389, 202150, 0, 2204),
+  "dbbook2014": (5576, 2680, 8908, 13, 544, 50745, 15216, 134223, 6961),
+  "book-crossing": (6616, 8853, 9526, 4, 250, 85989, 24673, 1137, 19497),
+  "ml1m": (6040, 3260, 14703, 0, 550, 796389, 202150, 0, 2204),
 }
 
 
@@ -257,14 +306,24 @@ def test_shipped_datasets_sizes_unchanged(data_dir, name):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     ds = dataset_lib.load_dataset(data_dir, name, selection="test")
-  assert (ds.n_users, ds.n_items, ds.n_entities, ds.n_relations, ds.n_interests, len(ds.train),
-          len(ds.test), len(ds.kg), len(ds.user_interest)) == SHIPPED[name]
+  assert (
+    ds.n_users,
+    ds.n_items,
+    ds.n_entities,
+    ds.n_relations,
+    ds.n_interests,
+    len(ds.train),
+    len(ds.test),
+    len(ds.kg),
+    len(ds.user_interest),
+  ) == SHIPPED[name]
   items = files.read_id_list(os.path.join(data_dir, name, "item_list.txt"))
   assert len(items) == ds.n_items
 
 
 def test_inference_reads_item_list_and_histories_with_the_data_readers(tmp_path):
   from inference import history
+
   assert history.DataFileError is files.DataFormatError
   p = tmp_path / "item_list.txt"
   p.write_text("org_id remap_id item_name\n10 0 http://x.org/resource/A_b\n11 1\n12 5 C\n")
@@ -273,8 +332,10 @@ def test_inference_reads_item_list_and_histories_with_the_data_readers(tmp_path)
   p.write_bytes(b"\xef\xbb\xbforg_id remap_id item_name\r\n10 0 A  b\r\n11 1 None\r\n")
   assert history.read_item_titles(p) == {0: "A b"}
   t = tmp_path / "train.txt"
-  for text, message in [("0 1 1\n", r"train.txt:1: item 1 listed twice for user 0"),
-                        ("0 1\n\n1 2\n", r"train.txt:2: empty line inside the file")]:
+  for text, message in [
+    ("0 1 1\n", r"train.txt:1: item 1 listed twice for user 0"),
+    ("0 1\n\n1 2\n", r"train.txt:2: empty line inside the file"),
+  ]:
     t.write_text(text)
     with pytest.raises(files.DataFormatError, match=message):
       history.read_user_items(t)
@@ -284,8 +345,10 @@ def test_inference_reads_item_list_and_histories_with_the_data_readers(tmp_path)
 
 def test_inference_max_entity_id_reads_entity_names_with_spaces(tmp_path, data_dir):
   from inference.structure import max_entity_id
-  (tmp_path / "entity_list.txt").write_text("org_id remap_id entity_name\n0 0 Clara Callan\n"
-                                            "4 1 Our Dumb Century\n7 2\n")
+
+  (tmp_path / "entity_list.txt").write_text(
+    "org_id remap_id entity_name\n0 0 Clara Callan\n4 1 Our Dumb Century\n7 2\n"
+  )
   # max_entity_id loads the dataset as the trainer does, so it needs the interactions too
   (tmp_path / "train.txt").write_text("0 0 1\n1 1\n")
   (tmp_path / "test.txt").write_text("0 2\n")

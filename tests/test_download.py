@@ -43,8 +43,12 @@ def test_corrupted_file_is_rejected_and_not_written(server, tmp_path):
 def test_offline_fails_clearly(tmp_path):
   with pytest.raises(download.DownloadError, match="could not fetch .*offline"):
     download.fetch("dbbook2014", str(tmp_path), base_url="http://127.0.0.1:9/data", timeout=2)
-  assert download.main(["--dataset", "ml1m", "--out", str(tmp_path),
-                        "--base-url", "http://127.0.0.1:9/data"]) == 1
+  assert (
+    download.main(
+      ["--dataset", "ml1m", "--out", str(tmp_path), "--base-url", "http://127.0.0.1:9/data"]
+    )
+    == 1
+  )
 
 
 def test_git_blob_check_for_ml1m_kg():

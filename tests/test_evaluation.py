@@ -57,18 +57,19 @@ def test_against_numpy_reference_and_chunk_sizes():
   u = rng.standard_normal((n_users, dim)).astype(np.float32)
   it = rng.standard_normal((n_items, dim)).astype(np.float32)
   train, truth, valid = [], [], []
-  for user in range(n_users):
+  for _ in range(n_users):
     perm = rng.permutation(n_items)
     n_tr, n_te, n_va = rng.integers(1, 8), rng.integers(0, 5), rng.integers(0, 3)
     train.append(set(perm[:n_tr].tolist()))
-    valid.append(set(perm[n_tr:n_tr + n_va].tolist()))
-    truth.append(set(perm[n_tr + n_va:n_tr + n_va + n_te].tolist()))
+    valid.append(set(perm[n_tr : n_tr + n_va].tolist()))
+    truth.append(set(perm[n_tr + n_va : n_tr + n_va + n_te].tolist()))
   exclude = [a | b for a, b in zip(train, valid)]
   ref = _numpy_metrics(u @ it.T, truth, exclude, KS)
   results = []
   for chunk in (1, 4, 16, 64):
-    es = evaluation.make_eval_set(_pairs(truth), [_pairs(train), _pairs(valid)], n_users,
-                                  n_items, chunk)
+    es = evaluation.make_eval_set(
+      _pairs(truth), [_pairs(train), _pairs(valid)], n_users, n_items, chunk
+    )
     got, _ = evaluation.evaluate(u, it, es, KS)
     for key, value in ref.items():
       assert got[key] == pytest.approx(value, abs=1e-6), key
@@ -110,8 +111,9 @@ def test_evaluate_groups_matches_evaluate_and_partitions_users():
   rng = np.random.default_rng(0)
   n_users, n_items = 40, 30
   u, it = rng.normal(size=(n_users, 8)), rng.normal(size=(n_items, 8))
-  train = np.array([(x, y) for x in range(n_users) for y in rng.choice(n_items, 1 + x % 7,
-                                                                          replace=False)])
+  train = np.array(
+    [(x, y) for x in range(n_users) for y in rng.choice(n_items, 1 + x % 7, replace=False)]
+  )
   test = np.array([(x, (train[train[:, 0] == x, 1].max() + 1) % n_items) for x in range(n_users)])
   test = test[[t[1] not in train[train[:, 0] == t[0], 1] for t in test]]
   es = evaluation.make_eval_set(test, [train], n_users, n_items, 16)

@@ -1,5 +1,6 @@
 """The study runner (skips finished runs, trains a shared run once, records provenance, keeps
 budget-paused runs out of the results) and the README renderer (tables from files, --check)."""
+
 import dataclasses
 import json
 import os
@@ -30,16 +31,29 @@ json.dump(res, open(os.path.join(wd, "results.json"), "w"))
 @dataclasses.dataclass(frozen=True)
 class FakeRun(runner.Run):
   def command(self, workdir, extra=()):
-    return [sys.executable, "-c", _FAKE_TRAIN, f"--workdir={workdir}", *self.flags,
-            f"--config.seed={self.seed}", *extra]
+    return [
+      sys.executable,
+      "-c",
+      _FAKE_TRAIN,
+      f"--workdir={workdir}",
+      *self.flags,
+      f"--config.seed={self.seed}",
+      *extra,
+    ]
 
 
 def test_runner_trains_shared_runs_once_skips_done_and_records_provenance(tmp_path):
   results, runs_dir = str(tmp_path / "results"), str(tmp_path / "runs")
   a = FakeRun("toy", "m-valid", "cikgrec", ("--config.x=1",), 1)
   b = FakeRun("toy", "m-valid", "cikgrec", ("--config.x=1",), 2)
-  counts = runner.run_grid([("s1", a), ("s2", a), ("s1", b)], results_dir=results,
-                           runs_dir=runs_dir, parallel=2, machine="test box", log=lambda s: None)
+  counts = runner.run_grid(
+    [("s1", a), ("s2", a), ("s1", b)],
+    results_dir=results,
+    runs_dir=runs_dir,
+    parallel=2,
+    machine="test box",
+    log=lambda s: None,
+  )
   assert counts["done"] == 2
   with open(os.path.join(runs_dir, a.name, "calls.txt")) as f:
     assert len(f.read().split()) == 1  # trained once for both studies
@@ -48,8 +62,9 @@ def test_runner_trains_shared_runs_once_skips_done_and_records_provenance(tmp_pa
   assert rec["commit"] and rec["wall_seconds"] >= 0
   assert rec["command"].startswith("python -c") and "<workdir>" in rec["command"]
   # a second invocation trains nothing; a third study copies the finished result
-  again = runner.run_grid([("s1", a), ("s1", b), ("s3", b)], results_dir=results,
-                          runs_dir=runs_dir, log=lambda s: None)
+  again = runner.run_grid(
+    [("s1", a), ("s1", b), ("s3", b)], results_dir=results, runs_dir=runs_dir, log=lambda s: None
+  )
   assert again["done"] == 0 and again["skipped"] == 2 and again["copied"] == 1
   # another command under the same name is not mistaken for the finished run
   changed = FakeRun("toy", "m-valid", "cikgrec", ("--config.x=2",), 1)
@@ -60,11 +75,23 @@ def test_runner_does_not_record_a_run_paused_by_the_deadline(tmp_path):
   results = str(tmp_path / "results")
   r = FakeRun("toy", "m-valid", "cikgrec", (), 99)
   import time
-  counts = runner.run_grid([("s", r)], results_dir=results, runs_dir=str(tmp_path / "runs"),
-                           deadline=time.time() + 600, log=lambda s: None)
+
+  counts = runner.run_grid(
+    [("s", r)],
+    results_dir=results,
+    runs_dir=str(tmp_path / "runs"),
+    deadline=time.time() + 600,
+    log=lambda s: None,
+  )
   assert counts["paused"] == 1 and not os.path.exists(os.path.join(results, "s", f"{r.name}.json"))
-  late = runner.run_grid([("s", r)], results_dir=results, runs_dir=str(tmp_path / "runs"),
-                         deadline=time.time() + 5, min_run_seconds=30, log=lambda s: None)
+  late = runner.run_grid(
+    [("s", r)],
+    results_dir=results,
+    runs_dir=str(tmp_path / "runs"),
+    deadline=time.time() + 5,
+    min_run_seconds=30,
+    log=lambda s: None,
+  )
   assert late["not_started"] == 1
 
 
@@ -74,19 +101,30 @@ def test_study_definitions_share_runs_by_name_and_command():
   shared = "dbbook2014__cikgrec-paper-valid__s2024"
   assert mt[shared].command("w") == uk[shared].command("w")
   from experiments import ablations
+
   ab = {r.name: r for r in ablations.runs(["dbbook2014", "book-crossing"], [2024])}
   assert ab[shared].command("w") == mt[shared].command("w")
   assert "book-crossing__cikgrec-no_transe__s2024" not in ab  # book-crossing has no TransE
   quick = runner.quick(list(ab.values()))
-  assert {r.dataset for r in quick} == {"synthetic"} and len(quick) == len({r.variant for r in quick})
+  assert {r.dataset for r in quick} == {"synthetic"} and len(quick) == len(
+    {r.variant for r in quick}
+  )
 
 
 def _result(dataset, variant, seed, recall, groups=True):
-  g = [{"group": i, "n_users": 10, "train_interactions": [i, i + 1], "recall@20": recall * (i + 1)
-        / 4} for i in range(4)]
-  return {"test": {m: recall for m in render.METRICS}, "best_epoch": 10, "epochs_run": 20,
-          "machine": "box", "commit": "abc", "test_groups": g if groups else None,
-          "test_groups_equal_interactions": g if groups else None}
+  g = [
+    {"group": i, "n_users": 10, "train_interactions": [i, i + 1], "recall@20": recall * (i + 1) / 4}
+    for i in range(4)
+  ]
+  return {
+    "test": {m: recall for m in render.METRICS},
+    "best_epoch": 10,
+    "epochs_run": 20,
+    "machine": "box",
+    "commit": "abc",
+    "test_groups": g if groups else None,
+    "test_groups_equal_interactions": g if groups else None,
+  }
 
 
 def _write(results, study, dataset, variant, seed, recall):
@@ -97,10 +135,11 @@ def _write(results, study, dataset, variant, seed, recall):
 
 def test_render_tables_mean_std_improvement_and_significance(tmp_path):
   results = str(tmp_path)
-  for seed, (c, l, s) in zip((2024, 1, 2), ((0.30, 0.26, 0.27), (0.31, 0.27, 0.28),
-                                             (0.29, 0.26, 0.27))):
+  for seed, (c, lg, s) in zip(
+    (2024, 1, 2), ((0.30, 0.26, 0.27), (0.31, 0.27, 0.28), (0.29, 0.26, 0.27))
+  ):
     _write(results, "main_table", "dbbook2014", "cikgrec-paper-valid", seed, c)
-    _write(results, "main_table", "dbbook2014", "lightgcn-valid", seed, l)
+    _write(results, "main_table", "dbbook2014", "lightgcn-valid", seed, lg)
     _write(results, "main_table", "dbbook2014", "simgcl-valid", seed, s)
   text = render.section(results, plots=False)
   cik = np.array([0.30, 0.31, 0.29])
@@ -108,6 +147,7 @@ def test_render_tables_mean_std_improvement_and_significance(tmp_path):
   best = np.array([0.27, 0.28, 0.27])
   assert f"{100 * (cik.mean() / best.mean() - 1):+.1f}% over SimGCL" in text
   from scipy import stats
+
   p = stats.ttest_ind(cik, best, equal_var=False).pvalue
   assert f"Welch p = {render.fmt_p(p)}" in text
   assert "Not yet run" in text and "kgat-valid ×3" in text  # missing runs are named
@@ -125,8 +165,9 @@ def test_render_check_detects_a_stale_readme(tmp_path):
 
 
 def test_repository_readme_is_up_to_date_with_the_committed_results():
-  proc = subprocess.run([sys.executable, "experiments/render.py", "--check"], cwd=ROOT,
-                        capture_output=True, text=True)
+  proc = subprocess.run(
+    [sys.executable, "experiments/render.py", "--check"], cwd=ROOT, capture_output=True, text=True
+  )
   assert proc.returncode == 0, proc.stderr
 
 
@@ -135,15 +176,31 @@ def test_every_study_runs_in_quick_mode(tmp_path):
   """CI's experiments step: each study script's smoke mode trains every variant for 2 epochs on the
   tiny synthetic dataset through the real CLI, and the renderer reads what they wrote."""
   proc = subprocess.run(
-      [sys.executable, "experiments/grid.py", "--quick", "--studies",
-       "main_table,user_knowledge,ablations,schedules,kappa", "--parallel", "2",
-       "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")],
-      cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    [
+      sys.executable,
+      "experiments/grid.py",
+      "--quick",
+      "--studies",
+      "main_table,user_knowledge,ablations,schedules,kappa",
+      "--parallel",
+      "2",
+      "--runs-dir",
+      str(tmp_path / "runs"),
+      "--results-dir",
+      str(tmp_path / "results"),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=1800,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "'failed': 0" in proc.stdout and "'done': 0" not in proc.stdout, proc.stdout[-3000:]
   for study in ("main_table", "user_knowledge", "ablations", "schedules", "kappa"):
     files = os.listdir(tmp_path / "results" / study)
     assert files and all(f.startswith("synthetic__") for f in files), (study, files)
-  models = {json.load(open(tmp_path / "results" / "main_table" / f))["model"]
-            for f in os.listdir(tmp_path / "results" / "main_table")}
+  models = {
+    json.load(open(tmp_path / "results" / "main_table" / f))["model"]
+    for f in os.listdir(tmp_path / "results" / "main_table")
+  }
   assert models == {"cikgrec", "lightgcn", "simgcl", "kgat"}

@@ -7,7 +7,6 @@ The tiny synthetic cases run in the default suite (~15 s); the dbbook2014 ones (
 data) are marked slow: pytest -m slow tests/test_golden.py."""
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -45,10 +44,18 @@ def _compare(name, got):
   nums = [k for k in keys if k not in text]
   g = np.array([got[k] for k in nums], np.float64)
   w = np.array([want[k] for k in nums], np.float64)
-  bad = [f"{k}: got {a!r}, golden {b!r}" for k, a, b, close in
-         zip(nums, g, w, np.isclose(g, w, rtol=record.RTOL, atol=record.ATOL)) if not close]
-  np.testing.assert_allclose(g, w, rtol=record.RTOL, atol=record.ATOL,
-                             err_msg=f"{name}: {len(bad)} values moved:\n" + "\n".join(bad[:30]))
+  bad = [
+    f"{k}: got {a!r}, golden {b!r}"
+    for k, a, b, close in zip(nums, g, w, np.isclose(g, w, rtol=record.RTOL, atol=record.ATOL))
+    if not close
+  ]
+  np.testing.assert_allclose(
+    g,
+    w,
+    rtol=record.RTOL,
+    atol=record.ATOL,
+    err_msg=f"{name}: {len(bad)} values moved:\n" + "\n".join(bad[:30]),
+  )
 
 
 def test_golden_file_covers_every_case():

@@ -53,6 +53,7 @@ def test_toy_cikg_and_views(toy):
 
 def test_dbbook_release_edge_counts(data_dir):
   import warnings
+
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     ds = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="test")
@@ -67,6 +68,7 @@ def test_release_masks_the_interest_id_range(data_dir):
 
   from cikg_jax import steps
   from configs import book_crossing
+
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     ds = dataset_lib.load_dataset(data_dir, "book-crossing", selection="test")

@@ -1,7 +1,6 @@
 """LLM prompts exclude the trainer's validation split by default (issue: validation items leaked)."""
-import os
 
-import pytest
+import os
 
 from cikg_jax.data import dataset as dataset_lib
 from configs.llm import _base as llm_base
@@ -41,6 +40,7 @@ def test_default_prompts_hold_out_exactly_the_trainers_validation_split(data_dir
   reqs = generate.make_requests(c)
   assert len(reqs) == 50
   from inference.requests import uid_of
+
   checked = 0
   for r in reqs:
     u = uid_of(r["custom_id"])
@@ -58,6 +58,7 @@ def test_default_prompts_hold_out_exactly_the_trainers_validation_split(data_dir
 def test_trainer_split_does_not_move_with_the_training_seed(data_dir):
   base = dataset_lib.load_dataset(data_dir, "dbbook2014", selection="valid", seed=2024)
   from configs import base as base_cfg
+
   c = base_cfg.get_config()
   c.data_dir = data_dir
   c.seed = 7

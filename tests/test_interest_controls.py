@@ -1,4 +1,5 @@
 """The information-free interest controls keep what they promise to keep."""
+
 import numpy as np
 import pytest
 

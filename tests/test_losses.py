@@ -38,10 +38,12 @@ def test_scaled_cosine_error(gamma):
   got = losses.scaled_cosine_error(jnp.asarray(p), jnp.asarray(t), rows, gamma)
   assert float(got) == pytest.approx(ref, rel=1e-5)
   # identical vectors -> zero error; opposite -> 2^gamma
-  assert float(losses.scaled_cosine_error(jnp.ones((1, 2)), jnp.ones((1, 2)), jnp.ones(1), gamma)
-               ) == pytest.approx(0.0, abs=1e-6)
-  assert float(losses.scaled_cosine_error(jnp.ones((1, 2)), -jnp.ones((1, 2)), jnp.ones(1), gamma)
-               ) == pytest.approx(2.0 ** gamma, rel=1e-6)
+  assert float(
+    losses.scaled_cosine_error(jnp.ones((1, 2)), jnp.ones((1, 2)), jnp.ones(1), gamma)
+  ) == pytest.approx(0.0, abs=1e-6)
+  assert float(
+    losses.scaled_cosine_error(jnp.ones((1, 2)), -jnp.ones((1, 2)), jnp.ones(1), gamma)
+  ) == pytest.approx(2.0**gamma, rel=1e-6)
 
 
 def test_info_nce_against_numpy():
@@ -66,7 +68,7 @@ def test_transe_against_numpy():
   h, r, t, tn = (rng.standard_normal((5, 4)) for _ in range(4))
   pos = ((h + r - t) ** 2).sum(1)
   neg = ((h + r - tn) ** 2).sum(1)
-  l2m = lambda x: np.mean((x ** 2).sum(1) / 2)
+  l2m = lambda x: np.mean((x**2).sum(1) / 2)
   ref = np.mean(-np.log(_sigmoid(neg - pos))) + 1e-3 * (l2m(h) + l2m(r) + l2m(t) + l2m(tn))
   got = losses.transe_loss(*(jnp.asarray(x) for x in (h, r, t, tn)), l2=1e-3)
   assert float(got) == pytest.approx(ref, rel=1e-5)
@@ -75,7 +77,7 @@ def test_transe_against_numpy():
 def test_mask_rate_schedules():
   # exp: p0 * (pmax/p0)^(t/T), capped
   assert schedules.mask_rate(0, "exp", 0.05, 0.75, 150) == pytest.approx(0.05)
-  assert schedules.mask_rate(75, "exp", 0.05, 0.75, 150) == pytest.approx(0.05 * 15 ** 0.5)
+  assert schedules.mask_rate(75, "exp", 0.05, 0.75, 150) == pytest.approx(0.05 * 15**0.5)
   assert schedules.mask_rate(150, "exp", 0.05, 0.75, 150) == pytest.approx(0.75)
   assert schedules.mask_rate(400, "exp", 0.05, 0.75, 150) == pytest.approx(0.75)
   assert schedules.mask_rate(60, "lin", 0.05, 0.65, 120) == pytest.approx(0.35)
@@ -87,10 +89,12 @@ def test_mask_rate_schedules():
 
 def test_zero_rows_have_finite_gradients():
   import jax
+
   pred = jnp.array([[0.0, 0.0], [1.0, 2.0]])
   target = jnp.array([[1.0, 0.0], [0.0, 1.0]])
   g = jax.grad(lambda p: losses.scaled_cosine_error(p, target, jnp.ones(2), 2.0))(pred)
   assert np.all(np.isfinite(np.asarray(g)))
   assert float(losses.scaled_cosine_error(pred[:1], target[:1], jnp.ones(1), 2.0)) == 1.0
-  np.testing.assert_allclose(np.asarray(losses.l2_normalize(jnp.array([[3.0, 4.0]]))),
-                             [[0.6, 0.8]], rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(losses.l2_normalize(jnp.array([[3.0, 4.0]]))), [[0.6, 0.8]], rtol=1e-6
+  )

@@ -42,10 +42,8 @@ def _dense(g, n, weights=None):
   w = np.ones(len(g.senders)) if weights is None else np.asarray(weights)
   np.add.at(a, (np.asarray(g.receivers), np.asarray(g.senders)), w)
   deg = a.sum(1)
-  inv = np.where(deg > 0, deg ** -0.5, 0)
+  inv = np.where(deg > 0, deg**-0.5, 0)
   return inv[:, None] * a * inv[None, :]
-
-
 
 
 def _norm(x):
@@ -86,6 +84,7 @@ def test_uir_loss_against_numpy(setup, edge_drop):
   n = ds.n_nodes
   if edge_drop > 0:  # drop edges, add self loops; the decoder uses the same graph
     from cikg_jax import propagation as prop
+
     op = prop.make_operator(gs["cikg_with_loops"])
     keep = np.asarray(prop.edge_keep_mask(op, k_drop, edge_drop))
     a_enc = _dense(gs["cikg_with_loops"], n, keep)
@@ -104,11 +103,15 @@ def test_uir_loss_against_numpy(setup, edge_drop):
 def test_cl_loss_against_numpy(setup):
   ds, c, gs, graphs, params = setup
   c.cl.eps = 0.0  # noise checked separately below
-  batch = {"users": np.array([0, 2, 1, 0], np.int32), "pos": np.array([1, 3, 2, 0], np.int32),
-           "mask": np.array([1, 1, 1, 0], np.float32)}
+  batch = {
+    "users": np.array([0, 2, 1, 0], np.int32),
+    "pos": np.array([1, 3, 2, 0], np.int32),
+    "mask": np.array([1, 1, 1, 0], np.float32),
+  }
   net = steps.create_model(c, ds)
-  user_term, item_term = net.apply({"params": params}, graphs, batch, jax.random.PRNGKey(0),
-                                   method="cl_loss")
+  user_term, item_term = net.apply(
+    {"params": params}, graphs, batch, jax.random.PRNGKey(0), method="cl_loss"
+  )
   n, nu = ds.n_nodes, ds.n_users
   ego = _ego(params)
   z = {v: _norm(_layer_mean(_dense(gs[v], n), ego, 2)) for v in ("cf", "interest", "kg")}
@@ -138,10 +141,15 @@ def test_switching_a_module_off_changes_exactly_that_term(tmp_path):
   def terms(cfg):
     ds, cfg, net, graphs = steps.setup(cfg)
     params = net.init_params(jax.random.PRNGKey(0))
-    batch = {"users": np.arange(64, dtype=np.int32), "pos": np.arange(64, dtype=np.int32) % 50,
-             "neg": np.arange(64, dtype=np.int32) % 50 + 100, "mask": np.ones(64, np.float32)}
-    _, m = net.apply({"params": params}, graphs, batch, jax.random.PRNGKey(1), np.float32(0.4),
-                     method="loss")
+    batch = {
+      "users": np.arange(64, dtype=np.int32),
+      "pos": np.arange(64, dtype=np.int32) % 50,
+      "neg": np.arange(64, dtype=np.int32) % 50 + 100,
+      "mask": np.ones(64, np.float32),
+    }
+    _, m = net.apply(
+      {"params": params}, graphs, batch, jax.random.PRNGKey(1), np.float32(0.4), method="loss"
+    )
     return {k: float(v) for k, v in m.items()}
 
   full = terms(base)
@@ -166,8 +174,9 @@ def assert_init_params_match_flax(net, key, *args, method=None):
   explicit = net.init_params(key)
   declared = jax.eval_shape(lambda: net.init(key, *args, method=method))["params"]
   assert declared, "Flax declared no parameters"
-  paths = lambda tree: sorted(jax.tree_util.keystr(p) for p, _ in
-                              jax.tree_util.tree_flatten_with_path(tree)[0])
+  paths = lambda tree: sorted(
+    jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+  )
   assert paths(explicit) == paths(declared)
   assert jax.tree_util.tree_structure(explicit) == jax.tree_util.tree_structure(dict(declared))
   shape = lambda tree: jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
@@ -176,10 +185,18 @@ def assert_init_params_match_flax(net, key, *args, method=None):
 
 
 def _toy_batches(ds):
-  batch = {"users": np.array([0, 1, 2, 0], np.int32), "pos": np.array([0, 1, 2, 3], np.int32),
-           "neg": np.array([3, 2, 1, 0], np.int32), "mask": np.array([1, 1, 1, 0], np.float32)}
-  kge_batch = {"head": np.array([3, 4], np.int32), "relation": np.array([0, 1], np.int32),
-               "tail": np.array([7, 8], np.int32), "neg_tail": np.array([5, 6], np.int32)}
+  batch = {
+    "users": np.array([0, 1, 2, 0], np.int32),
+    "pos": np.array([0, 1, 2, 3], np.int32),
+    "neg": np.array([3, 2, 1, 0], np.int32),
+    "mask": np.array([1, 1, 1, 0], np.float32),
+  }
+  kge_batch = {
+    "head": np.array([3, 4], np.int32),
+    "relation": np.array([0, 1], np.int32),
+    "tail": np.array([7, 8], np.int32),
+    "neg_tail": np.array([5, 6], np.int32),
+  }
   return batch, kge_batch
 
 
@@ -208,8 +225,7 @@ def test_cikgrec_init_params_match_flax_init(setup):
     return m.loss(g, b, key, 0.5), m.kge_loss(kb)
 
   key = jax.random.PRNGKey(0)
-  params = assert_init_params_match_flax(net, key, graphs, batch, key, kge_batch,
-                                         method=touch_all)
+  params = assert_init_params_match_flax(net, key, graphs, batch, key, kge_batch, method=touch_all)
   n_rel = ds.n_relations + 1  # paper views: KG relations + interact
   assert set(params) == {"node_embedding", "mask_token", "e2d", "relation_embedding"}
   assert params["relation_embedding"]["embedding"].shape == (n_rel, 8)
@@ -218,10 +234,12 @@ def test_cikgrec_init_params_match_flax_init(setup):
   # the explicit keys: table, encoder-to-decoder, relations = split(key, 3)
   k_emb, _, k_rel = jax.random.split(key, 3)
   xavier = jax.nn.initializers.xavier_uniform()
-  np.testing.assert_array_equal(params["node_embedding"]["embedding"],
-                                xavier(k_emb, (ds.n_nodes, 8), jnp.float32))
-  np.testing.assert_array_equal(params["relation_embedding"]["embedding"],
-                                xavier(k_rel, (n_rel, 8), jnp.float32))
+  np.testing.assert_array_equal(
+    params["node_embedding"]["embedding"], xavier(k_emb, (ds.n_nodes, 8), jnp.float32)
+  )
+  np.testing.assert_array_equal(
+    params["relation_embedding"]["embedding"], xavier(k_rel, (n_rel, 8), jnp.float32)
+  )
   # switching modules off drops exactly their parameters, in both initialisers
   c.uir.weight = 0.0
   c.kge.use = False

@@ -23,7 +23,7 @@ def _dense_adjacency(n, pairs, loops, keep_pair=None):
   if loops:
     a += np.eye(n)
   deg = a.sum(1)
-  inv = np.where(deg > 0, deg ** -0.5, 0.0)
+  inv = np.where(deg > 0, deg**-0.5, 0.0)
   return inv[:, None] * a * inv[None, :]
 
 
@@ -64,11 +64,18 @@ def test_gradient_matches_dense(backend):
 def test_asymmetric_operator_uses_transpose():
   """The custom VJP must use A^T, not assume A is symmetric."""
   import jraph
+
   senders = np.array([1, 2, 0], np.int32)
   receivers = np.array([0, 0, 2], np.int32)
-  g = jraph.GraphsTuple(nodes=None, edges={"pair": np.arange(3, dtype=np.int32)},
-                        senders=senders, receivers=receivers, globals=None,
-                        n_node=np.array([3]), n_edge=np.array([3]))
+  g = jraph.GraphsTuple(
+    nodes=None,
+    edges={"pair": np.arange(3, dtype=np.int32)},
+    senders=senders,
+    receivers=receivers,
+    globals=None,
+    n_node=np.array([3]),
+    n_edge=np.array([3]),
+  )
   op = prop.make_operator(g)
   w = jnp.array([1.0, 2.0, 3.0])
   a = np.zeros((3, 3))
@@ -116,9 +123,16 @@ def test_backends_agree_and_light_gcn_on_a_graphs_tuple():
 
 def test_operator_rejects_unsorted_edges():
   import jraph
-  g = jraph.GraphsTuple(nodes=None, edges={"pair": np.array([0, 0], np.int32)},
-                        senders=np.array([0, 1], np.int32), receivers=np.array([1, 0], np.int32),
-                        globals=None, n_node=np.array([2]), n_edge=np.array([2]))
+
+  g = jraph.GraphsTuple(
+    nodes=None,
+    edges={"pair": np.array([0, 0], np.int32)},
+    senders=np.array([0, 1], np.int32),
+    receivers=np.array([1, 0], np.int32),
+    globals=None,
+    n_node=np.array([2]),
+    n_edge=np.array([2]),
+  )
   with pytest.raises(ValueError, match="sorted by receiver"):
     prop.make_operator(g)
 
@@ -126,5 +140,6 @@ def test_operator_rejects_unsorted_edges():
 def test_precomputed_weights_match_traced_normalisation():
   g, _ = _random_graph(seed=9)
   op = prop.make_operator(g)
-  np.testing.assert_allclose(np.asarray(op.weights), np.asarray(prop.normalized_weights(op)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(op.weights), np.asarray(prop.normalized_weights(op)), rtol=1e-6
+  )

@@ -74,15 +74,19 @@ def _copy(runs, tmp_path, name="run"):
 
 
 # ---- 1. resume rules ---------------------------------------------------------------------------
-@pytest.mark.parametrize("change,key", [
+@pytest.mark.parametrize(
+  "change,key",
+  [
     (lambda c: setattr(c.train, "lr", 0.05), "train.lr"),
     (lambda c: setattr(c, "seed", 7), "seed"),
     (lambda c: setattr(c, "selection", "test"), "selection"),
     (lambda c: setattr(c.model, "embed_dim", 16), "model.embed_dim"),
     (lambda c: setattr(c.synthetic, "n_users", 250), "synthetic.n_users"),
-])
+  ],
+)
 def test_resume_with_another_config_is_refused_and_touches_nothing(runs, tmp_path, change, key):
   from cikg_jax import predict
+
   workdir = _copy(runs, tmp_path)
   before = _snapshot(workdir)
   c = _tiny(runs["data"], max_epochs=6)
@@ -129,8 +133,10 @@ def test_legacy_run_without_identity_file_is_checked_against_config_json(runs, t
 
 def _tb_steps(tb):
   from tests.test_train import _read_events
-  return {e.step for n in os.listdir(tb) for e in _read_events(os.path.join(tb, n))
-          if e.summary.value}
+
+  return {
+    e.step for n in os.listdir(tb) for e in _read_events(os.path.join(tb, n)) if e.summary.value
+  }
 
 
 def test_resume_false_starts_afresh(runs, tmp_path):
@@ -148,20 +154,28 @@ def test_resume_false_starts_afresh(runs, tmp_path):
 
 
 # ---- 2. the lock -------------------------------------------------------------------------------
-_HOLDER = ("import sys, time; from cikg_jax import rundir\n"
-           "with rundir.locked(sys.argv[1]):\n"
-           "  print('locked', flush=True); time.sleep(120)\n")
+_HOLDER = (
+  "import sys, time; from cikg_jax import rundir\n"
+  "with rundir.locked(sys.argv[1]):\n"
+  "  print('locked', flush=True); time.sleep(120)\n"
+)
 
 
 def _env():
-  return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-              JAX_PLATFORMS="cpu")
+  return dict(
+    os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu"
+  )
 
 
 def test_second_training_is_refused_naming_the_holder_and_lock_dies_with_it(runs, tmp_path):
   workdir = _copy(runs, tmp_path)
-  holder = subprocess.Popen([sys.executable, "-c", _HOLDER, workdir], stdout=subprocess.PIPE,
-                            text=True, env=_env(), cwd=ROOT)
+  holder = subprocess.Popen(
+    [sys.executable, "-c", _HOLDER, workdir],
+    stdout=subprocess.PIPE,
+    text=True,
+    env=_env(),
+    cwd=ROOT,
+  )
   try:
     assert holder.stdout.readline().strip() == "locked"
     before = _snapshot(workdir)
@@ -207,12 +221,12 @@ def _edit_loop(path):  # valid JSON, changed state: only the digest can tell
 
 
 DAMAGE = {
-    "truncated array file": lambda s: _truncate(_biggest(os.path.join(s, "state"))),
-    "zeroed array file": lambda s: _zero(_biggest(os.path.join(s, "state"))),
-    "missing item": lambda s: shutil.rmtree(os.path.join(s, "best_params")),
-    "truncated loop json": lambda s: _truncate(os.path.join(s, "loop", "metadata")),
-    "flipped byte": lambda s: _flip(_biggest(os.path.join(s, "state"))),
-    "edited loop json": lambda s: _edit_loop(os.path.join(s, "loop", "metadata")),
+  "truncated array file": lambda s: _truncate(_biggest(os.path.join(s, "state"))),
+  "zeroed array file": lambda s: _zero(_biggest(os.path.join(s, "state"))),
+  "missing item": lambda s: shutil.rmtree(os.path.join(s, "best_params")),
+  "truncated loop json": lambda s: _truncate(os.path.join(s, "loop", "metadata")),
+  "flipped byte": lambda s: _flip(_biggest(os.path.join(s, "state"))),
+  "edited loop json": lambda s: _edit_loop(os.path.join(s, "loop", "metadata")),
 }
 
 
@@ -266,10 +280,15 @@ def test_epoch_line_is_on_disk_before_its_checkpoint(tmp_path, monkeypatch):
 
   monkeypatch.setattr(os, "fsync", fsync)
   monkeypatch.setattr(ckpt, "save", save)
-  train.train_and_evaluate(_tiny(tmp_path / "data", max_epochs=2, checkpoint_every_seconds=0.0),
-                           str(tmp_path / "run"))
+  train.train_and_evaluate(
+    _tiny(tmp_path / "data", max_epochs=2, checkpoint_every_seconds=0.0), str(tmp_path / "run")
+  )
   assert [e for e in events if e == "log" or e.startswith("save")][-4:] == [
-      "log", "save 0", "log", "save 1"]
+    "log",
+    "save 0",
+    "log",
+    "save 1",
+  ]
 
 
 # ---- 5. the non-finite message names the real checkpoint -----------------------------------------
@@ -295,21 +314,26 @@ def _poison(monkeypatch, epoch, what):
         terms["loss"] = jnp.where((e == epoch) & (s == 1), jnp.nan, terms["loss"])
       else:
         bad = (e == epoch) & (s == steps_per_epoch - 1)
-        state = state.replace(params=jax.tree_util.tree_map(
-            lambda x: jnp.where(bad, jnp.nan, x), state.params))
+        state = state.replace(
+          params=jax.tree_util.tree_map(lambda x: jnp.where(bad, jnp.nan, x), state.params)
+        )
       return state, terms
+
     return train_step
 
   monkeypatch.setattr(steps, "make_train_step", poisoned)
 
 
-@pytest.mark.parametrize("what,message", [
+@pytest.mark.parametrize(
+  "what,message",
+  [
     ("loss", r"non-finite training loss at epoch 5, step 1 of the epoch"),
     ("params", r"non-finite parameters after epoch 5"),
-])
-def test_non_finite_names_the_latest_saved_epoch_and_saves_nothing_after(runs, tmp_path,
-                                                                         monkeypatch, what,
-                                                                         message):
+  ],
+)
+def test_non_finite_names_the_latest_saved_epoch_and_saves_nothing_after(
+  runs, tmp_path, monkeypatch, what, message
+):
   """Saved at epoch 2 only (time-based saving), non-finite at epoch 5: the error names epoch 5
   and the checkpoint of epoch 2 (not 'end of epoch 4'). The state is not kept at the last finite
   step: the checkpoint of epoch 2 is the last good state, and nothing is saved after the error
@@ -318,9 +342,13 @@ def test_non_finite_names_the_latest_saved_epoch_and_saves_nothing_after(runs, t
   _poison(monkeypatch, 5, what)
   c = _tiny(runs["data"], max_epochs=8, checkpoint_every_seconds=1e9)
   saved = os.path.join(workdir, "checkpoints")
-  with pytest.raises(FloatingPointError, match=message + r": training stopped; the latest "
-                     r"checkpoint \(end of epoch 2\) is in " + re.escape(saved) +
-                     r"\. Lower the learning rate or check the data\."):
+  with pytest.raises(
+    FloatingPointError,
+    match=message + r": training stopped; the latest "
+    r"checkpoint \(end of epoch 2\) is in "
+    + re.escape(saved)
+    + r"\. Lower the learning rate or check the data\.",
+  ):
     train.train_and_evaluate(c, workdir)
   assert sorted(ckpt.manager(workdir).all_steps()) == [1, 2]
   assert [ln["epoch"] for ln in _lines(workdir)] == [0, 1, 2, 3, 4]
@@ -330,8 +358,14 @@ def test_non_finite_names_the_latest_saved_epoch_and_saves_nothing_after(runs, t
 
 # ---- 6. one-line errors from the command line ----------------------------------------------------
 def _main(*args):
-  return subprocess.run([sys.executable, "-m", "cikg_jax.main", *args], capture_output=True,
-                        text=True, env=_env(), cwd=ROOT, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "cikg_jax.main", *args],
+    capture_output=True,
+    text=True,
+    env=_env(),
+    cwd=ROOT,
+    timeout=300,
+  )
 
 
 def _bad_data(tmp_path):
@@ -342,8 +376,9 @@ def _bad_data(tmp_path):
   return ["--config.dataset=mini", f"--config.data_dir={tmp_path / 'data'}"]
 
 
-@pytest.mark.parametrize("case", ["bad data", "missing data dir", "workdir is a file",
-                                  "unknown config key"])
+@pytest.mark.parametrize(
+  "case", ["bad data", "missing data dir", "workdir is a file", "unknown config key"]
+)
 def test_user_errors_end_as_one_line(tmp_path, case):
   workdir = tmp_path / "run"
   if case == "bad data":

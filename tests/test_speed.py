@@ -31,15 +31,17 @@ def _tiny(tmp_path, views="paper"):
 def test_stacked_product_equals_separate_products_exactly():
   rng = np.random.default_rng(0)
   n = 40
-  gs = [graph_lib.make_graph(n, rng.integers(0, n, (m, 2)), loops)
-        for m, loops in ((60, None), (90, np.arange(10)), (30, None))]
+  gs = [
+    graph_lib.make_graph(n, rng.integers(0, n, (m, 2)), loops)
+    for m, loops in ((60, None), (90, np.arange(10)), (30, None))
+  ]
   stacked = prop.make_operator(prop.stack_graphs(gs))
   x = jnp.asarray(rng.standard_normal((n, 8)), jnp.float32)
   for backend in prop.BACKENDS:
     out = prop.propagate(stacked, jnp.concatenate([x] * 3), 3, None, backend)
     for k, g in enumerate(gs):
       want = prop.propagate(prop.make_operator(g), x, 3, None, backend)
-      np.testing.assert_array_equal(np.asarray(out[k * n:(k + 1) * n]), np.asarray(want))
+      np.testing.assert_array_equal(np.asarray(out[k * n : (k + 1) * n]), np.asarray(want))
 
 
 @pytest.mark.parametrize("views", ["paper", "release"])
@@ -49,14 +51,20 @@ def test_loss_and_gradients_match_separate_views(tmp_path, views):
   graphs = model.with_stacked_views(graphs)
   tx, kge_tx = steps.make_optimizers(config)
   state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, config.kge.use)
-  batches = sampling.bpr_epoch(ds.train, sampling.NegativeSampler(ds.train, ds.n_users,
-                                                                  ds.n_items),
-                               config.train.batch_size, np.random.default_rng(0))
+  batches = sampling.bpr_epoch(
+    ds.train,
+    sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
+    config.train.batch_size,
+    np.random.default_rng(0),
+  )
   batch = {k: v[0] for k, v in batches.items()}
   key = jax.random.PRNGKey(7)
-  f = jax.jit(jax.value_and_grad(
+  f = jax.jit(
+    jax.value_and_grad(
       lambda p, g: net.apply({"params": p}, g, batch, key, np.float32(0.3), method="loss"),
-      has_aux=True))
+      has_aux=True,
+    )
+  )
   (loss, m), grads = f(state.params, graphs)
   (loss0, m0), grads0 = f(state.params, _unstacked(graphs))
   views = lambda g: net.apply({"params": state.params}, g, key, method="view_embeddings")
@@ -83,12 +91,15 @@ def test_short_training_matches_separate_views(tmp_path, monkeypatch):
   monkeypatch.setattr(steps, "make_graphs", make_stacked)
   train.train_and_evaluate(c, str(tmp_path / "stacked"))
   assert len(stacked) == 1 and "views" in stacked[0].ops  # the run did use the stacked operator
-  res = [json.load(open(os.path.join(tmp_path, w, "results.json")))
-         for w in ("stacked", "separate")]
+  res = [
+    json.load(open(os.path.join(tmp_path, w, "results.json"))) for w in ("stacked", "separate")
+  ]
   for k, v in res[1]["test"].items():
     assert res[0]["test"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
-  lines = [[json.loads(x) for x in open(os.path.join(tmp_path, w, "metrics.jsonl"))]
-           for w in ("stacked", "separate")]
+  lines = [
+    [json.loads(x) for x in open(os.path.join(tmp_path, w, "metrics.jsonl"))]
+    for w in ("stacked", "separate")
+  ]
   assert len(lines[0]) == len(lines[1])
   for a, b in zip(*lines):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
@@ -109,10 +120,12 @@ def test_info_nce_matches_the_previous_formula():
   idx = jnp.asarray(rng.integers(0, 300, 64))
   mask = jnp.asarray((rng.random(64) < 0.8).astype(np.float32))
   for f_count in (None, jnp.float32(70.0)):
-    new = jax.value_and_grad(lambda a, c: losses.info_nce(a, c, idx, mask, 0.15, f_count),
-                             argnums=(0, 1))(a, c)
-    old = jax.value_and_grad(lambda a, c: _info_nce_before(a, c, idx, mask, 0.15, f_count),
-                             argnums=(0, 1))(a, c)
+    new = jax.value_and_grad(
+      lambda a, c: losses.info_nce(a, c, idx, mask, 0.15, f_count), argnums=(0, 1)
+    )(a, c)
+    old = jax.value_and_grad(
+      lambda a, c: _info_nce_before(a, c, idx, mask, 0.15, f_count), argnums=(0, 1)
+    )(a, c)
     np.testing.assert_allclose(float(new[0]), float(old[0]), rtol=1e-6)
     for x, y in zip(new[1], old[1]):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
@@ -128,8 +141,10 @@ def test_short_training_matches_previous_info_nce(tmp_path, monkeypatch):
   res = [json.load(open(os.path.join(tmp_path, w, "results.json"))) for w in ("now", "before")]
   for k, v in res[1]["test"].items():
     assert res[0]["test"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
-  lines = [[json.loads(x) for x in open(os.path.join(tmp_path, w, "metrics.jsonl"))]
-           for w in ("now", "before")]
+  lines = [
+    [json.loads(x) for x in open(os.path.join(tmp_path, w, "metrics.jsonl"))]
+    for w in ("now", "before")
+  ]
   assert len(lines[0]) == len(lines[1])
   for a, b in zip(*lines):
     for k in ("loss", "cl_user", "cl_item"):
@@ -138,6 +153,7 @@ def test_short_training_matches_previous_info_nce(tmp_path, monkeypatch):
 
 def test_keep_freed_memory_is_idempotent():
   import platform
+
   host.restore_malloc_defaults()
   first = host.keep_freed_memory()
   if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":

@@ -38,7 +38,7 @@ def _imports(path: str, module: str, is_package: bool, modules=None):
     elif isinstance(node, ast.ImportFrom):
       if node.level:  # relative: from . import x, from ..data import y
         base = here.split(".")
-        base = base[:len(base) - (node.level - 1)]
+        base = base[: len(base) - (node.level - 1)]
         source = ".".join(base + ([node.module] if node.module else []))
       else:
         source = node.module
@@ -66,7 +66,7 @@ def find_cycle(graph):
     stack.append(m)
     for n in sorted(graph.get(m, ())):
       if state.get(n) == "open":
-        return stack[stack.index(n):] + [n]
+        return stack[stack.index(n) :] + [n]
       if n not in state:
         cycle = visit(n)
         if cycle:
@@ -116,8 +116,10 @@ def test_cikg_jax_import_graph_has_no_cycle(graph):
   assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.parametrize("path", ["cikg_jax/train.py", "cikg_jax/parallel.py",
-                                  "cikg_jax/predict.py", "experiments/bench.py"])
+@pytest.mark.parametrize(
+  "path",
+  ["cikg_jax/train.py", "cikg_jax/parallel.py", "cikg_jax/predict.py", "experiments/bench.py"],
+)
 def test_training_prediction_and_benchmarks_build_on_steps(path):
   full = os.path.join(ROOT, path)
   module = path[:-3].replace("/", ".")

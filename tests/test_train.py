@@ -32,11 +32,19 @@ def test_end_to_end_tiny(tmp_path):
   for name in ("config.json", "metrics.jsonl", "results.json", "curves.png"):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert res["train_step_compilations"] == 1  # one compiled step for the whole run
-  assert set(res) >= {"best_epoch", "selection", "valid", "test", "test_groups", "train_seconds",
-                      "epoch_seconds_median"}
+  assert set(res) >= {
+    "best_epoch",
+    "selection",
+    "valid",
+    "test",
+    "test_groups",
+    "train_seconds",
+    "epoch_seconds_median",
+  }
   for split in ("valid", "test"):
-    assert set(res[split]) >= {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "hit")
-                               for k in (20, 50, 100)}
+    assert set(res[split]) >= {
+      f"{m}@{k}" for m in ("recall", "ndcg", "precision", "hit") for k in (20, 50, 100)
+    }
   lines = _lines(workdir)
   assert [ln["epoch"] for ln in lines] == [0, 1, 2, 3]
   for key in ("bpr", "reg", "cl", "uir", "kge", "loss", "valid/recall@50", "seconds"):
@@ -68,9 +76,12 @@ def test_non_finite_loss_stops_with_clear_error_naming_epoch_and_step(tmp_path):
   failed epoch is saved."""
   c = _tiny(tmp_path, max_epochs=3, lr=float("nan"))
   workdir = str(tmp_path / "nan")
-  with pytest.raises(FloatingPointError, match=r"non-finite training loss at epoch 0, step 1 of "
-                     r"the epoch: training stopped; no checkpoint has been saved yet\. Lower the "
-                     r"learning rate"):
+  with pytest.raises(
+    FloatingPointError,
+    match=r"non-finite training loss at epoch 0, step 1 of "
+    r"the epoch: training stopped; no checkpoint has been saved yet\. Lower the "
+    r"learning rate",
+  ):
     train.train_and_evaluate(c, workdir)
   assert _lines(workdir) == []
   assert ckpt.manager(workdir).all_steps() == []
@@ -78,8 +89,12 @@ def test_non_finite_loss_stops_with_clear_error_naming_epoch_and_step(tmp_path):
 
 
 def _batch(n=256):
-  return {"users": np.zeros(n, np.int32), "pos": np.ones(n, np.int32),
-          "neg": np.full(n, 2, np.int32), "mask": np.ones(n, np.float32)}
+  return {
+    "users": np.zeros(n, np.int32),
+    "pos": np.ones(n, np.int32),
+    "neg": np.full(n, 2, np.int32),
+    "mask": np.ones(n, np.float32),
+  }
 
 
 def test_train_step_is_pure_and_compiles_once(tmp_path):
@@ -124,13 +139,17 @@ def test_train_step_mask_rate_follows_the_schedule(tmp_path):
   tx, kge_tx = steps.make_optimizers(c)
   state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, c.kge.use)
   step = jax.jit(steps.make_train_step(net, tx, steps.mask_rates(c), steps_per_epoch=2))
-  batches = sampling.bpr_epoch(ds.train, sampling.NegativeSampler(ds.train, ds.n_users,
-                                                                  ds.n_items),
-                               c.train.batch_size, np.random.default_rng(0))
+  batches = sampling.bpr_epoch(
+    ds.train,
+    sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
+    c.train.batch_size,
+    np.random.default_rng(0),
+  )
   got = []
   for s in range(8):
-    state, terms = step(state, {k: v[s % 4] for k, v in batches.items()},
-                        jax.random.PRNGKey(s), graphs)
+    state, terms = step(
+      state, {k: v[s % 4] for k, v in batches.items()}, jax.random.PRNGKey(s), graphs
+    )
     got.append(float(terms["uir_masked_rows"]))
   # independently: p0 (pmax/p0)^(t/T), capped at pmax, in float32 as the step holds it
   rate = lambda t: np.float32(min(0.05 * (0.75 / 0.05) ** (t / 2), 0.75))
@@ -168,6 +187,7 @@ def test_every_loss_term_decreases_on_tiny(tmp_path):
 
 def test_predict_top_k_from_a_run_excludes_known_items(tmp_path):
   from cikg_jax import predict
+
   workdir = str(tmp_path / "pred")
   train.train_and_evaluate(_tiny(tmp_path, max_epochs=2), workdir)
   ds, net, graphs, params = predict.load_run(workdir)
@@ -194,21 +214,37 @@ def cli_run(tmp_path_factory):
   terminal: no progress bar, log lines instead)."""
   import subprocess
   import sys
+
   tmp = tmp_path_factory.mktemp("cli")
   workdir = str(tmp / "run")
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             JAX_PLATFORMS="cpu")
-  p = subprocess.run([sys.executable, "-m", "cikg_jax.main", "--config=configs/tiny.py",
-                      f"--workdir={workdir}", "--config.train.max_epochs=2",
-                      "--config.train.plot=False", f"--config.synthetic_dir={tmp / 'data'}"],
-                     stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=ROOT,
-                     timeout=600)
+  env = dict(
+    os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu"
+  )
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "cikg_jax.main",
+      "--config=configs/tiny.py",
+      f"--workdir={workdir}",
+      "--config.train.max_epochs=2",
+      "--config.train.plot=False",
+      f"--config.synthetic_dir={tmp / 'data'}",
+    ],
+    stdin=subprocess.DEVNULL,
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=ROOT,
+    timeout=600,
+  )
   assert p.returncode == 0, p.stderr[-3000:]
   return {"workdir": workdir, "out": p.stdout + p.stderr, "lines": _lines(workdir)}
 
 
 def test_cli_logs_one_line_per_epoch_with_loss_and_selection_metric(cli_run):
   import re
+
   records = cli_run["lines"]
   assert [r["epoch"] for r in records] == [0, 1]
   out = cli_run["out"]
@@ -223,8 +259,9 @@ def test_cli_logs_one_line_per_epoch_with_loss_and_selection_metric(cli_run):
     assert loss and selection, line
     # as printed: 4 to 5 significant digits
     assert float(loss.group(1)) == pytest.approx(record["loss"], rel=1e-3, abs=1e-4), line
-    assert float(selection.group(1)) == pytest.approx(record["selection_score"], rel=1e-3,
-                                                      abs=1e-4), line
+    assert float(selection.group(1)) == pytest.approx(
+      record["selection_score"], rel=1e-3, abs=1e-4
+    ), line
 
 
 def _read_events(path):
@@ -234,23 +271,26 @@ def _read_events(path):
 
   from tensorboardX.crc32c import crc32c
   from tensorboardX.proto import event_pb2
+
   assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value: the right polynomial
 
   def masked(data):
-    x = crc32c(data) & 0xffffffff
-    return (((x >> 15) | (x << 17)) + 0xa282ead8) & 0xffffffff
+    x = crc32c(data) & 0xFFFFFFFF
+    return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
   events = []
   with open(path, "rb") as f:
     data = f.read()
   pos = 0
   while pos < len(data):
-    header = data[pos:pos + 8]
-    (length,), (header_crc,) = struct.unpack("<Q", header), struct.unpack("<I", data[pos + 8:
-                                                                                       pos + 12])
+    header = data[pos : pos + 8]
+    (length,), (header_crc,) = (
+      struct.unpack("<Q", header),
+      struct.unpack("<I", data[pos + 8 : pos + 12]),
+    )
     assert header_crc == masked(header)
-    body = data[pos + 12:pos + 12 + length]
-    (body_crc,) = struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])
+    body = data[pos + 12 : pos + 12 + length]
+    (body_crc,) = struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])
     assert len(body) == length and body_crc == masked(body)
     events.append(event_pb2.Event.FromString(body))
     pos += 16 + length
@@ -261,6 +301,7 @@ def _tb_tag(key):
   """TensorBoard's tag for a key: characters outside [-/\\w.] become "_" (tensorboardX cleans
   tags so; e.g. valid/recall@20 is shown as valid/recall_20)."""
   import re
+
   return re.sub(r"[^-/\w.]", "_", key)
 
 
@@ -277,8 +318,16 @@ def test_tensorboard_events_hold_every_metrics_jsonl_key(cli_run):
   records = cli_run["lines"]
   assert len(records) == 2
   for record in records:
-    assert {"loss", "bpr", "cl", "uir", "kge", "mask_rate", "valid/recall@20",
-            "selection_score"} <= set(record)
+    assert {
+      "loss",
+      "bpr",
+      "cl",
+      "uir",
+      "kge",
+      "mask_rate",
+      "valid/recall@20",
+      "selection_score",
+    } <= set(record)
     keys = set(record) - {"epoch"}
     assert len({_tb_tag(k) for k in keys}) == len(keys)  # no two keys share a tag
     for key in keys:

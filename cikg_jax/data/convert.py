@@ -300,7 +300,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
   with warnings.catch_warnings():
     warnings.simplefilter("default")
-    dataset_lib.load_dataset(os.path.dirname(out), os.path.basename(out), selection="test")
+    ds = dataset_lib.load_dataset(os.path.dirname(out), os.path.basename(out), selection="test")
+  print(ds.describe())
   name = os.path.basename(out)
   print(
     f"train with: python -m cikg_jax.main --config=configs/base.py:{name} "

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
+import warnings
 
 import numpy as np
 
@@ -63,8 +63,9 @@ class UserItems(dict):
     self.line_of: Dict[int, int] = {}
 
 
-def read_user_items(path: str, n_items: Optional[int] = None,
-                    allow_empty: bool = False) -> UserItems:
+def read_user_items(
+  path: str, n_items: Optional[int] = None, allow_empty: bool = False
+) -> UserItems:
   """Reads `uid item item ...` lines, keeping the file's item order (the LLM prompt uses it)."""
   out = UserItems()
   for line_no, tokens in _lines(path):
@@ -85,9 +86,13 @@ def read_user_items(path: str, n_items: Optional[int] = None,
     if n_items is not None:
       for it in items:
         if it >= n_items:
-          _fail(path, line_no, f"item id {it} out of range (the dataset has {n_items} items, "
-                "remap ids 0..n-1 of item_list.txt; raw item ids: "
-                "`python -m cikg_jax.data.convert`)")
+          _fail(
+            path,
+            line_no,
+            f"item id {it} out of range (the dataset has {n_items} items, "
+            "remap ids 0..n-1 of item_list.txt; raw item ids: "
+            "`python -m cikg_jax.data.convert`)",
+          )
     out[uid] = items
     out.line_of[uid] = line_no
   return out
@@ -109,8 +114,9 @@ def read_triples(path: str, n_entities: Optional[int] = None) -> np.ndarray:
   return _dedupe_rows(path, arr)
 
 
-def read_pairs(path: str, n_users: Optional[int] = None,
-               min_second: Optional[int] = None) -> np.ndarray:
+def read_pairs(
+  path: str, n_users: Optional[int] = None, min_second: Optional[int] = None
+) -> np.ndarray:
   """Reads `uid interest_id` lines; interest ids must lie above the entity range. Without
   `n_users` / `min_second` (a file read apart from its dataset) only the format is checked; the
   trainer checks the ranges when it loads the file with its dataset."""
@@ -141,8 +147,9 @@ SPARSE_MAX_UNUSED_ROWS = 4096
 SPARSE_MIN_USED_FRACTION = 1 / 8
 
 
-def check_dense_ids(path: str, ids: np.ndarray, line_nos: Sequence[int], first: int,
-                    what: str) -> None:
+def check_dense_ids(
+  path: str, ids: np.ndarray, line_nos: Sequence[int], first: int, what: str
+) -> None:
   """Refuses an id range `first..max(ids)` that is mostly empty (more than
   SPARSE_MAX_UNUSED_ROWS unused rows and under SPARSE_MIN_USED_FRACTION used), naming the line of
   the largest id. Refusing rather than compacting: a far-off id is almost always a typo or a file
@@ -157,10 +164,14 @@ def check_dense_ids(path: str, ids: np.ndarray, line_nos: Sequence[int], first: 
   gaps = np.diff(np.concatenate([[first - 1], used]))
   k = int(np.argmax(gaps))  # the largest jump: ids from used[k] up are the suspects
   below = f"; the other ids lie in {int(used[0])}..{int(used[k - 1])}" if k > 0 else ""
-  _fail(path, line, f"{what} id {top} would size the {what} table to {n_rows:,} rows of which only "
-        f"{len(used):,} are used{below}. {what.capitalize()} ids must be numbered densely from "
-        f"{first} (the first id above the entities): fix or drop this line, or renumber the ids "
-        "(`python -m cikg_jax.data.convert` does)")
+  _fail(
+    path,
+    line,
+    f"{what} id {top} would size the {what} table to {n_rows:,} rows of which only "
+    f"{len(used):,} are used{below}. {what.capitalize()} ids must be numbered densely from "
+    f"{first} (the first id above the entities): fix or drop this line, or renumber the ids "
+    "(`python -m cikg_jax.data.convert` does)",
+  )
 
 
 def _dedupe_rows(path: str, arr: np.ndarray) -> np.ndarray:
@@ -179,11 +190,12 @@ NAMELESS = frozenset({"", "none", "null", "nan"})
 @dataclasses.dataclass
 class IdList:
   """An *_list.txt file (`org_id remap_id [name]`, header line), indexed by remap id."""
+
   path: str
   org_ids: List[str]
-  names: List[Optional[str]]   # None where the line has no name column
+  names: List[Optional[str]]  # None where the line has no name column
   line_of: List[int]
-  remap_ids: List[int]         # ascending; 0..n-1 unless read with dense=False
+  remap_ids: List[int]  # ascending; 0..n-1 unless read with dense=False
 
   def __len__(self) -> int:
     return len(self.org_ids)
@@ -191,8 +203,9 @@ class IdList:
   def keys(self, i: int) -> set:
     """The identifiers of entry i (org id, name), ignoring "None"-style placeholders: KGAT-style
     lists name the same object by org id in one file and by URI / freebase id in the other."""
-    return {k for k in (self.org_ids[i], self.names[i])
-            if k is not None and k.lower() not in NAMELESS}
+    return {
+      k for k in (self.org_ids[i], self.names[i]) if k is not None and k.lower() not in NAMELESS
+    }
 
 
 def read_id_list(path: str, dense: bool = True) -> IdList:
@@ -220,11 +233,20 @@ def read_id_list(path: str, dense: bool = True) -> IdList:
     for remap in sorted(entries):
       if remap >= n:
         missing = min(set(range(n)) - set(entries))
-        _fail(path, entries[remap][2], f"remap_id {remap} out of range: the file has {n} entries, "
-              f"so remap ids must be 0..{n - 1} each once ({missing} is missing)")
+        _fail(
+          path,
+          entries[remap][2],
+          f"remap_id {remap} out of range: the file has {n} entries, "
+          f"so remap ids must be 0..{n - 1} each once ({missing} is missing)",
+        )
   order = sorted(entries)
-  return IdList(path, [entries[k][0] for k in order], [entries[k][1] for k in order],
-                [entries[k][2] for k in order], order)
+  return IdList(
+    path,
+    [entries[k][0] for k in order],
+    [entries[k][1] for k in order],
+    [entries[k][2] for k in order],
+    order,
+  )
 
 
 def read_id_list_if_present(path: str) -> Optional[IdList]:
@@ -237,18 +259,25 @@ def check_items_are_entities(items: IdList, entities: IdList) -> None:
   item has no URI; book-crossing: same org id or same title), as in KGAT's own lists (item
   freebase_id = entity org_id). A row sharing neither means the two numberings disagree."""
   if len(items) > len(entities):
-    _fail(items.path, None, f"{len(items)} items but {entities.path} lists only {len(entities)} "
-          "entities; items must be the first entities (item i = entity i)")
+    _fail(
+      items.path,
+      None,
+      f"{len(items)} items but {entities.path} lists only {len(entities)} "
+      "entities; items must be the first entities (item i = entity i)",
+    )
   bad = [i for i in range(len(items)) if not items.keys(i) & entities.keys(i)]
   if bad:
     i = bad[0]
     ids = lambda lst: " / ".join(sorted(lst.keys(i))) or "no id"
-    _fail(items.path, items.line_of[i],
-          f"item {i} ({ids(items)}) is not entity {i} of {entities.path}:{entities.line_of[i]} "
-          f"({ids(entities)}); {len(bad)} of {len(items)} items disagree. Items must be numbered "
-          "like their KG entities (item i = entity i): convert the dataset with "
-          "`python -m cikg_jax.data.convert`, or remove entity_list.txt if the two lists use "
-          "unrelated ids")
+    _fail(
+      items.path,
+      items.line_of[i],
+      f"item {i} ({ids(items)}) is not entity {i} of {entities.path}:{entities.line_of[i]} "
+      f"({ids(entities)}); {len(bad)} of {len(items)} items disagree. Items must be numbered "
+      "like their KG entities (item i = entity i): convert the dataset with "
+      "`python -m cikg_jax.data.convert`, or remove entity_list.txt if the two lists use "
+      "unrelated ids",
+    )
 
 
 def write_user_items(path: str, user_items: Dict[int, List[int]]) -> None:
@@ -265,8 +294,9 @@ def write_rows(path: str, rows: np.ndarray, header: Optional[str] = None) -> Non
       f.write(" ".join(str(int(x)) for x in r) + "\n")
 
 
-def check_disjoint(train: Dict[int, List[int]], test: Dict[int, List[int]],
-                   train_path: str, test_path: str) -> Tuple[int, int]:
+def check_disjoint(
+  train: Dict[int, List[int]], test: Dict[int, List[int]], train_path: str, test_path: str
+) -> Tuple[int, int]:
   """A test item that is also a training item leaks the answer; a test user without training
   items cannot be scored. Both are errors."""
   line_of = getattr(test, "line_of", {})
@@ -275,6 +305,9 @@ def check_disjoint(train: Dict[int, List[int]], test: Dict[int, List[int]],
       _fail(test_path, line_of.get(u), f"user {u} has test items but no line in {train_path}")
     both = set(train[u]) & set(test[u])
     if both:
-      _fail(test_path, line_of.get(u),
-            f"user {u}: item {min(both)} is both a training item and a test item")
+      _fail(
+        test_path,
+        line_of.get(u),
+        f"user {u}: item {min(both)} is both a training item and a test item",
+      )
   return len(train), len(test)

@@ -38,8 +38,15 @@ RTOL, ATOL = 1e-5, 1e-7
 # Wall time, machine and compile-cache facts: not numerics.
 IGNORED_LINE_KEYS = ("train_seconds", "seconds")
 # results.json's numbers: the best epoch's valid/test metrics and the test user groups.
-RESULT_KEYS = ("best_epoch", "epochs_run", "n_params", "valid", "test", "test_groups",
-               "test_groups_equal_interactions")
+RESULT_KEYS = (
+  "best_epoch",
+  "epochs_run",
+  "n_params",
+  "valid",
+  "test",
+  "test_groups",
+  "test_groups_equal_interactions",
+)
 
 
 def _common(c, epochs: int):
@@ -63,12 +70,12 @@ def _dbbook(views: str):
 
 # name -> (config factory, needs the paper's data). The order is the order of the JSON.
 CASES: Dict[str, tuple[Callable[[], Any], bool]] = {
-    "tiny-paper": (lambda: _tiny("paper"), False),
-    "tiny-release": (lambda: _tiny("release"), False),
-    "tiny-lightgcn": (lambda: _common(lightgcn.get_config("synthetic"), 3), False),
-    "dbbook2014-paper": (lambda: _dbbook("paper"), True),
-    "dbbook2014-release": (lambda: _dbbook("release"), True),
-    "dbbook2014-lightgcn": (lambda: _common(lightgcn.get_config("dbbook2014"), 1), True),
+  "tiny-paper": (lambda: _tiny("paper"), False),
+  "tiny-release": (lambda: _tiny("release"), False),
+  "tiny-lightgcn": (lambda: _common(lightgcn.get_config("synthetic"), 3), False),
+  "dbbook2014-paper": (lambda: _dbbook("paper"), True),
+  "dbbook2014-release": (lambda: _dbbook("release"), True),
+  "dbbook2014-lightgcn": (lambda: _common(lightgcn.get_config("dbbook2014"), 1), True),
 }
 
 
@@ -114,8 +121,13 @@ def run_case(name: str, workdir: str, data_dir: str = "", synthetic_dir: str = "
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
-                  help="record only these; the file keeps the other cases' values")
+  ap.add_argument(
+    "--cases",
+    nargs="+",
+    choices=list(CASES),
+    default=list(CASES),
+    help="record only these; the file keeps the other cases' values",
+  )
   ap.add_argument("--data_dir", default="", help="the paper's datasets (default: $CIKG_DATA_DIR)")
   args = ap.parse_args(argv)
   old = {}
@@ -126,13 +138,16 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as tmp:
     for name in args.cases:
       print(f"== {name}", flush=True)
-      cases[name] = run_case(name, os.path.join(tmp, name), args.data_dir,
-                             os.path.join(tmp, "synthetic"))
+      cases[name] = run_case(
+        name, os.path.join(tmp, name), args.data_dir, os.path.join(tmp, "synthetic")
+      )
   golden = {
-      "about": "tests/golden/record.py wrote this; tests/test_golden.py compares runs with it",
-      "platform": jax.default_backend(), "jax": jax.__version__,
-      "rtol": RTOL, "atol": ATOL,
-      "cases": {n: cases[n] for n in CASES if n in cases},
+    "about": "tests/golden/record.py wrote this; tests/test_golden.py compares runs with it",
+    "platform": jax.default_backend(),
+    "jax": jax.__version__,
+    "rtol": RTOL,
+    "atol": ATOL,
+    "cases": {n: cases[n] for n in CASES if n in cases},
   }
   with open(GOLDEN_FILE, "w") as f:
     json.dump(golden, f, indent=1)
