@@ -217,6 +217,12 @@ def load_from_config(config) -> Dataset:
     from cikg_jax.data import synthetic
 
     data_dir = synthetic.ensure(config.get("synthetic_dir") or None, **dict(config.synthetic))
+  elif config.dataset == "synthetic_large":
+    from cikg_jax.data import synthetic_large
+
+    data_dir = synthetic_large.ensure(
+      config.get("synthetic_dir") or None, **dict(config.synthetic_large)
+    )
   ds = load_dataset(
     data_dir,
     config.dataset,
