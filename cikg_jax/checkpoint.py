@@ -5,7 +5,14 @@ epoch's batches and keys are functions of (seed, epoch), so a resumed run contin
 A damaged step (truncated or zeroed files, a missing item, a flipped byte) must not block a run
 whose previous step is intact, nor resume it with silently changed state: each save records a
 SHA-256 of its arrays and loop state, and restore falls back to the newest step that restores and
-matches its digest."""
+matches its digest.
+
+With several processes (cikg_jax/distributed.py) every process calls `manager`, `save` and
+`restore_latest` at the same points, as orbax's multi-process protocol requires (process 0, its
+primary host, writes; the others wait at its barriers). The replicated state goes to orbax as host
+numpy arrays there: a per-process device array is "host-local", which orbax refuses to save, and
+process 0 writing the one copy is all a replicated state needs. The directory must be one that
+every process sees (a shared filesystem across hosts)."""
 
 from __future__ import annotations
 
@@ -45,7 +52,13 @@ def digest(state, best_params, loop: dict) -> str:
   return h.hexdigest()
 
 
+def _host_local(tree):
+  """Numpy arrays with several processes (see the module docstring); `tree` with one."""
+  return jax.device_get(tree) if jax.process_count() > 1 else tree
+
+
 def save(mgr: ocp.CheckpointManager, epoch: int, state, best_params, loop: dict) -> None:
+  state, best_params = _host_local((state, best_params))
   loop = dict(loop, **{DIGEST_KEY: digest(state, best_params, loop)})
   mgr.save(
     epoch,
@@ -59,7 +72,7 @@ def save(mgr: ocp.CheckpointManager, epoch: int, state, best_params, loop: dict)
 
 
 def _restore_step(mgr, step, state_like, params_like):
-  abstract = lambda tree: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+  abstract = lambda tree: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _host_local(tree))
   got = mgr.restore(
     step,
     args=ocp.args.Composite(

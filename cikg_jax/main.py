@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cikg_jax import checkpoint, host, rundir, train
+from cikg_jax import checkpoint, distributed, host, rundir, train
 import configs
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "tiny.py")
@@ -57,6 +57,10 @@ def main(argv):
   pylogging.getLogger("cikg_jax").setLevel(pylogging.INFO)  # this project's progress lines
   host.keep_freed_memory()  # no page faults on the CPU step's large buffers (cikg_jax/host.py)
   try:
+    # One process of several (config.parallel, Slurm, Open MPI): joins the others before
+    # anything touches a device. Process 0 alone logs progress.
+    if distributed.initialize(FLAGS.config) and not distributed.is_primary():
+      pylogging.getLogger("cikg_jax").setLevel(pylogging.ERROR)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
     if FLAGS.debug:

@@ -33,6 +33,11 @@ RESUMABLE_KEYS = frozenset(
     "train.checkpoint",
     "train.checkpoint_every_seconds",
     "train.resume",
+    # Where and how the processes meet; the numbers depend on the total device count, which the
+    # data-parallel step makes matter only up to float summation order.
+    "parallel.coordinator_address",
+    "parallel.num_processes",
+    "parallel.process_id",
   }
 )
 RUN_FILES = (

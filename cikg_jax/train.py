@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cikg_jax import checkpoint as ckpt
-from cikg_jax import evaluation, parallel, rundir, steps
+from cikg_jax import distributed, evaluation, parallel, rundir, steps
 from cikg_jax import propagation as prop
 from cikg_jax.data import sampling
 
@@ -144,18 +144,18 @@ class Trainer:
   sampler: sampling.NegativeSampler
   place: Any  # host state -> device layout
   host_view: Any  # device layout -> host state
-  shard: Any  # batch -> device layout
-  n_devices: int
+  shard: Any  # global batch -> this process's device layout
+  n_devices: int  # data-parallel devices over all processes
 
 
 def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
   rates = steps.mask_rates(config)
   per_epoch = sampling.num_batches(len(ds.train), config.train.batch_size)
-  n_devices = parallel.num_devices(config.train.num_devices)
+  n_devices = parallel.num_devices(config.train.num_devices)  # this process's
   kge_sampler = (
     sampling.KGESampler(ds, config.views, config.kge.batch_size) if config.kge.use else None
   )
-  if n_devices > 1:
+  if n_devices > 1 or distributed.process_count() > 1:
     train_step, kge_step = parallel.make_steps(net, tx, kge_tx, rates, per_epoch, config.kge.use)
     return Trainer(
       train_step,
@@ -164,8 +164,8 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
       sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
       lambda tree: parallel.replicate(tree, n_devices),
       parallel.unreplicate,
-      lambda b: parallel.shard_batch(b, n_devices),
-      n_devices,
+      lambda b: parallel.shard_batch(distributed.local_rows(b), n_devices),
+      n_devices * distributed.process_count(),
     )
   train_step = jax.jit(steps.make_train_step(net, tx, rates, per_epoch), donate_argnums=0)
   kge_step = jax.jit(steps.make_kge_step(net, kge_tx), donate_argnums=0) if config.kge.use else None
@@ -214,52 +214,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   The workdir is created only once the data has loaded, and a run in it is resumed only if its
   identity (config and data, rundir.RESUMABLE_KEYS aside) matches; train.resume=False deletes it
-  and starts afresh. One training at a time holds the workdir's lock."""
+  and starts afresh. One training at a time holds the workdir's lock.
+
+  With several processes (cikg_jax/distributed.py) every process calls this; process 0 alone
+  checks, locks and writes the workdir, and no process trains unless every one set up."""
+  with contextlib.ExitStack() as held:
+    try:
+      if distributed.is_primary():
+        prepared = _prepare(config, workdir, held)
+      else:
+        rundir.check_workdir(workdir)
+        t_setup = time.perf_counter()
+        prepared = (*steps.setup(config), t_setup)
+    except Exception as e:
+      distributed.agree(e, "setup")  # tells the other processes, then raises e
+      raise
+    distributed.agree(None, "setup")
+    ds, config, net, graphs, t_setup = prepared
+    return _train(config, workdir, ds, net, graphs, t_setup)
+
+
+def _prepare(config, workdir: str, held: contextlib.ExitStack):
+  """Checks the workdir, loads the data, creates and locks the workdir (the lock joins `held`),
+  clears or checks the run there and writes its identity: (dataset, effective config, model,
+  graphs, setup start time)."""
   rundir.check_workdir(workdir)
   resume = config.train.get("resume", True)
-  with contextlib.ExitStack() as held:
-    existed = os.path.isdir(workdir)
-    if existed:  # refuse a busy workdir or another run at once, before loading data
-      held.enter_context(rundir.locked(workdir))
-      if resume:
-        rundir.check_resume(workdir, config)
-    requested = config
-    t_setup = time.perf_counter()
-    ds, config, net, graphs = steps.setup(requested)
-    data_sha256 = rundir.data_digest(ds)
-    if not existed:  # created only now that the data has loaded
-      os.makedirs(workdir, exist_ok=True)
-      held.enter_context(rundir.locked(workdir))
-    if resume:  # again: the data's digest, and a run another process may have begun meanwhile
-      rundir.check_resume(workdir, requested, config, data_sha256)
-    else:
-      gone = rundir.clear(workdir)
-      if gone:
-        log.warning("train.resume=False: deleted %s in %s", ", ".join(gone), workdir)
-    rundir.write_json(
-      os.path.join(workdir, rundir.IDENTITY_FILE),
-      {"config": rundir.plain(requested), "data_sha256": data_sha256},
-    )
-    rundir.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    return _train(config, workdir, ds, net, graphs, t_setup)
+  existed = os.path.isdir(workdir)
+  if existed:  # refuse a busy workdir or another run at once, before loading data
+    held.enter_context(rundir.locked(workdir))
+    if resume:
+      rundir.check_resume(workdir, config)
+  requested = config
+  t_setup = time.perf_counter()
+  ds, config, net, graphs = steps.setup(requested)
+  data_sha256 = rundir.data_digest(ds)
+  if not existed:  # created only now that the data has loaded
+    os.makedirs(workdir, exist_ok=True)
+    held.enter_context(rundir.locked(workdir))
+  if resume:  # again: the data's digest, and a run another process may have begun meanwhile
+    rundir.check_resume(workdir, requested, config, data_sha256)
+  else:
+    gone = rundir.clear(workdir)
+    if gone:
+      log.warning("train.resume=False: deleted %s in %s", ", ".join(gone), workdir)
+  rundir.write_json(
+    os.path.join(workdir, rundir.IDENTITY_FILE),
+    {"config": rundir.plain(requested), "data_sha256": data_sha256},
+  )
+  rundir.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  return ds, config, net, graphs, t_setup
 
 
 def _restore(config, workdir, state, best_params):
   """(manager, state, best params, loop state): from the newest good checkpoint if any."""
   mgr = ckpt.manager(workdir) if config.train.checkpoint else None
   loop = LoopState()
-  if mgr is not None:
-    restored = ckpt.restore_latest(mgr, state, best_params, delete_damaged=True)
+  primary = distributed.is_primary()
+  if mgr is not None:  # every process restores (orbax's multi-process protocol)
+    quiet = lambda text: None
+    restored = ckpt.restore_latest(
+      mgr, state, best_params, delete_damaged=True, log=print if primary else quiet
+    )
     if restored is not None:
       state, best_params, loop_json = restored
       loop = LoopState.from_json(loop_json)
       if loop.stop == BUDGET:
         loop.stop = ""  # a budget stop is a pause: a rerun continues the run
-      log.info("resumed from %s/checkpoints at epoch %d", workdir, loop.epoch)
+      if primary:
+        log.info("resumed from %s/checkpoints at epoch %d", workdir, loop.epoch)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if mgr is None or loop.epoch < 0:
+  if primary and (mgr is None or loop.epoch < 0):
     rundir.write_atomic(metrics_path, "")
-  else:
+  elif primary:
     rundir.truncate_jsonl(metrics_path, loop.epoch)
   return mgr, state, best_params, loop
 
@@ -325,15 +352,16 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
   rates = steps.mask_rates(config)
 
   last_save = time.perf_counter()
+  primary = distributed.is_primary()  # the one process that evaluates, writes and logs
   pbar = tqdm(
     range(loop.epoch + 1, config.train.max_epochs),
     desc=f"train {ds.name}",
     unit="epoch",
     dynamic_ncols=True,
-    disable=None,
+    disable=None if primary else True,
   )
   k = config.eval.select_k
-  writer = EpochWriter(workdir, log_lines=pbar.disable, k=k)
+  writer = EpochWriter(workdir, log_lines=pbar.disable, k=k) if primary else None
   try:
     for epoch in pbar:
       if loop.stop:
@@ -346,66 +374,74 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
       if not steps.all_finite(params):
         _raise_non_finite(f"parameters after epoch {epoch}", workdir, mgr)
       loop.epoch = epoch
-      embeddings = embed(params, graphs)  # one propagation serves both evaluations
-      sel_metrics = evaluate(embeddings, eval_sets, selection, config, train_counts, loop)
+
+      def report():
+        """Evaluation, the epoch's records and the loop's decisions (process 0's alone)."""
+        embeddings = embed(params, graphs)  # one propagation serves both evaluations
+        sel_metrics = evaluate(embeddings, eval_sets, selection, config, train_counts, loop)
+        seconds = time.perf_counter() - t0
+        loop.train_seconds += seconds
+        loop.epoch_seconds.append(t_train)
+        score = sel_metrics.pop("selection_score")
+        writer.write(
+          {
+            "epoch": epoch,
+            **terms,
+            "mask_rate": float(rates[min(epoch, len(rates) - 1)]),
+            **{f"{selection}/{k}": v for k, v in sel_metrics.items()},
+            "selection_score": score,
+            "best_epoch": loop.best_epoch,
+            "train_seconds": t_train,
+            "seconds": seconds,
+          },
+          selection,
+        )
+        if loop.bad_epochs >= config.train.patience and epoch + 1 >= config.train.min_epochs:
+          loop.stop = EARLY_STOPPING
+        budget = config.train.max_seconds
+        spent = loop.train_seconds - train_seconds_at_start + setup_seconds
+        if budget and spent >= budget and not loop.stop:
+          loop.stop, loop.budget_seconds = BUDGET, float(budget)
+          log.warning("stopping: time budget of %.0f s reached after epoch %d", budget, epoch)
+        pbar.set_postfix(
+          loss=f"{terms['loss']:.4f}",
+          **{f"{selection}_r@{k}": f"{sel_metrics[f'recall@{k}']:.4f}"},
+          best=loop.best_epoch,
+        )
+        due = time.perf_counter() - last_save >= config.train.checkpoint_every_seconds
+        return {"loop": loop.to_json(), "save_due": due}
+
+      decided = distributed.on_primary(report, "epoch")  # the same loop on every process
+      loop = LoopState.from_json(decided["loop"])
       if loop.best_epoch == epoch:
         best_params = jax.tree_util.tree_map(jnp.copy, params)
-      seconds = time.perf_counter() - t0
-      loop.train_seconds += seconds
-      loop.epoch_seconds.append(t_train)
-      score = sel_metrics.pop("selection_score")
-      writer.write(
-        {
-          "epoch": epoch,
-          **terms,
-          "mask_rate": float(rates[min(epoch, len(rates) - 1)]),
-          **{f"{selection}/{k}": v for k, v in sel_metrics.items()},
-          "selection_score": score,
-          "best_epoch": loop.best_epoch,
-          "train_seconds": t_train,
-          "seconds": seconds,
-        },
-        selection,
-      )
-      if loop.bad_epochs >= config.train.patience and epoch + 1 >= config.train.min_epochs:
-        loop.stop = EARLY_STOPPING
-      budget = config.train.max_seconds
-      spent = loop.train_seconds - train_seconds_at_start + setup_seconds
-      if budget and spent >= budget and not loop.stop:
-        loop.stop, loop.budget_seconds = BUDGET, float(budget)
-        log.warning("stopping: time budget of %.0f s reached after epoch %d", budget, epoch)
       last = bool(loop.stop) or epoch + 1 >= config.train.max_epochs
-      if mgr is not None and (
-        last or time.perf_counter() - last_save >= config.train.checkpoint_every_seconds
-      ):
+      if mgr is not None and (last or decided["save_due"]):
         # Epochs are pure functions of (state, seed, epoch): resuming from an older checkpoint
         # replays the same epochs, so saving every epoch buys nothing but I/O.
         ckpt.save(mgr, epoch, trainer.host_view(state), best_params, loop.to_json())
         last_save = time.perf_counter()
-      pbar.set_postfix(
-        loss=f"{terms['loss']:.4f}",
-        **{f"{selection}_r@{k}": f"{sel_metrics[f'recall@{k}']:.4f}"},
-        best=loop.best_epoch,
-      )
       if loop.stop:
         break
   finally:
     pbar.close()  # before any error message, so that it is the last line
-    writer.close()
+    if writer is not None:
+      writer.close()
   results = write_results(workdir, config, ds, loop, trainer, best_params, setup_seconds)
-  if config.train.plot:
+  if primary and config.train.plot:
     from cikg_jax import plots
 
     plots.training_curves(writer.metrics_path, os.path.join(workdir, "curves.png"), selection)
-  log.info(
-    "best epoch %d: test %s",
-    results["best_epoch"],
-    "  ".join(
-      f"{m}@{k} {results['test'].get(f'{m}@{k}', float('nan')):.4f}"
-      for k in config.eval.ks
-      for m in ("recall", "ndcg")
-    ),
-  )
+  if primary:
+    log.info(
+      "best epoch %d: test %s",
+      results["best_epoch"],
+      "  ".join(
+        f"{m}@{k} {results['test'].get(f'{m}@{k}', float('nan')):.4f}"
+        for k in config.eval.ks
+        for m in ("recall", "ndcg")
+      ),
+    )
   return results
 
 
@@ -447,7 +483,9 @@ def write_results(
     "backend": prop.resolve_backend(config.model.backend),
     "devices": [str(d) for d in jax.devices()],
     "data_parallel_devices": trainer.n_devices,
+    "processes": distributed.process_count(),
     "n_params": steps.param_count(best_params),
   }
-  rundir.write_json(os.path.join(workdir, "results.json"), results)
+  if distributed.is_primary():
+    rundir.write_json(os.path.join(workdir, "results.json"), results)
   return results

@@ -57,6 +57,15 @@ def get_config(dataset: str = "dbbook2014"):
   c.train.resume = True
   c.train.plot = True
 
+  # Several processes (hosts) in one run: cikg_jax/distributed.py, README "Several processes and
+  # hosts". Unset values come from the cluster environment (Slurm, Open MPI); one process needs none.
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.coordinator_address = (
+    ""  # host:port of process 0 ("" = JAX_COORDINATOR_ADDRESS/cluster)
+  )
+  c.parallel.num_processes = 0  # 0 = from the cluster environment (1 outside one)
+  c.parallel.process_id = -1  # this process's index, 0..num_processes-1 (-1 = from the cluster)
+
   # User-interest reconstruction (GraphMAE-style); weight 0 switches it off.
   c.uir = ml_collections.ConfigDict()
   c.uir.weight = 0.03

@@ -1,0 +1,199 @@
+"""Several processes (hosts) training one run: `jax.distributed` set-up and the little the training
+loop needs beyond it.
+
+Each process drives its own local devices; `pmap`'s collectives (the gradient `psum`) span every
+device of every process. Every process draws the same epoch batches from (seed, epoch) and feeds its
+devices its own contiguous slice of each global mini-batch (`local_rows`), so process p, device l
+holds the rows a single process with all the devices would give its device p * L + l. Process 0 is
+the primary: it alone takes the workdir's lock, writes the run's files and evaluates; what decides
+the loop (early stopping, the time budget, when to save) reaches the others through the
+coordination service's key-value store (`on_primary`), so all processes take the same path.
+
+Where the settings come from (`initialize`):
+1. `config.parallel.coordinator_address` / `num_processes` / `process_id` where set;
+2. otherwise JAX's own cluster detection fills the rest (`jax.distributed.initialize` with those
+   arguments None): under Slurm it reads SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID and the first
+   node of SLURM_STEP_NODELIST (port 61440 + SLURM_JOB_ID % 4096, or JAX_COORDINATOR_PORT), and
+   binds each process to the one GPU SLURM_LOCALID names; Open MPI (OMPI_* variables) likewise.
+   JAX_COORDINATOR_ADDRESS, if set, is the coordinator address.
+Without any of these, or with one process, nothing is initialised: the single-process path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# How long a process waits for another's message (process 0 evaluating a large split, a slow
+# data load elsewhere). A process that dies ends the others sooner: the coordination service's
+# heartbeat fails them.
+WAIT_SECONDS = 24 * 3600
+_SLURM_VARS = (
+  "SLURM_JOB_ID",
+  "SLURM_STEP_NODELIST",
+  "SLURM_NTASKS",
+  "SLURM_PROCID",
+  "SLURM_LOCALID",
+)
+_OMPI_VARS = ("OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK")
+
+
+def _settings(config) -> Dict[str, Any]:
+  """The explicit settings of `config.parallel` (None = unset: cluster detection decides)."""
+  p = config.get("parallel") or {}
+  address = p.get("coordinator_address", "") or None
+  n = p.get("num_processes", 0)
+  pid = p.get("process_id", -1)
+  return dict(
+    coordinator_address=address,
+    num_processes=n if n and n > 0 else None,
+    process_id=pid if pid is not None and pid >= 0 else None,
+  )
+
+
+def _cluster_processes() -> int:
+  """How many processes the cluster environment says this job has (1 outside one)."""
+  if all(v in os.environ for v in _SLURM_VARS):
+    return int(os.environ["SLURM_NTASKS"])
+  if all(v in os.environ for v in _OMPI_VARS):
+    return int(os.environ["OMPI_COMM_WORLD_SIZE"])
+  return 1
+
+
+def wanted(config) -> bool:
+  """True if this launch is one process of several."""
+  s = _settings(config)
+  if s["num_processes"] is not None:
+    return s["num_processes"] > 1
+  return s["coordinator_address"] is not None or _cluster_processes() > 1
+
+
+def initialize(config) -> bool:
+  """Joins the job's processes (before anything touches a device); False for a single process.
+  On CPU the collectives between processes go over TCP (gloo)."""
+  if not wanted(config):
+    return False
+  s = _settings(config)
+  if s["num_processes"] is not None and s["process_id"] is None and _cluster_processes() == 1:
+    raise ValueError(
+      f"parallel.num_processes={s['num_processes']} needs parallel.process_id (0.."
+      f"{s['num_processes'] - 1}) for each process outside Slurm/Open MPI"
+    )
+  if s["coordinator_address"] is None and _cluster_processes() == 1:
+    if not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+      raise ValueError(
+        "several processes need parallel.coordinator_address (host:port of process 0)"
+      )
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**s)
+  log.info(
+    "process %d of %d: %d local of %d devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
+  return True
+
+
+def process_count() -> int:
+  return jax.process_count()
+
+
+def is_primary() -> bool:
+  """Process 0: the one that locks the workdir, writes its files and logs progress."""
+  return jax.process_index() == 0
+
+
+def local_rows(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """This process's contiguous share of every global mini-batch array (the whole with one
+  process)."""
+  n, p = jax.process_count(), jax.process_index()
+  if n == 1:
+    return batch
+  out = {}
+  for k, v in batch.items():
+    if v.shape[0] % n:
+      raise ValueError(
+        f"batch of {v.shape[0]} rows does not split over {n} processes; choose a batch size "
+        "divisible by the total device count"
+      )
+    m = v.shape[0] // n
+    out[k] = v[p * m : (p + 1) * m]
+  return out
+
+
+# ---- messages between processes (the coordination service's key-value store) -----------------
+_counter = {}
+
+
+def _client():
+  from jax._src import distributed as jax_distributed  # what orbax's multihost utilities use
+
+  client = jax_distributed.global_state.client
+  if client is None:
+    raise RuntimeError("jax.distributed is not initialised")
+  return client
+
+
+def _key(tag: str) -> str:
+  """Unique per call site and call: every process makes the same calls in the same order."""
+  n = _counter[tag] = _counter.get(tag, -1) + 1
+  return f"cikg_jax/{tag}/{n}"
+
+
+def on_primary(fn: Callable[[], Any], tag: str) -> Any:
+  """Runs `fn` on process 0 alone and returns its (JSON-serialisable) result on every process.
+  An exception in `fn` is raised on process 0 and, as a RunError naming it, on the others (so
+  none waits for a message that never comes). With one process: `fn()`."""
+  if jax.process_count() == 1:
+    return fn()
+  key = _key(tag)
+  client = _client()
+  if is_primary():
+    try:
+      out = fn()
+    except Exception as e:
+      client.key_value_set(key, json.dumps({"error": _one_line(e)}))
+      raise
+    client.key_value_set(key, json.dumps({"ok": out}))
+    return out
+  got = json.loads(client.blocking_key_value_get(key, WAIT_SECONDS * 1000))
+  if "error" in got:
+    from cikg_jax import rundir
+
+    raise rundir.RunError(f"process 0 stopped: {got['error']}")
+  return got["ok"]
+
+
+def agree(error: Optional[BaseException], tag: str) -> None:
+  """Every process reports how its part of a phase went; all raise if any failed (so no process
+  is left waiting in a collective for one that stopped). With one process: re-raises `error`."""
+  if jax.process_count() == 1:
+    if error is not None:
+      raise error
+    return
+  from cikg_jax import rundir
+
+  key = _key(tag)
+  client = _client()
+  me = jax.process_index()
+  client.key_value_set(f"{key}/{me}", "" if error is None else _one_line(error))
+  if error is not None:
+    raise error
+  for p in range(jax.process_count()):
+    if p != me:
+      text = client.blocking_key_value_get(f"{key}/{p}", WAIT_SECONDS * 1000)
+      if text:
+        raise rundir.RunError(f"process {p} stopped: {text}")
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split()) or type(e).__name__
