@@ -21,6 +21,7 @@ Without any of these, or with one process, nothing is initialised: the single-pr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -173,9 +174,12 @@ def on_primary(fn: Callable[[], Any], tag: str) -> Any:
   return got["ok"]
 
 
-def agree(error: Optional[BaseException], tag: str) -> None:
-  """Every process reports how its part of a phase went; all raise if any failed (so no process
-  is left waiting in a collective for one that stopped). With one process: re-raises `error`."""
+def agree(
+  error: Optional[BaseException], tag: str, fingerprint: Optional[Callable[[], str]] = None
+) -> None:
+  """Every process reports how its part of a phase went and what it set up (`fingerprint()`);
+  all raise if any failed or set up something else, so no process is left waiting in a
+  collective for one that stopped. With one process: re-raises `error`, computes nothing."""
   if jax.process_count() == 1:
     if error is not None:
       raise error
@@ -185,14 +189,32 @@ def agree(error: Optional[BaseException], tag: str) -> None:
   key = _key(tag)
   client = _client()
   me = jax.process_index()
-  client.key_value_set(f"{key}/{me}", "" if error is None else _one_line(error))
+  if error is not None:
+    mine = {"error": _one_line(error)}
+  else:
+    mine = {"fingerprint": fingerprint() if fingerprint is not None else ""}
+  client.key_value_set(f"{key}/{me}", json.dumps(mine))
   if error is not None:
     raise error
   for p in range(jax.process_count()):
-    if p != me:
-      text = client.blocking_key_value_get(f"{key}/{p}", WAIT_SECONDS * 1000)
-      if text:
-        raise rundir.RunError(f"process {p} stopped: {text}")
+    if p == me:
+      continue
+    got = json.loads(client.blocking_key_value_get(f"{key}/{p}", WAIT_SECONDS * 1000))
+    if "error" in got:
+      raise rundir.RunError(f"process {p} stopped: {got['error']}")
+    if got["fingerprint"] != mine["fingerprint"]:
+      raise rundir.RunError(
+        f"process {p} set up another run than process {me} (its config or data differ): every "
+        "process needs the same flags, apart from parallel.process_id, and the same data"
+      )
+
+
+def fingerprint(config, data_sha256: str) -> str:
+  """SHA-256 of a process's requested config (its own process id aside) and data digest."""
+  d = config.to_dict()
+  d.get("parallel", {}).pop("process_id", None)
+  text = json.dumps([d, data_sha256], sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _one_line(e: BaseException) -> str:

@@ -229,9 +229,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     except Exception as e:
       distributed.agree(e, "setup")  # tells the other processes, then raises e
       raise
-    distributed.agree(None, "setup")
-    ds, config, net, graphs, t_setup = prepared
-    return _train(config, workdir, ds, net, graphs, t_setup)
+    ds, effective, net, graphs, t_setup = prepared
+    same_run = lambda: distributed.fingerprint(config, rundir.data_digest(ds))
+    distributed.agree(None, "setup", same_run)  # every process: the same config and data
+    return _train(effective, workdir, ds, net, graphs, t_setup)
 
 
 def _prepare(config, workdir: str, held: contextlib.ExitStack):

@@ -3,14 +3,17 @@ log after a crash, and one-line errors from the command line."""
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from cikg_jax import checkpoint as ckpt
@@ -403,3 +406,108 @@ def test_user_errors_end_as_one_line(tmp_path, case):
 def test_debug_flag_shows_the_traceback(tmp_path):
   p = _main(f"--workdir={tmp_path / 'run'}", "--debug", *_bad_data(tmp_path))
   assert p.returncode != 0 and "Traceback" in p.stderr and "DataFormatError" in p.stderr
+
+
+# ---- 7. kill -9 at random points, restart, the uninterrupted numbers ----------------------------
+TIMING = ("train_seconds", "seconds", "setup_seconds", "epoch_seconds_median")
+_KILL_EPOCHS = 6
+_TMP = "orbax-checkpoint-tmp"
+
+
+def _launch_cli(workdir, data, devices):
+  """The training CLI on configs/tiny.py (the full CIKGRec loss), saving after every epoch;
+  data-parallel over `devices` simulated CPU devices if > 1."""
+  flags = [
+    f"--workdir={workdir}",
+    f"--config.synthetic_dir={data}",
+    "--config.train.plot=False",
+    f"--config.train.max_epochs={_KILL_EPOCHS}",
+    "--config.train.patience=100",
+    "--config.train.checkpoint_every_seconds=0",
+    f"--config.train.num_devices={devices}",
+  ]
+  env = dict(_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.Popen(
+    [sys.executable, "-m", "cikg_jax.main", *flags],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+    cwd=ROOT,
+  )
+
+
+def _entries(d):
+  """{(name, inode)} of a checkpoint directory: a step directory or temporary directory made
+  anew (even under an old name) is a new pair."""
+  try:
+    return {(e.name, e.inode()) for e in os.scandir(d)}
+  except FileNotFoundError:
+    return set()
+
+
+def _wait_and_kill(proc, ckdir, kind, rng, epoch_seconds):
+  """SIGKILLs `proc` at a random point of the given kind, unless it finishes first; returns
+  what the kill hit: "checkpoint write" (a temporary checkpoint directory was left behind),
+  "epoch", or None (it finished)."""
+  seen = _entries(ckdir)
+  target = rng.randrange(_KILL_EPOCHS - 1)  # from this epoch's save on
+  while proc.poll() is None:
+    new = [n for n, _ in _entries(ckdir) - seen]
+    saving = [n for n in new if _TMP in n and int(n.split(".")[0]) >= target]
+    saved = [n for n in new if n.isdigit() and int(n) >= target]
+    if kind == "checkpoint" and saving:
+      time.sleep(rng.uniform(0, 0.01))
+      break
+    if kind == "epoch" and saved:  # a random moment of the next epoch (train, eval or save)
+      time.sleep(rng.uniform(0, 1.2 * epoch_seconds))
+      break
+    time.sleep(0.001)
+  if proc.poll() is not None:
+    return None
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  left = [n for n, _ in _entries(ckdir) - seen if _TMP in n]  # this launch's unfinished save
+  return "checkpoint write" if left else "epoch"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 4], ids=["one_device", "data_4_devices"])
+def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_numbers(tmp_path, devices):
+  """Four SIGKILLs of the training CLI in a seeded random order of kinds and epochs, two while a
+  checkpoint is being written and two at a random moment of an epoch, each followed by a restart
+  in the same workdir; the run then ends with metrics.jsonl and results.json equal to an
+  uninterrupted run's (timings aside), bit for bit."""
+  data = str(tmp_path / "data")
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  t0 = time.perf_counter()
+  p = _launch_cli(straight, data, devices)
+  assert p.wait(timeout=900) == 0, p.stderr.read()[-3000:]
+  epoch_seconds = float(np.median([x["seconds"] for x in _lines(straight)[1:]]))
+  rng = random.Random(20261126 + devices)
+  kinds = ["checkpoint", "checkpoint", "epoch", "epoch"]
+  rng.shuffle(kinds)
+  hits = []
+  for kind in kinds:
+    p = _launch_cli(killed, data, devices)
+    hit = _wait_and_kill(p, os.path.join(killed, "checkpoints"), kind, rng, epoch_seconds)
+    if hit is None:  # finished before the kill: nothing left to interrupt
+      assert p.returncode == 0, p.stderr.read()[-3000:]
+      break
+    hits.append((kind, hit, max((x["epoch"] for x in _lines(killed)), default=-1)))
+  p = _launch_cli(killed, data, devices)
+  assert p.wait(timeout=900) == 0, p.stderr.read()[-3000:]
+  print(
+    f"\n{devices} device(s): kills (kind, hit, last logged epoch) {hits}; "
+    f"{time.perf_counter() - t0:.0f} s"
+  )
+  assert ("checkpoint", "checkpoint write") in [h[:2] for h in hits]  # a save was cut short
+  assert len(hits) >= 3
+  strip = lambda d: {k: v for k, v in d.items() if k not in TIMING}
+  assert [strip(x) for x in _lines(killed)] == [strip(x) for x in _lines(straight)]
+  with open(os.path.join(straight, "results.json")) as f:
+    want = strip(json.load(f))
+  with open(os.path.join(killed, "results.json")) as f:
+    got = strip(json.load(f))
+  assert got == want
+  assert sorted(ckpt.manager(killed).all_steps()) == [_KILL_EPOCHS - 2, _KILL_EPOCHS - 1]
