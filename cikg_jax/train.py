@@ -162,7 +162,9 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
       kge_step,
       kge_sampler,
       sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
-      lambda tree: parallel.replicate(tree, n_devices),
+      # From host copies: the pmap refuses device arrays committed to one device, as orbax
+      # restores them (a resumed run).
+      lambda tree: parallel.replicate(jax.device_get(tree), n_devices),
       parallel.unreplicate,
       lambda b: parallel.shard_batch(distributed.local_rows(b), n_devices),
       n_devices * distributed.process_count(),
