@@ -4,10 +4,11 @@ loop needs beyond it.
 Each process drives its own local devices; `pmap`'s collectives (the gradient `psum`) span every
 device of every process. Every process draws the same epoch batches from (seed, epoch) and feeds its
 devices its own contiguous slice of each global mini-batch (`local_rows`), so process p, device l
-holds the rows a single process with all the devices would give its device p * L + l. Process 0 is
-the primary: it alone takes the workdir's lock, writes the run's files and evaluates; what decides
-the loop (early stopping, the time budget, when to save) reaches the others through the
-coordination service's key-value store (`on_primary`), so all processes take the same path.
+holds the rows a single process with all the devices would give its device p * L + l. Every process
+evaluates the same replicated parameters; process 0 (the primary) alone takes the workdir's lock,
+writes the run's files and logs, and its loop state, whose clock decides the time budget and when
+to save, reaches the others through the coordination service's key-value store (`from_primary`),
+so all processes take the same path. `agree` makes every process stop if any failed to set up.
 
 Where the settings come from (`initialize`):
 1. `config.parallel.coordinator_address` / `num_processes` / `process_id` where set;
@@ -150,28 +151,16 @@ def _key(tag: str) -> str:
   return f"cikg_jax/{tag}/{n}"
 
 
-def on_primary(fn: Callable[[], Any], tag: str) -> Any:
-  """Runs `fn` on process 0 alone and returns its (JSON-serialisable) result on every process.
-  An exception in `fn` is raised on process 0 and, as a RunError naming it, on the others (so
-  none waits for a message that never comes). With one process: `fn()`."""
+def from_primary(obj: Any, tag: str) -> Any:
+  """Process 0's `obj` (JSON-serialisable) on every process; `obj` itself with one process."""
   if jax.process_count() == 1:
-    return fn()
+    return obj
   key = _key(tag)
   client = _client()
   if is_primary():
-    try:
-      out = fn()
-    except Exception as e:
-      client.key_value_set(key, json.dumps({"error": _one_line(e)}))
-      raise
-    client.key_value_set(key, json.dumps({"ok": out}))
-    return out
-  got = json.loads(client.blocking_key_value_get(key, WAIT_SECONDS * 1000))
-  if "error" in got:
-    from cikg_jax import rundir
-
-    raise rundir.RunError(f"process 0 stopped: {got['error']}")
-  return got["ok"]
+    client.key_value_set(key, json.dumps(obj))
+    return obj
+  return json.loads(client.blocking_key_value_get(key, WAIT_SECONDS * 1000))
 
 
 def agree(

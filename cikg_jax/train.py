@@ -355,7 +355,7 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
   rates = steps.mask_rates(config)
 
   last_save = time.perf_counter()
-  primary = distributed.is_primary()  # the one process that evaluates, writes and logs
+  primary = distributed.is_primary()  # the one process that writes and logs
   pbar = tqdm(
     range(loop.epoch + 1, config.train.max_epochs),
     desc=f"train {ds.name}",
@@ -364,7 +364,7 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
     disable=None if primary else True,
   )
   k = config.eval.select_k
-  writer = EpochWriter(workdir, log_lines=pbar.disable, k=k) if primary else None
+  writer = EpochWriter(workdir, log_lines=pbar.disable, k=k) if primary else _NoWriter()
   try:
     for epoch in pbar:
       if loop.stop:
@@ -377,75 +377,88 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
       if not steps.all_finite(params):
         _raise_non_finite(f"parameters after epoch {epoch}", workdir, mgr)
       loop.epoch = epoch
-
-      def report():
-        """Evaluation, the epoch's records and the loop's decisions (process 0's alone)."""
-        embeddings = embed(params, graphs)  # one propagation serves both evaluations
-        sel_metrics = evaluate(embeddings, eval_sets, selection, config, train_counts, loop)
-        seconds = time.perf_counter() - t0
-        loop.train_seconds += seconds
-        loop.epoch_seconds.append(t_train)
-        score = sel_metrics.pop("selection_score")
-        writer.write(
-          {
-            "epoch": epoch,
-            **terms,
-            "mask_rate": float(rates[min(epoch, len(rates) - 1)]),
-            **{f"{selection}/{k}": v for k, v in sel_metrics.items()},
-            "selection_score": score,
-            "best_epoch": loop.best_epoch,
-            "train_seconds": t_train,
-            "seconds": seconds,
-          },
-          selection,
-        )
-        if loop.bad_epochs >= config.train.patience and epoch + 1 >= config.train.min_epochs:
-          loop.stop = EARLY_STOPPING
-        budget = config.train.max_seconds
-        spent = loop.train_seconds - train_seconds_at_start + setup_seconds
-        if budget and spent >= budget and not loop.stop:
-          loop.stop, loop.budget_seconds = BUDGET, float(budget)
-          log.warning("stopping: time budget of %.0f s reached after epoch %d", budget, epoch)
-        pbar.set_postfix(
-          loss=f"{terms['loss']:.4f}",
-          **{f"{selection}_r@{k}": f"{sel_metrics[f'recall@{k}']:.4f}"},
-          best=loop.best_epoch,
-        )
-        due = time.perf_counter() - last_save >= config.train.checkpoint_every_seconds
-        return {"loop": loop.to_json(), "save_due": due}
-
-      decided = distributed.on_primary(report, "epoch")  # the same loop on every process
-      loop = LoopState.from_json(decided["loop"])
+      embeddings = embed(params, graphs)  # one propagation serves both evaluations
+      sel_metrics = evaluate(embeddings, eval_sets, selection, config, train_counts, loop)
+      seconds = time.perf_counter() - t0
+      loop.train_seconds += seconds
+      loop.epoch_seconds.append(t_train)
+      score = sel_metrics.pop("selection_score")
+      writer.write(
+        {
+          "epoch": epoch,
+          **terms,
+          "mask_rate": float(rates[min(epoch, len(rates) - 1)]),
+          **{f"{selection}/{k}": v for k, v in sel_metrics.items()},
+          "selection_score": score,
+          "best_epoch": loop.best_epoch,
+          "train_seconds": t_train,
+          "seconds": seconds,
+        },
+        selection,
+      )
+      if loop.bad_epochs >= config.train.patience and epoch + 1 >= config.train.min_epochs:
+        loop.stop = EARLY_STOPPING
+      budget = config.train.max_seconds
+      spent = loop.train_seconds - train_seconds_at_start + setup_seconds
+      if budget and spent >= budget and not loop.stop:
+        loop.stop, loop.budget_seconds = BUDGET, float(budget)
+        log.warning("stopping: time budget of %.0f s reached after epoch %d", budget, epoch)
+      due = time.perf_counter() - last_save >= config.train.checkpoint_every_seconds
+      loop, due = _decided_by_primary(loop, due)  # its clock decides the budget and the saves
       if loop.best_epoch == epoch:
         best_params = jax.tree_util.tree_map(jnp.copy, params)
       last = bool(loop.stop) or epoch + 1 >= config.train.max_epochs
-      if mgr is not None and (last or decided["save_due"]):
+      if mgr is not None and (last or due):
         # Epochs are pure functions of (state, seed, epoch): resuming from an older checkpoint
         # replays the same epochs, so saving every epoch buys nothing but I/O.
         ckpt.save(mgr, epoch, trainer.host_view(state), best_params, loop.to_json())
         last_save = time.perf_counter()
+      pbar.set_postfix(
+        loss=f"{terms['loss']:.4f}",
+        **{f"{selection}_r@{k}": f"{sel_metrics[f'recall@{k}']:.4f}"},
+        best=loop.best_epoch,
+      )
       if loop.stop:
         break
   finally:
     pbar.close()  # before any error message, so that it is the last line
-    if writer is not None:
-      writer.close()
+    writer.close()
   results = write_results(workdir, config, ds, loop, trainer, best_params, setup_seconds)
   if primary and config.train.plot:
     from cikg_jax import plots
 
     plots.training_curves(writer.metrics_path, os.path.join(workdir, "curves.png"), selection)
-  if primary:
-    log.info(
-      "best epoch %d: test %s",
-      results["best_epoch"],
-      "  ".join(
-        f"{m}@{k} {results['test'].get(f'{m}@{k}', float('nan')):.4f}"
-        for k in config.eval.ks
-        for m in ("recall", "ndcg")
-      ),
-    )
+  log.info(
+    "best epoch %d: test %s",
+    results["best_epoch"],
+    "  ".join(
+      f"{m}@{k} {results['test'].get(f'{m}@{k}', float('nan')):.4f}"
+      for k in config.eval.ks
+      for m in ("recall", "ndcg")
+    ),
+  )
   return results
+
+
+def _decided_by_primary(loop: LoopState, save_due: bool):
+  """Process 0's loop state and save decision on every process (the inputs with one process):
+  evaluation is the same everywhere, the clock that the time budget and the saves follow is not."""
+  if distributed.process_count() == 1:
+    return loop, save_due
+  got = distributed.from_primary({"loop": loop.to_json(), "save_due": save_due}, "epoch")
+  return LoopState.from_json(got["loop"]), got["save_due"]
+
+
+class _NoWriter:
+  """EpochWriter's stand-in on the processes other than 0."""
+
+  metrics_path = None
+
+  def write(self, record, selection) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
 
 
 def _compilations(jitted) -> Optional[int]:
