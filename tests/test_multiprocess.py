@@ -5,6 +5,7 @@ settings' sources (config, Slurm) are checked without processes."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -187,6 +188,23 @@ def test_resume_across_processes_is_exact(runs):
   r1, r2 = _results(runs["two"]), _results(runs["resumed"])
   for key in ("test", "valid", "test_groups", "best_epoch", "epochs_run", "n_params"):
     assert r1[key] == r2[key], key
+
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_falls_back_across_processes(runs, tmp_path):
+  """Every process restores; all skip the damaged newest step alike, process 0 deletes it and
+  the replay ends exact."""
+  workdir = str(tmp_path / "damaged")
+  shutil.copytree(runs["resumed"], workdir)
+  loop_file = os.path.join(workdir, "checkpoints", "1", "loop", "metadata")
+  os.truncate(loop_file, os.path.getsize(loop_file) // 2)
+  outs = _launch(workdir, str(runs["root"] / "data"), 2, 1, "--config.train.max_epochs=2")
+  _ok(outs)
+  assert "resuming from checkpoint step 0 instead" in outs[0][1]
+  assert "damaged" not in outs[1][1]  # reported once, by process 0
+  strip = lambda d: {k: v for k, v in d.items() if k not in TIMING}
+  assert [strip(x) for x in _lines(workdir)] == [strip(x) for x in _lines(runs["two"])]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["0", "1"]
 
 
 _HOLDER = (
