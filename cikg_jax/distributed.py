@@ -194,14 +194,24 @@ def agree(
     if got["fingerprint"] != mine["fingerprint"]:
       raise rundir.RunError(
         f"process {p} set up another run than process {me} (its config or data differ): every "
-        "process needs the same flags, apart from parallel.process_id, and the same data"
+        "process needs the same flags, apart from parallel.process_id and data paths, and the "
+        "same data"
       )
 
 
+# Keys that may differ between processes: the process's own id, and where its copy of the data
+# lives (the data's content is in the digest).
+_OWN_KEYS = (("parallel", "process_id"), ("data_dir",), ("synthetic_dir",), ("interest_file",))
+
+
 def fingerprint(config, data_sha256: str) -> str:
-  """SHA-256 of a process's requested config (its own process id aside) and data digest."""
+  """SHA-256 of a process's requested config (_OWN_KEYS aside) and its data's digest."""
   d = config.to_dict()
-  d.get("parallel", {}).pop("process_id", None)
+  for path in _OWN_KEYS:
+    node = d
+    for k in path[:-1]:
+      node = node.get(k, {})
+    node.pop(path[-1], None)
   text = json.dumps([d, data_sha256], sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()
 

@@ -297,8 +297,21 @@ def test_slurm_is_left_to_jax_cluster_detection(calls, monkeypatch):
   assert SlurmCluster.is_env_present()
   assert SlurmCluster.get_coordinator_address(None, None) == f"node007:{61440 + 1234 % 4096}"
   assert (SlurmCluster.get_process_count(), SlurmCluster.get_process_id()) == (2, 1)
+  c = tiny.get_config()
+  c.parallel.num_processes = 1  # one process inside a multi-task step, as asked
+  assert distributed.initialize(c) is False
   monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task job is one process
   assert distributed.initialize(tiny.get_config()) is False
+  assert len(calls) == 1
+
+
+def test_fingerprint_ignores_only_the_process_id_and_data_paths():
+  a, b = tiny.get_config(), tiny.get_config()
+  b.parallel.process_id, b.synthetic_dir, b.data_dir = 3, "/elsewhere", "/data"
+  assert distributed.fingerprint(a, "x") == distributed.fingerprint(b, "x")
+  assert distributed.fingerprint(a, "x") != distributed.fingerprint(a, "y")
+  b.train.max_epochs += 1  # one process stopping earlier would leave the others waiting
+  assert distributed.fingerprint(a, "x") != distributed.fingerprint(b, "x")
 
 
 @pytest.mark.parametrize(
