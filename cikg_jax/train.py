@@ -146,15 +146,40 @@ class Trainer:
   host_view: Any  # device layout -> host state
   shard: Any  # batch -> device layout
   n_devices: int
+  embed: Any = None  # (params, graphs) -> (users, items); None: steps.make_embed_fn
+  mesh: Optional[Dict[str, int]] = None  # graph modes: {axis: size}
 
 
 def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
+  """The steps of config.parallel's mode: one device, pmap data parallelism ("data"), or
+  shard_map over a graph / data x graph mesh (graph_parallel.py)."""
   rates = steps.mask_rates(config)
   per_epoch = sampling.num_batches(len(ds.train), config.train.batch_size)
-  n_devices = parallel.num_devices(config.train.num_devices)
+  mode, requested, data_devices = steps.parallel_settings(config)
+  n_devices = parallel.num_devices(requested)
   kge_sampler = (
     sampling.KGESampler(ds, config.views, config.kge.batch_size) if config.kge.use else None
   )
+  if mode != "data":
+    from cikg_jax import graph_parallel as gp
+
+    shape = gp.mesh_shape(mode, n_devices, data_devices)
+    par = gp.GraphParallel(net, graphs, gp.make_mesh(shape))
+    template = gp.state_template(net, tx, kge_tx, config.kge.use)
+    step = par.make_train_step(tx, rates, per_epoch, template)
+    kge_step = par.make_kge_step(kge_tx, template) if config.kge.use else None
+    return Trainer(
+      gp.BoundGraphs(step, par.graphs),
+      kge_step,
+      kge_sampler,
+      sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
+      par.place,
+      par.host_view,
+      par.shard_batch,
+      shape.get(gp.DATA, 1),
+      par.make_embed_fn(),
+      shape,
+    )
   if n_devices > 1:
     train_step, kge_step = parallel.make_steps(net, tx, kge_tx, rates, per_epoch, config.kge.use)
     return Trainer(
@@ -241,6 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       {"config": rundir.plain(requested), "data_sha256": data_sha256},
     )
     rundir.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    if steps.parallel_settings(config)[0] != "data":  # graph modes: whole tables on the host
+      held.enter_context(jax.default_device(jax.devices("cpu")[0]))
     return _train(config, workdir, ds, net, graphs, t_setup)
 
 
@@ -316,7 +343,7 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
   root_key = jax.random.PRNGKey(config.seed)
   state = steps.create_train_state(jax.random.fold_in(root_key, 0), net, tx, kge_tx, config.kge.use)
   trainer = make_trainer(net, graphs, ds, config, tx, kge_tx)
-  embed = steps.make_embed_fn(net)
+  embed = trainer.embed or steps.make_embed_fn(net)
   best_params = jax.tree_util.tree_map(jnp.copy, state.params)
   mgr, state, best_params, loop = _restore(config, workdir, state, best_params)
   state = trainer.place(state)
@@ -447,6 +474,7 @@ def write_results(
     "backend": prop.resolve_backend(config.model.backend),
     "devices": [str(d) for d in jax.devices()],
     "data_parallel_devices": trainer.n_devices,
+    "parallel": {"mode": steps.parallel_settings(config)[0], "mesh": trainer.mesh},
     "n_params": steps.param_count(best_params),
   }
   rundir.write_json(os.path.join(workdir, "results.json"), results)
