@@ -364,20 +364,31 @@ class GraphParallel:
     return NamedSharding(self.mesh, spec)
 
   def _place_graphs(self, graphs: model.Graphs) -> model.Graphs:
+    """Cuts and places every operator; ShardedOperators (placed, or abstract ones of
+    jax.ShapeDtypeStruct for compiling only, experiments/graph_memory.py) are kept as they are."""
     built, ops = {}, {}
     for name, op in graphs.ops.items():  # aliased graphs share one operator, as in make_graphs
-      if id(op) not in built:
+      if isinstance(op, ShardedOperator):
+        built[id(op)] = op
+      elif id(op) not in built:
         sharded = shard_operator(op, self.n_graph)
         built[id(op)] = jax.tree_util.tree_map(
           lambda a: jax.device_put(a, self.sharding(P(GRAPH))), sharded
         )
       ops[name] = built[id(op)]
-    rows = jax.device_put(np.asarray(graphs.interest_rows), self.sharding(P()))
+    rows = graphs.interest_rows
+    if not isinstance(rows, jax.ShapeDtypeStruct):
+      rows = jax.device_put(np.asarray(rows), self.sharding(P()))
     return graphs.replace(ops=ops, interest_rows=rows)
 
   def specs(self, tree):
     """P("graph") for the table-shaped leaves, P() (replicated) for the rest."""
     return jax.tree_util.tree_map_with_path(lambda p, _: P(GRAPH) if _is_table(p) else P(), tree)
+
+  def _table_sharding(self) -> NamedSharding:
+    # On a "graph" axis of size 1 jit returns P("graph") outputs as P(): place the state so, or
+    # the donated state would come back with another sharding and the step compile twice.
+    return self.sharding(P(GRAPH) if self.n_graph > 1 else P())
 
   def place(self, tree):
     """Host state (or params) -> the mesh: table leaves padded to Np rows and split by rows."""
@@ -386,10 +397,21 @@ class GraphParallel:
       x = np.asarray(x)
       if _is_table(path):
         x = np.pad(x, [(0, self.layout.n_padded - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
-        return jax.device_put(x, self.sharding(P(GRAPH)))
+        return jax.device_put(x, self._table_sharding())
       return jax.device_put(x, self.sharding(P()))
 
     return jax.tree_util.tree_map_with_path(put, tree)
+
+  def abstract_placed(self, template):
+    """`place`'s result as jax.ShapeDtypeStructs (shapes, dtypes, shardings) of a template."""
+
+    def put(path, x):
+      if _is_table(path):
+        shape = (self.layout.n_padded,) + tuple(x.shape[1:])
+        return jax.ShapeDtypeStruct(shape, x.dtype, sharding=self._table_sharding())
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.sharding(P()))
+
+    return jax.tree_util.tree_map_with_path(put, template)
 
   def host_view(self, tree):
     """The mesh's state -> host (numpy) arrays of the single-device shapes."""

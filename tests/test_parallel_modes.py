@@ -5,9 +5,12 @@ resume and random-draw rules in this process.
 Tolerances. Every mode computes the same float32 operations as one device in another summation
 order: the InfoNCE denominators are summed per row block and then psum'd, the "data" shards' BPR
 sums are psum'd, and the senders' cotangents arrive through a psum_scatter. Each such sum is exact
-up to a few ulps (float32 eps = 1.2e-7) of its largest terms, so the loss terms get rel 1e-5 and
-the gradients (SGD at lr 1: the parameter change is the gradient) 1e-5 of the largest gradient
-entry; observed: terms within 3e-7 relative, gradients within 1.5e-8 of 0.24 (6e-8). Adam's first
+up to a few ulps (float32 eps = 1.2e-7) of its largest terms, so the loss terms get rel 1e-5. A
+gradient entry sums contributions larger than itself (terms that cancel), so its error is a few
+ulps of those, not of the entry: the gradients (SGD at lr 1: the parameter change is the gradient;
+TransE's step too) get 1e-4 of the largest entry. Observed: terms within 3e-7 relative, gradients
+within 6e-8 (CIKGRec) and 1.3e-5 (LightGCN's smaller gradients) of the largest entry; a wrong
+gradient (an edge block missing, a shard counted twice) is off by O(1). Adam's first
 update g / (|g| + 1e-8) turns an ulp of a near-zero gradient into a change of up to lr on that
 entry, so it gets 1e-2 of the largest update, as tests/test_parallel.py does for pmap. After 2
 epochs the logged terms and metrics get rel 1e-4 and the test metrics abs 2e-3 (one test user's
@@ -60,7 +63,7 @@ def full(tmp_path_factory):
   return _worker(tmp_path_factory.mktemp("modes_full"), "full")
 
 
-def _check_steps(cases, grad_rtol=1e-5):
+def _check_steps(cases, grad_rtol=1e-4):
   assert cases
   for name, r in cases.items():
     assert r["max_change"] > 1e-4, name  # the step did something
@@ -74,7 +77,7 @@ def _check_kge(cases):
   assert cases
   for name, r in cases.items():
     assert r["max_change"] > 1e-4, name
-    assert r["max_diff"] <= 1e-5 * r["max_change"], name
+    assert r["max_diff"] <= 1e-4 * r["max_change"], name
     assert r["kge"] == pytest.approx(r["kge_single"], rel=1e-5), name
 
 
