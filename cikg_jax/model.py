@@ -12,6 +12,11 @@ baselines.py) has the same methods, called through `model.apply(variables, ..., 
 `steps.create_model(config, ds)` maps a config to the fields; the modules know neither
 ml_collections nor the Dataset.
 
+Every operation on a whole node-table-shaped array (row lookups and writes, random draws of its
+shape, propagation, InfoNCE against a range of its rows) goes through the `layout` field: `Dense`
+(one (n, d) array, the default and the single-device numerics) or, in the "graph" parallel modes,
+graph_parallel.RowSharded (this device's row block inside jax.shard_map, with collectives).
+
 The graph pytree (`Graphs` here, the baselines' own in baselines.py) is an argument, not a field
 or a closure constant, so large edge arrays are not baked into the compiled program.
 """
@@ -19,7 +24,7 @@ or a closure constant, so large edge arrays are not baked into the compiled prog
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import flax.struct
@@ -30,6 +35,44 @@ from cikg_jax import losses
 from cikg_jax import propagation as prop
 
 xavier = nn.initializers.xavier_uniform()
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+  """The node table as one (n, d) array: these are the operations the models do on it, written
+  out as the single-device code always did. graph_parallel.RowSharded implements the same
+  interface over the row block of one device of a mesh."""
+
+  def table_rows(self, n_nodes: int) -> int:
+    """Rows of the node table this layout holds."""
+    return n_nodes
+
+  def take(self, x, ids):
+    return x[ids]
+
+  def put(self, x, ids, values):
+    return x.at[ids].set(values)
+
+  def uniform(self, key, x):
+    """U[0, 1) draws of x's shape."""
+    return jax.random.uniform(key, x.shape)
+
+  def bernoulli(self, key, p, x):
+    return jax.random.bernoulli(key, p, x.shape)
+
+  def dropped_weights(self, op, key, rate: float):
+    """Edge weights after dropping undirected pairs at `rate`, degrees renormalised."""
+    return prop.normalized_weights(op, prop.edge_keep_mask(op, key, rate))
+
+  def propagate(self, op, x, num_layers: int, weights=None, backend="bcsr", perturb=None):
+    return prop.propagate(op, x, num_layers, weights, backend, perturb)
+
+  def info_nce(self, anchors, table, lo: int, hi: Optional[int], positive, mask, tau, count=None):
+    """losses.info_nce of `anchors` against the rows lo:hi of `table` (`positive` indexes them)."""
+    return losses.info_nce(anchors, table[lo:hi], positive, mask, tau, count)
+
+
+DENSE = Dense()
 
 
 @flax.struct.dataclass
@@ -85,9 +128,11 @@ class LightGCN(nn.Module):
   message_dropout: float = 0.0
   cf_weight: float = 1.0
   l2: float = 1e-5
+  layout: Any = DENSE  # Dense, or graph_parallel.RowSharded inside shard_map
 
   def setup(self):
-    self.node_embedding = nn.Embed(self.n_nodes, self.embed_dim, embedding_init=xavier)
+    rows = self.layout.table_rows(self.n_nodes)
+    self.node_embedding = nn.Embed(rows, self.embed_dim, embedding_init=xavier)
 
   def init_params(self, key: jax.Array) -> Dict:
     """The parameters with the key split every run of this project has used (table, encoder-to-
@@ -102,29 +147,35 @@ class LightGCN(nn.Module):
   def table(self) -> jnp.ndarray:
     return self.node_embedding.embedding
 
+  def propagated(self, graphs: Graphs) -> jnp.ndarray:
+    """The propagated node table (no dropout): the rows the final embeddings come from."""
+    return self.layout.propagate(
+      graphs.ops["cikg"], self.table(), self.num_layers, None, self.backend
+    )
+
   def __call__(self, graphs: Graphs) -> Tuple[jnp.ndarray, jnp.ndarray]:
-    out = prop.propagate(graphs.ops["cikg"], self.table(), self.num_layers, None, self.backend)
+    out = self.propagated(graphs)
     return out[: self.n_users], out[self.n_users : self.n_users + self.n_items]
 
   def bpr_terms(self, graphs: Graphs, batch, k_edge, k_msg, n_rows=None) -> Dict[str, jnp.ndarray]:
     """BPR over the (dropout) propagated main graph and L2 on the batch's layer-0 rows."""
+    lay = self.layout
     ego = self.table()
     op = graphs.ops["cikg"]
     x = ego
     if self.message_dropout > 0:
       p = self.message_dropout
-      x = jnp.where(jax.random.bernoulli(k_msg, 1 - p, ego.shape), ego / (1 - p), 0.0)
+      x = jnp.where(lay.bernoulli(k_msg, 1 - p, ego), ego / (1 - p), 0.0)
     weights = (
-      prop.normalized_weights(op, prop.edge_keep_mask(op, k_edge, self.edge_dropout))
-      if self.edge_dropout > 0
-      else op.weights
+      lay.dropped_weights(op, k_edge, self.edge_dropout) if self.edge_dropout > 0 else op.weights
     )
-    out = prop.propagate(op, x, self.num_layers, weights, self.backend)
+    out = lay.propagate(op, x, self.num_layers, weights, self.backend)
     users, pos, neg = batch["users"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
     mask = batch["mask"]
+    rows = lambda t: (lay.take(t, users), lay.take(t, pos), lay.take(t, neg))
     return {
-      "bpr": losses.bpr_loss(out[users], out[pos], out[neg], mask, self.cf_weight, n_rows),
-      "reg": losses.l2_reg((ego[users], ego[pos], ego[neg]), mask, self.l2, n_rows),
+      "bpr": losses.bpr_loss(*rows(out), mask, self.cf_weight, n_rows),
+      "reg": losses.l2_reg(rows(ego), mask, self.l2, n_rows),
     }
 
   def loss(self, graphs: Graphs, batch, key, mask_rate=None, n_rows=None, share=1.0):
@@ -138,11 +189,11 @@ class LightGCN(nn.Module):
     return terms["loss"], terms
 
 
-def simgcl_noise(key, eps: float):
+def simgcl_noise(key, eps: float, layout: Any = DENSE):
   """e += sign(e) * normalize(U[0, 1)) * eps after every layer, a fresh draw per layer."""
 
   def perturb(layer, e):
-    u = jax.random.uniform(jax.random.fold_in(key, layer), e.shape)
+    u = layout.uniform(jax.random.fold_in(key, layer), e)
     return e + jnp.sign(e) * losses.l2_normalize(u) * eps
 
   return perturb
@@ -199,29 +250,32 @@ class CIKGRec(LightGCN):
   def uir_loss(self, graphs: Graphs, key, mask_rate):
     """Scaled cosine error of the decoded masked interest rows, and how many rows were masked."""
     c = self.reconstruction
+    lay = self.layout
     ego = self.table()
     rows = graphs.interest_rows
     k_choose, k_noise, k_drop = jax.random.split(key, 3)
     chosen, token, noise = choose_masked_rows(k_choose, rows.shape[0], mask_rate, c.replace_rate)
     donors = rows[jax.random.randint(k_noise, rows.shape, 0, rows.shape[0])]
-    original = ego[rows]
+    original = lay.take(ego, rows)
     masked = jnp.where(
-      token[:, None], self.mask_token, jnp.where(noise[:, None], ego[donors], original)
+      token[:, None], self.mask_token, jnp.where(noise[:, None], lay.take(ego, donors), original)
     )
-    x = ego.at[rows].set(masked)
+    x = lay.put(ego, rows, masked)
     if c.edge_drop > 0:
       # Drop edges of the CIKG, then add self loops (added loops are never dropped); the decoder
       # runs on the same dropped graph, as the release's does.
       op = graphs.ops["cikg_with_loops"]
-      w = prop.normalized_weights(op, prop.edge_keep_mask(op, k_drop, c.edge_drop))
+      w = lay.dropped_weights(op, k_drop, c.edge_drop)
     else:
       op = graphs.ops["cikg_no_loops"]
       w = op.weights
-    enc = prop.propagate(op, x, c.enc_layers, w, self.backend)
+    enc = lay.propagate(op, x, c.enc_layers, w, self.backend)
     h = self.e2d(enc)
-    h = h.at[rows].set(jnp.where(chosen[:, None], 0.0, h[rows]))
-    dec = prop.propagate(op, h, c.dec_layers, w, self.backend)
-    err = losses.scaled_cosine_error(dec[rows], original, chosen.astype(jnp.float32), c.gamma)
+    h = lay.put(h, rows, jnp.where(chosen[:, None], 0.0, lay.take(h, rows)))
+    dec = lay.propagate(op, h, c.dec_layers, w, self.backend)
+    err = losses.scaled_cosine_error(
+      lay.take(dec, rows), original, chosen.astype(jnp.float32), c.gamma
+    )
     return err, jnp.sum(chosen)
 
   # ---- cross-domain contrastive learning --------------------------------------------------
@@ -231,14 +285,15 @@ class CIKGRec(LightGCN):
     With the stacked operator (`ops["views"]`, `with_stacked_views`) the views travel as one
     (3n, d) array and each layer is one sparse product; the noise is drawn for view 1's n rows
     with the same keys, so the values equal the three separate propagations'."""
+    lay = self.layout
     ego = self.table()
     layers = self.num_layers
-    noise = simgcl_noise(key, self.contrastive.eps)
+    noise = simgcl_noise(key, self.contrastive.eps, lay)
     if "views" not in graphs.ops:
       return (
-        prop.propagate(graphs.ops["cf"], ego, layers, None, self.backend, perturb=noise),
-        prop.propagate(graphs.ops["interest"], ego, layers, None, self.backend),
-        prop.propagate(graphs.ops["kg"], ego, layers, None, self.backend),
+        lay.propagate(graphs.ops["cf"], ego, layers, None, self.backend, perturb=noise),
+        lay.propagate(graphs.ops["interest"], ego, layers, None, self.backend),
+        lay.propagate(graphs.ops["kg"], ego, layers, None, self.backend),
       )
     n = graphs.n_nodes
     perturb = lambda layer, e: jnp.concatenate([noise(layer, e[:n]), e[n:]])
@@ -255,11 +310,12 @@ class CIKGRec(LightGCN):
   def cl_loss(self, graphs: Graphs, batch, key, n_rows=None):
     """(user term, item term): the batch's users against all users of the interest view, its
     positive items against all item/entity/interest rows of the KG view."""
+    lay = self.layout
     z1, z2, z3 = map(losses.l2_normalize, self.view_embeddings(graphs, key))
     users, pos, mask = batch["users"], batch["pos"], batch["mask"]
     nu, tau = self.n_users, self.contrastive.tau
-    user_term = losses.info_nce(z1[users], z2[:nu], users, mask, tau, n_rows)
-    item_term = losses.info_nce(z1[nu + pos], z3[nu:], pos, mask, tau, n_rows)
+    user_term = lay.info_nce(lay.take(z1, users), z2, 0, nu, users, mask, tau, n_rows)
+    item_term = lay.info_nce(lay.take(z1, nu + pos), z3, nu, None, pos, mask, tau, n_rows)
     return user_term, item_term
 
   # ---- the objectives ---------------------------------------------------------------------
@@ -283,12 +339,12 @@ class CIKGRec(LightGCN):
     return loss, terms
 
   def kge_loss(self, batch):
-    emb, rel = self.table(), self.relation_embedding.embedding
+    emb, rel, take = self.table(), self.relation_embedding.embedding, self.layout.take
     return losses.transe_loss(
-      emb[batch["head"]],
+      take(emb, batch["head"]),
       rel[batch["relation"]],
-      emb[batch["tail"]],
-      emb[batch["neg_tail"]],
+      take(emb, batch["tail"]),
+      take(emb, batch["neg_tail"]),
       self.transe.l2,
     )
 

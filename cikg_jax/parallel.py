@@ -25,7 +25,7 @@ def num_devices(requested: int) -> int:
   n = available if requested <= 0 else requested
   if n > available:
     raise ValueError(
-      f"train.num_devices={requested} but only {available} local devices "
+      f"parallel.num_devices={requested} but only {available} local devices "
       "(on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)"
     )
   return n

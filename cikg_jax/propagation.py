@@ -50,7 +50,10 @@ class Operator:
     return self.graph.edges["weight"]
 
 
-def make_operator(graph: jraph.GraphsTuple) -> Operator:
+def make_operator(graph: jraph.GraphsTuple, on_device: bool = True) -> Operator:
+  """The operator of a receiver-sorted graph. `on_device=False` keeps its arrays in host memory
+  (numpy), for the graph-parallel modes, which place only each device's part of them."""
+  xp = jnp if on_device else np
   senders = np.asarray(graph.senders)
   receivers = np.asarray(graph.receivers)
   n = int(np.asarray(graph.n_node)[0])
@@ -66,17 +69,17 @@ def make_operator(graph: jraph.GraphsTuple) -> Operator:
   inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1e-12)), 0.0)
   weights = (inv_sqrt[senders] * inv_sqrt[receivers]).astype(np.float32)
   graph = graph._replace(
-    senders=jnp.asarray(senders),
-    receivers=jnp.asarray(receivers),
-    edges={"pair": jnp.asarray(pair), "weight": jnp.asarray(weights)},
-    n_node=jnp.asarray(graph.n_node),
-    n_edge=jnp.asarray(graph.n_edge),
+    senders=xp.asarray(senders),
+    receivers=xp.asarray(receivers),
+    edges={"pair": xp.asarray(pair), "weight": xp.asarray(weights)},
+    n_node=xp.asarray(graph.n_node),
+    n_edge=xp.asarray(graph.n_edge),
   )
   csr = CSR(
-    indptr=jnp.asarray(np.cumsum(indptr), jnp.int32),
-    t_indptr=jnp.asarray(np.cumsum(t_indptr), jnp.int32),
-    t_indices=jnp.asarray(receivers[t_perm], jnp.int32),
-    t_perm=jnp.asarray(t_perm, jnp.int32),
+    indptr=xp.asarray(np.cumsum(indptr), np.int32),
+    t_indptr=xp.asarray(np.cumsum(t_indptr), np.int32),
+    t_indices=xp.asarray(receivers[t_perm], np.int32),
+    t_perm=xp.asarray(t_perm, np.int32),
   )
   return Operator(
     graph=graph, csr=csr, n_nodes=n, n_pairs=int(pair.max()) + 1 if (pair >= 0).any() else 0
@@ -129,8 +132,9 @@ def normalized_weights(op: Operator, edge_weight: Optional[jnp.ndarray] = None) 
 
 
 def _csr_matmul(data, indices, indptr, x):
-  n = x.shape[0]
-  return sparse.BCSR((data, indices, indptr), shape=(n, n)) @ x
+  """CSR (rows = len(indptr) - 1, columns = rows of x) @ x; square for a whole graph, a row block
+  of it (graph_parallel) otherwise."""
+  return sparse.BCSR((data, indices, indptr), shape=(indptr.shape[0] - 1, x.shape[0])) @ x
 
 
 @jax.custom_vjp

@@ -40,6 +40,11 @@ RESUMABLE_KEYS = frozenset(
     "parallel.process_id",
   }
 )
+# Keys added to the config after runs were first written, with the value that reproduces the runs
+# from before them: a stored identity without such a key compares as if it held that value.
+ADDED_KEYS = {"parallel.mode": "data", "parallel.num_devices": 1, "parallel.data_devices": 0}
+# Keys that moved (old name -> new name): a config holding the old one compares under the new name.
+MOVED_KEYS = {"train.num_devices": "parallel.num_devices"}
 RUN_FILES = (
   "checkpoints",
   "metrics.jsonl",
@@ -96,14 +101,30 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def canonical(flat: dict) -> dict:
+  """A flat config under today's key names: moved keys renamed (the old value counts where the new
+  key is absent or at its default; both set to different non-defaults is a conflict
+  parallel.settings reports), added keys absent from it filled with their defaults."""
+  out = dict(flat)
+  for old, new in MOVED_KEYS.items():
+    if old in out:
+      value = out.pop(old)
+      if out.get(new, ADDED_KEYS.get(new)) == ADDED_KEYS.get(new):
+        out[new] = value
+  for key, value in ADDED_KEYS.items():
+    out.setdefault(key, value)
+  return out
+
+
 def _short(v) -> str:
   s = json.dumps(v)
   return s if len(s) <= 40 else s[:37] + "..."
 
 
 def config_differences(stored: dict, current: dict) -> List[str]:
-  """'key stored -> current' for every key outside RESUMABLE_KEYS that differs."""
-  a, b = _flat(stored), _flat(current)
+  """'key stored -> current' for every key outside RESUMABLE_KEYS that differs (both read under
+  today's key names, `canonical`)."""
+  a, b = canonical(_flat(stored)), canonical(_flat(current))
   missing = object()
   out = []
   for k in sorted((a.keys() | b.keys()) - RESUMABLE_KEYS):

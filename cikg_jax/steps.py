@@ -6,7 +6,7 @@ the TransE step and the final-embedding function. Training (train.py), data para
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import flax.struct
@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cikg_jax import baselines, model, schedules
+from cikg_jax import baselines, model, rundir, schedules
 from cikg_jax import graph as graph_lib
 from cikg_jax import propagation as prop
 from cikg_jax.data import dataset as dataset_lib
@@ -34,6 +34,28 @@ def model_name(config) -> str:
   if name not in NAMES:
     raise ValueError(f"unknown config.model.name {name!r}; choose from {NAMES}")
   return name
+
+
+PARALLEL_MODES = ("data", "graph", "data_graph")  # config.parallel.mode (README "Several devices")
+
+
+def parallel_settings(config) -> Tuple[str, int, int]:
+  """(mode, requested device count, requested "data" axis size) of a config: `config.parallel`,
+  or for configs from before it, `train.num_devices` (data parallelism). Missing keys take the
+  values that reproduce runs from before them (rundir.ADDED_KEYS)."""
+  flat = rundir.canonical(rundir._flat(rundir.plain(config)))
+  legacy = config.get("train", {}).get("num_devices")
+  new = config.get("parallel", {}).get("num_devices")
+  default = rundir.ADDED_KEYS["parallel.num_devices"]
+  if legacy not in (None, default) and new not in (None, default, legacy):
+    raise ValueError(
+      f"train.num_devices={legacy} and parallel.num_devices={new}: train.num_devices is the "
+      "old name of parallel.num_devices; set only parallel.num_devices"
+    )
+  mode = flat["parallel.mode"]
+  if mode not in PARALLEL_MODES:
+    raise ValueError(f"unknown parallel.mode {mode!r}; choose from {PARALLEL_MODES}")
+  return mode, int(flat["parallel.num_devices"]), int(flat["parallel.data_devices"])
 
 
 def create_model(config, ds) -> nn.Module:
@@ -76,8 +98,11 @@ def create_model(config, ds) -> nn.Module:
 
 
 def make_graphs(graphs, ds, config):
-  """The graph pytree the configured model takes: operators for the graphs its terms need."""
+  """The graph pytree the configured model takes: operators for the graphs its terms need. In the
+  graph-parallel modes they stay in host memory: no device holds a whole graph
+  (graph_parallel.GraphParallel places each device's part)."""
   name = model_name(config)
+  on_device = parallel_settings(config)[0] == "data"
   if name in baselines.MODELS:
     return baselines.MODELS[name].make_graphs(graphs, ds, config)
   needed = ["cikg"]
@@ -90,7 +115,7 @@ def make_graphs(graphs, ds, config):
   for g_name in needed:
     g = graphs[g_name]
     if id(g) not in built:
-      built[id(g)] = prop.make_operator(g)
+      built[id(g)] = prop.make_operator(g, on_device)
     ops[g_name] = built[id(g)]
   if config.views == "release" and len(ds.user_interest):
     # The release masks the whole interest id range, isolated rows included (docs/method.md §6):
@@ -101,7 +126,7 @@ def make_graphs(graphs, ds, config):
     rows = ds.n_users + ds.connected_interest_ids()
   return model.Graphs(
     ops=ops,
-    interest_rows=jnp.asarray(rows, jnp.int32),
+    interest_rows=jnp.asarray(rows, jnp.int32) if on_device else np.asarray(rows, np.int32),
     n_users=ds.n_users,
     n_items=ds.n_items,
     n_nodes=ds.n_nodes,

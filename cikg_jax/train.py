@@ -146,15 +146,44 @@ class Trainer:
   host_view: Any  # device layout -> host state
   shard: Any  # global batch -> this process's device layout
   n_devices: int  # data-parallel devices over all processes
+  embed: Any = None  # (params, graphs) -> (users, items); None: steps.make_embed_fn
+  mesh: Optional[Dict[str, int]] = None  # graph modes: {axis: size}
 
 
 def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
+  """The steps of config.parallel's mode: one device, pmap data parallelism ("data"), or
+  shard_map over a graph / data x graph mesh (graph_parallel.py)."""
   rates = steps.mask_rates(config)
   per_epoch = sampling.num_batches(len(ds.train), config.train.batch_size)
-  n_devices = parallel.num_devices(config.train.num_devices)  # this process's
+  mode, requested, data_devices = steps.parallel_settings(config)
+  n_devices = parallel.num_devices(requested)  # this process's
   kge_sampler = (
     sampling.KGESampler(ds, config.views, config.kge.batch_size) if config.kge.use else None
   )
+  if mode != "data" and distributed.process_count() > 1:
+    raise ValueError(
+      f"parallel.mode={mode!r} runs in one process; several processes run mode 'data'"
+    )
+  if mode != "data":
+    from cikg_jax import graph_parallel as gp
+
+    shape = gp.mesh_shape(mode, n_devices, data_devices)
+    par = gp.GraphParallel(net, graphs, gp.make_mesh(shape))
+    template = gp.state_template(net, tx, kge_tx, config.kge.use)
+    step = par.make_train_step(tx, rates, per_epoch, template)
+    kge_step = par.make_kge_step(kge_tx, template) if config.kge.use else None
+    return Trainer(
+      gp.BoundGraphs(step, par.graphs),
+      kge_step,
+      kge_sampler,
+      sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
+      par.place,
+      par.host_view,
+      par.shard_batch,
+      shape.get(gp.DATA, 1),
+      par.make_embed_fn(),
+      shape,
+    )
   if n_devices > 1 or distributed.process_count() > 1:
     train_step, kge_step = parallel.make_steps(net, tx, kge_tx, rates, per_epoch, config.kge.use)
     return Trainer(
@@ -234,6 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     ds, effective, net, graphs, t_setup = prepared
     same_run = lambda: distributed.fingerprint(config, rundir.data_digest(ds))
     distributed.agree(None, "setup", same_run)  # every process: the same config and data
+    if steps.parallel_settings(effective)[0] != "data":  # graph modes: whole tables on the host
+      held.enter_context(jax.default_device(jax.devices("cpu")[0]))
     return _train(effective, workdir, ds, net, graphs, t_setup)
 
 
@@ -346,7 +377,7 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
   root_key = jax.random.PRNGKey(config.seed)
   state = steps.create_train_state(jax.random.fold_in(root_key, 0), net, tx, kge_tx, config.kge.use)
   trainer = make_trainer(net, graphs, ds, config, tx, kge_tx)
-  embed = steps.make_embed_fn(net)
+  embed = trainer.embed or steps.make_embed_fn(net)
   best_params = jax.tree_util.tree_map(jnp.copy, state.params)
   mgr, state, best_params, loop = _restore(config, workdir, state, best_params)
   state = trainer.place(state)
@@ -500,6 +531,7 @@ def write_results(
     "devices": [str(d) for d in jax.devices()],
     "data_parallel_devices": trainer.n_devices,
     "processes": distributed.process_count(),
+    "parallel": {"mode": steps.parallel_settings(config)[0], "mesh": trainer.mesh},
     "n_params": steps.param_count(best_params),
   }
   if distributed.is_primary():

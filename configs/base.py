@@ -48,7 +48,6 @@ def get_config(dataset: str = "dbbook2014"):
   c.train.min_epochs = 20
   c.train.cf_weight = 1.5
   c.train.l2 = 1e-5
-  c.train.num_devices = 1  # data-parallel over this many local devices (0 = all), via pmap
   c.train.max_seconds = 0.0  # wall-time budget (0 = none): stop cleanly, results say so
   c.train.checkpoint = True
   c.train.checkpoint_every_seconds = 60.0  # and always at the end; resume replays exactly
@@ -57,9 +56,17 @@ def get_config(dataset: str = "dbbook2014"):
   c.train.resume = True
   c.train.plot = True
 
+  # Several devices (README "Several devices"): "data" (pmap: state and graphs replicated, batch
+  # split), "graph" (shard_map: edges and node table split by node-row blocks), "data_graph" (a
+  # data x graph mesh; data_devices of num_devices split the batch). num_devices: 0 = all local.
+  # Configs that still set train.num_devices (its old place) keep working.
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = "data"
+  c.parallel.num_devices = 1
+  # data_graph only: the "data" axis size, a divisor of num_devices (0 = the largest <= sqrt)
+  c.parallel.data_devices = 0
   # Several processes (hosts) in one run: cikg_jax/distributed.py, README "Several processes and
   # hosts". Unset values come from the cluster environment (Slurm, Open MPI); one process needs none.
-  c.parallel = ml_collections.ConfigDict()
   c.parallel.coordinator_address = (
     ""  # host:port of process 0 ("" = JAX_COORDINATOR_ADDRESS/cluster)
   )

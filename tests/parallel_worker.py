@@ -79,7 +79,7 @@ def main(tmp):
   )
   runs = {}
   for n in (1, 4):
-    c.train.num_devices = n
+    c.parallel.num_devices = n
     c.train.max_epochs = 2
     res = train.train_and_evaluate(c, f"{tmp}/run{n}")
     runs[n] = {"test": res["test"], "devices": res["data_parallel_devices"]}

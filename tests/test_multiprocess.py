@@ -47,7 +47,7 @@ def _launch(workdir, data, processes: int, devices: int, *flags, timeout=600, ow
     f"--workdir={workdir}",
     f"--config.synthetic_dir={data}",
     "--config.train.plot=False",
-    f"--config.train.num_devices={devices}",
+    f"--config.parallel.num_devices={devices}",
     *flags,
   ]
   if processes > 1:

@@ -424,7 +424,7 @@ def _launch_cli(workdir, data, devices):
     f"--config.train.max_epochs={_KILL_EPOCHS}",
     "--config.train.patience=100",
     "--config.train.checkpoint_every_seconds=0",
-    f"--config.train.num_devices={devices}",
+    f"--config.parallel.num_devices={devices}",
   ]
   env = dict(_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   return subprocess.Popen(

@@ -1,0 +1,545 @@
+"""Graph parallelism (config.parallel.mode "graph" and "data_graph"): the propagation operators
+and the node table split by node-row blocks over the "graph" axis of a `jax.sharding.Mesh`, the
+train step run under `jax.shard_map`; in "data_graph" the mesh has a "data" axis too, over which
+each mini-batch is split as in the pmap data parallelism (parallel.py).
+
+Layout. The table's N rows are padded to Np = D * B (D devices on "graph"); device k owns rows
+kB..(k+1)B-1 of the table, of its Adam moments and of every propagated layer. Each graph's edges
+are cut by receiver: device k holds the edges into its rows (in the whole graph's receiver-sorted
+order, padded to the longest block with zero-weight edges), with global sender ids, and their CSR
+side arrays (rows: its B receivers; columns: all Np senders). No device holds the whole edge set.
+
+One propagation layer on device k: all_gather the layer input (Np x d), multiply by its edge block,
+keep its B output rows. In the backward pass the all_gather's transpose (a psum_scatter) sums
+every device's cotangent of the senders' rows. The rows the losses need (the batch's, the interest
+rows) are a masked local gather and a psum over "graph" (rows x d, not Np x d); InfoNCE against all
+rows of a range sums each block's denominators with a psum. Random draws of a table's shape and
+over the undirected pairs (dropout, SimGCL noise) are computed per element index: threefry is
+counter-based, element i of a draw of any shape is a function of (key, i), so each device draws
+only its rows or its edges' pairs and gets the values the single-device draw has.
+
+Gradients: the loss is replicated over "graph" (every collective above ends in a psum) and, with a
+"data" axis, psum'd over it, as steps.make_train_step's pmap path psums the shard gradients. Under
+shard_map's `check_vma` the gradient of such a loss is exact: the table rows' gradient arrives on
+the device that owns them, the replicated parameters' gradients arrive summed (no extra psum; see
+docs/method.md §7 for the trap). Adam is per element, so the sharded moments update locally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Dict, Optional
+
+import flax.struct
+import jax
+from jax import lax
+from jax.extend.random import threefry2x32_p
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
+
+from cikg_jax import losses, model, steps
+from cikg_jax import propagation as prop
+
+GRAPH, DATA = "graph", "data"  # mesh axis names
+PAD_PAIR = -2  # pair id of a padding edge (-1: an added self loop, never dropped)
+SUPPORTED = ("cikgrec", "lightgcn")
+
+
+# ---- the operator, cut by receiver blocks -----------------------------------------------------
+@flax.struct.dataclass
+class ShardedOperator:
+  """A graph's edges cut into D receiver blocks. Every array is the D blocks' arrays concatenated
+  (block k at [k * len, (k + 1) * len)), sharded over "graph": inside shard_map a device sees its
+  own block. Edges: global senders, local receivers (0..B-1, sorted), weights D^-1/2 A D^-1/2
+  (0 on padding), undirected pair ids (PAD_PAIR on padding). CSR side arrays of the block
+  (B x Np) and of its transpose (Np x B), for the bcsr backend."""
+
+  senders: jnp.ndarray
+  receivers: jnp.ndarray
+  weight: jnp.ndarray
+  pair: jnp.ndarray
+  indptr: jnp.ndarray
+  t_indptr: jnp.ndarray
+  t_indices: jnp.ndarray
+  t_perm: jnp.ndarray
+  n_nodes: int = flax.struct.field(pytree_node=False)  # N, without padding
+  n_padded: int = flax.struct.field(pytree_node=False)  # Np = D * B
+  n_devices: int = flax.struct.field(pytree_node=False)
+  n_pairs: int = flax.struct.field(pytree_node=False)
+  n_edges: int = flax.struct.field(pytree_node=False)  # real edges of the whole graph
+
+  @property
+  def weights(self) -> jnp.ndarray:
+    return self.weight
+
+  @property
+  def edges_per_device(self) -> int:
+    return self.senders.shape[0] // self.n_devices
+
+
+def padded_rows(n_nodes: int, n_devices: int) -> int:
+  return -(-n_nodes // n_devices) * n_devices
+
+
+def shard_operator(op: prop.Operator, n_devices: int) -> ShardedOperator:
+  """Cuts `op` (host or device arrays) into `n_devices` receiver blocks, in host memory."""
+  g = op.graph
+  senders = np.asarray(g.senders).astype(np.int32)
+  receivers = np.asarray(g.receivers).astype(np.int64)
+  weight = np.asarray(g.edges["weight"]).astype(np.float32)
+  pair = np.asarray(g.edges["pair"]).astype(np.int32)
+  n, d = op.n_nodes, n_devices
+  n_padded = padded_rows(n, d)
+  b = n_padded // d
+  bounds = np.searchsorted(receivers, np.arange(d + 1) * b)  # receivers are sorted
+  per = max(1, int(np.max(np.diff(bounds))))
+  out = {k: [] for k in ShardedOperator.__dataclass_fields__ if k[0] != "n"}
+  for k in range(d):
+    lo, hi = bounds[k], bounds[k + 1]
+    pad = per - (hi - lo)
+    # Padding edges: sender 0, the last local row (receivers stay sorted), weight 0.
+    s = np.concatenate([senders[lo:hi], np.zeros(pad, np.int32)])
+    r = np.concatenate([receivers[lo:hi] - k * b, np.full(pad, b - 1)]).astype(np.int32)
+    out["senders"].append(s)
+    out["receivers"].append(r)
+    out["weight"].append(np.concatenate([weight[lo:hi], np.zeros(pad, np.float32)]))
+    out["pair"].append(np.concatenate([pair[lo:hi], np.full(pad, PAD_PAIR, np.int32)]))
+    indptr = np.zeros(b + 1, np.int64)
+    np.add.at(indptr, r.astype(np.int64) + 1, 1)
+    out["indptr"].append(np.cumsum(indptr).astype(np.int32))
+    t_perm = np.lexsort((r, s))
+    t_indptr = np.zeros(n_padded + 1, np.int64)
+    np.add.at(t_indptr, s.astype(np.int64) + 1, 1)
+    out["t_indptr"].append(np.cumsum(t_indptr).astype(np.int32))
+    out["t_indices"].append(r[t_perm].astype(np.int32))
+    out["t_perm"].append(t_perm.astype(np.int32))
+  return ShardedOperator(
+    **{k: np.concatenate(v) for k, v in out.items()},
+    n_nodes=n,
+    n_padded=n_padded,
+    n_devices=d,
+    n_pairs=op.n_pairs,
+    n_edges=len(senders),
+  )
+
+
+# ---- random draws by element index ------------------------------------------------------------
+def _key_words(key):
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  return key[0], key[1]
+
+
+def check_random_bits() -> None:
+  """The indexed draws below reproduce jax.random's threefry with `jax_threefry_partitionable`
+  (the default since jax 0.5): stop clearly where another generator is configured."""
+  if not jax.config.jax_threefry_partitionable:
+    raise ValueError(
+      "parallel.mode graph/data_graph draw dropout and noise per element, which reproduces "
+      "jax.random only with jax_threefry_partitionable=True (the default)"
+    )
+  if jax.config.jax_default_prng_impl != "threefry2x32":
+    raise ValueError("parallel.mode graph/data_graph need the threefry2x32 PRNG (the default)")
+
+
+def uniform_at(key, hi, lo) -> jnp.ndarray:
+  """Element (hi * 2^32 + lo) of `jax.random.uniform(key, shape)` (row-major index, any shape):
+  threefry2x32 of the 64-bit counter, its two words xor'ed, the top 23 bits as the mantissa of a
+  float in [1, 2), minus 1 (jax's _threefry_random_bits_partitionable and _uniform)."""
+  k1, k2 = _key_words(key)
+  b1, b2 = threefry2x32_p.bind(k1, k2, hi.astype(jnp.uint32), lo.astype(jnp.uint32))
+  bits = lax.shift_right_logical(b1 ^ b2, jnp.uint32(32 - 23)) | jnp.uint32(0x3F800000)
+  return lax.max(jnp.float32(0.0), lax.bitcast_convert_type(bits, jnp.float32) - 1.0)
+
+
+def index_2x32(row, width: int, col):
+  """(hi, lo) uint32 words of row * width + col, exact past 2^32 (N x d tables are larger)."""
+  if not 0 < width < 2**16:
+    raise ValueError(f"row width {width} out of range")
+  row, col = row.astype(jnp.uint32), col.astype(jnp.uint32)
+  p1 = (row >> 16) * jnp.uint32(width)  # row = r1 * 2^16 + r0
+  p0 = (row & jnp.uint32(0xFFFF)) * jnp.uint32(width)
+  lo = (p1 << 16) + p0
+  hi = (p1 >> 16) + (lo < p0).astype(jnp.uint32)
+  lo2 = lo + col
+  return hi + (lo2 < lo).astype(jnp.uint32), lo2
+
+
+# ---- the CSR kernel on a row block ----------------------------------------------------------------
+def _varying_axes(x) -> frozenset:
+  """The mesh axes over which x's value varies, as shard_map's check_vma types it."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, "mat", None)  # jax 0.10
+  return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
+
+
+def _as_varying(x, axes):
+  missing = tuple(sorted(a for a in axes if a not in _varying_axes(x)))
+  return lax.pcast(x, missing, to="varying") if missing else x
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _block_spmm(out_axes, x_axes, data, x, indices, indptr, t_indices, t_indptr, t_perm):
+  """prop._bcsr_spmm for a (B x Np) block. The sparse kernel's output carries no
+  varying-over-devices type inside shard_map, so it is re-typed as its inputs vary (out_axes) and
+  the cotangent as x varies (x_axes)."""
+  return _as_varying(prop._csr_matmul(data, indices, indptr, x), out_axes)
+
+
+def _block_spmm_fwd(out_axes, x_axes, data, x, indices, indptr, t_indices, t_indptr, t_perm):
+  out = _block_spmm(out_axes, x_axes, data, x, indices, indptr, t_indices, t_indptr, t_perm)
+  return out, (data, t_indices, t_indptr, t_perm)
+
+
+def _block_spmm_bwd(out_axes, x_axes, res, g):
+  data, t_indices, t_indptr, t_perm = res
+  ct = _as_varying(prop._csr_matmul(data[t_perm], t_indices, t_indptr, g), x_axes)
+  return (None, ct, None, None, None, None, None)
+
+
+_block_spmm.defvjp(_block_spmm_fwd, _block_spmm_bwd)
+
+
+# ---- the row-sharded layout (model.Dense's interface inside shard_map) --------------------------
+@dataclasses.dataclass(frozen=True)
+class RowSharded:
+  """This device's block of rows of every node-table-shaped array, inside shard_map over a mesh
+  with a "graph" axis of `n_devices` (model.Dense is the single-device version)."""
+
+  n_nodes: int
+  n_devices: int
+
+  @property
+  def n_padded(self) -> int:
+    return padded_rows(self.n_nodes, self.n_devices)
+
+  @property
+  def block(self) -> int:
+    return self.n_padded // self.n_devices
+
+  def table_rows(self, n_nodes: int) -> int:
+    assert n_nodes == self.n_nodes, (n_nodes, self.n_nodes)
+    return self.block
+
+  def first_row(self):
+    return lax.axis_index(GRAPH) * self.block
+
+  def take(self, x, ids):
+    """x[ids] of the whole array: each device its own rows, the rest zeros, summed."""
+    local = ids - self.first_row()
+    mine = (local >= 0) & (local < self.block)
+    rows = x[jnp.clip(local, 0, self.block - 1)]
+    rows = jnp.where(mine.reshape(mine.shape + (1,) * (rows.ndim - 1)), rows, 0)
+    return lax.psum(rows, GRAPH)
+
+  def put(self, x, ids, values):
+    local = ids - self.first_row()
+    mine = (local >= 0) & (local < self.block)
+    return x.at[jnp.where(mine, local, self.block)].set(values, mode="drop")
+
+  def uniform(self, key, x):
+    rows = self.first_row() + jnp.arange(x.shape[0])
+    width = math.prod(x.shape[1:])
+    cols = jnp.arange(width)
+    hi, lo = index_2x32(rows[:, None], width, cols[None, :])
+    return uniform_at(key, hi, lo).reshape(x.shape)
+
+  def bernoulli(self, key, p, x):
+    return self.uniform(key, x) < p
+
+  def dropped_weights(self, op: ShardedOperator, key, rate: float):
+    """prop.normalized_weights(op, prop.edge_keep_mask(op, key, rate)) on this block: the keep
+    draw of each edge's pair, degrees of its receivers summed here, of its senders gathered."""
+    pair = op.pair
+    keep = uniform_at(key, jnp.zeros_like(pair), jnp.maximum(pair, 0)) < (1.0 - rate)
+    w = jnp.where(pair == -1, True, jnp.where(pair >= 0, keep, False)).astype(jnp.float32)
+    deg = jax.ops.segment_sum(w, op.receivers, self.block, indices_are_sorted=True)
+    inv_sqrt = jnp.where(deg > 0, lax.rsqrt(jnp.maximum(deg, 1e-12)), 0.0)
+    inv_all = lax.all_gather(inv_sqrt, GRAPH, tiled=True)
+    return w * inv_all[op.senders] * inv_sqrt[op.receivers]
+
+  def spmm(self, op: ShardedOperator, weights, x_all, backend: str):
+    """This block's rows of A_w @ x for the whole (Np, d) input."""
+    if backend == "segment":
+      messages = x_all[op.senders] * weights[:, None]
+      return jax.ops.segment_sum(messages, op.receivers, self.block, indices_are_sorted=True)
+    if backend == "bcsr":
+      args = (weights, x_all, op.senders, op.indptr, op.t_indices, op.t_indptr, op.t_perm)
+      out_axes = frozenset().union(*map(_varying_axes, args))
+      return _block_spmm(out_axes, _varying_axes(x_all), *args)
+    raise ValueError(f"unknown propagation backend {backend!r}; choose from {prop.BACKENDS}")
+
+  def propagate(self, op, x, num_layers: int, weights=None, backend="bcsr", perturb=None):
+    """prop.propagate on this block: each layer all_gathers its input."""
+    if not isinstance(op, ShardedOperator):
+      raise ValueError("graph-parallel propagation needs a ShardedOperator (shard_graphs)")
+    w = op.weight if weights is None else weights
+    layers, e = [x], x
+    for layer in range(num_layers):
+      e = self.spmm(op, w, lax.all_gather(e, GRAPH, tiled=True), backend)
+      if perturb is not None:
+        e = perturb(layer, e)
+      layers.append(e)
+    return functools.reduce(jnp.add, layers) / len(layers)
+
+  def info_nce(self, anchors, table, lo: int, hi: Optional[int], positive, mask, tau, count=None):
+    """losses.info_nce against rows lo:hi of the whole table: each block's share of every
+    anchor's denominator, psum'd (the same constant shift 1/tau)."""
+    hi = self.n_nodes if hi is None else hi
+    rows = self.first_row() + jnp.arange(table.shape[0])
+    candidate = (rows >= lo) & (rows < hi)
+    logits = (anchors * (1.0 / tau)) @ table.T
+    shift = 1.0 / tau
+    total = jnp.sum(jnp.where(candidate[None, :], jnp.exp(logits - shift), 0.0), axis=1)
+    lse = jnp.log(lax.psum(total, GRAPH)) + shift
+    pos = jnp.sum(anchors * self.take(table, lo + positive), axis=-1) / tau
+    return losses._masked_mean(lse - pos, mask, count)
+
+
+# ---- the mesh, placement and the steps --------------------------------------------------------
+def mesh_shape(mode: str, n_devices: int, data_devices: int = 0) -> Dict[str, int]:
+  """{axis: size}: "graph" over all devices, or "data" x "graph" (data_devices = 0: the largest
+  divisor of n_devices not above its square root)."""
+  if mode == "graph":
+    return {GRAPH: n_devices}
+  if mode != "data_graph":
+    raise ValueError(f"no mesh for parallel.mode {mode!r}")
+  if data_devices <= 0:
+    data_devices = max(
+      k for k in range(1, n_devices + 1) if n_devices % k == 0 and k * k <= n_devices
+    )
+  if n_devices % data_devices:
+    raise ValueError(
+      f"parallel.data_devices={data_devices} does not divide parallel.num_devices={n_devices}"
+    )
+  return {DATA: data_devices, GRAPH: n_devices // data_devices}
+
+
+def make_mesh(shape: Dict[str, int], devices=None) -> Mesh:
+  devices = jax.local_devices() if devices is None else devices
+  n = math.prod(shape.values())
+  return Mesh(np.asarray(devices[:n]).reshape(tuple(shape.values())), tuple(shape))
+
+
+def _is_table(path) -> bool:
+  """The node table and the optimizer moments shaped like it (params/node_embedding/embedding,
+  opt_state/.../mu/node_embedding/embedding, ...)."""
+  keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+  return keys[-2:] == ["node_embedding", "embedding"]
+
+
+def check_supported(net, graphs) -> None:
+  if type(net) not in (model.LightGCN, model.CIKGRec):
+    raise ValueError(
+      f"parallel.mode graph/data_graph support {SUPPORTED}, not {type(net).__name__}; run it "
+      "with parallel.mode=data"
+    )
+  if "views" in graphs.ops:
+    raise ValueError("the stacked contrastive views (model.with_stacked_views) run only unsharded")
+
+
+class GraphParallel:
+  """A model's sharded graphs, placement of its state and its steps on a "graph" or
+  "data" x "graph" mesh (module docstring)."""
+
+  def __init__(self, net, graphs: model.Graphs, mesh: Mesh):
+    check_supported(net, graphs)
+    check_random_bits()
+    self.net, self.mesh = net, mesh
+    self.data = DATA in mesh.axis_names
+    self.n_graph = mesh.shape[GRAPH]
+    self.n_data = mesh.shape[DATA] if self.data else 1
+    self.layout = RowSharded(net.n_nodes, self.n_graph)
+    self.local = net.clone(layout=self.layout)
+    self.graphs = self._place_graphs(graphs)
+    self.graph_specs = graphs_specs(self.graphs)
+
+  # placement
+  def sharding(self, spec) -> NamedSharding:
+    return NamedSharding(self.mesh, spec)
+
+  def _place_graphs(self, graphs: model.Graphs) -> model.Graphs:
+    """Cuts and places every operator; ShardedOperators (placed, or abstract ones of
+    jax.ShapeDtypeStruct for compiling only, experiments/graph_memory.py) are kept as they are."""
+    built, ops = {}, {}
+    for name, op in graphs.ops.items():  # aliased graphs share one operator, as in make_graphs
+      if isinstance(op, ShardedOperator):
+        built[id(op)] = op
+      elif id(op) not in built:
+        sharded = shard_operator(op, self.n_graph)
+        built[id(op)] = jax.tree_util.tree_map(
+          lambda a: jax.device_put(a, self.sharding(P(GRAPH))), sharded
+        )
+      ops[name] = built[id(op)]
+    rows = graphs.interest_rows
+    if not isinstance(rows, jax.ShapeDtypeStruct):
+      rows = jax.device_put(np.asarray(rows), self.sharding(P()))
+    return graphs.replace(ops=ops, interest_rows=rows)
+
+  def specs(self, tree):
+    """P("graph") for the table-shaped leaves, P() (replicated) for the rest."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: P(GRAPH) if _is_table(p) else P(), tree)
+
+  def _table_sharding(self) -> NamedSharding:
+    # On a "graph" axis of size 1 jit returns P("graph") outputs as P(): place the state so, or
+    # the donated state would come back with another sharding and the step compile twice.
+    return self.sharding(P(GRAPH) if self.n_graph > 1 else P())
+
+  def place(self, tree):
+    """Host state (or params) -> the mesh: table leaves padded to Np rows and split by rows."""
+
+    def put(path, x):
+      x = np.asarray(x)
+      if _is_table(path):
+        x = np.pad(x, [(0, self.layout.n_padded - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+        return jax.device_put(x, self._table_sharding())
+      return jax.device_put(x, self.sharding(P()))
+
+    return jax.tree_util.tree_map_with_path(put, tree)
+
+  def abstract_placed(self, template):
+    """`place`'s result as jax.ShapeDtypeStructs (shapes, dtypes, shardings) of a template."""
+
+    def put(path, x):
+      if _is_table(path):
+        shape = (self.layout.n_padded,) + tuple(x.shape[1:])
+        return jax.ShapeDtypeStruct(shape, x.dtype, sharding=self._table_sharding())
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.sharding(P()))
+
+    return jax.tree_util.tree_map_with_path(put, template)
+
+  def host_view(self, tree):
+    """The mesh's state -> host (numpy) arrays of the single-device shapes."""
+
+    def get(path, x):
+      x = np.asarray(jax.device_get(x))
+      return x[: self.net.n_nodes] if _is_table(path) else x
+
+    return jax.tree_util.tree_map_with_path(get, tree)
+
+  def shard_batch(self, batch):
+    spec = P(DATA) if self.data else P()
+    for v in batch.values():
+      if self.data and np.shape(v)[0] % self.n_data:
+        raise ValueError(
+          f"batch of {np.shape(v)[0]} rows does not split over {self.n_data} data devices; "
+          "choose a batch size divisible by parallel.data_devices"
+        )
+    return {k: jax.device_put(np.asarray(v), self.sharding(spec)) for k, v in batch.items()}
+
+  def _batch_spec(self):
+    return P(DATA) if self.data else P()
+
+  # steps
+  def make_train_step(self, tx, rates, steps_per_epoch: int, state_template):
+    """steps.make_train_step under shard_map: (state, batch, key, graphs) -> (state, terms), the
+    state and graphs as placed here (`place`, `self.graphs`)."""
+    rates = jnp.asarray(rates)
+    local, data = self.local, self.data
+
+    def train_step(state, batch, key, graphs):
+      epoch = jnp.minimum(state.step // steps_per_epoch, rates.shape[0] - 1)
+      n_rows, share = None, 1.0
+      if data:
+        n_rows = lax.psum(jnp.sum(batch["mask"]), DATA)
+        share = 1.0 / lax.psum(1, DATA)
+
+      def loss_fn(params):
+        loss, terms = local.apply(
+          {"params": params}, graphs, batch, key, rates[epoch], n_rows, share, method="loss"
+        )
+        # shard sums = the whole batch's terms (UIR carries `share` per shard)
+        return lax.psum((loss, terms), DATA) if data else (loss, terms)
+
+      (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      return state.replace(step=state.step + 1, params=params, opt_state=opt_state), terms
+
+    state_specs = self.specs(state_template)
+    fn = jax.shard_map(
+      train_step,
+      mesh=self.mesh,
+      in_specs=(state_specs, self._batch_spec(), P(), self.graph_specs),
+      out_specs=(state_specs, P()),
+    )
+    return jax.jit(fn, donate_argnums=0)
+
+  def make_kge_step(self, kge_tx, state_template):
+    """steps.make_kge_step under shard_map; the triple batch split over "data" (equal shards of
+    a plain mean: pmean)."""
+    local, data = self.local, self.data
+
+    def kge_step(state, batch):
+      def loss_fn(params):
+        loss = local.apply({"params": params}, batch, method="kge_loss")
+        return lax.pmean(loss, DATA) if data else loss
+
+      loss, grads = jax.value_and_grad(loss_fn)(state.params)
+      updates, kge_opt_state = kge_tx.update(grads, state.kge_opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      return state.replace(params=params, kge_opt_state=kge_opt_state), {"kge": loss}
+
+    state_specs = self.specs(state_template)
+    fn = jax.shard_map(
+      kge_step,
+      mesh=self.mesh,
+      in_specs=(state_specs, self._batch_spec()),
+      out_specs=(state_specs, P()),
+    )
+    return jax.jit(fn, donate_argnums=0)
+
+  def make_embed_fn(self):
+    """(host params, ignored graphs) -> (users, items): the propagated table computed on the mesh
+    (each device its rows), as steps.make_embed_fn computes it on one device."""
+    local, nu, ni = self.local, self.net.n_users, self.net.n_items
+
+    @jax.jit
+    def propagated(params, graphs):
+      return jax.shard_map(
+        lambda p, g: local.apply({"params": p}, g, method="propagated"),
+        mesh=self.mesh,
+        in_specs=(self.specs(params), self.graph_specs),
+        out_specs=P(GRAPH),
+      )(params, graphs)
+
+    def embed(params, graphs=None):
+      del graphs  # the sharded ones
+      out = propagated(self.place(params), self.graphs)
+      return out[:nu], out[nu : nu + ni]
+
+    return embed
+
+
+class BoundGraphs:
+  """A train step called as train.run_epoch calls one, (state, batch, key, graphs), that runs
+  with the mesh's sharded graphs in place of the driver's host-side ones."""
+
+  def __init__(self, step, graphs):
+    self.step, self.graphs = step, graphs
+
+  def __call__(self, state, batch, key, graphs=None):
+    del graphs
+    return self.step(state, batch, key, self.graphs)
+
+  def _cache_size(self) -> int:
+    return self.step._cache_size()
+
+
+def graphs_specs(graphs: model.Graphs):
+  return graphs.replace(
+    ops={k: jax.tree_util.tree_map(lambda _: P(GRAPH), op) for k, op in graphs.ops.items()},
+    interest_rows=P(),
+  )
+
+
+def state_template(net, tx, kge_tx, use_kge: bool):
+  """The train state's structure and shapes (no arrays), for the shard_map specs."""
+  return jax.eval_shape(
+    lambda k: steps.create_train_state(k, net, tx, kge_tx, use_kge), jax.random.PRNGKey(0)
+  )

@@ -1,0 +1,204 @@
+"""Per-device memory of the graph-parallel train step (config.parallel.mode "graph" /
+"data_graph") for a graph of any size, without the graph: the step is compiled for abstract
+inputs (shapes, dtypes, shardings) on simulated CPU devices and XLA's buffer assignment reports
+the bytes per device (arguments, temporaries, outputs). Next to it, the README's formula.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python experiments/graph_memory.py \\
+      --nodes=100_000_000 --edges=2_000_000_000 --dim=64 --devices=8 --model=lightgcn
+
+`--edges` counts the CIKG's directed edges without self loops (2 per undirected pair);
+`--ui_share` is the share of its pairs that are user-item pairs (the contrastive views are built
+from them). Edges are assumed spread evenly over the receiver blocks (a power-law graph's largest
+block is larger: every device holds as many edges as the largest). XLA:CPU's buffer assignment is
+an estimate of a GPU's (other fusions, no cuSPARSE workspace); the formula is the same on both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+if __name__ == "__main__" and "--devices" in " ".join(sys.argv):  # before jax is imported
+  n = [a.split("=")[1] for a in sys.argv if a.startswith("--devices=")]
+  if n and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n[0]}"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cikg_jax import graph_parallel as gp  # noqa: E402
+from cikg_jax import model, steps  # noqa: E402
+from configs import base  # noqa: E402
+
+GB = 1e9
+
+
+def operator_edges(edges: int, nodes: int, ui_share: float, model_name: str):
+  """Directed edges of each distinct operator the model propagates over (graph.build_graphs,
+  paper views): LightGCN the CIKG with self loops; CIKGRec that, the CIKG without loops and the
+  three views (cf: user-item; interest: user-item + user-interest; kg: user-item + KG)."""
+  ui = int(edges * ui_share)
+  if model_name == "lightgcn":
+    return {"cikg": edges + nodes}
+  rest = edges - ui  # KG + user-interest, split evenly here
+  return {
+    "cikg": edges + nodes,
+    "cikg_no_loops": edges,
+    "cf": ui,
+    "interest": ui + rest // 2,
+    "kg": ui + rest - rest // 2,
+  }
+
+
+def formula(nodes, op_edges, dim, devices, batch, model_name, layers, backend):
+  """The README's per-device bytes (float32 and int32: 4 bytes)."""
+  rows = -(-nodes // devices)
+  block = rows * dim * 4  # one (N/D, d) float32 block
+  per_edge = 24  # senders, receivers, weight, pair + the bcsr transpose's indices and permutation
+  out = {
+    "table_adam": 3 * block,
+    "edges": sum(-(-e // devices) * per_edge + (rows + nodes + 2) * 4 for e in op_edges.values()),
+    "gathered_layer_input": nodes * dim * 4,  # one at a time (forward), its cotangent (backward)
+  }
+  if model_name == "lightgcn":
+    propagations = layers  # layer outputs of the main graph
+  else:  # main graph, 3 views, UIR encoder (2) and decoder (1); their normalised/decoded copies
+    propagations = 4 * layers + 3 + 6
+    out["info_nce_logits"] = 2 * batch * rows * 4  # user and item term, B x N/D each
+  out["layer_outputs"] = propagations * block
+  if backend == "segment":
+    out["segment_messages"] = max(-(-e // devices) for e in op_edges.values()) * dim * 4
+  out["total"] = sum(out.values())
+  return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--nodes", type=int, default=100_000_000)
+  p.add_argument("--edges", type=int, default=2_000_000_000)
+  p.add_argument("--ui_share", type=float, default=0.5)
+  p.add_argument("--users_share", type=float, default=0.2)
+  p.add_argument("--items_share", type=float, default=0.1)
+  p.add_argument("--interests", type=int, default=100_000)
+  p.add_argument("--dim", type=int, default=64)
+  p.add_argument("--layers", type=int, default=3)
+  p.add_argument("--devices", type=int, default=8)
+  p.add_argument("--data_devices", type=int, default=1, help=">1: a data x graph mesh")
+  p.add_argument("--batch", type=int, default=1024)
+  p.add_argument("--model", choices=("lightgcn", "cikgrec"), default="lightgcn")
+  p.add_argument("--backend", choices=("bcsr", "segment"), default="bcsr")
+  args = p.parse_args(argv)
+  n, d = args.nodes, args.dim
+  c = base.get_config()
+  n_users, n_items = int(n * args.users_share), int(n * args.items_share)
+  common = dict(
+    n_users=n_users,
+    n_items=n_items,
+    n_nodes=n,
+    embed_dim=d,
+    num_layers=args.layers,
+    backend=args.backend,
+    cf_weight=c.train.cf_weight,
+    l2=c.train.l2,
+  )
+  if args.model == "lightgcn":
+    net = model.LightGCN(**common)
+  else:
+    u = c.uir
+    net = model.CIKGRec(
+      **common,
+      n_relations=64,
+      contrastive=model.Contrastive(c.cl.weight, c.cl.tau, c.cl.eps),
+      reconstruction=model.Reconstruction(
+        u.weight, u.enc_layers, u.dec_layers, u.replace_rate, u.edge_drop, u.gamma
+      ),
+      transe=model.TransE(True, c.kge.l2),
+    )
+  n_graph = args.devices // args.data_devices
+  shape = (
+    {gp.GRAPH: n_graph}
+    if args.data_devices == 1
+    else gp.mesh_shape("data_graph", args.devices, args.data_devices)
+  )
+  mesh = gp.make_mesh(shape)
+  op_edges = operator_edges(args.edges, n, args.ui_share, args.model)
+  n_padded = gp.padded_rows(n, n_graph)
+  graph_sharding = jax.sharding.NamedSharding(mesh, P(gp.GRAPH))
+
+  def abstract_op(e):
+    per = -(-e // n_graph)
+    arr = lambda size, dtype: jax.ShapeDtypeStruct((size,), dtype, sharding=graph_sharding)
+    i32 = jnp.int32
+    return gp.ShardedOperator(
+      senders=arr(n_graph * per, i32),
+      receivers=arr(n_graph * per, i32),
+      weight=arr(n_graph * per, jnp.float32),
+      pair=arr(n_graph * per, i32),
+      indptr=arr(n_graph * (n_padded // n_graph + 1), i32),
+      t_indptr=arr(n_graph * (n_padded + 1), i32),
+      t_indices=arr(n_graph * per, i32),
+      t_perm=arr(n_graph * per, i32),
+      n_nodes=n,
+      n_padded=n_padded,
+      n_devices=n_graph,
+      n_pairs=e // 2,
+      n_edges=e,
+    )
+
+  ops = {k: abstract_op(e) for k, e in op_edges.items()}
+  if args.model == "lightgcn":
+    ops = {"cikg": ops["cikg"]}
+  else:
+    ops["cikg_with_loops"] = ops["cikg"]
+  replicated = jax.sharding.NamedSharding(mesh, P())
+  graphs = model.Graphs(
+    ops=ops,
+    interest_rows=jax.ShapeDtypeStruct((args.interests,), jnp.int32, sharding=replicated),
+    n_users=n_users,
+    n_items=n_items,
+    n_nodes=n,
+  )
+  par = gp.GraphParallel(net, graphs, mesh)
+  tx, kge_tx = steps.make_optimizers(c)
+  use_kge = args.model == "cikgrec"
+  template = gp.state_template(net, tx, kge_tx, use_kge)
+  step = par.make_train_step(tx, np.full(2, 0.1, np.float32), 1, template)
+  batch_sharding = jax.sharding.NamedSharding(mesh, P(gp.DATA) if par.data else P())
+  b = args.batch
+  batch = {
+    k: jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sharding)
+    for k in ("users", "pos", "neg")
+  }
+  batch["mask"] = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=batch_sharding)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
+  compiled = step.lower(par.abstract_placed(template), batch, key, par.graphs).compile()
+  mem = compiled.memory_analysis()
+  xla = {
+    k: getattr(mem, f"{k}_size_in_bytes")
+    for k in ("argument", "output", "alias", "temp", "generated_code")
+  }
+  # arguments and temporaries are live together; the donated state's outputs alias its inputs
+  xla["peak_estimate"] = xla["argument"] + xla["temp"] + xla["output"] - xla["alias"]
+  result = {
+    "args": vars(args),
+    "mesh": shape,
+    "operator_edges": op_edges,
+    "xla_per_device_GB": {k: round(v / GB, 3) for k, v in xla.items()},
+    "formula_per_device_GB": {
+      k: round(v / GB, 3)
+      for k, v in formula(
+        n, op_edges, d, n_graph, b // args.data_devices, args.model, args.layers, args.backend
+      ).items()
+    },
+  }
+  print(json.dumps(result, indent=1))
+  return result
+
+
+if __name__ == "__main__":
+  main()
