@@ -414,9 +414,9 @@ _KILL_EPOCHS = 6
 _TMP = "orbax-checkpoint-tmp"
 
 
-def _launch_cli(workdir, data, devices):
+def _launch_cli(workdir, data, devices, mode="data"):
   """The training CLI on configs/tiny.py (the full CIKGRec loss), saving after every epoch;
-  data-parallel over `devices` simulated CPU devices if > 1."""
+  over `devices` simulated CPU devices in parallel `mode` if > 1."""
   flags = [
     f"--workdir={workdir}",
     f"--config.synthetic_dir={data}",
@@ -425,6 +425,7 @@ def _launch_cli(workdir, data, devices):
     "--config.train.patience=100",
     "--config.train.checkpoint_every_seconds=0",
     f"--config.parallel.num_devices={devices}",
+    f"--config.parallel.mode={mode}",
   ]
   env = dict(_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   return subprocess.Popen(
@@ -472,8 +473,14 @@ def _wait_and_kill(proc, ckdir, kind, rng, epoch_seconds):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("devices", [1, 4], ids=["one_device", "data_4_devices"])
-def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_numbers(tmp_path, devices):
+@pytest.mark.parametrize(
+  "devices,mode",
+  [(1, "data"), (4, "data"), (4, "graph")],
+  ids=["one_device", "data_4_devices", "graph_4_devices"],
+)
+def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_numbers(
+  tmp_path, devices, mode
+):
   """Four SIGKILLs of the training CLI in a seeded random order of kinds and epochs, two while a
   checkpoint is being written (one that the save outran is retried, twice at most) and two at a
   random moment of an epoch, each followed by a restart in the same workdir; the run then ends
@@ -482,7 +489,7 @@ def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_numbers(t
   data = str(tmp_path / "data")
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
   t0 = time.perf_counter()
-  p = _launch_cli(straight, data, devices)
+  p = _launch_cli(straight, data, devices, mode)
   assert p.wait(timeout=900) == 0, p.stderr.read()[-3000:]
   epoch_seconds = float(np.median([x["seconds"] for x in _lines(straight)[1:]]))
   rng = random.Random(20261126 + devices)
@@ -491,7 +498,7 @@ def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_numbers(t
   hits, retries = [], 2
   while kinds:
     kind = kinds.pop(0)
-    p = _launch_cli(killed, data, devices)
+    p = _launch_cli(killed, data, devices, mode)
     hit = _wait_and_kill(p, os.path.join(killed, "checkpoints"), kind, rng, epoch_seconds)
     if hit is None:  # finished before the kill: nothing left to interrupt
       assert p.returncode == 0, p.stderr.read()[-3000:]
@@ -500,7 +507,7 @@ def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_numbers(t
     if kind == "checkpoint" and hit != "checkpoint write" and retries:  # the save won the race
       kinds.append(kind)
       retries -= 1
-  p = _launch_cli(killed, data, devices)
+  p = _launch_cli(killed, data, devices, mode)
   assert p.wait(timeout=900) == 0, p.stderr.read()[-3000:]
   print(
     f"\n{devices} device(s): kills (kind, hit, last logged epoch) {hits}; "
