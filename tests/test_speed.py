@@ -1,6 +1,7 @@
 """The speed changes keep the numerics: the unrolled threefry draws against jax.random (bit for
-bit, alone and in a whole train step), the stacked view operator against three separate
-propagations (values, gradients, a short training run), and the allocator setting."""
+bit, alone and in a whole train step), XLA's memory-optimised scheduler against the default (bit
+for bit), the stacked view operator against three separate propagations (values, gradients, a
+short training run), and the allocator setting."""
 
 import json
 import os
@@ -87,6 +88,29 @@ def test_train_step_equals_the_one_with_jax_random_draws(tmp_path, monkeypatch):
   monkeypatch.setattr(prop, "uniform", jax.random.uniform)  # read when the step is traced
   old = jax.jit(steps.make_train_step(net, tx, rates, 1))(state, batch, key, graphs)
   _assert_trees_equal(new, old)
+
+
+# ---- XLA:CPU's memory-optimised scheduler ------------------------------------------------------
+def test_memory_optimized_scheduler_computes_the_same_bits(tmp_path):
+  if jax.default_backend() != "cpu":
+    pytest.skip("an XLA:CPU option")
+  net, graphs, state, batch, tx = _first_batch(_tiny(tmp_path))
+  args = (state, batch, jax.random.PRNGKey(5), graphs)
+  lowered = jax.jit(steps.make_train_step(net, tx, np.full(1, 0.3, np.float32), 1)).lower(*args)
+  outs = [
+    lowered.compile({"xla_cpu_scheduler_type": f"CPU_SCHEDULER_TYPE_{kind}"})(*args)
+    for kind in ("DEFAULT", "MEMORY_OPTIMIZED")
+  ]
+  _assert_trees_equal(*outs)
+
+
+def test_set_xla_cpu_flags_keeps_the_users_choice(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --x=1")
+  assert host.set_xla_cpu_flags() == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --x=1"
+  monkeypatch.delenv("XLA_FLAGS")
+  flags = host.set_xla_cpu_flags()
+  assert flags == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+  assert host.set_xla_cpu_flags() == flags  # idempotent
 
 
 # ---- the stacked view operator (opt-in) --------------------------------------------------------
