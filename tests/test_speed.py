@@ -1,7 +1,8 @@
 """The speed changes keep the numerics: the unrolled threefry draws against jax.random (bit for
 bit, alone and in a whole train step), XLA's memory-optimised scheduler against the default (bit
-for bit), the stacked view operator against three separate propagations (values, gradients, a
-short training run), and the allocator setting."""
+for bit), the opt-in fused InfoNCE pass against autodiff of its formula, the stacked view operator
+against three separate propagations (values, gradients, a short training run), and the allocator
+setting."""
 
 import json
 import os
@@ -111,6 +112,39 @@ def test_set_xla_cpu_flags_keeps_the_users_choice(monkeypatch):
   flags = host.set_xla_cpu_flags()
   assert flags == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
   assert host.set_xla_cpu_flags() == flags  # idempotent
+
+
+# ---- the opt-in fused InfoNCE pass -------------------------------------------------------------
+def _unit(rng, shape):
+  x = rng.standard_normal(shape)
+  return jnp.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), jnp.float32)
+
+
+@pytest.mark.parametrize("block", [1024, 128, 48])  # one block; several; a padded last block
+@pytest.mark.parametrize("count", [None, 700.0])
+def test_fused_info_nce_matches_autodiff(monkeypatch, block, count):
+  rng = np.random.default_rng(1)
+  a, c = _unit(rng, (300, 16)), _unit(rng, (500, 16))
+  idx = jnp.asarray(rng.integers(0, 500, 300))
+  mask = jnp.asarray((rng.random(300) < 0.8).astype(np.float32))
+  n = None if count is None else jnp.float32(count)
+  loss = lambda a, c: 0.01 * losses.info_nce(a, c, idx, mask, 0.15, n)
+  exact = jax.jit(jax.value_and_grad(loss, (0, 1)))(a, c)
+  monkeypatch.setattr(losses, "FUSED_INFO_NCE", True)  # read when traced
+  monkeypatch.setattr(losses, "INFO_NCE_BLOCK", block)
+  fused = jax.jit(jax.value_and_grad(loss, (0, 1)))(a, c)
+  assert float(fused[0]) == float(exact[0])  # the formula's value
+  assert float(jax.jit(loss)(a, c)) == float(exact[0])  # undifferentiated: the formula itself
+  for x, y in zip(fused[1], exact[1]):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_fused_info_nce_with_a_traced_temperature_falls_back(monkeypatch):
+  monkeypatch.setattr(losses, "FUSED_INFO_NCE", True)
+  rng = np.random.default_rng(2)
+  a, c = _unit(rng, (20, 4)), _unit(rng, (30, 4))
+  g = jax.grad(lambda t: losses.info_nce(a, c, jnp.arange(20), jnp.ones(20), t))(jnp.float32(0.2))
+  assert np.isfinite(float(g))
 
 
 # ---- the stacked view operator (opt-in) --------------------------------------------------------
