@@ -17,6 +17,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cikg_jax import host  # noqa: E402
+
+host.set_xla_cpu_flags()  # as cikg_jax/main.py: before JAX creates its CPU client
+
 from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -26,8 +30,7 @@ import optax  # noqa: E402
 
 from cikg_jax import (  # noqa: E402
   evaluation,
-  host,
-  losses,  # noqa: E402
+  losses,
   model,
   steps,
   train,
@@ -48,9 +51,12 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
   "compare",
   False,
-  "Also time the step before the speed work (allocator defaults, "
-  "previous InfoNCE), now, and with the stacked view operator, alternating.",
+  "Also time, alternating in this process: the step as the previous measurement had it "
+  "(jax.random's rolled threefry draws, XLA's default scheduler), each change of this round alone, "
+  "now, and now with the opt-in fused InfoNCE (losses.FUSED_INFO_NCE).",
 )
+
+DEFAULT_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_DEFAULT"}
 
 
 def _median_seconds(fn, repeats):
@@ -76,6 +82,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   out = {
     "dataset": ds.name,
     "backend": net.backend,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "devices": [str(d) for d in jax.devices()],
     "n_nodes": ds.n_nodes,
     "cikg_edges": int(graphs.ops["cikg"].graph.n_edge[0]),
@@ -94,28 +101,22 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
     lambda: step(state, batch, key, graphs)[1]["loss"], repeats
   )
   if compare and config.cl.weight > 0:
-    # Alternating rounds in this process, medians of the round medians: the step before the speed
-    # work (glibc's allocator defaults, the previous InfoNCE), now, and now with the opt-in stacked
-    # view operator (model.with_stacked_views).
-    info_nce = losses.info_nce
-    losses.info_nce = _info_nce_before  # read when the step is traced
-    step_before = jax.jit(steps.make_train_step(net, tx, rate, 1))
-    jax.block_until_ready(step_before(state, batch, key, graphs)[1]["loss"])
-    losses.info_nce = info_nce
-    stacked = model.with_stacked_views(graphs)
-    rounds = {"before": [], "now": [], "now_stacked_views": []}
+    # Alternating rounds in this process, medians of the round medians. Each variant is compiled
+    # with jax.random's draws or the unrolled ones (propagation.uniform; the same values), XLA's
+    # default scheduler or the one host.set_xla_cpu_flags picks (the same values), and the exact
+    # or the opt-in fused InfoNCE.
+    args = (state, batch, key, graphs)
+    variants = {
+      "before": _compiled_step(net, tx, rate, args, jax_random=True, options=DEFAULT_SCHEDULER),
+      "unrolled_draws": _compiled_step(net, tx, rate, args, options=DEFAULT_SCHEDULER),
+      "memory_scheduler": _compiled_step(net, tx, rate, args, jax_random=True),
+      "now": _compiled_step(net, tx, rate, args),
+      "now_fused_info_nce": _compiled_step(net, tx, rate, args, fused=True),
+    }
+    rounds = {k: [] for k in variants}
     for _ in range(3):
-      host.restore_malloc_defaults()
-      rounds["before"].append(
-        _median_seconds(lambda: step_before(state, batch, key, graphs)[1]["loss"], repeats)
-      )
-      host.keep_freed_memory()
-      rounds["now"].append(
-        _median_seconds(lambda: step(state, batch, key, graphs)[1]["loss"], repeats)
-      )
-      rounds["now_stacked_views"].append(
-        _median_seconds(lambda: step(state, batch, key, stacked)[1]["loss"], repeats)
-      )
+      for k, f in variants.items():
+        rounds[k].append(_median_seconds(lambda f=f: f(*args)[1]["loss"], repeats))
     out["step_rounds_seconds"] = rounds
     out["step_rounds_median"] = {k: statistics.median(v) for k, v in rounds.items()}
     out["step_speedup_over_before"] = (
@@ -190,12 +191,19 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   return out
 
 
-def _info_nce_before(anchors, candidates, positive_index, mask, tau, count=None):
-  """losses.info_nce before the speed work: the positive gathered from the scaled product."""
-  logits = anchors @ candidates.T / tau
-  pos = jnp.take_along_axis(logits, positive_index[:, None], axis=1)[:, 0]
-  lse = jnp.log(jnp.sum(jnp.exp(logits - 1.0 / tau), axis=1)) + 1.0 / tau
-  return losses._masked_mean(lse - pos, mask, count)
+def _compiled_step(net, tx, rate, args, jax_random=False, fused=False, options=None):
+  """The train step compiled for `args` with jax.random's draws in place of
+  propagation.uniform (`jax_random`), the opt-in fused InfoNCE (`fused`) and XLA compiler
+  `options` (e.g. DEFAULT_SCHEDULER)."""
+  saved = prop.uniform, losses.FUSED_INFO_NCE
+  try:
+    if jax_random:
+      prop.uniform = jax.random.uniform  # read when the step is traced
+    losses.FUSED_INFO_NCE = fused
+    lowered = jax.jit(steps.make_train_step(net, tx, rate, 1)).lower(*args)
+    return lowered.compile(options) if options else lowered.compile()
+  finally:
+    prop.uniform, losses.FUSED_INFO_NCE = saved
 
 
 def _term_losses(net, batch, key):
@@ -270,6 +278,21 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
     ego,
     jax.random.PRNGKey(3),
   )
+  uniform = prop.uniform
+  prop.uniform = jax.random.uniform  # read when traced: jax.random's rolled threefry loop
+  noise_before = jax.jit(
+    lambda x, k: [model.simgcl_noise(k, config.cl.eps)(layer, x) for layer in range(layers)]
+  )
+  jax.block_until_ready(noise_before(ego, jax.random.PRNGKey(3)))
+  prop.uniform = uniform
+  add(
+    f"SimGCL noise, jax.random draws: {layers} draws of (n x d)",
+    0,
+    layers * n * d * 4 * 3,
+    noise_before,
+    ego,
+    jax.random.PRNGKey(3),
+  )
   z = jnp.concatenate([ego] * 3)
   z = z * jax.lax.rsqrt(jnp.sum(z * z, axis=1, keepdims=True))
   users, pos, mask = batch["users"], batch["pos"], batch["mask"]
@@ -283,12 +306,11 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
   cands = nu + (n - nu)
   nce_cost = (6 * b * cands * d, 4 * b * cands * 4 * 2 + 3 * cands * d * 4)
   add(f"InfoNCE products: {b} x ({nu} + {n - nu}) x {d}", *nce_cost, jax.jit(jax.grad(nce)), z)
-  info_nce = losses.info_nce
-  losses.info_nce = _info_nce_before
-  nce_before = jax.jit(jax.grad(nce))
-  jax.block_until_ready(nce_before(z))
-  losses.info_nce = info_nce
-  add("InfoNCE products, before", *nce_cost, nce_before, z)
+  losses.FUSED_INFO_NCE = True  # read when traced
+  nce_fused = jax.jit(jax.grad(nce))
+  jax.block_until_ready(nce_fused(z))
+  losses.FUSED_INFO_NCE = False
+  add("InfoNCE products, fused pass (opt-in, not exact)", *nce_cost, nce_fused, z)
   views_cost = spmm_cost(views, layers)
   add(
     "contrastive term (all of it)",
