@@ -56,7 +56,44 @@ flags.DEFINE_bool(
   "now, and now with the opt-in fused InfoNCE (losses.FUSED_INFO_NCE).",
 )
 
+flags.DEFINE_string(
+  "release",
+  "",
+  "Path of a CIKGRec release checkout: instead of the benchmarks, time this code's train step "
+  "and the release's (experiments/bench_release.py's step, in a --release_python process) one "
+  "after the other, --pairs times, and print both medians and the median of the per-pair ratios.",
+)
+flags.DEFINE_string(
+  "release_python", "python", "Command line of a Python with torch and torch_geometric."
+)
+flags.DEFINE_integer("pairs", 20, "Steps of each implementation with --release.")
+
 DEFAULT_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_DEFAULT"}
+
+# Run by --release_python: the release's step of experiments/bench_release.py, one per input line.
+_RELEASE_SERVER = """
+import sys, time
+import torch
+sys.path.insert(0, {repo!r})
+from experiments.bench_release import build
+torch.set_num_threads(2)
+model, optimizer, (user, pos, neg), (ig, kg, cf, cikg) = build({release!r}, {dataset!r}, 2024)
+model.train()
+model.gmae_p = 0.3  # as bench.py's mask rate
+def step():
+  optimizer.zero_grad()
+  loss = (model(user, pos, neg) + model.cross_domain_contrastive_loss(user, pos, ig, kg, cf)
+          + model.interest_recon_loss(cikg))
+  loss.backward()
+  optimizer.step()
+  return float(loss.detach())
+step()
+print("ready", flush=True)
+for _ in sys.stdin:
+  t = time.perf_counter()
+  step()
+  print(time.perf_counter() - t, flush=True)
+"""
 
 
 def _median_seconds(fn, repeats):
@@ -349,11 +386,76 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
   return rows
 
 
+def paired_with_release(config, release: str, release_python: str, pairs: int):
+  """This code's train step and the release's, alternating step by step (ours, release, ours, ...)
+  so that both see the same machine state; the release runs in its own process and waits on a
+  pipe while ours runs. Returns both medians, the median of the per-pair ratios and the load."""
+  import shlex
+  import subprocess
+
+  ds, config, net, graphs = steps.setup(config)
+  tx, kge_tx = steps.make_optimizers(config)
+  state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, config.kge.use)
+  sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
+  batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size, np.random.default_rng(0))
+  batch = {k: v[0] for k, v in batches.items()}
+  step = jax.jit(steps.make_train_step(net, tx, np.full(1, 0.3, np.float32), 1))
+  key = jax.random.PRNGKey(1)
+  ours = lambda: jax.block_until_ready(step(state, batch, key, graphs)[1]["loss"])
+  for _ in range(3):  # compilation, then the allocator's first growth
+    ours()
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = _RELEASE_SERVER.format(repo=repo, release=os.path.abspath(release), dataset=ds.name)
+  server = subprocess.Popen(
+    shlex.split(release_python) + ["-c", code],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
+  try:
+    while server.stdout.readline().strip() != "ready":
+      if server.poll() is not None:
+        raise RuntimeError("the release process ended before its first step")
+    load_before = open("/proc/loadavg").read().split()[:3]
+    mine, theirs = [], []
+    for _ in range(pairs):
+      t0 = time.perf_counter()
+      ours()
+      mine.append(time.perf_counter() - t0)
+      server.stdin.write("step\n")
+      server.stdin.flush()
+      theirs.append(float(server.stdout.readline()))
+    load_after = open("/proc/loadavg").read().split()[:3]
+  finally:
+    server.stdin.close()
+    server.wait()
+  ratios = [r / m for m, r in zip(mine, theirs)]
+  return {
+    "dataset": ds.name,
+    "pairs": pairs,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "cikg_jax_step_seconds_median": statistics.median(mine),
+    "release_step_seconds_median": statistics.median(theirs),
+    "ratio_of_medians": statistics.median(theirs) / statistics.median(mine),
+    "ratio_median_of_pairs": statistics.median(ratios),
+    "ratio_quartiles": statistics.quantiles(ratios, n=4) if pairs > 1 else ratios,
+    "cikg_jax_step_seconds": mine,
+    "release_step_seconds": theirs,
+    "loadavg_before": load_before,
+    "loadavg_after": load_after,
+  }
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   host.keep_freed_memory()  # as cikg_jax/main.py does
-  print(json.dumps(bench(FLAGS.config, FLAGS.repeats, FLAGS.profile, FLAGS.compare), indent=2))
+  if FLAGS.release:
+    out = paired_with_release(FLAGS.config, FLAGS.release, FLAGS.release_python, FLAGS.pairs)
+  else:
+    out = bench(FLAGS.config, FLAGS.repeats, FLAGS.profile, FLAGS.compare)
+  print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
