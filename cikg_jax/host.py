@@ -1,4 +1,13 @@
-"""Host-side allocator settings for the CPU backend.
+"""Host-side settings for the CPU backend: XLA:CPU flags and the allocator.
+
+`set_xla_cpu_flags` picks XLA:CPU's memory-optimised instruction scheduler instead of the default,
+which on a CIKGRec step picks the concurrency-optimised one: that schedule runs independent
+kernels side by side, each of them already split over the cores, and on this project's 2-core VM
+the interleaved kernels compete for the cores and the caches (README "Speed": 1.1x on the
+book-crossing step). The memory-optimised schedule orders the same operations
+differently and assigns buffers differently; every value computed is the same bit for bit
+(tests/test_speed.py). It must run before JAX creates its CPU client (cikg_jax/main.py and
+experiments/bench.py call it first thing).
 
 XLA:CPU allocates every step's buffers with malloc. glibc serves blocks above its mmap threshold
 (at most 32 MiB) with a fresh mmap and returns them on free, so each step touches new pages: in
@@ -13,12 +22,28 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
 
 _done = False
+
+# name -> value; each applies unless XLA_FLAGS already names that flag
+XLA_CPU_FLAGS = {"--xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+def set_xla_cpu_flags(flags=None) -> str:
+  """Adds `flags` (default XLA_CPU_FLAGS) to the XLA_FLAGS environment variable, leaving any flag
+  the user set there alone, and returns the result. XLA reads the variable once, when JAX creates
+  its first client: call this before any JAX computation. Changes no value computed."""
+  flags = XLA_CPU_FLAGS if flags is None else flags
+  current = os.environ.get("XLA_FLAGS", "").split()
+  names = {f.split("=", 1)[0] for f in current}
+  current += [f"{k}={v}" for k, v in flags.items() if k not in names]
+  os.environ["XLA_FLAGS"] = " ".join(current)
+  return os.environ["XLA_FLAGS"]
 
 
 def keep_freed_memory(top_pad_mb: int = 256) -> bool:

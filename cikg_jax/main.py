@@ -8,10 +8,14 @@ import logging as pylogging
 import os
 import sys
 
+from cikg_jax import host
+
+host.set_xla_cpu_flags()  # before JAX creates its CPU client (cikg_jax/host.py)
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cikg_jax import checkpoint, distributed, host, rundir, train
+from cikg_jax import checkpoint, distributed, rundir, train
 import configs
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "tiny.py")

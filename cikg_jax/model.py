@@ -54,11 +54,12 @@ class Dense:
     return x.at[ids].set(values)
 
   def uniform(self, key, x):
-    """U[0, 1) draws of x's shape."""
-    return jax.random.uniform(key, x.shape)
+    """U[0, 1) draws of x's shape: jax.random.uniform's values (propagation.uniform)."""
+    return prop.uniform(key, x.shape)
 
   def bernoulli(self, key, p, x):
-    return jax.random.bernoulli(key, p, x.shape)
+    """jax.random.bernoulli(key, p, x.shape)'s values, through propagation.uniform."""
+    return prop.uniform(key, x.shape) < jnp.asarray(p, jnp.float32)
 
   def dropped_weights(self, op, key, rate: float):
     """Edge weights after dropping undirected pairs at `rate`, degrees renormalised."""
@@ -203,7 +204,7 @@ def choose_masked_rows(key, n_rows: int, mask_rate, replace_rate: float):
   """Fixed-shape choice of floor(p * n) rows (GraphMAE's int(p * n)): a random ranking,
   `rank < k`. Of the chosen, the last `replace_rate` share by rank is replaced by other interest
   rows, the rest gets the mask token. Returns (chosen, token, noise) boolean vectors."""
-  ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (n_rows,))))
+  ranks = jnp.argsort(jnp.argsort(prop.uniform(key, (n_rows,))))
   k = jnp.floor(mask_rate * n_rows + 1e-6).astype(jnp.int32)
   n_noise = jnp.floor(replace_rate * k).astype(jnp.int32)
   chosen = ranks < k

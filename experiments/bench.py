@@ -17,6 +17,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cikg_jax import host  # noqa: E402
+
+host.set_xla_cpu_flags()  # as cikg_jax/main.py: before JAX creates its CPU client
+
 from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -26,8 +30,7 @@ import optax  # noqa: E402
 
 from cikg_jax import (  # noqa: E402
   evaluation,
-  host,
-  losses,  # noqa: E402
+  losses,
   model,
   steps,
   train,
@@ -48,9 +51,49 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
   "compare",
   False,
-  "Also time the step before the speed work (allocator defaults, "
-  "previous InfoNCE), now, and with the stacked view operator, alternating.",
+  "Also time, alternating in this process: the step as the previous measurement had it "
+  "(jax.random's rolled threefry draws, XLA's default scheduler), each change of this round alone, "
+  "now, and now with the opt-in fused InfoNCE (losses.FUSED_INFO_NCE).",
 )
+
+flags.DEFINE_string(
+  "release",
+  "",
+  "Path of a CIKGRec release checkout: instead of the benchmarks, time this code's train step "
+  "and the release's (experiments/bench_release.py's step, in a --release_python process) one "
+  "after the other, --pairs times, and print both medians and the median of the per-pair ratios.",
+)
+flags.DEFINE_string(
+  "release_python", "python", "Command line of a Python with torch and torch_geometric."
+)
+flags.DEFINE_integer("pairs", 20, "Steps of each implementation with --release.")
+
+DEFAULT_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_DEFAULT"}
+
+# Run by --release_python: the release's step of experiments/bench_release.py, one per input line.
+_RELEASE_SERVER = """
+import sys, time
+import torch
+sys.path.insert(0, {repo!r})
+from experiments.bench_release import build
+torch.set_num_threads(2)
+model, optimizer, (user, pos, neg), (ig, kg, cf, cikg) = build({release!r}, {dataset!r}, 2024)
+model.train()
+model.gmae_p = 0.3  # as bench.py's mask rate
+def step():
+  optimizer.zero_grad()
+  loss = (model(user, pos, neg) + model.cross_domain_contrastive_loss(user, pos, ig, kg, cf)
+          + model.interest_recon_loss(cikg))
+  loss.backward()
+  optimizer.step()
+  return float(loss.detach())
+step()
+print("ready", flush=True)
+for _ in sys.stdin:
+  t = time.perf_counter()
+  step()
+  print(time.perf_counter() - t, flush=True)
+"""
 
 
 def _median_seconds(fn, repeats):
@@ -76,6 +119,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   out = {
     "dataset": ds.name,
     "backend": net.backend,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "devices": [str(d) for d in jax.devices()],
     "n_nodes": ds.n_nodes,
     "cikg_edges": int(graphs.ops["cikg"].graph.n_edge[0]),
@@ -94,28 +138,22 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
     lambda: step(state, batch, key, graphs)[1]["loss"], repeats
   )
   if compare and config.cl.weight > 0:
-    # Alternating rounds in this process, medians of the round medians: the step before the speed
-    # work (glibc's allocator defaults, the previous InfoNCE), now, and now with the opt-in stacked
-    # view operator (model.with_stacked_views).
-    info_nce = losses.info_nce
-    losses.info_nce = _info_nce_before  # read when the step is traced
-    step_before = jax.jit(steps.make_train_step(net, tx, rate, 1))
-    jax.block_until_ready(step_before(state, batch, key, graphs)[1]["loss"])
-    losses.info_nce = info_nce
-    stacked = model.with_stacked_views(graphs)
-    rounds = {"before": [], "now": [], "now_stacked_views": []}
+    # Alternating rounds in this process, medians of the round medians. Each variant is compiled
+    # with jax.random's draws or the unrolled ones (propagation.uniform; the same values), XLA's
+    # default scheduler or the one host.set_xla_cpu_flags picks (the same values), and the exact
+    # or the opt-in fused InfoNCE.
+    args = (state, batch, key, graphs)
+    variants = {
+      "before": _compiled_step(net, tx, rate, args, jax_random=True, options=DEFAULT_SCHEDULER),
+      "unrolled_draws": _compiled_step(net, tx, rate, args, options=DEFAULT_SCHEDULER),
+      "memory_scheduler": _compiled_step(net, tx, rate, args, jax_random=True),
+      "now": _compiled_step(net, tx, rate, args),
+      "now_fused_info_nce": _compiled_step(net, tx, rate, args, fused=True),
+    }
+    rounds = {k: [] for k in variants}
     for _ in range(3):
-      host.restore_malloc_defaults()
-      rounds["before"].append(
-        _median_seconds(lambda: step_before(state, batch, key, graphs)[1]["loss"], repeats)
-      )
-      host.keep_freed_memory()
-      rounds["now"].append(
-        _median_seconds(lambda: step(state, batch, key, graphs)[1]["loss"], repeats)
-      )
-      rounds["now_stacked_views"].append(
-        _median_seconds(lambda: step(state, batch, key, stacked)[1]["loss"], repeats)
-      )
+      for k, f in variants.items():
+        rounds[k].append(_median_seconds(lambda f=f: f(*args)[1]["loss"], repeats))
     out["step_rounds_seconds"] = rounds
     out["step_rounds_median"] = {k: statistics.median(v) for k, v in rounds.items()}
     out["step_speedup_over_before"] = (
@@ -190,12 +228,19 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   return out
 
 
-def _info_nce_before(anchors, candidates, positive_index, mask, tau, count=None):
-  """losses.info_nce before the speed work: the positive gathered from the scaled product."""
-  logits = anchors @ candidates.T / tau
-  pos = jnp.take_along_axis(logits, positive_index[:, None], axis=1)[:, 0]
-  lse = jnp.log(jnp.sum(jnp.exp(logits - 1.0 / tau), axis=1)) + 1.0 / tau
-  return losses._masked_mean(lse - pos, mask, count)
+def _compiled_step(net, tx, rate, args, jax_random=False, fused=False, options=None):
+  """The train step compiled for `args` with jax.random's draws in place of
+  propagation.uniform (`jax_random`), the opt-in fused InfoNCE (`fused`) and XLA compiler
+  `options` (e.g. DEFAULT_SCHEDULER)."""
+  saved = prop.uniform, losses.FUSED_INFO_NCE
+  try:
+    if jax_random:
+      prop.uniform = jax.random.uniform  # read when the step is traced
+    losses.FUSED_INFO_NCE = fused
+    lowered = jax.jit(steps.make_train_step(net, tx, rate, 1)).lower(*args)
+    return lowered.compile(options) if options else lowered.compile()
+  finally:
+    prop.uniform, losses.FUSED_INFO_NCE = saved
 
 
 def _term_losses(net, batch, key):
@@ -270,6 +315,21 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
     ego,
     jax.random.PRNGKey(3),
   )
+  uniform = prop.uniform
+  prop.uniform = jax.random.uniform  # read when traced: jax.random's rolled threefry loop
+  noise_before = jax.jit(
+    lambda x, k: [model.simgcl_noise(k, config.cl.eps)(layer, x) for layer in range(layers)]
+  )
+  jax.block_until_ready(noise_before(ego, jax.random.PRNGKey(3)))
+  prop.uniform = uniform
+  add(
+    f"SimGCL noise, jax.random draws: {layers} draws of (n x d)",
+    0,
+    layers * n * d * 4 * 3,
+    noise_before,
+    ego,
+    jax.random.PRNGKey(3),
+  )
   z = jnp.concatenate([ego] * 3)
   z = z * jax.lax.rsqrt(jnp.sum(z * z, axis=1, keepdims=True))
   users, pos, mask = batch["users"], batch["pos"], batch["mask"]
@@ -283,12 +343,11 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
   cands = nu + (n - nu)
   nce_cost = (6 * b * cands * d, 4 * b * cands * 4 * 2 + 3 * cands * d * 4)
   add(f"InfoNCE products: {b} x ({nu} + {n - nu}) x {d}", *nce_cost, jax.jit(jax.grad(nce)), z)
-  info_nce = losses.info_nce
-  losses.info_nce = _info_nce_before
-  nce_before = jax.jit(jax.grad(nce))
-  jax.block_until_ready(nce_before(z))
-  losses.info_nce = info_nce
-  add("InfoNCE products, before", *nce_cost, nce_before, z)
+  losses.FUSED_INFO_NCE = True  # read when traced
+  nce_fused = jax.jit(jax.grad(nce))
+  jax.block_until_ready(nce_fused(z))
+  losses.FUSED_INFO_NCE = False
+  add("InfoNCE products, fused pass (opt-in, not exact)", *nce_cost, nce_fused, z)
   views_cost = spmm_cost(views, layers)
   add(
     "contrastive term (all of it)",
@@ -327,11 +386,76 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
   return rows
 
 
+def paired_with_release(config, release: str, release_python: str, pairs: int):
+  """This code's train step and the release's, alternating step by step (ours, release, ours, ...)
+  so that both see the same machine state; the release runs in its own process and waits on a
+  pipe while ours runs. Returns both medians, the median of the per-pair ratios and the load."""
+  import shlex
+  import subprocess
+
+  ds, config, net, graphs = steps.setup(config)
+  tx, kge_tx = steps.make_optimizers(config)
+  state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, config.kge.use)
+  sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
+  batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size, np.random.default_rng(0))
+  batch = {k: v[0] for k, v in batches.items()}
+  step = jax.jit(steps.make_train_step(net, tx, np.full(1, 0.3, np.float32), 1))
+  key = jax.random.PRNGKey(1)
+  ours = lambda: jax.block_until_ready(step(state, batch, key, graphs)[1]["loss"])
+  for _ in range(3):  # compilation, then the allocator's first growth
+    ours()
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = _RELEASE_SERVER.format(repo=repo, release=os.path.abspath(release), dataset=ds.name)
+  server = subprocess.Popen(
+    shlex.split(release_python) + ["-c", code],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
+  try:
+    while server.stdout.readline().strip() != "ready":
+      if server.poll() is not None:
+        raise RuntimeError("the release process ended before its first step")
+    load_before = open("/proc/loadavg").read().split()[:3]
+    mine, theirs = [], []
+    for _ in range(pairs):
+      t0 = time.perf_counter()
+      ours()
+      mine.append(time.perf_counter() - t0)
+      server.stdin.write("step\n")
+      server.stdin.flush()
+      theirs.append(float(server.stdout.readline()))
+    load_after = open("/proc/loadavg").read().split()[:3]
+  finally:
+    server.stdin.close()
+    server.wait()
+  ratios = [r / m for m, r in zip(mine, theirs)]
+  return {
+    "dataset": ds.name,
+    "pairs": pairs,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "cikg_jax_step_seconds_median": statistics.median(mine),
+    "release_step_seconds_median": statistics.median(theirs),
+    "ratio_of_medians": statistics.median(theirs) / statistics.median(mine),
+    "ratio_median_of_pairs": statistics.median(ratios),
+    "ratio_quartiles": statistics.quantiles(ratios, n=4) if pairs > 1 else ratios,
+    "cikg_jax_step_seconds": mine,
+    "release_step_seconds": theirs,
+    "loadavg_before": load_before,
+    "loadavg_after": load_after,
+  }
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   host.keep_freed_memory()  # as cikg_jax/main.py does
-  print(json.dumps(bench(FLAGS.config, FLAGS.repeats, FLAGS.profile, FLAGS.compare), indent=2))
+  if FLAGS.release:
+    out = paired_with_release(FLAGS.config, FLAGS.release, FLAGS.release_python, FLAGS.pairs)
+  else:
+    out = bench(FLAGS.config, FLAGS.repeats, FLAGS.profile, FLAGS.compare)
+  print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
-"""The speed changes keep the numerics: the stacked view operator against three separate
-propagations (values, gradients, a short training run), and the allocator setting."""
+"""The speed changes keep the numerics: the unrolled threefry draws against jax.random (bit for
+bit, alone and in a whole train step), XLA's memory-optimised scheduler against the default (bit
+for bit), the opt-in fused InfoNCE pass against autodiff of its formula, the stacked view operator
+against three separate propagations (values, gradients, a short training run), and the allocator
+setting."""
 
 import json
 import os
@@ -28,6 +31,123 @@ def _tiny(tmp_path, views="paper"):
   return c
 
 
+def _first_batch(config):
+  """(net, graphs, state, batch, tx) of a config: its first mini-batch and initial parameters."""
+  ds, config, net, graphs = steps.setup(config)
+  tx, kge_tx = steps.make_optimizers(config)
+  state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, config.kge.use)
+  sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
+  batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size, np.random.default_rng(0))
+  return net, graphs, state, {k: v[0] for k, v in batches.items()}, tx
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ---- random draws: the unrolled threefry hash --------------------------------------------------
+@pytest.mark.parametrize("shape", [(16392, 64), (1000, 3), (7,), (95859,), (3, 5, 7), (1,)])
+def test_uniform_equals_jax_random_bit_for_bit(shape):
+  for seed in (0, 1, 2**31 + 5):
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 3)
+    want = jax.jit(lambda k: jax.random.uniform(k, shape))(key)
+    got = jax.jit(lambda k: prop.uniform(k, shape))(key)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  typed = jax.random.key(4)  # a typed key array takes the same path
+  np.testing.assert_array_equal(
+    np.asarray(prop.uniform(typed, shape)), np.asarray(jax.random.uniform(typed, shape))
+  )
+
+
+def test_edge_mask_bernoulli_and_noise_equal_the_jax_random_draws():
+  rng = np.random.default_rng(0)
+  op = prop.make_operator(graph_lib.make_graph(50, rng.integers(0, 50, (300, 2)), np.arange(5)))
+  key = jax.random.PRNGKey(11)
+  keep = jax.random.bernoulli(key, 0.8, (op.n_pairs,))
+  pair = op.graph.edges["pair"]
+  want = jnp.where(pair < 0, True, keep[jnp.maximum(pair, 0)]).astype(jnp.float32)
+  np.testing.assert_array_equal(np.asarray(prop.edge_keep_mask(op, key, 0.2)), np.asarray(want))
+  e = jnp.asarray(rng.standard_normal((50, 8)), jnp.float32)
+  np.testing.assert_array_equal(
+    np.asarray(model.DENSE.bernoulli(key, 1 - 0.1, e)),
+    np.asarray(jax.random.bernoulli(key, 1 - 0.1, e.shape)),
+  )
+  u = jax.random.uniform(jax.random.fold_in(key, 2), e.shape)
+  want = e + jnp.sign(e) * losses.l2_normalize(u) * 0.1
+  np.testing.assert_array_equal(np.asarray(model.simgcl_noise(key, 0.1)(2, e)), np.asarray(want))
+
+
+def test_train_step_equals_the_one_with_jax_random_draws(tmp_path, monkeypatch):
+  """The whole step (edge and message dropout, masking, SimGCL noise) with the unrolled draws
+  and with jax.random's: the same terms and new state, bit for bit."""
+  c = _tiny(tmp_path)
+  c.model.edge_dropout, c.model.message_dropout = 0.1, 0.1
+  net, graphs, state, batch, tx = _first_batch(c)
+  rates, key = np.full(1, 0.3, np.float32), jax.random.PRNGKey(5)
+  new = jax.jit(steps.make_train_step(net, tx, rates, 1))(state, batch, key, graphs)
+  monkeypatch.setattr(prop, "uniform", jax.random.uniform)  # read when the step is traced
+  old = jax.jit(steps.make_train_step(net, tx, rates, 1))(state, batch, key, graphs)
+  _assert_trees_equal(new, old)
+
+
+# ---- XLA:CPU's memory-optimised scheduler ------------------------------------------------------
+def test_memory_optimized_scheduler_computes_the_same_bits(tmp_path):
+  if jax.default_backend() != "cpu":
+    pytest.skip("an XLA:CPU option")
+  net, graphs, state, batch, tx = _first_batch(_tiny(tmp_path))
+  args = (state, batch, jax.random.PRNGKey(5), graphs)
+  lowered = jax.jit(steps.make_train_step(net, tx, np.full(1, 0.3, np.float32), 1)).lower(*args)
+  outs = [
+    lowered.compile({"xla_cpu_scheduler_type": f"CPU_SCHEDULER_TYPE_{kind}"})(*args)
+    for kind in ("DEFAULT", "MEMORY_OPTIMIZED")
+  ]
+  _assert_trees_equal(*outs)
+
+
+def test_set_xla_cpu_flags_keeps_the_users_choice(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --x=1")
+  assert host.set_xla_cpu_flags() == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --x=1"
+  monkeypatch.delenv("XLA_FLAGS")
+  flags = host.set_xla_cpu_flags()
+  assert flags == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+  assert host.set_xla_cpu_flags() == flags  # idempotent
+
+
+# ---- the opt-in fused InfoNCE pass -------------------------------------------------------------
+def _unit(rng, shape):
+  x = rng.standard_normal(shape)
+  return jnp.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), jnp.float32)
+
+
+@pytest.mark.parametrize("block", [1024, 128, 48])  # one block; several; a padded last block
+@pytest.mark.parametrize("count", [None, 700.0])
+def test_fused_info_nce_matches_autodiff(monkeypatch, block, count):
+  rng = np.random.default_rng(1)
+  a, c = _unit(rng, (300, 16)), _unit(rng, (500, 16))
+  idx = jnp.asarray(rng.integers(0, 500, 300))
+  mask = jnp.asarray((rng.random(300) < 0.8).astype(np.float32))
+  n = None if count is None else jnp.float32(count)
+  loss = lambda a, c: 0.01 * losses.info_nce(a, c, idx, mask, 0.15, n)
+  exact = jax.jit(jax.value_and_grad(loss, (0, 1)))(a, c)
+  monkeypatch.setattr(losses, "FUSED_INFO_NCE", True)  # read when traced
+  monkeypatch.setattr(losses, "INFO_NCE_BLOCK", block)
+  fused = jax.jit(jax.value_and_grad(loss, (0, 1)))(a, c)
+  assert float(fused[0]) == float(exact[0])  # the formula's value
+  assert float(jax.jit(loss)(a, c)) == float(exact[0])  # undifferentiated: the formula itself
+  for x, y in zip(fused[1], exact[1]):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_fused_info_nce_with_a_traced_temperature_falls_back(monkeypatch):
+  monkeypatch.setattr(losses, "FUSED_INFO_NCE", True)
+  rng = np.random.default_rng(2)
+  a, c = _unit(rng, (20, 4)), _unit(rng, (30, 4))
+  g = jax.grad(lambda t: losses.info_nce(a, c, jnp.arange(20), jnp.ones(20), t))(jnp.float32(0.2))
+  assert np.isfinite(float(g))
+
+
+# ---- the stacked view operator (opt-in) --------------------------------------------------------
 def test_stacked_product_equals_separate_products_exactly():
   rng = np.random.default_rng(0)
   n = 40
