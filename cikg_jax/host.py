@@ -34,6 +34,12 @@ _done = False
 XLA_CPU_FLAGS = {"--xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
+def nvidia_gpu_visible() -> bool:
+  """An NVIDIA device node exists: the CPU scheduler flag is then left out, since it was measured
+  and tested only with the CPU jaxlib (an unknown XLA flag aborts XLA at start-up)."""
+  return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
 def set_xla_cpu_flags(flags=None) -> str:
   """Adds `flags` (default XLA_CPU_FLAGS) to the XLA_FLAGS environment variable, leaving any flag
   the user set there alone, and returns the result. XLA reads the variable once, when JAX creates

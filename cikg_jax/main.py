@@ -10,7 +10,8 @@ import sys
 
 from cikg_jax import host
 
-host.set_xla_cpu_flags()  # before JAX creates its CPU client (cikg_jax/host.py)
+if not host.nvidia_gpu_visible():
+  host.set_xla_cpu_flags()  # before JAX creates its CPU client (cikg_jax/host.py)
 
 from absl import app, flags, logging
 from ml_collections import config_flags

@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cikg_jax import host  # noqa: E402
 
-host.set_xla_cpu_flags()  # as cikg_jax/main.py: before JAX creates its CPU client
+if not host.nvidia_gpu_visible():
+  host.set_xla_cpu_flags()  # as cikg_jax/main.py: before JAX creates its CPU client
 
 from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
