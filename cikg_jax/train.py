@@ -160,6 +160,7 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
   kge_sampler = (
     sampling.KGESampler(ds, config.views, config.kge.batch_size) if config.kge.use else None
   )
+  sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
   if mode != "data" and distributed.process_count() > 1:
     raise ValueError(
       f"parallel.mode={mode!r} runs in one process; several processes run mode 'data'"
@@ -176,7 +177,7 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
       gp.BoundGraphs(step, par.graphs),
       kge_step,
       kge_sampler,
-      sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
+      sampler,
       par.place,
       par.host_view,
       par.shard_batch,
@@ -190,7 +191,7 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
       train_step,
       kge_step,
       kge_sampler,
-      sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
+      sampler,
       # From host copies: the pmap refuses device arrays committed to one device, as orbax
       # restores them (a resumed run).
       lambda tree: parallel.replicate(jax.device_get(tree), n_devices),
@@ -205,7 +206,7 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
     train_step,
     kge_step,
     kge_sampler,
-    sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
+    sampler,
     same,
     same,
     same,

@@ -27,6 +27,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from experiments import runner  # noqa: E402  (git_commit: HEAD, +dirty, CIKG_COMMIT)
+
 RESULTS = os.path.join(ROOT, "experiments", "results", "scaling")
 CONFIGS = {
   "tiny": "configs/tiny.py",
@@ -129,15 +132,6 @@ def worker(dataset: str, mode: str, devices: int, steps: int, overrides) -> dict
   }
 
 
-def git_commit() -> str:
-  try:
-    return subprocess.run(
-      ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-  except OSError:
-    return os.environ.get("CIKG_COMMIT", "unknown")
-
-
 def run_point(dataset, mode, devices, steps, overrides, out_dir, machine):
   name = f"{dataset.replace(':', '-')}__{mode}__d{devices}"
   path = os.path.join(out_dir, f"{name}.json")
@@ -158,7 +152,7 @@ def run_point(dataset, mode, devices, steps, overrides, out_dir, machine):
     return
   res = json.loads(p.stdout.strip().splitlines()[-1])
   res.update(
-    commit=git_commit(),
+    commit=runner.git_commit(),
     machine=machine or f"{platform.node()} ({os.cpu_count()} cpu)",
     wall_seconds=time.time() - t0,
     command=" ".join(["python", "experiments/scaling.py"] + cmd[3:]),
