@@ -65,12 +65,14 @@ SEARCH_SPACES: Dict[str, Dict[str, tuple]] = {
     "cl_weight": ("simgcl.weight", "categorical", (0.01, 0.05, 0.1, 0.2, 0.5, 1.0)),
     "eps": ("simgcl.eps", "categorical", (0.01, 0.05, 0.1, 0.2, 0.5)),
   },
-  # KGAT (Wang et al. 2019): lr {1e-4 .. 1e-2}, L2 on CF and TransR terms alike, and its depth
-  # study's layer sizes (Table 3: one to four layers of 64/32/16/8).
+  # KGAT (Wang et al. 2019): lr {1e-4 .. 1e-2}, L2 on CF and TransR terms alike, its depth
+  # study's layer sizes (Table 3: one to four layers of 64/32/16/8), and with or without the
+  # BPR-MF pretraining its authors recommend (PRETRAIN: a run the tuner trains first).
   "kgat": {
     "lr": ("train.lr,kge.lr", "float_log", (1e-4, 1e-2)),
     "l2": ("train.l2,kge.l2", "float_log", (1e-6, 1e-3)),
     "layers": ("kgat.layers", "categorical", ("(64,)", "(64,32)", "(64,32,16)", "(64,32,16,8)")),
+    "pretrain": ("kgat.pretrain", "categorical", (False, True)),
   },
   # CIKGRec (Hu et al. 2025): lr, L2, depth, the contrastive weight and temperature, the
   # reconstruction weight and the mask-rate schedule (its sensitivity studies vary these).
@@ -85,6 +87,18 @@ SEARCH_SPACES: Dict[str, Dict[str, tuple]] = {
     "pmax": ("uir.pmax", "categorical", (0.5, 0.65, 0.75, 0.95)),
   },
 }
+
+
+def pretrain_run(dataset: str) -> runner.Run:
+  """BPR-MF (LightGCN without layers, its published lr and L2) selected on validation: the rows
+  that KGAT's pretrained trials start from."""
+  return runner.Run(
+    dataset,
+    "bprmf-pretrain",
+    "lightgcn",
+    ("--config.model.num_layers=0", "--config.selection=valid", "--config.train.plot=False"),
+    runner.SEEDS[0],
+  )
 
 
 def published(model: str, dataset: str) -> Dict[str, object]:
@@ -105,6 +119,8 @@ def published(model: str, dataset: str) -> Dict[str, object]:
       v = v[part]
     if name == "layers":
       v = "(" + ",".join(str(int(x)) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if name == "pretrain":
+      v = bool(v)
     if kind == "categorical" and v not in choices:
       if dataset == "synthetic":  # the tiny config's smaller sizes: no published point
         return {}
@@ -113,10 +129,15 @@ def published(model: str, dataset: str) -> Dict[str, object]:
   return out
 
 
-def config_flags(model: str, params: Dict[str, object]) -> List[str]:
+def config_flags(model: str, params: Dict[str, object], pretrain_dir: str = "") -> List[str]:
+  """The trial's --config overrides; `pretrain_dir` is the BPR-MF run a pretrained trial loads."""
   flags = []
   for name, value in sorted(params.items()):
     keys = SEARCH_SPACES[model][name][0]
+    if name == "pretrain":
+      if value:
+        flags.append(f"--config.kgat.pretrain={pretrain_dir}")
+      continue
     flags += [f"--config.{k}={value}" for k in keys.split(",")]
   return flags
 
@@ -186,11 +207,14 @@ class Objective:
 
     params = suggest(trial, self.model)
     pid = params_id(params)
+    pretrain_dir = os.path.relpath(
+      os.path.join(self.runs_dir, pretrain_run(self.dataset).name), runner.ROOT
+    )
     run = runner.Run(
       self.dataset,
       f"{self.model}-tune-{pid}",
       self.model,
-      tuple(config_flags(self.model, params)) + ("--config.selection=valid",),
+      tuple(config_flags(self.model, params, pretrain_dir)) + ("--config.selection=valid",),
       runner.SEEDS[0],
     )
     workdir = os.path.join(self.runs_dir, run.name)
@@ -289,10 +313,12 @@ def requeue_interrupted(study, log) -> None:
   """Trials left RUNNING by a process that died: failed, and their parameters queued again."""
   from optuna.trial import TrialState
 
+  waiting = [t.params for t in study.trials if t.state == TrialState.WAITING]
   for t in study.trials:
     if t.state == TrialState.RUNNING:
       study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-      study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=True)
+      if t.params not in waiting:
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
       log(f"{study.study_name}: trial {t.number} was interrupted; queued again")
 
 
@@ -332,6 +358,19 @@ def tune(
   with study_lock(os.path.join(runs_dir, f"{name}.lock")):
     study = load_study(dataset, model, tuning_dir, min_epochs(model, dataset))
     requeue_interrupted(study, log)
+    if "pretrain" in SEARCH_SPACES[model]:
+      run = pretrain_run(dataset)
+      if not os.path.exists(os.path.join(runs_dir, run.name, "results.json")):
+        log(f"[{name}] training the pretraining run {run.name} first")
+        counts = runner.run_grid(
+          [("pretrain", run)],
+          results_dir=os.path.join(tuning_dir, "pretrain"),
+          runs_dir=runs_dir,
+          extra=extra,
+          log=log,
+        )
+        if counts["failed"]:
+          raise SystemExit(f"error: {run.name} failed; see {runs_dir}/{run.name}/log.txt")
     first = published(model, dataset)
     if not study.trials and first:
       study.enqueue_trial(first, user_attrs={"published": True})
