@@ -153,11 +153,24 @@ def group_values(rs, scheme: str, g: int, key="recall@20"):
   return np.array(out, dtype=float)
 
 
+def backend(machine: str) -> str:
+  """ "gpu" or "cpu": the class of device a result's machine string names."""
+  return "gpu" if re.search(r"NVIDIA|H100|H200|A100|cuda", machine, re.I) else "cpu"
+
+
 def provenance(rows) -> str:
   machines = sorted({r.get("machine", "?") for r in rows})
   commits = sorted({str(r.get("commit", "?"))[:12] for r in rows})
+  backends = sorted({backend(m) for m in machines})
+  mixed = ""
+  if len(commits) > 1 or len(backends) > 1:
+    mixed = (
+      f"**Mixed provenance**: these rows come from {len(commits)} code commits and "
+      f"{len(backends)} kind(s) of device ({', '.join(backends)}); differences between rows "
+      "include that of code and device, not only of the variants. "
+    )
   return (
-    f"Machines: {'; '.join(machines)}. Code commits: {', '.join(commits)}. Rerun: "
+    f"{mixed}Machines: {'; '.join(machines)}. Code commits: {', '.join(commits)}. Rerun: "
     f"`python experiments/{{study}}.py` (see each script's docstring)."
   )
 
