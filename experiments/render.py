@@ -665,23 +665,8 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
     if title not in ("Sparse users", "Efficiency"):
       m = missing(study, rows, datasets, seeds if study not in ("schedules", "kappa") else (2024,))
       out += [provenance(rows).replace("{study}", study)] + ([m] if m else []) + [""]
-  legacy = legacy_table(results_dir)
-  if legacy:
-    out += (
-      [
-        "### Earlier single-seed runs",
-        "",
-        "From the `paper_tables.py` script of earlier sessions (since replaced by the study scripts) (files "
-        '`experiments/results/<dataset>__<variant>__<where>.json`; "cpu": this 2-core machine, '
-        '"h200": one H200 shared by 10–14 runs). Seeds 1 and 2 (`-s1`, `-s2`) of these used a '
-        "validation split that followed the training seed; the studies above fix it "
-        "(`config.split_seed`). Seed-2024 runs with validation selection use the same split as "
-        "the studies.",
-        "",
-      ]
-      + legacy
-      + [""]
-    )
+  # The single-seed files directly under experiments/results/ (legacy_table) record no code
+  # commit, so they stay out of the tables (experiments/results/LEGACY.md).
   out.append(END)
   return "\n".join(out)
 
