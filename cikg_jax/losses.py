@@ -160,3 +160,72 @@ def transr_loss(h, r, t, t_neg, w_r, l2: float):
   h W_r + r vs t W_r (w_r: one (d, k) matrix per row)."""
   proj = lambda x: jnp.einsum("bd,bdk->bk", x, w_r)
   return transe_loss(proj(h), r, proj(t), proj(t_neg), l2)
+
+
+def info_nce_chunked(anchors, candidates, positive_index, mask, tau: float, count=None, chunk=4096):
+  """info_nce's value and gradients with memory (batch x chunk) instead of (batch x candidates):
+  the log-sum-exp runs over chunks of candidate rows, and the backward pass recomputes each
+  chunk's logits. Unit vectors bound every logit by 1/tau, so every chunk shares that shift and
+  the chunks' sums add up exactly (no running maximum); results equal info_nce's to float rounding
+  (the sums are taken in another order). For graph-parallel steps, where the candidates are one
+  device's block of rows and a (batch x N/D) logits slab does not fit."""
+  return _info_nce_chunked(anchors, candidates, positive_index, mask, count, float(tau), int(chunk))
+
+
+def _candidate_chunks(candidates, chunk: int):
+  """(n_chunks, chunk, d) padded candidates and a (n_chunks, chunk) 0/1 mask of the real rows."""
+  n, d = candidates.shape
+  chunk = max(1, min(chunk, n))
+  n_chunks = -(-n // chunk)
+  pad = n_chunks * chunk - n
+  rows = jnp.pad(candidates, ((0, pad), (0, 0))).reshape(n_chunks, chunk, d)
+  real = (jnp.arange(n_chunks * chunk) < n).astype(candidates.dtype).reshape(n_chunks, chunk)
+  return rows, real
+
+
+def _chunked_forward(anchors, candidates, positive_index, mask, count, tau, chunk):
+  shift = 1.0 / tau
+  scaled = anchors * (1.0 / tau)
+  rows, real = _candidate_chunks(candidates, chunk)
+
+  def add_chunk(total, blk):
+    c, r = blk
+    return total + jnp.sum(jnp.exp(scaled @ c.T - shift) * r[None, :], axis=1), None
+
+  total, _ = jax.lax.scan(add_chunk, jnp.zeros(anchors.shape[0], anchors.dtype), (rows, real))
+  pos = jnp.sum(anchors * candidates[positive_index], axis=-1) / tau
+  return _masked_mean(jnp.log(total) + shift - pos, mask, count), total
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _info_nce_chunked(anchors, candidates, positive_index, mask, count, tau, chunk):
+  return _chunked_forward(anchors, candidates, positive_index, mask, count, tau, chunk)[0]
+
+
+def _info_nce_chunked_fwd(anchors, candidates, positive_index, mask, count, tau, chunk):
+  loss, total = _chunked_forward(anchors, candidates, positive_index, mask, count, tau, chunk)
+  return loss, (anchors, candidates, positive_index, mask, count, total)
+
+
+def _info_nce_chunked_bwd(tau, chunk, res, g):
+  anchors, candidates, positive_index, mask, count, total = res
+  n, d = candidates.shape
+  shift = 1.0 / tau
+  scaled = anchors * (1.0 / tau)
+  weight = g * mask / jnp.maximum(jnp.sum(mask) if count is None else count, 1.0)
+  rows, real = _candidate_chunks(candidates, chunk)
+  row_scale = (weight / total)[:, None]
+
+  def one_chunk(d_scaled, blk):
+    c, r = blk
+    p = jnp.exp(scaled @ c.T - shift) * r[None, :] * row_scale  # softmax x d loss / d row
+    return d_scaled + p @ c, p.T @ scaled
+
+  d_scaled, d_rows = jax.lax.scan(one_chunk, jnp.zeros_like(anchors), (rows, real))
+  d_candidates = d_rows.reshape(-1, d)[:n]
+  d_anchors = d_scaled * (1.0 / tau) - (weight / tau)[:, None] * candidates[positive_index]
+  d_candidates = d_candidates.at[positive_index].add(-(weight / tau)[:, None] * anchors)
+  return d_anchors, d_candidates, None, None, None
+
+
+_info_nce_chunked.defvjp(_info_nce_chunked_fwd, _info_nce_chunked_bwd)
