@@ -223,6 +223,15 @@ class CIKGRec(LightGCN):
   contrastive: Contrastive = Contrastive()
   reconstruction: Reconstruction = Reconstruction()
   transe: TransE = TransE()
+  # Rematerialise the contrastive views' and the reconstruction's propagations in the backward
+  # pass (jax.checkpoint, config.model.remat): for layouts whose backward pass keeps per-layer
+  # inputs (the graph modes' gathered layer inputs); costs one more forward propagation of each.
+  # On one device the layers are linear and keep no layer output, so it saves nothing there
+  # (tests/test_remat.py).
+  remat: bool = False
+
+  def _remat(self, fn):
+    return jax.checkpoint(fn) if self.remat else fn
 
   def setup(self):
     super().setup()
@@ -270,10 +279,10 @@ class CIKGRec(LightGCN):
     else:
       op = graphs.ops["cikg_no_loops"]
       w = op.weights
-    enc = lay.propagate(op, x, c.enc_layers, w, self.backend)
+    enc = self._remat(lambda x, w: lay.propagate(op, x, c.enc_layers, w, self.backend))(x, w)
     h = self.e2d(enc)
     h = lay.put(h, rows, jnp.where(chosen[:, None], 0.0, lay.take(h, rows)))
-    dec = lay.propagate(op, h, c.dec_layers, w, self.backend)
+    dec = self._remat(lambda h, w: lay.propagate(op, h, c.dec_layers, w, self.backend))(h, w)
     err = losses.scaled_cosine_error(
       lay.take(dec, rows), original, chosen.astype(jnp.float32), c.gamma
     )
@@ -291,11 +300,13 @@ class CIKGRec(LightGCN):
     layers = self.num_layers
     noise = simgcl_noise(key, self.contrastive.eps, lay)
     if "views" not in graphs.ops:
-      return (
-        lay.propagate(graphs.ops["cf"], ego, layers, None, self.backend, perturb=noise),
-        lay.propagate(graphs.ops["interest"], ego, layers, None, self.backend),
-        lay.propagate(graphs.ops["kg"], ego, layers, None, self.backend),
-      )
+      return self._remat(
+        lambda ego: (
+          lay.propagate(graphs.ops["cf"], ego, layers, None, self.backend, perturb=noise),
+          lay.propagate(graphs.ops["interest"], ego, layers, None, self.backend),
+          lay.propagate(graphs.ops["kg"], ego, layers, None, self.backend),
+        )
+      )(ego)
     n = graphs.n_nodes
     perturb = lambda layer, e: jnp.concatenate([noise(layer, e[:n]), e[n:]])
     out = prop.propagate(

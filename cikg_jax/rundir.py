@@ -31,6 +31,7 @@ RESUMABLE_KEYS = frozenset(
     "train.max_seconds",
     "train.plot",
     "train.deterministic",  # summation order on a GPU only
+    "model.remat",  # where layer outputs live, not what they are
     "train.checkpoint",
     "train.checkpoint_every_seconds",
     "train.resume",

@@ -94,6 +94,7 @@ def create_model(config, ds) -> nn.Module:
       config.uir.gamma,
     ),
     transe=model.TransE(bool(config.kge.use), config.kge.l2),
+    remat=bool(config.model.get("remat", False)),
   )
 
 

@@ -37,6 +37,9 @@ def get_config(dataset: str = "dbbook2014"):
   c.model.edge_dropout = 0.0
   c.model.message_dropout = 0.0
   c.model.backend = "auto"  # "bcsr" (fast on CPU), "segment" (gather + segment_sum), "auto"
+  # Recompute the contrastive views' and the reconstruction's layers in the backward pass instead
+  # of keeping them (jax.checkpoint): for graphs whose layer outputs do not fit; same values.
+  c.model.remat = False
 
   c.train = ml_collections.ConfigDict()
   c.train.lr = 8e-4
