@@ -287,15 +287,26 @@ class RowSharded:
       layers.append(e)
     return functools.reduce(jnp.add, layers) / len(layers)
 
-  def info_nce(self, anchors, table, lo: int, hi: Optional[int], positive, mask, tau, count=None):
+  def info_nce(
+    self, anchors, table, lo: int, hi: Optional[int], positive, mask, tau, count=None, chunk=0
+  ):
     """losses.info_nce against rows lo:hi of the whole table: each block's share of every
-    anchor's denominator, psum'd (the same constant shift 1/tau)."""
+    anchor's denominator, psum'd (the same constant shift 1/tau); over chunks of `chunk` rows of
+    the block when it is positive (memory batch x chunk, not batch x block)."""
     hi = self.n_nodes if hi is None else hi
     rows = self.first_row() + jnp.arange(table.shape[0])
     candidate = (rows >= lo) & (rows < hi)
-    logits = (anchors * (1.0 / tau)) @ table.T
     shift = 1.0 / tau
-    total = jnp.sum(jnp.where(candidate[None, :], jnp.exp(logits - shift), 0.0), axis=1)
+    if chunk:
+      # typed as varying like the block (pcast: its transpose sums the anchors' cotangent
+      # shares over the devices), as the custom VJP's cotangents are
+      axes = _varying_axes(table) | _varying_axes(anchors)
+      scaled = _as_varying(anchors * (1.0 / tau), axes)
+      weights = _as_varying(candidate.astype(table.dtype), axes)
+      total = losses.chunked_exp_sum(scaled, _as_varying(table, axes), weights, shift, int(chunk))
+    else:
+      logits = (anchors * (1.0 / tau)) @ table.T
+      total = jnp.sum(jnp.where(candidate[None, :], jnp.exp(logits - shift), 0.0), axis=1)
     lse = jnp.log(lax.psum(total, GRAPH)) + shift
     pos = jnp.sum(anchors * self.take(table, lo + positive), axis=-1) / tau
     return losses._masked_mean(lse - pos, mask, count)

@@ -164,68 +164,66 @@ def transr_loss(h, r, t, t_neg, w_r, l2: float):
 
 def info_nce_chunked(anchors, candidates, positive_index, mask, tau: float, count=None, chunk=4096):
   """info_nce's value and gradients with memory (batch x chunk) instead of (batch x candidates):
-  the log-sum-exp runs over chunks of candidate rows, and the backward pass recomputes each
-  chunk's logits. Unit vectors bound every logit by 1/tau, so every chunk shares that shift and
-  the chunks' sums add up exactly (no running maximum); results equal info_nce's to float rounding
-  (the sums are taken in another order). For graph-parallel steps, where the candidates are one
-  device's block of rows and a (batch x N/D) logits slab does not fit."""
-  return _info_nce_chunked(anchors, candidates, positive_index, mask, count, float(tau), int(chunk))
+  the denominator is `chunked_exp_sum` over chunks of candidate rows. Results equal info_nce's to
+  float rounding (the sums are taken in another order). For large candidate sets, e.g. a
+  graph-parallel device's block of rows, where a (batch x candidates) slab does not fit."""
+  shift = 1.0 / tau
+  ones = jnp.ones(candidates.shape[0], candidates.dtype)
+  total = chunked_exp_sum(anchors * (1.0 / tau), candidates, ones, shift, int(chunk))
+  pos = jnp.sum(anchors * candidates[positive_index], axis=-1) / tau
+  return _masked_mean(jnp.log(total) + shift - pos, mask, count)
 
 
-def _candidate_chunks(candidates, chunk: int):
-  """(n_chunks, chunk, d) padded candidates and a (n_chunks, chunk) 0/1 mask of the real rows."""
-  n, d = candidates.shape
+def _candidate_chunks(x, chunk: int):
+  """x's rows as (n_chunks, chunk, ...) blocks, zero-padded."""
+  n = x.shape[0]
   chunk = max(1, min(chunk, n))
   n_chunks = -(-n // chunk)
-  pad = n_chunks * chunk - n
-  rows = jnp.pad(candidates, ((0, pad), (0, 0))).reshape(n_chunks, chunk, d)
-  real = (jnp.arange(n_chunks * chunk) < n).astype(candidates.dtype).reshape(n_chunks, chunk)
-  return rows, real
+  pad = [(0, n_chunks * chunk - n)] + [(0, 0)] * (x.ndim - 1)
+  return jnp.pad(x, pad).reshape(n_chunks, chunk, *x.shape[1:])
 
 
-def _chunked_forward(anchors, candidates, positive_index, mask, count, tau, chunk):
-  shift = 1.0 / tau
-  scaled = anchors * (1.0 / tau)
-  rows, real = _candidate_chunks(candidates, chunk)
-
-  def add_chunk(total, blk):
-    c, r = blk
-    return total + jnp.sum(jnp.exp(scaled @ c.T - shift) * r[None, :], axis=1), None
-
-  total, _ = jax.lax.scan(add_chunk, jnp.zeros(anchors.shape[0], anchors.dtype), (rows, real))
-  pos = jnp.sum(anchors * candidates[positive_index], axis=-1) / tau
-  return _masked_mean(jnp.log(total) + shift - pos, mask, count), total
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def chunked_exp_sum(scaled_anchors, candidates, weights, shift: float, chunk: int):
+  """sum_c weights[c] * exp(scaled_anchors . candidates[c] - shift) for every anchor, computed
+  (batch x chunk) logits at a time; the backward pass recomputes each chunk's logits instead of
+  keeping them. With unit-vector inputs and shift = 1/tau every term is at most 1, so the chunks'
+  sums add up without a running maximum. `weights` (0/1: which rows are candidates) get no
+  gradient."""
+  total, _ = _exp_sum_scan(scaled_anchors, candidates, weights, shift, chunk)
+  return total
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _info_nce_chunked(anchors, candidates, positive_index, mask, count, tau, chunk):
-  return _chunked_forward(anchors, candidates, positive_index, mask, count, tau, chunk)[0]
+def _exp_sum_scan(scaled_anchors, candidates, weights, shift, chunk):
+  rows, w = _candidate_chunks(candidates, chunk), _candidate_chunks(weights, chunk)
+  part = lambda c, wc: jnp.sum(jnp.exp(scaled_anchors @ c.T - shift) * wc[None, :], axis=1)
+  # The first chunk starts the carry (not zeros): inside shard_map the carry then has the type
+  # (varying over the mesh axes or not) of every later chunk's sum.
+  return jax.lax.scan(lambda t, blk: (t + part(*blk), None), part(rows[0], w[0]), (rows[1:], w[1:]))
 
 
-def _info_nce_chunked_fwd(anchors, candidates, positive_index, mask, count, tau, chunk):
-  loss, total = _chunked_forward(anchors, candidates, positive_index, mask, count, tau, chunk)
-  return loss, (anchors, candidates, positive_index, mask, count, total)
+def _chunked_exp_sum_fwd(scaled_anchors, candidates, weights, shift, chunk):
+  total, _ = _exp_sum_scan(scaled_anchors, candidates, weights, shift, chunk)
+  return total, (scaled_anchors, candidates, weights)
 
 
-def _info_nce_chunked_bwd(tau, chunk, res, g):
-  anchors, candidates, positive_index, mask, count, total = res
-  n, d = candidates.shape
-  shift = 1.0 / tau
-  scaled = anchors * (1.0 / tau)
-  weight = g * mask / jnp.maximum(jnp.sum(mask) if count is None else count, 1.0)
-  rows, real = _candidate_chunks(candidates, chunk)
-  row_scale = (weight / total)[:, None]
+def _chunked_exp_sum_bwd(shift, chunk, res, g):
+  scaled_anchors, candidates, weights = res
+  rows, w = _candidate_chunks(candidates, chunk), _candidate_chunks(weights, chunk)
 
-  def one_chunk(d_scaled, blk):
-    c, r = blk
-    p = jnp.exp(scaled @ c.T - shift) * r[None, :] * row_scale  # softmax x d loss / d row
-    return d_scaled + p @ c, p.T @ scaled
+  def grads(c, wc):
+    p = jnp.exp(scaled_anchors @ c.T - shift) * wc[None, :] * g[:, None]
+    return p @ c, p.T @ scaled_anchors
 
-  d_scaled, d_rows = jax.lax.scan(one_chunk, jnp.zeros_like(anchors), (rows, real))
-  d_candidates = d_rows.reshape(-1, d)[:n]
-  d_anchors = d_scaled * (1.0 / tau) - (weight / tau)[:, None] * candidates[positive_index]
-  d_candidates = d_candidates.at[positive_index].add(-(weight / tau)[:, None] * anchors)
-  return d_anchors, d_candidates, None, None, None
+  def one_chunk(d_anchors, blk):
+    d_a, d_c = grads(*blk)
+    return d_anchors + d_a, d_c
+
+  first_a, first_c = grads(rows[0], w[0])  # starts the carry, as in _exp_sum_scan
+  d_anchors, d_rows = jax.lax.scan(one_chunk, first_a, (rows[1:], w[1:]))
+  d_rows = jnp.concatenate([first_c[None], d_rows])
+  d_candidates = d_rows.reshape(-1, candidates.shape[1])[: candidates.shape[0]]
+  return d_anchors, d_candidates, None
 
 
-_info_nce_chunked.defvjp(_info_nce_chunked_fwd, _info_nce_chunked_bwd)
+chunked_exp_sum.defvjp(_chunked_exp_sum_fwd, _chunked_exp_sum_bwd)

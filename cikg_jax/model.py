@@ -68,8 +68,13 @@ class Dense:
   def propagate(self, op, x, num_layers: int, weights=None, backend="bcsr", perturb=None):
     return prop.propagate(op, x, num_layers, weights, backend, perturb)
 
-  def info_nce(self, anchors, table, lo: int, hi: Optional[int], positive, mask, tau, count=None):
-    """losses.info_nce of `anchors` against the rows lo:hi of `table` (`positive` indexes them)."""
+  def info_nce(
+    self, anchors, table, lo: int, hi: Optional[int], positive, mask, tau, count=None, chunk=0
+  ):
+    """losses.info_nce of `anchors` against the rows lo:hi of `table` (`positive` indexes them);
+    over chunks of `chunk` candidate rows when it is positive."""
+    if chunk:
+      return losses.info_nce_chunked(anchors, table[lo:hi], positive, mask, tau, count, chunk)
     return losses.info_nce(anchors, table[lo:hi], positive, mask, tau, count)
 
 
@@ -95,6 +100,9 @@ class Contrastive:
   weight: float = 0.0
   tau: float = 0.2
   eps: float = 0.1
+  # > 0: the InfoNCE denominators over chunks of this many candidate rows
+  # (losses.chunked_exp_sum): memory (batch x chunk) instead of (batch x candidates)
+  chunk: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,9 +333,9 @@ class CIKGRec(LightGCN):
     lay = self.layout
     z1, z2, z3 = map(losses.l2_normalize, self.view_embeddings(graphs, key))
     users, pos, mask = batch["users"], batch["pos"], batch["mask"]
-    nu, tau = self.n_users, self.contrastive.tau
-    user_term = lay.info_nce(lay.take(z1, users), z2, 0, nu, users, mask, tau, n_rows)
-    item_term = lay.info_nce(lay.take(z1, nu + pos), z3, nu, None, pos, mask, tau, n_rows)
+    nu, tau, chunk = self.n_users, self.contrastive.tau, self.contrastive.chunk
+    user_term = lay.info_nce(lay.take(z1, users), z2, 0, nu, users, mask, tau, n_rows, chunk)
+    item_term = lay.info_nce(lay.take(z1, nu + pos), z3, nu, None, pos, mask, tau, n_rows, chunk)
     return user_term, item_term
 
   # ---- the objectives ---------------------------------------------------------------------

@@ -44,7 +44,12 @@ RESUMABLE_KEYS = frozenset(
 )
 # Keys added to the config after runs were first written, with the value that reproduces the runs
 # from before them: a stored identity without such a key compares as if it held that value.
-ADDED_KEYS = {"parallel.mode": "data", "parallel.num_devices": 1, "parallel.data_devices": 0}
+ADDED_KEYS = {
+  "parallel.mode": "data",
+  "parallel.num_devices": 1,
+  "parallel.data_devices": 0,
+  "cl.chunk": 0,
+}
 # Keys that moved (old name -> new name): a config holding the old one compares under the new name.
 MOVED_KEYS = {"train.num_devices": "parallel.num_devices"}
 RUN_FILES = (

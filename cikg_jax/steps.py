@@ -84,7 +84,9 @@ def create_model(config, ds) -> nn.Module:
   return model.CIKGRec(
     **common,
     n_relations=sampling.kge_relation_count(ds, config.views),
-    contrastive=model.Contrastive(config.cl.weight, config.cl.tau, config.cl.eps),
+    contrastive=model.Contrastive(
+      config.cl.weight, config.cl.tau, config.cl.eps, int(config.cl.get("chunk", 0))
+    ),
     reconstruction=model.Reconstruction(
       config.uir.weight,
       config.uir.enc_layers,

@@ -97,6 +97,9 @@ def get_config(dataset: str = "dbbook2014"):
   c.cl.weight = 0.01
   c.cl.tau = 0.2
   c.cl.eps = 0.1
+  # > 0: InfoNCE denominators over chunks of this many candidate rows, memory (batch x chunk)
+  # instead of (batch x candidates); equal to float rounding. For very large graphs.
+  c.cl.chunk = 0
 
   # TransE on KG + interaction triples with its own optimizer, after each epoch's BPR loop.
   c.kge = ml_collections.ConfigDict()

@@ -213,6 +213,9 @@ def main(tmp, part):
     )
     out["kge"] = compare_kge(config(tmp), ["data2xgraph2"])
     out["sharding"] = sharding_layout(config(tmp))
+    chunked = config(tmp, dropout=True)
+    chunked.cl.chunk = 50  # the InfoNCE denominators over chunks of a device's rows
+    out["step_chunked"] = compare_step(chunked, ["graph3", "data2xgraph2"], ("sgd",))
   else:
     out["step_segment"] = compare_step(config(tmp, backend="segment", dropout=True), list(MESHES))
     out["step_bcsr"] = compare_step(

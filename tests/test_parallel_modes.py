@@ -91,6 +91,14 @@ def test_graph_modes_step_equals_single_device(quick):
   _check_steps(quick["step"])
 
 
+def test_graph_modes_chunked_info_nce_equals_single_device(quick):
+  """cl.chunk: each device's InfoNCE denominators over chunks of its rows (3 devices: blocks of
+  198 rows, chunks of 50 with a partial last one) equal the single-device step (itself equal to
+  the unchunked loss to float rounding, tests/test_info_nce_chunked.py)."""
+  assert set(quick["step_chunked"]) == {"graph3/sgd", "data2xgraph2/sgd"}
+  _check_steps(quick["step_chunked"])
+
+
 def test_graph_modes_kge_step_equals_single_device(quick):
   _check_kge(quick["kge"])
 
