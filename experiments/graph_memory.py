@@ -92,6 +92,12 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=1024)
   p.add_argument("--model", choices=("lightgcn", "cikgrec"), default="lightgcn")
   p.add_argument("--backend", choices=("bcsr", "segment"), default="bcsr")
+  p.add_argument(
+    "--cl_chunk", type=int, default=0, help="CIKGRec: InfoNCE over chunks of rows (config cl.chunk)"
+  )
+  p.add_argument(
+    "--remat", action="store_true", help="CIKGRec: recompute views and UIR (config model.remat)"
+  )
   args = p.parse_args(argv)
   n, d = args.nodes, args.dim
   c = base.get_config()
@@ -113,11 +119,12 @@ def main(argv=None):
     net = model.CIKGRec(
       **common,
       n_relations=64,
-      contrastive=model.Contrastive(c.cl.weight, c.cl.tau, c.cl.eps),
+      contrastive=model.Contrastive(c.cl.weight, c.cl.tau, c.cl.eps, args.cl_chunk),
       reconstruction=model.Reconstruction(
         u.weight, u.enc_layers, u.dec_layers, u.replace_rate, u.edge_drop, u.gamma
       ),
       transe=model.TransE(True, c.kge.l2),
+      remat=args.remat,
     )
   n_graph = args.devices // args.data_devices
   shape = (
