@@ -297,8 +297,17 @@ def _prepare(config, workdir: str, held: contextlib.ExitStack):
     os.path.join(workdir, rundir.IDENTITY_FILE),
     {"config": rundir.plain(requested), "data_sha256": data_sha256},
   )
-  rundir.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  rundir.write_json(os.path.join(workdir, "config.json"), _with_data_source(config, ds))
   return ds, config, net, graphs, t_setup
+
+
+def _with_data_source(config, ds) -> Dict[str, Any]:
+  """config.json records the data folder actually read (an empty data_dir means the environment
+  variable at training time), so prediction finds the data without that environment."""
+  saved = config.to_dict()
+  if not saved.get("data_dir") and ds.path and not config.dataset.startswith("synthetic"):
+    saved["data_dir"] = os.path.dirname(os.path.abspath(ds.path))
+  return saved
 
 
 def _restore(config, workdir, state, best_params):
