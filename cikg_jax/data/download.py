@@ -16,6 +16,8 @@ from typing import Dict, List
 import urllib.error
 import urllib.request
 
+from cikg_jax import rundir
+
 COMMIT = "4cd310f605e8857883a508170e6753dcb05c4e98"
 BASE_URL = f"https://raw.githubusercontent.com/laowangzi/CIKGRec/{COMMIT}/data"
 DATASETS = ("dbbook2014", "book-crossing", "ml1m")
@@ -95,6 +97,7 @@ def fetch(
       ) from e
     _verify(rel, data)
     fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
+    rundir.ordinary_mode(fd)  # mkstemp's 0600 would hide the data from the group
     with os.fdopen(fd, "wb") as f:
       f.write(data)
     os.replace(tmp, dest)
