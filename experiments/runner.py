@@ -281,7 +281,10 @@ def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
   """The command line of every study script and of grid.py. A study module lists its runs with
   `runs(datasets, seeds)` and may make their inputs with `prepare(datasets, data_dir)`, called
   before training (not for --quick or --list)."""
-  p = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else studies[0])
+  p = argparse.ArgumentParser(
+    description=doc.split("\n\n")[0] if doc else studies[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument(
     "--studies",
     default=",".join(studies),
@@ -303,15 +306,23 @@ def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
   p.add_argument("--only", default="", help="comma-separated substrings; keep matching runs")
   p.add_argument("--parallel", type=int, default=1, help="runs at once (a GPU fits several)")
   p.add_argument("--machine", default="", help="where the numbers are measured (recorded)")
-  p.add_argument("--results-dir", default="")
-  p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs"))
+  # One flag style (underscores, as the trainer's); the hyphenated spellings still work.
+  p.add_argument("--results_dir", "--results-dir", default="", help="default: experiments/results")
   p.add_argument(
+    "--runs_dir",
+    "--runs-dir",
+    default=os.path.join(ROOT, "runs"),
+    help="work directories of the runs",
+  )
+  p.add_argument(
+    "--deadline_seconds",
     "--deadline-seconds",
     type=float,
     default=0.0,
     help="wall-time budget of the whole invocation: runs get what is left",
   )
   p.add_argument(
+    "--min_run_seconds",
     "--min-run-seconds",
     type=float,
     default=30.0,

@@ -287,6 +287,18 @@ def cli() -> None:
     "import_batch_output", "", "OpenAI/vllm run-batch output file to import as results"
   )
   flags.DEFINE_bool("no_progress", False, "no progress bar")
+  from cikg_jax import cli_help
+
+  if cli_help.wants_help(sys.argv):
+    from configs.llm import _base
+
+    keys = "\n".join(f"  --{k}={v!r}" for k, v in cli_help.config_keys(_base.base_config()))
+    footer = (
+      "config keys: any key of the config file, overridden with --config.KEY=VALUE; documented in "
+      "configs/llm/_base.py and inference/README.md. The shared defaults:\n" + keys
+    )
+    names = ("config", "requests_only", "import_batch_output", "no_progress")
+    cli_help.print_help_and_exit(cli_help.render(__doc__, flags.FLAGS, names, footer))
   app.run(main)
 
 

@@ -244,7 +244,9 @@ DEFAULT_KAPPA = {"dbbook2014": 550, "book-crossing": 250, "ml1m": 550}
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   ap.add_argument(
     "--run_dir", required=True, type=Path, help="a generate run (holds results.jsonl)"
   )

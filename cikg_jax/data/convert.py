@@ -431,7 +431,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     default="auto",
     help="which item_list.txt column train.txt/test.txt item ids are: org, remap, the further "
     "column's header name (e.g. freebase_id), or auto (default: the one column matching at least "
-    f"{MIN_ID_MATCH:.0%} of them)",
+    f"{MIN_ID_MATCH * 100:.0f}%% of them)",
   )
   ap.add_argument(
     "--user_order",
@@ -442,7 +442,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
   ap.add_argument(
     "--allow_unmatched_items",
     action="store_true",
-    help=f"import items without a KG entity (more than {MAX_UNMATCHED_ITEMS:.0%} are refused)",
+    help=f"import items without a KG entity (more than {MAX_UNMATCHED_ITEMS * 100:.0f}%% are refused)",
   )
   ap.add_argument("--force", action="store_true", help="overwrite an existing dataset in --out")
   a = ap.parse_args(argv)

@@ -106,10 +106,17 @@ def fetch(
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--dataset", choices=DATASETS + ("all",), required=True)
   parser.add_argument("--out", required=True, help="data directory (datasets go in subfolders)")
-  parser.add_argument("--base-url", default=BASE_URL)
+  parser.add_argument(
+    "--base_url",
+    "--base-url",
+    default=BASE_URL,
+    help="where the files are (default: the pinned commit)",
+  )
   args = parser.parse_args(argv)
   names = DATASETS if args.dataset == "all" else (args.dataset,)
   try:
