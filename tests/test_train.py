@@ -366,3 +366,19 @@ def test_a_long_epoch_logs_its_progress_when_output_is_not_a_terminal(
     f"epoch 0: BPR step {len(steps_logged)} of {len(steps_logged)}"
   )
   assert any("TransE step" in r.getMessage() for r in caplog.records)
+
+
+def test_readmes_tensorboard_command_reads_the_runs_curves_and_test_metrics(cli_run):
+  """`tensorboard --logdir runs/` (the test extra installs tensorboard, as CI does)."""
+  import subprocess
+  import sys
+
+  pytest.importorskip("tensorboard")
+  exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+  logdir = os.path.dirname(cli_run["workdir"])
+  p = subprocess.run(
+    [exe, "--logdir", logdir, "--inspect"], capture_output=True, text=True, timeout=300
+  )
+  assert p.returncode == 0, p.stderr[-2000:]
+  for tag in ("valid/recall_20", "loss", "best/test/recall_20", "best/valid/ndcg_20"):
+    assert f"   {tag}\n" in p.stdout, tag
