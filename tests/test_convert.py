@@ -211,6 +211,8 @@ def test_convert_refuses_a_wrong_id_column_and_writes_nothing(tmp_path, capsys):
   assert "--item_ids=remap: only 17% of the 6 distinct train/test item ids" in msg
   assert "freebase_id 100%" in msg and "--item_ids=org|remap|freebase_id" in msg
   assert not out.exists()
+  with pytest.raises(files.DataFormatError, match=r"--item_ids=remap: only 17%"):  # header name
+    convert.convert_kgat(DBP, str(out), item_ids="remap_id")
   with pytest.raises(SystemExit, match=r"error: .*no column 'isbn'"):
     convert.main(["--format=kgat", f"--src={DBP}", f"--out={out}", "--item_ids=isbn"])
   assert not out.exists()

@@ -54,7 +54,7 @@ def monkeypatch_module():
   mp.undo()
 
 
-def _cli(*args, env_data_dir=None):
+def _cli(*args):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   env.pop("CIKG_DATA_DIR", None)
   return subprocess.run(
@@ -123,20 +123,33 @@ def test_predict_cli_errors_are_one_line(run):
   assert str(e.value.code).startswith("error: --users: unknown user '7' (not in ")
 
 
-def test_predict_refuses_missing_runs_checkpoints_and_data_in_one_line(run, tmp_path):
-  p = _cli(f"--workdir={tmp_path}/nope", "--users=1")
-  assert p.returncode == 1 and p.stderr == f"error: --workdir={tmp_path}/nope: no such directory\n"
+def _error(*args):
+  with pytest.raises(SystemExit) as e:
+    predict.main(list(args))
+  assert str(e.value.code).startswith("error: ") and "\n" not in str(e.value.code)
+  return str(e.value.code)
+
+
+def test_predict_refuses_missing_runs_checkpoints_and_data_in_one_line(run, tmp_path, monkeypatch):
+  monkeypatch.delenv("CIKG_DATA_DIR", raising=False)
+  assert _error(f"--workdir={tmp_path}/nope", "--users=1") == (
+    f"error: --workdir={tmp_path}/nope: no such directory"
+  )
   os.makedirs(tmp_path / "empty")
+  assert "no config.json there" in _error(f"--workdir={tmp_path}/empty", "--users=1")
   with open(os.path.join(run, "config.json")) as f:
     config = json.load(f)
   (tmp_path / "empty" / "config.json").write_text(json.dumps(config))
-  p = _cli(f"--workdir={tmp_path}/empty", "--users=1")
-  assert p.returncode == 1 and p.stderr.startswith("error: ") and p.stderr.count("\n") == 1
-  assert "checkpoints: no checkpoint to predict from" in p.stderr
+  assert "checkpoints: no checkpoint to predict from" in _error(
+    f"--workdir={tmp_path}/empty", "--users=1"
+  )
   config["data_dir"] = ""  # a run from before data_dir was recorded
   (tmp_path / "empty" / "config.json").write_text(json.dumps(config))
-  p = _cli(f"--workdir={tmp_path}/empty", "--users=1")
-  assert "does not record where dataset 'movies' is: pass --data_dir=DIR" in p.stderr
-  assert p.stderr.count("\n") == 1
+  assert "does not record where dataset 'movies' is: pass --data_dir=DIR" in _error(
+    f"--workdir={tmp_path}/empty", "--users=1"
+  )
+
+
+def test_predict_command_runs_without_the_data_environment_variable(run):
   p = _cli(f"--workdir={run}", "--users=1", "--k=1", "--format=tsv")
   assert p.returncode == 0 and p.stdout.count("\n") == 2, p.stderr

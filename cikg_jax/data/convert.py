@@ -83,15 +83,14 @@ def _read_histories(path: str, item_of: Dict[str, int], report: Dict, key: str):
   return out, order
 
 
-def _item_id_tokens(paths: List[str]) -> Tuple[Dict[str, Tuple[str, int]], int]:
-  """Distinct item tokens of train/test -> where each first appears; and the number of tokens."""
-  first: Dict[str, Tuple[str, int]] = {}
+def _item_id_tokens(paths: List[str]) -> set:
+  """The distinct item tokens of train/test (user ids checked on the way)."""
+  seen = set()
   for path in paths:
     for line_no, tokens in _text(path):
       _int(path, line_no, tokens[0], "user id")
-      for t in tokens[1:]:
-        first.setdefault(t, (path, line_no))
-  return first, len(first)
+      seen.update(tokens[1:])
+  return seen
 
 
 def item_id_columns(items: files.IdList) -> Dict[str, List[Optional[str]]]:
@@ -115,7 +114,9 @@ def choose_item_id_column(
   column: the one holding at least MIN_ID_MATCH of the distinct ids. With `choice` a column name,
   that column is checked the same way. Returns (column, coverage per column)."""
   cols = item_id_columns(items)
-  seen, n = _item_id_tokens([p for p in paths if os.path.exists(p)])
+  choice = {"org_id": "org", "remap_id": "remap"}.get(choice, choice)
+  seen = _item_id_tokens([p for p in paths if os.path.exists(p)])
+  n = len(seen)
   coverage = {
     c: (sum(t in vals for t in seen) / n if n else 0.0)
     for c, vals in ((c, set(v for v in values if v is not None)) for c, values in cols.items())
