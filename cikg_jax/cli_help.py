@@ -1,9 +1,11 @@
-"""`--help` for the absl entry points (cikg-train, cikg-generate): the module's description and its
-flags, exit status 0, as argparse tools do; absl's own `--help` prints only a usage line and exits 1.
+"""Command-line conventions shared by the console scripts: `--help` for the absl entry points
+(cikg-train, cikg-generate) with the module's description and its flags, exit status 0, as argparse
+tools do (absl's own `--help` prints only a usage line and exits 1); and bad flags in one line.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import textwrap
 from typing import Iterable, Iterator, Tuple
@@ -39,3 +41,12 @@ def render(doc: str, flag_values, names: Iterable[str], footer: str = "") -> str
 def print_help_and_exit(text: str) -> None:
   print(text)
   sys.exit(0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with a bad flag reported in one line, `error: ...`, exit status 2 (as the trainer's
+  flags), instead of the usage text followed by the error."""
+
+  def error(self, message: str):
+    print(f"error: {message} (--help lists the flags)", file=sys.stderr)
+    sys.exit(2)

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from cikg_jax import checkpoint as ckpt
-from cikg_jax import steps
+from cikg_jax import cli_help, steps
 from cikg_jax.data import dataset as dataset_lib
 from cikg_jax.data import files
 
@@ -165,7 +165,7 @@ def format_rows(rows: List[Dict], fmt: str) -> str:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(
+  p = cli_help.ArgumentParser(
     description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
   )
   p.add_argument("--workdir", required=True, help="a training run's work directory")

@@ -65,3 +65,27 @@ def test_help_lists_the_flags_and_exits_0(name):
     first = re.match(r"\s*(--[a-z][\w-]*)", line)
     if first and not line.strip().startswith("--config."):
       assert "-" not in first.group(1)[2:], line
+
+
+@pytest.mark.parametrize(
+  "module,args,message",
+  [
+    (
+      "cikg_jax.predict",
+      ["--workdir=w", "--users=1", "--k=abc"],
+      "argument --k: invalid int value",
+    ),
+    ("cikg_jax.predict", ["--users=1"], "the following arguments are required: --workdir"),
+    ("cikg_jax.data.convert", ["--src=a", "--out=b", "--bogus"], "unrecognized arguments: --bogus"),
+    ("cikg_jax.data.download", ["--out=x", "--dataset=nope"], "argument --dataset: invalid choice"),
+    ("inference.structure", ["--kappa=x"], "argument --kappa: invalid int value"),
+  ],
+)
+def test_bad_flags_are_one_line_errors(module, args, message, capsys):
+  from importlib import import_module
+
+  with pytest.raises(SystemExit) as e:
+    import_module(module).main(args)
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+  assert err.rstrip().endswith("(--help lists the flags)")

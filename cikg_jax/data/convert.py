@@ -35,6 +35,7 @@ import warnings
 
 import numpy as np
 
+from cikg_jax import cli_help
 from cikg_jax.data import files
 
 REPORT = "convert_report.json"
@@ -421,7 +422,7 @@ def _read_source_kg(path: str) -> np.ndarray:
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
-  ap = argparse.ArgumentParser(
+  ap = cli_help.ArgumentParser(
     description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
   )
   ap.add_argument("--format", choices=["kgat"], default="kgat")

@@ -16,7 +16,7 @@ from typing import Dict, List
 import urllib.error
 import urllib.request
 
-from cikg_jax import rundir
+from cikg_jax import cli_help, rundir
 
 COMMIT = "4cd310f605e8857883a508170e6753dcb05c4e98"
 BASE_URL = f"https://raw.githubusercontent.com/laowangzi/CIKGRec/{COMMIT}/data"
@@ -106,7 +106,7 @@ def fetch(
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = cli_help.ArgumentParser(
     description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
   )
   parser.add_argument("--dataset", choices=DATASETS + ("all",), required=True)
