@@ -239,6 +239,28 @@ def test_convert_refuses_two_columns_that_map_ids_differently(tmp_path):
   assert chosen["item_ids"] == "freebase_id" and chosen["items"] == 6
 
 
+def test_convert_takes_the_column_holding_every_id_over_one_matching_most_by_chance(tmp_path):
+  """Movie ids 1..6 lie mostly inside the remap ids 0..5 (83%); the column holding all is taken."""
+  new = {"2": "1", "11": "2", "17": "3", "23": "4", "31": "5", "40": "6"}
+  renumber = lambda t: "".join(
+    " ".join([ln.split(" ")[0]] + [new[x] for x in ln.split(" ")[1:]]) + "\n"
+    for ln in t.splitlines()
+  )
+  items = lambda t: "".join(
+    ln.split("\t")[0] + "\t" + new.get(ln.split("\t")[1], ln.split("\t")[1]) + "\n"
+    if "\t" in ln
+    else ln + "\n"
+    for ln in t.splitlines()
+  )
+  src = _copy_fixture(
+    tmp_path / "src", **{"item_list.txt": items, "train.txt": renumber, "test.txt": renumber}
+  )
+  report = convert.convert_kgat(src, str(tmp_path / "out"))
+  assert report["item_ids"] == "freebase_id"
+  assert report["item_id_match"] == {"org": 0.0, "remap": 5 / 6, "freebase_id": 1.0}
+  assert _lines(tmp_path / "out" / "train.txt") == ["0 0 1 5", "1 2 3 0", "2 4 3 1"]
+
+
 def test_convert_refuses_items_matching_no_entity_unless_allowed(tmp_path):
   def fewer(text):  # Stalker and Delicatessen leave the entity list
     return "".join(
@@ -290,3 +312,62 @@ def test_convert_failures_are_one_line_errors(tmp_path):
     f"--src={latin}", f"--out={out}"
   )
   assert not out.exists()
+
+
+def test_a_kgat_variant_of_dbbook2014_imports_without_options_into_the_same_dataset(
+  tmp_path, data_dir
+):
+  """dbbook2014 rewritten in another repository's conventions: users from 1, train/test holding
+  the book ids (item_list's third column), item remap ids that are not entity ids, entities
+  shuffled so the items lie among them, a URI with U+00A0, two items on one URI. Imported with no
+  option, it is the shipped dataset again: same train/test, same KG by URI."""
+  src_dir, out = tmp_path / "src", tmp_path / "out"
+  src_dir.mkdir()
+  orig = os.path.join(data_dir, "dbbook2014")
+  items = files.read_id_list(os.path.join(orig, "item_list.txt"))
+  ents = files.read_id_list(os.path.join(orig, "entity_list.txt"))
+  uri = list(ents.org_ids)
+  uri[5] = uri[5].replace("_", "\u00a0")
+  perm = np.random.default_rng(0).permutation(len(uri))  # source entity id of entity e
+  item_uri = [uri[i] for i in range(len(items))]
+  item_uri[7] = item_uri[6]  # two items on one URI: item 7 loses its entity
+  w = lambda name, text: (src_dir / name).write_text(text, encoding="utf-8")
+  w(
+    "entity_list.txt",
+    "org_id remap_id\n" + "".join(f"{uri[e]} {perm[e]}\n" for e in range(len(uri))),
+  )
+  w(
+    "item_list.txt",
+    "org_id remap_id freebase_id\n"
+    + "".join(f"{item_uri[i]} {i} {items.org_ids[i]}\n" for i in range(len(items))),
+  )
+  kg = files.read_triples(os.path.join(orig, "kg_final.txt"))
+  w("kg_final.txt", "".join(f"{perm[h]} {r} {perm[t]}\n" for h, r, t in kg.tolist()))
+  for name in ("train.txt", "test.txt"):
+    rows = files.read_user_items(os.path.join(orig, name), allow_empty=True)
+    w(
+      name,
+      "".join(
+        f"{u + 1} " + " ".join(items.org_ids[i] for i in its) + "\n" for u, its in rows.items()
+      ),
+    )
+
+  report = convert.convert_kgat(str(src_dir), str(out))
+  assert report["item_ids"] == "freebase_id" and report["items_not_matching_entity_list"] == 0
+  assert (
+    len(report["items_sharing_an_entity"]) == 1 and ":9: " in report["items_sharing_an_entity"][0]
+  )
+  for name in ("train.txt", "test.txt"):
+    assert _lines(out / name) == [ln for ln in _lines(os.path.join(orig, name)) if ln]
+  new_items = files.read_id_list(str(out / "item_list.txt"))
+  assert new_items.org_ids == items.org_ids and new_items.names == item_uri
+  # the KG as URI triples: the same; item i is KG entity i
+  new_ents = files.read_id_list(str(out / "entity_list.txt"))
+  new_uri = [
+    new_ents.names[e] if e < len(items) else new_ents.org_ids[e] for e in range(len(new_ents))
+  ]
+  new_uri[7] = "(item 7's own entity)"
+  new_kg = files.read_triples(str(out / "kg_final.txt"))
+  as_uris = lambda triples, names: {(names[h], r, names[t]) for h, r, t in triples.tolist()}
+  assert as_uris(new_kg, new_uri) == as_uris(kg, uri)
+  assert new_uri[: len(items)] == [u if i != 7 else new_uri[7] for i, u in enumerate(item_uri)]

@@ -44,6 +44,8 @@ MIN_ID_MATCH = 0.8
 # More than this share of items without a KG entity is refused: it means the lists do not belong
 # together (or the wrong column was used), not a few items missing from the KG.
 MAX_UNMATCHED_ITEMS = 0.05
+# Of several matching columns, one holding every id is taken when the others miss at least this share.
+MIN_MISSING = 0.01
 
 
 def _text(path: str):
@@ -112,8 +114,9 @@ def choose_item_id_column(
   items: files.IdList, paths: List[str], choice: str = "auto"
 ) -> Tuple[str, Dict]:
   """The item_list.txt column that train/test item ids are, by matching the ids against each
-  column: the one holding at least MIN_ID_MATCH of the distinct ids. With `choice` a column name,
-  that column is checked the same way. Returns (column, coverage per column)."""
+  column: the one holding at least MIN_ID_MATCH of the distinct ids (of several, the one holding all
+  of them where the others miss at least MIN_MISSING). With `choice` a column name, that column is
+  checked the same way. Returns (column, coverage per column)."""
   cols = item_id_columns(items)
   choice = {"org_id": "org", "remap_id": "remap"}.get(choice, choice)
   seen = _item_id_tokens([p for p in paths if os.path.exists(p)])
@@ -146,6 +149,13 @@ def choose_item_id_column(
       distinct.append(c)
   if len(distinct) == 1:
     return distinct[0], coverage
+  # Several: small integer ids (1..n) fall largely inside another column's 0..n-1 by chance. A
+  # column holding every id beats ones that miss some.
+  complete = [c for c in distinct if coverage[c] == 1.0]
+  if len(complete) == 1 and all(
+    coverage[c] <= 1.0 - MIN_MISSING for c in distinct if c != complete[0]
+  ):
+    return complete[0], coverage
   if not distinct:
     problem = f"no item_list.txt column holds the train/test item ids (matched by column: {shown})"
   else:
