@@ -10,7 +10,8 @@ for all of them, and a baseline uses only its leading rows (the rest get no grad
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Tuple
+import os
+from typing import Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import flax.struct
@@ -29,6 +30,8 @@ from cikg_jax.model import LightGCN, simgcl_noise, xavier
 class Entry:
   create: Callable  # (config, ds, common fields) -> the module
   make_graphs: Callable  # (graphs, ds, config) -> the graph pytree its methods take
+  # (ds, config) -> the TransE/TransR sampler, where the model draws its own (KGAT)
+  kge_sampler: Optional[Callable] = None
 
 
 # ---- SimGCL --------------------------------------------------------------------------------
@@ -132,6 +135,10 @@ class KnowledgeGraph:
   proj_nodes: jnp.ndarray  # node of each projection row, rows grouped by relation
   head_proj: jnp.ndarray  # per edge: projection row of (r, h)
   tail_proj: jnp.ndarray  # per edge: projection row of (r, t)
+  # KGAT's A_in: the attention of the epoch's CF steps (`KGAT.epoch_graphs` sets it), and its
+  # start, the per-relation random-walk normalisation 1 / deg_r(h) of KGAT's `adj_type='si'`.
+  attention: jnp.ndarray
+  initial_attention: jnp.ndarray
   proj_slices: Tuple[Tuple[int, int], ...] = flax.struct.field(pytree_node=False)
   n_users: int = flax.struct.field(pytree_node=False)
   n_items: int = flax.struct.field(pytree_node=False)
@@ -174,16 +181,107 @@ def kgat_make_graphs(graphs, ds, config) -> KnowledgeGraph:
   )
   keys = np.unique(np.concatenate([r * n + h, r * n + t]))
   bounds = np.searchsorted(keys, np.arange(n_rel + 1) * n)
+  initial = jnp.asarray(relational_random_walk_weights(h, r), jnp.float32)
   return KnowledgeGraph(
     op=prop.make_operator(g),
     relation=jnp.asarray(r, jnp.int32),
     proj_nodes=jnp.asarray(keys % n, jnp.int32),
     head_proj=jnp.asarray(np.searchsorted(keys, r * n + h), jnp.int32),
     tail_proj=jnp.asarray(np.searchsorted(keys, r * n + t), jnp.int32),
+    attention=initial,
+    initial_attention=initial,
     proj_slices=tuple((int(bounds[k]), int(bounds[k + 1])) for k in range(n_rel)),
     n_users=ds.n_users,
     n_items=ds.n_items,
   )
+
+
+def relational_random_walk_weights(heads: np.ndarray, relations: np.ndarray) -> np.ndarray:
+  """1 / deg_r(h) per edge (h, r, t): each relation's adjacency row-normalised on its own and the
+  relations summed, KGAT's initial A_in (its loader's `_si_norm_lap`, the default `adj_type`)."""
+  key = heads.astype(np.int64) * (int(relations.max(initial=0)) + 1) + relations
+  _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+  return 1.0 / counts[inverse].astype(np.float64)
+
+
+class KGATTripleSampler:
+  """TransR batches as KGAT's loader draws them (`_generate_train_A_batch`): a head uniformly
+  among the CKG's heads, one of its triples (h, r, t) uniformly (inverse relations included), and
+  a negative tail uniformly among all user and entity rows such that (h, r, t') is no CKG triple.
+  len(triples) // batch_size + 1 batches per epoch, as its training loop."""
+
+  def __init__(self, ds, batch_size: int):
+    triples, _ = kgat_triples(ds, True)
+    order = np.lexsort((triples[:, 2], triples[:, 1], triples[:, 0]))
+    self.triples = triples[order]
+    self.heads, self.starts, self.counts = np.unique(
+      self.triples[:, 0], return_index=True, return_counts=True
+    )
+    self.n_nodes = ds.n_users + ds.n_entities
+    self.n_rel = int(self.triples[:, 1].max()) + 1
+    self._keys = self._key(self.triples[:, 0], self.triples[:, 1], self.triples[:, 2])
+    self.batch_size = batch_size
+    self.steps = len(self.triples) // batch_size + 1
+
+  def _key(self, h, r, t):
+    return (h.astype(np.int64) * self.n_rel + r) * self.n_nodes + t
+
+  def is_triple(self, h, r, t) -> np.ndarray:
+    keys = self._key(h, r, t)
+    pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+    return self._keys[pos] == keys
+
+  def epoch(self, seed: int, epoch: int) -> Dict[str, np.ndarray]:
+    from cikg_jax.data import sampling
+
+    rng = sampling.epoch_rng(seed, epoch, 1)
+    shape = (self.steps, self.batch_size)
+    head = rng.integers(len(self.heads), size=shape)
+    pick = self.triples[self.starts[head] + rng.integers(self.counts[head])]
+    h, r, t = pick[..., 0], pick[..., 1], pick[..., 2]
+    neg = rng.integers(self.n_nodes, size=shape)
+    bad = np.flatnonzero(self.is_triple(h, r, neg))
+    while len(bad):  # rejection, as the original; every head has a non-neighbour
+      neg.flat[bad] = rng.integers(self.n_nodes, size=len(bad))
+      bad = bad[self.is_triple(h.flat[bad], r.flat[bad], neg.flat[bad])]
+    return {
+      "head": h.astype(np.int32),
+      "relation": r.astype(np.int32),
+      "tail": t.astype(np.int32),
+      "neg_tail": neg.astype(np.int32),
+    }
+
+
+def load_pretrained_rows(path: str, n_users: int, n_items: int, dim: int) -> np.ndarray:
+  """The user and item rows (n_users + n_items, dim) that initialise KGAT: KGAT's own pretraining
+  file (an .npz with `user_embed` and `item_embed`, as its BPR-MF run saves them), or the run
+  directory of this framework's BPR-MF / LightGCN run on the same dataset (its best parameters'
+  layer-0 rows)."""
+  if os.path.isfile(path) and path.endswith(".npz"):
+    with np.load(path) as f:
+      rows = np.concatenate([f["user_embed"], f["item_embed"]])
+  elif os.path.isdir(os.path.join(path, "checkpoints")):
+    import orbax.checkpoint as ocp
+
+    from cikg_jax import checkpoint
+
+    mgr = checkpoint.manager(path)
+    step = mgr.latest_step()
+    if step is None:
+      raise ValueError(f"{path}: kgat.pretrain names a run without checkpoints")
+    got = mgr.restore(step, args=ocp.args.Composite(best_params=ocp.args.StandardRestore()))
+    rows = np.asarray(got.best_params["node_embedding"]["embedding"])[: n_users + n_items]
+  else:
+    raise ValueError(
+      f"{path}: kgat.pretrain must be a run directory (with checkpoints/) or an .npz file with "
+      "user_embed and item_embed"
+    )
+  if rows.shape != (n_users + n_items, dim):
+    raise ValueError(
+      f"{path}: pretrained rows have shape {rows.shape}, this dataset and model need "
+      f"({n_users} users + {n_items} items, {dim})"
+    )
+  return rows.astype(np.float32)
 
 
 class BiInteraction(nn.Module):
@@ -219,6 +317,7 @@ class KGAT(nn.Module):
   cf_weight: float = 1.0
   l2: float = 1e-5
   kge_l2: float = 1e-5
+  pretrain: str = ""  # load_pretrained_rows' path: user and item rows start from BPR-MF's
 
   def setup(self):
     n_rel = 2 * self.n_relations  # every relation and its inverse
@@ -244,7 +343,20 @@ class KGAT(nn.Module):
         jax.random.fold_in(k_layers, i), x, x
       )["params"]
       d_in = features
+    if self.pretrain:
+      rows = load_pretrained_rows(self.pretrain, self.n_users, self.n_items, dim)
+      table = params["node_embedding"]["embedding"]
+      params["node_embedding"]["embedding"] = table.at[: len(rows)].set(rows)
     return params
+
+  def epoch_graphs(self, g: KnowledgeGraph, refresh: bool) -> KnowledgeGraph:
+    """The graph of an epoch's CF steps: KGAT refreshes A_in once per epoch, after TransR, from the
+    parameters (`update_attentive_A`), and starts from the normalised adjacency (refresh False, the
+    first epoch). So the attention of an epoch is a function of the parameters at its start: a
+    resumed run recomputes it."""
+    if not refresh:
+      return g.replace(attention=g.initial_attention)
+    return g.replace(attention=jax.lax.stop_gradient(self.attention(g)))
 
   def attention(self, g: KnowledgeGraph):
     """pi(h, r, t) = (W_r e_t)^T tanh(W_r e_h + e_r), softmax over each head's edges."""
@@ -267,10 +379,13 @@ class KGAT(nn.Module):
     score = jnp.sum(proj[g.tail_proj] * query[g.head_proj], axis=-1)
     return jraph.segment_softmax(score, g.op.graph.receivers, g.op.n_nodes, indices_are_sorted=True)
 
-  def propagate(self, g: KnowledgeGraph, dropout_key=None):
+  def propagate(self, g: KnowledgeGraph, dropout_key=None, att=None):
     """Concatenation of e^(0) and the L2-normalised outputs of the bi-interaction layers. As in
-    KGAT's code the attention is a constant of the CF step (no gradient from BPR)."""
-    att = jax.lax.stop_gradient(self.attention(g))
+    KGAT's code the attention is a constant of the CF step (no gradient from BPR): the epoch's
+    A_in in training, and for evaluation the attention of the current parameters (KGAT tests
+    after its per-epoch refresh)."""
+    if att is None:
+      att = jax.lax.stop_gradient(self.attention(g))
     ego = self.node_embedding.embedding[: g.op.n_nodes]
     outs = [ego]
     for i, aggregate in enumerate(self.aggregators):
@@ -291,7 +406,7 @@ class KGAT(nn.Module):
   def loss(self, g: KnowledgeGraph, batch, key, mask_rate=None, n_rows=None, share=1.0):
     """BPR on the concatenated representations + L2 on those same rows (KGAT's regulariser)."""
     del mask_rate, share
-    out = self.propagate(g, dropout_key=key)
+    out = self.propagate(g, dropout_key=key, att=g.attention)
     nu = self.n_users
     u, i, j = out[batch["users"]], out[batch["pos"] + nu], out[batch["neg"] + nu]
     mask = batch["mask"]
@@ -301,17 +416,11 @@ class KGAT(nn.Module):
     return loss, {"bpr": bpr, "reg": reg, "loss": loss}
 
   def kge_loss(self, batch):
-    """TransR on the sampled (h, r, t) and on its inverse (t, r + R + 1, h), both against the
-    sampled corrupted tail: KGAT trains every CKG relation, the inverses included, and the
-    driver samples forward triples only."""
+    """TransR on the sampled CKG triples (inverse relations among them, KGATTripleSampler)
+    against their filtered corrupted tails."""
     emb, relation = self.node_embedding.embedding, self.relation_embedding.embedding
-    n_fwd = self.n_relations
     h, r, t, neg = batch["head"], batch["relation"], batch["tail"], batch["neg_tail"]
-    heads, rel = jnp.concatenate([h, t]), jnp.concatenate([r, r + n_fwd])
-    tails, negs = jnp.concatenate([t, h]), jnp.concatenate([neg, neg])
-    return losses.transr_loss(
-      emb[heads], relation[rel], emb[tails], emb[negs], self.w_r[rel], self.kge_l2
-    )
+    return losses.transr_loss(emb[h], relation[r], emb[t], emb[neg], self.w_r[r], self.kge_l2)
 
 
 W_R_INIT = nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
@@ -331,10 +440,15 @@ def create_kgat(config, ds, common) -> KGAT:
     cf_weight=config.train.cf_weight,
     l2=config.train.l2,
     kge_l2=config.kge.l2,
+    pretrain=c.get("pretrain", ""),
   )
 
 
 MODELS = {
   "simgcl": Entry(create_simgcl, simgcl_make_graphs),
-  "kgat": Entry(create_kgat, kgat_make_graphs),
+  "kgat": Entry(
+    create_kgat,
+    kgat_make_graphs,
+    lambda ds, config: KGATTripleSampler(ds, config.kge.batch_size),
+  ),
 }

@@ -1,4 +1,4 @@
-"""Host-side settings for the CPU backend: XLA:CPU flags and the allocator.
+"""Host-side settings: XLA:CPU flags and the allocator; XLA:GPU's deterministic mode.
 
 `set_xla_cpu_flags` picks XLA:CPU's memory-optimised instruction scheduler instead of the default,
 which on a CIKGRec step picks the concurrency-optimised one: that schedule runs independent
@@ -50,6 +50,20 @@ def set_xla_cpu_flags(flags=None) -> str:
   current += [f"{k}={v}" for k, v in flags.items() if k not in names]
   os.environ["XLA_FLAGS"] = " ".join(current)
   return os.environ["XLA_FLAGS"]
+
+
+# XLA:GPU's deterministic mode: scatter-adds (segment_sum's backward and forward) without atomics
+# and autotuning that picks the same kernels every run, so one seed gives one run on a GPU as it
+# does on the CPU (whose kernels are deterministic already).
+XLA_GPU_DETERMINISTIC_FLAGS = {"--xla_gpu_deterministic_ops": "true"}
+
+
+def set_xla_gpu_deterministic(on: bool) -> str:
+  """With `on` and an NVIDIA device visible, XLA_FLAGS gains XLA_GPU_DETERMINISTIC_FLAGS (unless
+  the user set them). Call before any JAX computation (config.train.deterministic, main.py)."""
+  if on and nvidia_gpu_visible():
+    return set_xla_cpu_flags(XLA_GPU_DETERMINISTIC_FLAGS)
+  return os.environ.get("XLA_FLAGS", "")
 
 
 def keep_freed_memory(top_pad_mb: int = 256) -> bool:

@@ -61,6 +61,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   pylogging.getLogger("cikg_jax").setLevel(pylogging.INFO)  # this project's progress lines
   host.keep_freed_memory()  # no page faults on the CPU step's large buffers (cikg_jax/host.py)
+  # one seed, one run on a GPU too (config.train.deterministic); before any device is touched
+  host.set_xla_gpu_deterministic(bool(FLAGS.config.train.get("deterministic", True)))
   try:
     # One process of several (config.parallel, Slurm, Open MPI): joins the others before
     # anything touches a device. Process 0 alone logs progress.

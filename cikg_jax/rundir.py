@@ -30,6 +30,7 @@ RESUMABLE_KEYS = frozenset(
     "train.max_epochs",
     "train.max_seconds",
     "train.plot",
+    "train.deterministic",  # summation order on a GPU only
     "train.checkpoint",
     "train.checkpoint_every_seconds",
     "train.resume",

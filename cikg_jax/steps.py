@@ -250,6 +250,18 @@ def make_embed_fn(net: nn.Module) -> Callable:
   return jax.jit(lambda params, graphs: net.apply({"params": params}, graphs))
 
 
+def make_epoch_graphs_fn(net: nn.Module) -> Optional[Callable]:
+  """(params, graphs, epoch) -> the graphs of that epoch's steps, for a model whose graph changes
+  once per epoch (a `epoch_graphs(graphs, refresh)` method: KGAT's attention); None otherwise."""
+  if not hasattr(net, "epoch_graphs"):
+    return None
+  fn = jax.jit(
+    lambda params, g, refresh: net.apply({"params": params}, g, refresh, method="epoch_graphs"),
+    static_argnums=2,
+  )
+  return lambda params, g, epoch: fn(params, g, epoch > 0)
+
+
 def all_finite(tree) -> bool:
   """Host check (once per epoch, not per step): every leaf finite."""
   return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(tree))

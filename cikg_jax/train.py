@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from cikg_jax import baselines, distributed, evaluation, parallel, rundir, steps
 from cikg_jax import checkpoint as ckpt
-from cikg_jax import distributed, evaluation, parallel, rundir, steps
 from cikg_jax import propagation as prop
 from cikg_jax.data import sampling
 
@@ -164,6 +164,9 @@ class Trainer:
   n_devices: int  # data-parallel devices over all processes
   embed: Any = None  # (params, graphs) -> (users, items); None: steps.make_embed_fn
   mesh: Optional[Dict[str, int]] = None  # graph modes: {axis: size}
+  # (state, graphs, epoch) -> the graphs of the epoch's steps, for models whose graph changes once
+  # per epoch (KGAT's attention); None: the same graphs every epoch.
+  epoch_graphs: Any = None
 
 
 def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
@@ -173,9 +176,14 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
   per_epoch = sampling.num_batches(len(ds.train), config.train.batch_size)
   mode, requested, data_devices = steps.parallel_settings(config)
   n_devices = parallel.num_devices(requested)  # this process's
-  kge_sampler = (
-    sampling.KGESampler(ds, config.views, config.kge.batch_size) if config.kge.use else None
-  )
+  entry = baselines.MODELS.get(steps.model_name(config))
+  kge_sampler = None
+  if config.kge.use:
+    kge_sampler = (
+      entry.kge_sampler(ds, config)
+      if entry is not None and entry.kge_sampler is not None
+      else sampling.KGESampler(ds, config.views, config.kge.batch_size)
+    )
   sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
   if mode != "data" and distributed.process_count() > 1:
     raise ValueError(
@@ -214,6 +222,7 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
       parallel.unreplicate,
       lambda b: parallel.shard_batch(distributed.local_rows(b), n_devices),
       n_devices * distributed.process_count(),
+      epoch_graphs=_epoch_graphs(net, parallel.unreplicate),
     )
   train_step = jax.jit(steps.make_train_step(net, tx, rates, per_epoch), donate_argnums=0)
   kge_step = jax.jit(steps.make_kge_step(net, kge_tx), donate_argnums=0) if config.kge.use else None
@@ -227,7 +236,13 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
     same,
     same,
     1,
+    epoch_graphs=_epoch_graphs(net, same),
   )
+
+
+def _epoch_graphs(net, host_view):
+  fn = steps.make_epoch_graphs_fn(net)
+  return None if fn is None else lambda state, g, epoch: fn(host_view(state.params), g, epoch)
 
 
 def run_epoch(
@@ -235,6 +250,8 @@ def run_epoch(
 ):
   """The BPR mini-batches of one epoch, then its TransE batches; returns (state, mean terms).
   `progress(phase, done, total)`, if given, is told after each step."""
+  if trainer.epoch_graphs is not None:
+    graphs = trainer.epoch_graphs(state, graphs, epoch)
   epoch_key = jax.random.fold_in(root_key, epoch + 1)
   batches = sampling.bpr_epoch(
     ds.train, trainer.sampler, config.train.batch_size, sampling.epoch_rng(config.seed, epoch)

@@ -10,18 +10,32 @@ layer, L2 1e-5 on the CF representations and on the TransR terms (RecBole: reg_w
 batch 1024 (CF) / 2048 (TransR), LeakyReLU slope 0.2 (TF's default, the original's; RecBole's
 torch default is 0.01). Learning rate 1e-3 for both losses: RecBole's default; the original's run
 commands use 1e-4, which on these data (44 CF steps per dbbook2014 epoch) needs ~10x the epochs.
-BPR weight 1. Dataset values (epochs, patience, evaluation) are the dataset config's;
+BPR weight 1. Dataset values (epochs, evaluation) are the dataset config's;
 `synthetic` keeps the tiny config's dimension, lr and batch sizes, with layers [32, 16].
 
-What differs from the original code, and why: (1) the attention pi(h, r, t) is recomputed from
-the current parameters at every CF step (the original refreshes it once per epoch, and starts from
-the degree-normalised adjacency); as there, no BPR gradient flows through it. So the attention is
-a pure function of the parameters, and evaluation, resume and prediction need no extra state.
-(2) TransR: each epoch the driver samples n_triples // 2048 batches of forward triples (KG and
-user -interact-> item) with a corrupted tail from the entity rows; each triple is trained with its
-inverse (t, r + R + 1, h) against the same corrupted tail, so every CKG relation, inverses
-included, is trained as in KGAT. (3) The framework's node table also holds the (unused) interest
-rows. No node dropout (the original's default).
+Trained as the original code trains it (Model/Main.py, Model/utility/loader_kgat.py):
+- the attention A_in starts as the per-relation random-walk normalised adjacency (1 / deg_r(h),
+  its default adj_type 'si') and is refreshed once per epoch, after TransR, from the parameters;
+  no BPR gradient flows through it (baselines.KGAT.epoch_graphs);
+- TransR batches: a head uniformly among the CKG's heads, one of its triples (inverse relations
+  included), a negative tail uniformly among the user and entity rows that is no triple of (h, r)
+  (filtered), len(CKG triples) // 2048 + 1 batches per epoch (baselines.KGATTripleSampler);
+- pretraining (`kgat.pretrain`, off by default as in the original's parser): the user and item rows
+  start from a BPR-MF run's (this framework's LightGCN with model.num_layers=0, or the original's
+  .npz), as its authors recommend;
+- early stopping: the original evaluates every 10th epoch and stops after 5 evaluations without a
+  gain (its code's flag_step=5; its comment says ten), i.e. 50 epochs; here every epoch is
+  evaluated and the patience is those 50 epochs (train.patience).
+Whose value each is: embedding 64, layers [64, 32, 16], message dropout 0.1, L2 1e-5 (CF and
+TransR), batches 1024 / 2048, LeakyReLU 0.2, patience: the original's; lr 1e-3: RecBole's (above).
+What differs: the framework's node table also holds the (unused) interest rows; no node dropout
+(the original's default); validation selection on Recall@50 + NDCG@50 as every model here (the
+original stops on test Recall@20).
+
+  python -m cikg_jax.main --config=configs/lightgcn.py:dbbook2014 --config.model.num_layers=0 \
+    --workdir=runs/bprmf-dbbook2014
+  python -m cikg_jax.main --config=configs/kgat.py:dbbook2014 \
+    --config.kgat.pretrain=runs/bprmf-dbbook2014 --workdir=runs/kgat-pretrained-dbbook2014
 """
 
 from configs import datasets
@@ -42,7 +56,10 @@ def get_config(dataset: str = "dbbook2014"):
   c.train.cf_weight = 1.0
   c.train.l2 = 1e-5
   c.kge.l2 = 1e-5
-  c.kgat = dict(layers=(64, 32, 16), relation_dim=64, mess_dropout=0.1, negative_slope=0.2)
+  c.kgat = dict(
+    layers=(64, 32, 16), relation_dim=64, mess_dropout=0.1, negative_slope=0.2, pretrain=""
+  )
+  c.train.patience = 50  # the original's 5 evaluations, one every 10 epochs
   if dataset == "synthetic":
     c.kgat.layers, c.kgat.relation_dim = (32, 16), 32
   else:

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -62,13 +62,80 @@ def mean_std(x) -> str:
   return f"{x.mean():.4f} ± {x.std(ddof=1):.4f}"
 
 
-def welch_p(a, b) -> Optional[float]:
-  """Two-sided Welch t-test across seeds (None below 2 seeds on either side)."""
-  if len(a) < 2 or len(b) < 2:
+def paired(a_rows, b_rows, get) -> Tuple[np.ndarray, np.ndarray]:
+  """The two arms' values on the seeds both ran (runs of one seed share their data split and
+  initialisation draws: seeds are paired across arms)."""
+  a = {r["_seed"]: get(r) for r in a_rows}
+  b = {r["_seed"]: get(r) for r in b_rows}
+  common = sorted(k for k in a.keys() & b.keys() if a[k] is not None and b[k] is not None)
+  return np.array([a[k] for k in common], float), np.array([b[k] for k in common], float)
+
+
+def paired_p(a_rows, b_rows, get) -> Optional[float]:
+  """Two-sided paired t-test over the common seeds (None below 2 pairs)."""
+  a, b = paired(a_rows, b_rows, get)
+  if len(a) < 2:
     return None
   from scipy import stats
 
-  return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+  d = a - b
+  if not np.any(d - d.mean()):  # no spread: the t statistic is undefined
+    return 1.0 if not d.mean() else 0.0
+  return float(stats.ttest_rel(a, b).pvalue)
+
+
+def holm(ps: Sequence[Optional[float]]) -> List[Optional[float]]:
+  """Holm's step-down adjustment of a family of p-values (None entries are not tests)."""
+  idx = [i for i, p in enumerate(ps) if p is not None]
+  order = sorted(idx, key=lambda i: ps[i])
+  out: List[Optional[float]] = list(ps)
+  running = 0.0
+  for rank, i in enumerate(order):
+    running = max(running, min(1.0, (len(order) - rank) * ps[i]))
+    out[i] = running
+  return out
+
+
+def min_detectable(diff_sds: Sequence[float], n: int, alpha=0.05, power=0.8) -> Optional[float]:
+  """Minimum detectable difference of a two-sided paired t-test with n pairs at (alpha, power),
+  from the pooled standard deviation of the table's paired differences."""
+  sds = [x for x in diff_sds if x is not None and np.isfinite(x)]
+  if n < 2 or not sds:
+    return None
+  from scipy import stats
+
+  sd = float(np.sqrt(np.mean(np.square(sds))))
+  t = stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)
+  return float(t * sd / np.sqrt(n))
+
+
+def diff_sd(a_rows, b_rows, get) -> Optional[float]:
+  a, b = paired(a_rows, b_rows, get)
+  return float(np.std(a - b, ddof=1)) if len(a) >= 2 else None
+
+
+def test_value(key, split="test"):
+  return lambda r: r[split][key]
+
+
+def group_value(scheme: str, g: int, key="recall@20"):
+  field = "test_groups" if scheme == "quantile" else "test_groups_equal_interactions"
+
+  def get(r):
+    match = [x for x in (r.get(field) or []) if x["group"] == g]
+    return match[0][key] if match else None
+
+  return get
+
+
+def mdd_note(sds, n) -> str:
+  m = min_detectable(sds, n)
+  if m is None:
+    return ""
+  return (
+    f" Minimum detectable difference of R@20 (paired t, {n} seeds, α = 0.05, power 0.8, from the "
+    f"spread of this table's paired differences): {m:.4f}."
+  )
 
 
 def fmt_p(p) -> str:
@@ -86,11 +153,24 @@ def group_values(rs, scheme: str, g: int, key="recall@20"):
   return np.array(out, dtype=float)
 
 
+def backend(machine: str) -> str:
+  """ "gpu" or "cpu": the class of device a result's machine string names."""
+  return "gpu" if re.search(r"NVIDIA|H100|H200|A100|cuda", machine, re.I) else "cpu"
+
+
 def provenance(rows) -> str:
   machines = sorted({r.get("machine", "?") for r in rows})
   commits = sorted({str(r.get("commit", "?"))[:12] for r in rows})
+  backends = sorted({backend(m) for m in machines})
+  mixed = ""
+  if len(commits) > 1 or len(backends) > 1:
+    mixed = (
+      f"**Mixed provenance**: these rows come from {len(commits)} code commits and "
+      f"{len(backends)} kind(s) of device ({', '.join(backends)}); differences between rows "
+      "include that of code and device, not only of the variants. "
+    )
   return (
-    f"Machines: {'; '.join(machines)}. Code commits: {', '.join(commits)}. Rerun: "
+    f"{mixed}Machines: {'; '.join(machines)}. Code commits: {', '.join(commits)}. Rerun: "
     f"`python experiments/{{study}}.py` (see each script's docstring)."
   )
 
@@ -190,16 +270,24 @@ def main_table(rows, datasets, selection: str) -> List[str]:
     base = [v for v in vs if not v.startswith("cikgrec")]
     if cik and base:
       c = vs[cik[0]]
-      lines = []
+      tests = []
       for m in ("recall@20", "ndcg@20"):
         best = max(base, key=lambda v: values(vs[v], m).mean())
         a, b = values(c, m), values(vs[best], m)
-        lines.append(
-          f"{SHORT[m]}: {100 * (a.mean() / b.mean() - 1):+.1f}% over "
-          f"{MODEL_NAMES.get(best.split('-')[0], best)} (Welch p = {fmt_p(welch_p(a, b))}, "
-          f"{len(a)} vs {len(b)} seeds)"
-        )
-      out += ["", "CIKGRec against the best baseline: " + "; ".join(lines) + ".", ""]
+        tests.append((m, best, a, b, paired_p(c, vs[best], test_value(m))))
+      adjusted = holm([t[-1] for t in tests])
+      lines = [
+        f"{SHORT[m]}: {100 * (a.mean() / b.mean() - 1):+.1f}% over "
+        f"{MODEL_NAMES.get(best.split('-')[0], best)} (paired t over seeds, Holm-adjusted p = "
+        f"{fmt_p(p)}, {len(a)} vs {len(b)} seeds)"
+        for (m, best, a, b, _), p in zip(tests, adjusted)
+      ]
+      best20 = tests[0][1]
+      note = mdd_note(
+        [diff_sd(c, vs[best20], test_value("recall@20"))],
+        len(paired(c, vs[best20], test_value("recall@20"))[0]),
+      )
+      out += ["", "CIKGRec against the best baseline: " + "; ".join(lines) + "." + note, ""]
     else:
       out.append("")
   return out
@@ -208,7 +296,8 @@ def main_table(rows, datasets, selection: str) -> List[str]:
 def knowledge_table(rows, datasets) -> List[str]:
   names = {
     "cikgrec-paper-valid": "shipped GPT-3.5 interests",
-    "cikgrec-no_interest": "no interest nodes",
+    "cikgrec-no_interest": "no interest nodes (and so no interest reconstruction)",
+    "cikgrec-no_uir": "shipped interests without interest reconstruction",
     "cikgrec-shuffled_interest": "shuffled interests",
     "cikgrec-random_interest": "random interest nodes",
     "cikgrec-smollm2_interest": "SmolLM2-135M interests (leak-free)",
@@ -218,36 +307,99 @@ def knowledge_table(rows, datasets) -> List[str]:
     vs = by_variant(rows, d)
     if not vs:
       continue
-    ref = vs.get("cikgrec-paper-valid", [])
     out += [
-      f"**{d}** (validation selection; p: Welch test against the shipped interests; "
-      "sparsest: the quarter of test users with the fewest training interactions, and the "
-      "sparsest of four groups holding equal shares of all training interactions):",
+      f"**{d}** (validation selection; p: paired t-test over seeds against the shipped "
+      "interests, Holm-adjusted over the table's tests; sparsest: the quarter of test users with "
+      "the fewest training interactions, and the sparsest of four groups holding equal shares of "
+      "all training interactions):",
       "",
       "| interests | seeds | R@20 | N@20 | p (R@20) | sparsest 25% R@20 | p (sparsest 25%) "
       "| sparsest equal-share R@20 |",
       "|---|---|---|---|---|---|---|---|",
     ]
-    for v in names:
-      if v not in vs:
+    # (variant, against, label): each row against the shipped interests, and the interest nodes
+    # with the reconstruction off on both sides.
+    shown = [(v, "cikgrec-paper-valid", names[v]) for v in names if v in vs]
+    if "cikgrec-no_interest" in vs and "cikgrec-no_uir" in vs:
+      shown.append(
+        (
+          "cikgrec-no_interest",
+          "cikgrec-no_uir",
+          "no interest nodes vs shipped interests without reconstruction (p against the latter)",
+        )
+      )
+    raw, sds = [], []
+    for v, against, _ in shown:
+      if v == against:
+        raw += [None, None]
         continue
+      raw += [
+        paired_p(vs[v], vs[against], test_value("recall@20")),
+        paired_p(vs[v], vs[against], group_value("quantile", 0)),
+      ]
+      sds.append(diff_sd(vs[v], vs[against], test_value("recall@20")))
+    adjusted = holm(raw)
+    for i, (v, _, label) in enumerate(shown):
       rs = vs[v]
-      p = (
-        welch_p(values(rs, "recall@20"), values(ref, "recall@20"))
-        if v != "cikgrec-paper-valid"
-        else None
-      )
+      p, p_sparse = adjusted[2 * i], adjusted[2 * i + 1]
       sparse = group_values(rs, "quantile", 0)
-      p_sparse = (
-        welch_p(sparse, group_values(ref, "quantile", 0)) if v != "cikgrec-paper-valid" else None
-      )
       out.append(
-        f"| {names[v]} | {len(rs)} | {mean_std(values(rs, 'recall@20'))} | "
+        f"| {label} | {len(rs)} | {mean_std(values(rs, 'recall@20'))} | "
         f"{mean_std(values(rs, 'ndcg@20'))} | {fmt_p(p)} | {mean_std(sparse)} | "
         f"{fmt_p(p_sparse)} | {mean_std(group_values(rs, 'equal', 0))} |"
       )
+    note = mdd_note(sds, min((len(vs[v]) for v, _, _ in shown), default=0))
+    out += ["", note.strip()] if note else []
     out.append("")
   return out
+
+
+def leak_table(rows, datasets) -> List[str]:
+  """Do the shipped interests know the validation items? Their prompts are not shipped; if they
+  were written from all of the release's train.txt, which holds this protocol's validation items,
+  the interests' gain over a control is larger on the validation split than on test. Per seed:
+  (gain on valid) - (gain on test), paired over seeds."""
+  controls = {
+    "cikgrec-no_interest": "no interest nodes",
+    "cikgrec-shuffled_interest": "shuffled interests",
+  }
+  out = [
+    "Gain of the shipped GPT-3.5 interests over a control in Recall@20, on the validation split "
+    "(held out of training here, but part of the release's train.txt, which the interests were "
+    "probably generated from: the prompts are not shipped) and on test (never in train.txt); p: paired t-test of the per-seed "
+    "difference of the two gains, Holm-adjusted over this table:",
+    "",
+    "| dataset | control | seeds | gain on valid | gain on test | valid − test | p |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  lines, raw = [], []
+  for d in datasets:
+    vs = by_variant(rows, d)
+    ship = vs.get("cikgrec-paper-valid", [])
+    for v, label in controls.items():
+      if v not in vs or not ship:
+        continue
+      sv, cv = paired(ship, vs[v], lambda r: r.get("valid", {}).get("recall@20"))
+      st, ct = paired(ship, vs[v], test_value("recall@20"))
+      if len(sv) != len(st) or not len(sv):
+        continue
+      gv, gt = sv - cv, st - ct
+      diff = gv - gt
+      p = None
+      if len(diff) >= 2:
+        from scipy import stats
+
+        p = float(stats.ttest_1samp(diff, 0.0).pvalue) if np.any(diff - diff.mean()) else None
+      raw.append(p)
+      lines.append((d, label, len(diff), gv, gt, diff))
+  if not lines:
+    return []
+  for (d, label, n, gv, gt, diff), p in zip(lines, holm(raw)):
+    out.append(
+      f"| {d} | {label} | {n} | {gv.mean():+.4f} | {gt.mean():+.4f} | {diff.mean():+.4f} | "
+      f"{fmt_p(p)} |"
+    )
+  return out + [""]
 
 
 def ablation_table(rows, datasets) -> List[str]:
@@ -255,7 +407,7 @@ def ablation_table(rows, datasets) -> List[str]:
     "cikgrec-paper-valid": "full CIKGRec",
     "cikgrec-no_uir": "w/o interest reconstruction",
     "cikgrec-no_cl": "w/o contrastive learning",
-    "cikgrec-no_interest": "w/o interest nodes",
+    "cikgrec-no_interest": "w/o interest nodes (and so w/o interest reconstruction)",
     "cikgrec-no_kg": "w/o KG edges",
     "cikgrec-no_transe": "w/o TransE",
     "cikgrec-release-valid": "release views instead of paper views",
@@ -265,23 +417,49 @@ def ablation_table(rows, datasets) -> List[str]:
     vs = by_variant(rows, d)
     if not vs:
       continue
-    full = values(vs.get("cikgrec-paper-valid", []), "recall@20")
+    full_rows = vs.get("cikgrec-paper-valid", [])
+    full = values(full_rows, "recall@20")
     out += [
-      f"**{d}** (validation selection):",
+      f"**{d}** (validation selection; Δ and p against the full model, the last row against "
+      "the variant without interest reconstruction; p: paired t-test over seeds, Holm-adjusted "
+      "over the table's tests):",
       "",
-      "| variant | seeds | R@20 | N@20 | R@50 | ΔR@20 vs full | p |",
+      "| variant | seeds | R@20 | N@20 | R@50 | ΔR@20 | p |",
       "|---|---|---|---|---|---|---|",
     ]
-    for v in names:
-      if v not in vs:
-        continue
+    # (variant, against, label): each row against the full model, and the unconfounded contrast
+    # of interest nodes with the interest reconstruction off on both sides.
+    rows_ = [(v, "cikgrec-paper-valid", names[v]) for v in names if v in vs]
+    if "cikgrec-no_interest" in vs and "cikgrec-no_uir" in vs:
+      rows_.append(
+        (
+          "cikgrec-no_interest",
+          "cikgrec-no_uir",
+          "w/o interest nodes vs w/o interest reconstruction (interest nodes alone, neither "
+          "side reconstructs)",
+        )
+      )
+    raw = [
+      None if v == against else paired_p(vs[v], vs.get(against, []), test_value("recall@20"))
+      for v, against, _ in rows_
+    ]
+    adjusted = holm(raw)
+    sds = [
+      diff_sd(vs[v], vs.get(against, []), test_value("recall@20"))
+      for v, against, _ in rows_
+      if v != against
+    ]
+    for (v, against, label), p in zip(rows_, adjusted):
       x = values(vs[v], "recall@20")
-      delta = f"{x.mean() - full.mean():+.4f}" if len(full) and v != "cikgrec-paper-valid" else "–"
-      p = welch_p(x, full) if v != "cikgrec-paper-valid" else None
+      ref = values(vs.get(against, []), "recall@20")
+      delta = f"{x.mean() - ref.mean():+.4f}" if len(ref) and v != against else "–"
       out.append(
-        f"| {names[v]} | {len(x)} | {mean_std(x)} | {mean_std(values(vs[v], 'ndcg@20'))} | "
+        f"| {label} | {len(x)} | {mean_std(x)} | {mean_std(values(vs[v], 'ndcg@20'))} | "
         f"{mean_std(values(vs[v], 'recall@50'))} | {delta} | {fmt_p(p)} |"
       )
+    del full
+    note = mdd_note(sds, min((len(vs[v]) for v, _, _ in rows_), default=0))
+    out += ["", note.strip()] if note else []
     out.append("")
   return out
 
@@ -432,8 +610,10 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
     "",
     "Generated by `python experiments/render.py` from the files in "
     "`experiments/results/<study>/` (one JSON per run: command, commit, machine, wall time). "
-    "Mean ± standard deviation over seeds; Welch's t-test across seeds (with 3 seeds a test "
-    "has little power: p > 0.05 does not show that two models are equal).",
+    "Mean ± standard deviation over seeds. Tests are paired t-tests over the seeds both arms "
+    "ran (a seed fixes the data split and the initialisation draws of every arm), Holm-adjusted "
+    "over each table's tests; each table states its minimum detectable difference (a test with "
+    "few seeds has little power: p > 0.05 does not show that two models are equal).",
     "",
   ]
   studies = [
@@ -442,7 +622,11 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
       "Main table",
       lambda r: main_table(r, datasets, "valid") + main_table(r, datasets, "test"),
     ),
-    ("user_knowledge", "User-side knowledge", lambda r: knowledge_table(r, datasets)),
+    (
+      "user_knowledge",
+      "User-side knowledge",
+      lambda r: knowledge_table(r, datasets) + leak_table(r, datasets),
+    ),
     ("main_table", "Sparse users", lambda r: sparse_table(r, datasets)),
     ("ablations", "Ablations", lambda r: ablation_table(r, datasets)),
     (
@@ -481,25 +665,30 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
     if title not in ("Sparse users", "Efficiency"):
       m = missing(study, rows, datasets, seeds if study not in ("schedules", "kappa") else (2024,))
       out += [provenance(rows).replace("{study}", study)] + ([m] if m else []) + [""]
-  legacy = legacy_table(results_dir)
-  if legacy:
-    out += (
-      [
-        "### Earlier single-seed runs",
-        "",
-        "From the `paper_tables.py` script of earlier sessions (since replaced by the study scripts) (files "
-        '`experiments/results/<dataset>__<variant>__<where>.json`; "cpu": this 2-core machine, '
-        '"h200": one H200 shared by 10–14 runs). Seeds 1 and 2 (`-s1`, `-s2`) of these used a '
-        "validation split that followed the training seed; the studies above fix it "
-        "(`config.split_seed`). Seed-2024 runs with validation selection use the same split as "
-        "the studies.",
-        "",
-      ]
-      + legacy
-      + [""]
-    )
+  # The single-seed files directly under experiments/results/ (legacy_table) record no code
+  # commit, so they stay out of the tables (experiments/results/LEGACY.md).
   out.append(END)
   return "\n".join(out)
+
+
+PROSE_BEGIN, PROSE_END = "<!-- conclusions:begin", "<!-- conclusions:end -->"
+_DECIMAL = re.compile(r"(?<![\w.])[+-−]?(\d+\.\d+)(%?)")
+
+
+def unsupported_numbers(readme: str) -> List[str]:
+  """Decimal numbers of the hand-written conclusions (between the conclusions markers) that the
+  generated results section does not show: prose that drifted from the tables."""
+  if PROSE_BEGIN not in readme or BEGIN not in readme:
+    return []
+  prose = readme.split(PROSE_BEGIN, 1)[1].split(PROSE_END, 1)[0]
+  prose = prose.split("-->", 1)[1] if "-->" in prose.split("\n", 1)[0] else prose
+  tables = readme.split(BEGIN, 1)[1].split(END, 1)[0]
+  out = []
+  for m in _DECIMAL.finditer(prose):
+    number, pct = m.group(1), m.group(2)
+    if not re.search(r"(?<![\d.])" + re.escape(number + pct) + r"(?!\d)", tables):
+      out.append(m.group(0))
+  return out
 
 
 def splice(readme: str, new: str) -> str:
@@ -526,6 +715,15 @@ def main(argv=None) -> int:
   with open(args.readme) as f:
     readme = f.read()
   updated = splice(readme, new)
+  drifted = unsupported_numbers(updated)
+  if drifted:
+    print(
+      f"{args.readme}: the conclusions cite numbers the generated tables do not show: "
+      + ", ".join(drifted),
+      file=sys.stderr,
+    )
+    if args.check:
+      return 1
   if args.check:
     if updated != readme:
       print(

@@ -2,9 +2,13 @@
 interest nodes at all? Full CIKGRec with the shipped GPT-3.5 interests, without interest nodes,
 with shuffled interests (each user keeps their number of interests, clusters random), with random
 interest nodes (same node and edge counts), and with the leak-free SmolLM2-135M interests
-(dbbook2014 only; experiments/results/smollm2_leakfree_dbbook2014/). Validation selection.
+(dbbook2014 only; experiments/results/smollm2_leakfree_dbbook2014/), and the shipped interests
+without the interest reconstruction loss (the pair "interest nodes or none" with the reconstruction
+off on both sides). Validation selection. The decisive contrasts get five seeds:
 
   python experiments/user_knowledge.py --datasets dbbook2014,book-crossing --seeds 2024,1,2
+  python experiments/user_knowledge.py --seeds 2024,1,2,3,4 \
+    --only paper-valid,no_interest,no_uir,shuffled
 """
 
 import os
@@ -21,6 +25,9 @@ GENERATED = {
 VARIANTS = {
   "cikgrec-paper-valid": (),  # shipped GPT-3.5 interests: the main table's run
   "cikgrec-no_interest": ("--config.model.use_interest_edges=False",),
+  # the shipped interests without the reconstruction loss: against no_interest (which cannot
+  # reconstruct) it isolates the interest nodes themselves (the ablations' run of the same name)
+  "cikgrec-no_uir": ("--config.uir.weight=0",),
   "cikgrec-shuffled_interest": ("--config.interest_control=shuffled",),
   "cikgrec-random_interest": ("--config.interest_control=random",),
 }

@@ -1,6 +1,7 @@
 """SimGCL and KGAT against independent dense numpy computations on a hand-sized graph, and short
 runs of each through the training driver."""
 
+import copy
 import json
 import os
 
@@ -12,6 +13,7 @@ import pytest
 from cikg_jax import baselines, steps, train
 from cikg_jax.data import dataset as dataset_lib
 from configs import kgat as kgat_config
+from configs import lightgcn as lightgcn_config
 from configs import simgcl as simgcl_config
 from tests.test_data import _write
 from tests.test_model import assert_init_params_match_flax
@@ -220,6 +222,8 @@ def test_kgat_losses_against_numpy(toy):
   n_rel = ds.n_relations + 1
   net = steps.create_model(c, ds)
   params = _nonzero_biases(net.init_params(jax.random.PRNGKey(2)))
+  # the CF steps of an epoch after the first use the attention of the parameters at its start
+  g = net.apply({"params": params}, g, True, method="epoch_graphs")
   batch = {
     "users": np.array([0, 1, 2, 3, 0], np.int32),
     "pos": np.array([1, 2, 3, 1, 0], np.int32),
@@ -251,14 +255,12 @@ def test_kgat_losses_against_numpy(toy):
     "tail": np.array([8, 5, 9]),
     "neg_tail": np.array([10, 7, 4]),
   }
-  # and on each triple's inverse (t, r + R + 1, h) against the same corrupted tail
+  # (the sampler draws inverse triples (t, r + R + 1, h) as triples of their own)
+  del n_rel
   emb = np.asarray(params["node_embedding"]["embedding"], np.float64)
   w_all = np.asarray(params["w_r"], np.float64)
   rel_all = np.asarray(params["relation_embedding"]["embedding"], np.float64)
-  rows = []
-  for h_, r_, t_, n_ in zip(kb["head"], kb["relation"], kb["tail"], kb["neg_tail"]):
-    rows += [(h_, r_, t_, n_), (t_, r_ + n_rel, h_, n_)]
-  hs, rs, ts, ns = map(np.array, zip(*rows))
+  hs, rs, ts, ns = kb["head"], kb["relation"], kb["tail"], kb["neg_tail"]
   proj = lambda nodes: np.einsum("bd,bdk->bk", emb[nodes], w_all[rs])
   h, t, tn, r = proj(hs), proj(ts), proj(ns), rel_all[rs]
   pos, neg = ((h + r - t) ** 2).sum(1), ((h + r - tn) ** 2).sum(1)
@@ -268,6 +270,110 @@ def test_kgat_losses_against_numpy(toy):
     {"params": params}, {k: v.astype(np.int32) for k, v in kb.items()}, method="kge_loss"
   )
   assert float(got) == pytest.approx(ref, rel=1e-5)
+
+
+def test_kgat_initial_attention_is_per_relation_random_walk(toy):
+  """KGAT's A_in starts as sum_r D_r^-1 A_r (its loader's si-normalised relational adjacency):
+  edge (h, r, t) weighs 1 / (edges of h with relation r); the first epoch trains with it."""
+  ds, c = toy, _kgat_config()
+  g = baselines.kgat_make_graphs(None, ds, c)
+  triples = _ckg_triples(ds)
+  deg = {}
+  for h, r, _ in triples:
+    deg[(h, r)] = deg.get((h, r), 0) + 1
+  heads = np.asarray(g.op.graph.receivers)
+  tails = np.asarray(g.op.graph.senders)
+  rels = np.asarray(g.relation)
+  got = {(int(h), int(r), int(t)): float(a) for h, r, t, a in zip(heads, rels, tails, g.attention)}
+  assert set(got) == set(triples)
+  for (h, r, _t), a in got.items():
+    assert a == pytest.approx(1.0 / deg[(h, r)], rel=1e-6)
+  net = steps.create_model(c, ds)
+  params = net.init_params(jax.random.PRNGKey(0))
+  first = net.apply({"params": params}, g, False, method="epoch_graphs")
+  np.testing.assert_array_equal(np.asarray(first.attention), np.asarray(g.initial_attention))
+  later = net.apply({"params": params}, g, True, method="epoch_graphs")
+  ref = _numpy_attention(params, triples)
+  np.testing.assert_allclose(
+    np.asarray(later.attention), [ref[e] for e in zip(heads, rels, tails)], rtol=1e-5
+  )
+
+
+def test_kgat_triple_sampler_draws_as_kgat_does(toy):
+  """Heads uniform over the CKG's heads, a triple of the head (inverses included), negatives
+  never a triple of (h, r), drawn over all user and entity rows; deterministic per (seed, epoch)."""
+  ds = toy
+  s = baselines.KGATTripleSampler(ds, batch_size=64)
+  triples = set(_ckg_triples(ds))
+  assert s.steps == len(triples) // 64 + 1
+  b = s.epoch(2024, 3)
+  assert b["head"].shape == (s.steps, 64)
+  drawn = set(zip(b["head"].ravel(), b["relation"].ravel(), b["tail"].ravel()))
+  assert drawn <= triples
+  assert any(r > ds.n_relations for _, r, _ in drawn)  # inverse relations are drawn
+  for h, r, n in zip(b["head"].ravel(), b["relation"].ravel(), b["neg_tail"].ravel()):
+    assert (h, r, n) not in triples
+    assert 0 <= n < ds.n_users + ds.n_entities
+  again = s.epoch(2024, 3)
+  for k in b:
+    np.testing.assert_array_equal(b[k], again[k])
+  # uniform over heads, not over triples: every head is drawn about equally often
+  many = np.concatenate([s.epoch(1, e)["head"].ravel() for e in range(40)])
+  counts = np.bincount(many, minlength=ds.n_users + ds.n_entities)[sorted({t[0] for t in triples})]
+  assert counts.min() > 0.5 * counts.mean() and counts.max() < 1.5 * counts.mean()
+
+
+def test_kgat_resumes_exactly_with_its_epoch_attention(tmp_path):
+  """The attention of an epoch is recomputed from the restored parameters: 2 epochs, then a resume
+  to 4, equal 4 epochs in one go (every logged term and metric)."""
+  base = kgat_config.get_config("synthetic")
+  base.synthetic_dir = str(tmp_path / "data")
+  base.train.plot, base.train.patience = False, 100
+  whole = copy.deepcopy(base)
+  whole.train.max_epochs = 4
+  train.train_and_evaluate(whole, str(tmp_path / "whole"))
+  part = copy.deepcopy(base)
+  part.train.max_epochs = 2
+  train.train_and_evaluate(part, str(tmp_path / "part"))
+  part.train.max_epochs = 4
+  train.train_and_evaluate(part, str(tmp_path / "part"))
+  read = lambda d: [
+    {k: v for k, v in json.loads(x).items() if "seconds" not in k}
+    for x in open(tmp_path / d / "metrics.jsonl")
+  ]
+  assert read("part") == read("whole")
+
+
+def test_kgat_starts_from_a_pretrained_run(tmp_path):
+  """kgat.pretrain: the user and item rows start from a BPR-MF run's best parameters (LightGCN
+  with no layer), the other rows from the usual initialisation."""
+  mf = lightgcn_config.get_config("synthetic")
+  mf.synthetic_dir = str(tmp_path / "data")
+  mf.model.num_layers = 0
+  mf.train.max_epochs, mf.train.plot = 2, False
+  train.train_and_evaluate(mf, str(tmp_path / "mf"))
+  rows = baselines.load_pretrained_rows(str(tmp_path / "mf"), 300, 200, mf.model.embed_dim)
+  c = kgat_config.get_config("synthetic")
+  c.synthetic_dir = str(tmp_path / "data")
+  c.model.embed_dim = mf.model.embed_dim
+  c.kgat.pretrain = str(tmp_path / "mf")
+  ds = steps.setup(c)[0]
+  net = steps.create_model(c, ds)
+  table = np.asarray(net.init_params(jax.random.PRNGKey(0))["node_embedding"]["embedding"])
+  np.testing.assert_array_equal(table[: ds.n_users + ds.n_items], rows)
+  plain = steps.create_model(kgat_config.get_config("synthetic"), ds)
+  other = np.asarray(plain.init_params(jax.random.PRNGKey(0))["node_embedding"]["embedding"])
+  if other.shape == table.shape:
+    np.testing.assert_array_equal(
+      table[ds.n_users + ds.n_items :], other[ds.n_users + ds.n_items :]
+    )
+  np.savez(tmp_path / "mf.npz", user_embed=rows[:300], item_embed=rows[300:])
+  got = baselines.load_pretrained_rows(str(tmp_path / "mf.npz"), 300, 200, mf.model.embed_dim)
+  np.testing.assert_array_equal(got, rows)
+  with pytest.raises(ValueError, match="pretrained rows have shape"):
+    baselines.load_pretrained_rows(str(tmp_path / "mf"), 300, 200, mf.model.embed_dim + 1)
+  with pytest.raises(ValueError, match="must be a run directory"):
+    baselines.load_pretrained_rows(str(tmp_path / "nowhere"), 300, 200, 8)
 
 
 def test_unknown_model_name_is_refused():

@@ -148,9 +148,57 @@ def test_render_tables_mean_std_improvement_and_significance(tmp_path):
   assert f"{100 * (cik.mean() / best.mean() - 1):+.1f}% over SimGCL" in text
   from scipy import stats
 
-  p = stats.ttest_ind(cik, best, equal_var=False).pvalue
-  assert f"Welch p = {render.fmt_p(p)}" in text
+  # paired t over the 3 seeds by hand: differences 0.03, 0.03, 0.02 (t = 8.0, 2 df); Holm over
+  # the two tests of the sentence (R@20 and N@20, equal here): twice the smaller p
+  d = cik - best
+  t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
+  assert t == pytest.approx(8.0)
+  p = 2 * stats.t.sf(t, 2)
+  assert f"Holm-adjusted p = {render.fmt_p(min(1.0, 2 * p))}" in text
+  assert "Minimum detectable difference" in text
   assert "Not yet run" in text and "kgat-valid ×3" in text  # missing runs are named
+
+
+def test_holm_and_minimum_detectable_difference_by_hand():
+  assert render.holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+  assert render.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+  # n = 5 pairs, sd of differences 0.01: (t_.975,4 + t_.8,4) * 0.01 / sqrt(5) = 3.7172 * 0.004472
+  assert render.min_detectable([0.01], 5) == pytest.approx(0.016624, abs=2e-6)
+  assert render.min_detectable([0.01, 0.02], 5) == pytest.approx(
+    0.016624 * np.sqrt((1 + 4) / 2), rel=1e-4
+  )
+  assert render.min_detectable([0.01], 1) is None
+
+
+def test_paired_tests_use_the_seeds_both_arms_ran():
+  a = [{"_seed": s, "test": {"recall@20": v}} for s, v in ((1, 0.30), (2, 0.31), (3, 0.29))]
+  b = [{"_seed": s, "test": {"recall@20": v}} for s, v in ((2, 0.28), (3, 0.27), (4, 0.5))]
+  x, y = render.paired(a, b, render.test_value("recall@20"))
+  np.testing.assert_allclose(x, [0.31, 0.29])
+  np.testing.assert_allclose(y, [0.28, 0.27])
+  assert render.paired_p(a[:1], b, render.test_value("recall@20")) is None
+
+
+def test_render_check_refuses_conclusions_citing_numbers_not_in_the_tables(tmp_path):
+  results = str(tmp_path / "results")
+  for seed, r in zip((2024, 1, 2), (0.30, 0.31, 0.29)):
+    _write(results, "ablations", "dbbook2014", "cikgrec-paper-valid", seed, r)
+  table = render.section(results, plots=False)
+  assert "0.3000 ± 0.0100" in table
+
+  def check(prose):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+      f"# x\n\n{table}\n\n{render.PROSE_BEGIN} (checked) -->\n{prose}\n{render.PROSE_END}\n"
+    )
+    return render.main(["--check", "--results", results, "--readme", str(readme)])
+
+  assert check("Recall@20 is 0.3000 ± 0.0100 over three seeds.") == 0
+  assert check("Recall@20 is 0.3001 over three seeds.") == 1  # drifted by one digit
+  assert check("A gain of +7.6% over LightGCN.") == 1
+  assert render.unsupported_numbers(
+    f"{table}\n{render.PROSE_BEGIN} -->\n0.30 and 0.3000, -0.0100\n{render.PROSE_END}"
+  ) == ["0.30"]
 
 
 def test_render_check_detects_a_stale_readme(tmp_path):

@@ -1,0 +1,38 @@
+"""One seed, one run: two trainings of the same config on the CPU give identical logs and results
+(every value but wall-clock times), and the GPU's deterministic mode is requested where a GPU is."""
+
+import copy
+import json
+import os
+
+from cikg_jax import host, train
+from configs import tiny
+
+
+def _strip(record):
+  return {k: v for k, v in record.items() if "seconds" not in k}
+
+
+def test_two_runs_of_one_seed_are_identical(tmp_path):
+  c = tiny.get_config()
+  c.synthetic_dir = str(tmp_path / "data")
+  c.train.max_epochs, c.train.plot = 3, False
+  for name in ("a", "b"):
+    train.train_and_evaluate(copy.deepcopy(c), str(tmp_path / name))
+  read = lambda d: [_strip(json.loads(x)) for x in open(tmp_path / d / "metrics.jsonl")]
+  assert read("a") == read("b") and len(read("a")) == 3
+  res = lambda d: _strip(json.load(open(tmp_path / d / "results.json")))
+  assert res("a") == res("b")
+
+
+def test_gpu_deterministic_flag_only_where_a_gpu_is(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
+  monkeypatch.setattr(host, "nvidia_gpu_visible", lambda: False)
+  assert host.set_xla_gpu_deterministic(True) == "--xla_foo=1"
+  monkeypatch.setattr(host, "nvidia_gpu_visible", lambda: True)
+  assert host.set_xla_gpu_deterministic(False) == "--xla_foo=1"
+  assert os.environ["XLA_FLAGS"] == "--xla_foo=1"
+  host.set_xla_gpu_deterministic(True)
+  assert os.environ["XLA_FLAGS"] == "--xla_foo=1 --xla_gpu_deterministic_ops=true"
+  monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")  # the user's choice wins
+  assert host.set_xla_gpu_deterministic(True) == "--xla_gpu_deterministic_ops=false"

@@ -1,0 +1,122 @@
+"""experiments/tune.py: equal budgets, the published configuration as trial 0, validation-only
+objective, and a resume after the tuner is killed inside a trial."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+import pytest
+
+from experiments import runner, tune
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_published_configs_are_points_of_their_spaces():
+  for dataset in ("dbbook2014", "book-crossing"):
+    assert tune.published("cikgrec", dataset)["lr"] == 8e-4
+    assert tune.published("lightgcn", dataset)["num_layers"] == (
+      3 if dataset == "dbbook2014" else 4
+    )
+    assert tune.published("simgcl", dataset) == {
+      "lr": 1e-3,
+      "l2": 1e-4,
+      "num_layers": 2,
+      "cl_weight": 0.5,
+      "eps": 0.1,
+    }
+    assert tune.published("kgat", dataset)["layers"] == "(64,32,16)"
+    assert tune.published("kgat", dataset)["pretrain"] is False
+  assert tune.published("cikgrec", "book-crossing")["tau"] == 0.15
+  assert tune.published("cikgrec", "book-crossing")["num_layers"] == 4
+
+
+def test_config_flags_and_run_names():
+  params = {"lr": 0.002, "l2": 1e-5, "layers": "(64,32)", "pretrain": True}
+  flags = tune.config_flags("kgat", params, "runs/tune/x__bprmf-pretrain__s2024")
+  assert flags == [
+    "--config.train.l2=1e-05",
+    "--config.kge.l2=1e-05",
+    "--config.kgat.layers=(64,32)",
+    "--config.train.lr=0.002",
+    "--config.kge.lr=0.002",
+    "--config.kgat.pretrain=runs/tune/x__bprmf-pretrain__s2024",
+  ]
+  assert "--config.kgat.pretrain" not in " ".join(
+    tune.config_flags("kgat", dict(params, pretrain=False), "p")
+  )
+  assert tune.params_id(params) == tune.params_id(dict(reversed(list(params.items()))))
+  assert tune.params_id(params) != tune.params_id(dict(params, lr=0.0021))
+
+
+def test_read_curve_ignores_a_torn_line(tmp_path):
+  p = tmp_path / "metrics.jsonl"
+  p.write_text(
+    json.dumps({"epoch": 0, "selection_score": 0.5})
+    + "\n"
+    + json.dumps({"epoch": 1, "selection_score": 0.7})
+    + '\n{"epoch": 2, "sel'
+  )
+  assert tune.read_curve(str(p)) == [0.5, 0.7]
+  assert tune.read_curve(str(tmp_path / "none.jsonl")) == []
+
+
+def _study(tuning_dir, name="synthetic__lightgcn"):
+  return optuna.load_study(
+    study_name=name, storage=tune.storage_for(os.path.join(tuning_dir, f"{name}.journal"))
+  )
+
+
+@pytest.mark.slow
+def test_tuner_resumes_after_a_kill_inside_a_trial(tmp_path):
+  """Kill -9 of the tuner while trial 0 trains: the rerun marks it failed, runs its parameters
+  again in the same work directory (the training resumes there) and completes the budget."""
+  tuning, runs = tmp_path / "tuning", tmp_path / "runs"
+  cmd = [
+    sys.executable,
+    "experiments/tune.py",
+    "--models=lightgcn",
+    "--datasets=synthetic",
+    "--trials=2",
+    f"--tuning_dir={tuning}",
+    f"--runs_dir={runs}",
+    "--extra=--config.train.max_epochs=12 --config.train.min_epochs=1 "
+    "--config.train.checkpoint_every_seconds=0 --config.train.patience=100",
+  ]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+  deadline = time.time() + 300
+  metrics = None
+  while time.time() < deadline:
+    found = list(runs.glob("*/metrics.jsonl"))
+    if found and len(found[0].read_text().splitlines()) >= 3:
+      metrics = found[0]
+      break
+    time.sleep(0.2)
+  assert metrics is not None, "trial 0 did not start"
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  first = [t for t in _study(str(tuning)).trials]
+  assert [t.state for t in first] == [TrialState.RUNNING]
+  subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600)
+  trials = _study(str(tuning)).trials
+  assert trials[0].state == TrialState.FAIL
+  retried = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+  assert len(retried) == 1 and retried[0].params == first[0].params
+  assert retried[0].state == TrialState.COMPLETE
+  assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
+  lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+  assert [x["epoch"] for x in lines] == list(range(12))  # resumed: every epoch once
+  assert retried[0].value == max(x["selection_score"] for x in lines)
+  text = tune.report(str(tuning))
+  assert "| lightgcn | 2 / 0 / 1 |" in text
+
+
+def test_quick_mode_uses_the_shared_runner_commands(tmp_path):
+  run = runner.Run("synthetic", "lightgcn-tune-x", "lightgcn", ("--config.train.lr=0.01",))
+  assert run.command("W")[2:4] == ["cikg_jax.main", "--config=configs/lightgcn.py:synthetic"]
