@@ -75,8 +75,25 @@ def main(argv):
     _fail(_message(e), 1)
 
 
+def help_text() -> str:
+  """The flags, and every config key with its base value (documented in configs/base.py)."""
+  from cikg_jax import cli_help
+  from configs import base
+
+  keys = "\n".join(f"  --{k}={v!r}" for k, v in cli_help.config_keys(base.get_config()))
+  footer = (
+    "config keys: any key of the config file, overridden with --config.KEY=VALUE; what each means "
+    'is documented in configs/base.py (and README "Train"). The base values:\n' + keys
+  )
+  return cli_help.render(__doc__, FLAGS, ("config", "workdir", "debug"), footer)
+
+
 def run():
   """The console entry point (`cikg-train`), as `python -m cikg_jax.main`."""
+  from cikg_jax import cli_help
+
+  if cli_help.wants_help(sys.argv):
+    cli_help.print_help_and_exit(help_text())
   if _CONFIG_FLAG_ERROR is not None:
     if any(a in ("--debug", "--debug=true", "--debug=True") for a in sys.argv[1:]):
       raise _CONFIG_FLAG_ERROR

@@ -233,11 +233,32 @@ def _fsync_dir(d: str) -> None:
     os.close(fd)
 
 
+def umask() -> int:
+  """The process umask (read without changing it where Linux reports it)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def ordinary_mode(fd: int) -> None:
+  """mkstemp creates files 0600; a run's files get the mode of any ordinary file (0666 less the
+  umask), so that a group can read them on a shared filesystem where the umask allows it."""
+  os.fchmod(fd, 0o666 & ~umask())
+
+
 def write_atomic(path: str, text: str) -> None:
   """Whole new content or the old one, never a mix (temp file, fsync, os.replace)."""
   d = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
   try:
+    ordinary_mode(fd)
     with os.fdopen(fd, "w") as f:
       f.write(text)
       f.flush()

@@ -26,6 +26,22 @@ from cikg_jax.data import sampling
 log = logging.getLogger(__name__)
 
 EARLY_STOPPING, BUDGET = "early_stopping", "budget"  # LoopState.stop ("" = running)
+# Without a progress bar (a log file, CI), a long epoch logs its progress at least this often.
+PROGRESS_EVERY_SECONDS = 60.0
+
+
+class EpochProgress:
+  """A log line every PROGRESS_EVERY_SECONDS within an epoch (steps done of all), so that a log
+  file shows a long epoch is alive."""
+
+  def __init__(self, epoch: int):
+    self.epoch, self.last = epoch, time.perf_counter()
+
+  def __call__(self, phase: str, done: int, total: int) -> None:
+    now = time.perf_counter()
+    if now - self.last >= PROGRESS_EVERY_SECONDS:
+      self.last = now
+      log.info("epoch %d: %s step %d of %d", self.epoch, phase, done, total)
 
 
 @dataclasses.dataclass
@@ -229,8 +245,11 @@ def _epoch_graphs(net, host_view):
   return None if fn is None else lambda state, g, epoch: fn(host_view(state.params), g, epoch)
 
 
-def run_epoch(trainer: Trainer, state, graphs, ds, config, epoch: int, root_key, workdir, mgr):
-  """The BPR mini-batches of one epoch, then its TransE batches; returns (state, mean terms)."""
+def run_epoch(
+  trainer: Trainer, state, graphs, ds, config, epoch: int, root_key, workdir, mgr, progress=None
+):
+  """The BPR mini-batches of one epoch, then its TransE batches; returns (state, mean terms).
+  `progress(phase, done, total)`, if given, is told after each step."""
   if trainer.epoch_graphs is not None:
     graphs = trainer.epoch_graphs(state, graphs, epoch)
   epoch_key = jax.random.fold_in(root_key, epoch + 1)
@@ -242,6 +261,8 @@ def run_epoch(trainer: Trainer, state, graphs, ds, config, epoch: int, root_key,
     batch = trainer.shard({k: v[b] for k, v in batches.items()})
     state, terms = trainer.train_step(state, batch, jax.random.fold_in(epoch_key, b), graphs)
     step_terms.append(terms)
+    if progress is not None:
+      progress("BPR", b + 1, batches["users"].shape[0])
   _check_finite(step_terms, "loss", epoch, "training", workdir, mgr)
   terms = _mean_terms(step_terms)
   if trainer.kge_step is not None:
@@ -250,6 +271,8 @@ def run_epoch(trainer: Trainer, state, graphs, ds, config, epoch: int, root_key,
     for b in range(trainer.kge_sampler.steps):
       state, m = trainer.kge_step(state, trainer.shard({k: v[b] for k, v in kbatches.items()}))
       kge_terms.append(m)
+      if progress is not None:
+        progress("TransE", b + 1, trainer.kge_sampler.steps)
     _check_finite(kge_terms, "kge", epoch, "TransE", workdir, mgr)
     terms.update(_mean_terms(kge_terms))
   return state, terms
@@ -314,8 +337,17 @@ def _prepare(config, workdir: str, held: contextlib.ExitStack):
     os.path.join(workdir, rundir.IDENTITY_FILE),
     {"config": rundir.plain(requested), "data_sha256": data_sha256},
   )
-  rundir.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  rundir.write_json(os.path.join(workdir, "config.json"), _with_data_source(config, ds))
   return ds, config, net, graphs, t_setup
+
+
+def _with_data_source(config, ds) -> Dict[str, Any]:
+  """config.json records the data folder actually read (an empty data_dir means the environment
+  variable at training time), so prediction finds the data without that environment."""
+  saved = config.to_dict()
+  if not saved.get("data_dir") and ds.path and not config.dataset.startswith("synthetic"):
+    saved["data_dir"] = os.path.dirname(os.path.abspath(ds.path))
+  return saved
 
 
 def _restore(config, workdir, state, best_params):
@@ -419,7 +451,10 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
       if loop.stop:
         break
       t0 = time.perf_counter()
-      state, terms = run_epoch(trainer, state, graphs, ds, config, epoch, root_key, workdir, mgr)
+      progress = EpochProgress(epoch) if primary and pbar.disable else None
+      state, terms = run_epoch(
+        trainer, state, graphs, ds, config, epoch, root_key, workdir, mgr, progress
+      )
       jax.block_until_ready(state)
       t_train = time.perf_counter() - t0
       params = trainer.host_view(state.params)
@@ -473,20 +508,38 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
     pbar.close()  # before any error message, so that it is the last line
     writer.close()
   results = write_results(workdir, config, ds, loop, trainer, best_params, setup_seconds)
+  if primary:
+    write_final_scalars(workdir, results)
   if primary and config.train.plot:
     from cikg_jax import plots
 
     plots.training_curves(writer.metrics_path, os.path.join(workdir, "curves.png"), selection)
   log.info(
-    "best epoch %d: test %s",
+    "best epoch %d: test %s; stopped after %d epochs: %s",
     results["best_epoch"],
     "  ".join(
       f"{m}@{k} {results['test'].get(f'{m}@{k}', float('nan')):.4f}"
       for k in config.eval.ks
       for m in ("recall", "ndcg")
     ),
+    results["epochs_run"],
+    results["stop_reason"],
   )
   return results
+
+
+def write_final_scalars(workdir: str, results: Dict[str, Any]) -> None:
+  """The best epoch's valid and test metrics as TensorBoard scalars `best/<split>/<metric>` at
+  that epoch, next to the per-epoch curves (which hold the selection split only)."""
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    return
+  with SummaryWriter(os.path.join(workdir, "tensorboard")) as tb:
+    for split in ("valid", "test"):
+      for k, v in (results.get(split) or {}).items():
+        if isinstance(v, (int, float)):
+          tb.add_scalar(f"best/{split}/{k}", v, results["best_epoch"])
 
 
 def _decided_by_primary(loop: LoopState, save_due: bool):

@@ -22,7 +22,14 @@ VARIANTS = {
   "cikgrec-no_transe": ("--config.views=paper", "--config.kge.use=False"),
   "cikgrec-release-valid": ("--config.views=release",),
 }
-USES_TRANSE = {"dbbook2014", "synthetic"}
+
+
+def uses_transe(dataset: str) -> bool:
+  """Whether the dataset's CIKGRec config takes TransE steps (dbbook2014, and the base values a
+  dataset without its own config gets)."""
+  from configs import datasets
+
+  return bool(datasets.get_config(dataset).kge.use)
 
 
 def runs(datasets, seeds):
@@ -30,7 +37,7 @@ def runs(datasets, seeds):
   for seed in seeds:
     for d in datasets:
       for v, f in VARIANTS.items():
-        if v == "cikgrec-no_transe" and d not in USES_TRANSE:
+        if v == "cikgrec-no_transe" and not uses_transe(d):
           continue
         # the flags' order matches the other studies', so shared runs are recognised
         flags = (f[0],) + BASE + f[1:] if f[0].startswith("--config.views") else BASE + f

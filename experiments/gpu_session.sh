@@ -25,8 +25,8 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 cat "$OUT/env.txt"
 jaxv=$(python3 -c "import jax; print(jax.__version__)")
 python3 experiments/grid.py --studies "$STUDIES" --datasets "$DATASETS" --seeds "$SEEDS" --order study \
-  ${ONLY:+--only "$ONLY"} --parallel "$PARALLEL" --deadline-seconds "$BUDGET" --min-run-seconds "$MINRUN" \
+  ${ONLY:+--only "$ONLY"} --parallel "$PARALLEL" --deadline_seconds "$BUDGET" --min_run_seconds "$MINRUN" \
   --machine "1x $gpu (device tool), jax $jaxv, up to $PARALLEL runs sharing the GPU" \
-  --runs-dir /tmp/runs --results-dir /tmp/results 2>&1 | tee "$OUT/grid.log"
+  --runs_dir /tmp/runs --results_dir /tmp/results 2>&1 | tee "$OUT/grid.log"
 tar czf "$OUT/results.tgz" -C /tmp results
 (cd /tmp/runs && tail -n 3 */log.txt) > "$OUT/run_tails.txt" 2>&1

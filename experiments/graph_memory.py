@@ -78,7 +78,9 @@ def formula(nodes, op_edges, dim, devices, batch, model_name, layers, backend):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--nodes", type=int, default=100_000_000)
   p.add_argument("--edges", type=int, default=2_000_000_000)
   p.add_argument("--ui_share", type=float, default=0.5)

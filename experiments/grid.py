@@ -2,7 +2,7 @@
 the run of one study that another also lists is trained once.
 
   python experiments/grid.py --studies user_knowledge,main_table,ablations --parallel 12 \\
-      --seeds 2024,1,2 --machine h200 --deadline-seconds 480
+      --seeds 2024,1,2 --machine h200 --deadline_seconds 480
   python experiments/grid.py --quick                      # every study's smoke runs
 
 With --order=seed (default) every variant's first seed runs before any second seed, so a cut-off

@@ -700,7 +700,9 @@ def splice(readme: str, new: str) -> str:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
   p.add_argument("--print", action="store_true", help="print the section, write nothing")
   p.add_argument("--results", default=RESULTS)

@@ -63,8 +63,8 @@ class Run:
     return f"{self.dataset}__{self.variant}__s{self.seed}"
 
   def config_arg(self) -> str:
-    if self.model == "cikgrec":
-      return DATASET_CONFIG[self.dataset]
+    if self.model == "cikgrec":  # a dataset without its own config gets the base values
+      return DATASET_CONFIG.get(self.dataset) or f"configs/base.py:{self.dataset}"
     return f"{MODEL_CONFIG[self.model]}:{self.dataset}"
 
   def command(self, workdir: str, extra: Sequence[str] = ()) -> List[str]:
@@ -247,8 +247,16 @@ def run_grid(
   return counts
 
 
-def quick(runs: Sequence[Run]) -> List[Run]:
-  """Smoke mode: each distinct variant once, on the tiny synthetic dataset, for 2 epochs."""
+def quick(runs: Sequence[Run], keep_datasets: bool = False) -> List[Run]:
+  """Smoke mode: each distinct variant once, for 2 epochs, on the tiny synthetic dataset or, with
+  `keep_datasets` (datasets named on the command line), on each named dataset."""
+  if keep_datasets:
+    seen, out = set(), []
+    for r in runs:
+      if (r.dataset, r.variant) not in seen:
+        seen.add((r.dataset, r.variant))
+        out.append(dataclasses.replace(r, flags=tuple(r.flags) + QUICK_FLAGS, seed=r.seed))
+    return out
   seen, out = set(), []
   for r in runs:
     if r.variant in seen or r.dataset == "ml1m":
@@ -273,28 +281,48 @@ def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
   """The command line of every study script and of grid.py. A study module lists its runs with
   `runs(datasets, seeds)` and may make their inputs with `prepare(datasets, data_dir)`, called
   before training (not for --quick or --list)."""
-  p = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else studies[0])
+  p = argparse.ArgumentParser(
+    description=doc.split("\n\n")[0] if doc else studies[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument(
     "--studies",
     default=",".join(studies),
     help="comma-separated study modules under experiments/, in priority order",
   )
-  p.add_argument("--datasets", default=",".join(DATASETS))
+  p.add_argument(
+    "--datasets",
+    default="",
+    help=f"comma-separated dataset names: the paper's or any the trainer loads from the data "
+    f"folder (default {','.join(DATASETS)})",
+  )
   p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-  p.add_argument("--quick", action="store_true", help="tiny synthetic data, 2 epochs, one seed")
+  p.add_argument(
+    "--quick",
+    action="store_true",
+    help="2 epochs per variant, one seed: on tiny synthetic data, or on the --datasets named",
+  )
   p.add_argument("--list", action="store_true", help="list the runs and whether they are done")
   p.add_argument("--only", default="", help="comma-separated substrings; keep matching runs")
   p.add_argument("--parallel", type=int, default=1, help="runs at once (a GPU fits several)")
   p.add_argument("--machine", default="", help="where the numbers are measured (recorded)")
-  p.add_argument("--results-dir", default="")
-  p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs"))
+  # One flag style (underscores, as the trainer's); the hyphenated spellings still work.
+  p.add_argument("--results_dir", "--results-dir", default="", help="default: experiments/results")
   p.add_argument(
+    "--runs_dir",
+    "--runs-dir",
+    default=os.path.join(ROOT, "runs"),
+    help="work directories of the runs",
+  )
+  p.add_argument(
+    "--deadline_seconds",
     "--deadline-seconds",
     type=float,
     default=0.0,
     help="wall-time budget of the whole invocation: runs get what is left",
   )
   p.add_argument(
+    "--min_run_seconds",
     "--min-run-seconds",
     type=float,
     default=30.0,
@@ -309,14 +337,15 @@ def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
   )
   args = p.parse_args(argv)
   names = args.studies.split(",")
-  datasets = args.datasets.split(",")
+  datasets = (args.datasets or ",".join(DATASETS)).split(",")
   seeds = [int(s) for s in args.seeds.split(",")]
   pairs = study_runs(names, datasets, seeds)
   if args.only:
     pairs = [(s, r) for s, r in pairs if any(k in r.name for k in args.only.split(","))]
   results_dir = args.results_dir or RESULTS
   if args.quick:
-    pairs = [(s, r) for s in names for r in quick([r for s2, r in pairs if s2 == s])]
+    own = bool(args.datasets)
+    pairs = [(s, r) for s in names for r in quick([r for s2, r in pairs if s2 == s], own)]
     results_dir = args.results_dir or os.path.join(args.runs_dir, "quick", "results")
   elif args.order == "seed":
     pairs = sorted(pairs, key=lambda sr: seeds.index(sr[1].seed))  # stable: study order kept

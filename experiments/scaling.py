@@ -7,7 +7,7 @@ there, not speedups; on a multi-GPU host they are the real scaling table.
   python experiments/scaling.py --datasets=tiny,dbbook2014 --devices=1,2,4 --modes=data,graph
   python experiments/scaling.py --datasets=synthetic_large:0.01 --devices=1,2,4
   python experiments/scaling.py --render              # table + plot from the result files
-  python experiments/scaling.py --write-gpu-script    # experiments/scaling_gpu.sh for a GPU host
+  python experiments/scaling.py --write_gpu_script    # experiments/scaling_gpu.sh for a GPU host
 
 Results: experiments/results/scaling/<dataset>__<mode>__d<devices>.json (command, commit, machine).
 """
@@ -222,7 +222,7 @@ def _groups(rows):
 
 
 GPU_SCRIPT = """#!/usr/bin/env bash
-# Written by experiments/scaling.py --write-gpu-script: the scaling table on a GPU host (all its
+# Written by experiments/scaling.py --write_gpu_script: the scaling table on a GPU host (all its
 # GPUs; one GPU gives the single-device rows). Results land in experiments/results/scaling/.
 set -eu
 cd "$(dirname "$0")/.."
@@ -235,16 +235,18 @@ python experiments/scaling.py --render
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--datasets", default="tiny,dbbook2014")
   p.add_argument("--modes", default="data,graph,data_graph")
   p.add_argument("--devices", default="1,2,4")
   p.add_argument("--steps", type=int, default=5, help="timed steps per point (median)")
   p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
-  p.add_argument("--results-dir", default=RESULTS)
+  p.add_argument("--results_dir", "--results-dir", default=RESULTS)
   p.add_argument("--machine", default="")
   p.add_argument("--render", action="store_true")
-  p.add_argument("--write-gpu-script", action="store_true")
+  p.add_argument("--write_gpu_script", "--write-gpu-script", action="store_true")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   a = p.parse_args(argv)
   if a.worker:

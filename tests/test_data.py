@@ -354,3 +354,44 @@ def test_inference_max_entity_id_reads_entity_names_with_spaces(tmp_path, data_d
   (tmp_path / "test.txt").write_text("0 2\n")
   assert max_entity_id(tmp_path) == 2
   assert max_entity_id(Path(data_dir) / "book-crossing") == 9525
+
+
+@pytest.mark.parametrize("token", ["1_0", "+12", "\u0661\u0662", "\uff11", "1.0"])
+def test_ids_are_ascii_digits_only(toy_dir, token):
+  _write(toy_dir / "toy", "train.txt", f"0 0 1\n1 2 {token}\n")
+  _write(toy_dir / "toy", "test.txt", "0 3\n")
+  with pytest.raises(files.DataFormatError, match=r"train.txt:2: non-integer item id .*ASCII"):
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
+
+
+def test_fields_split_at_ascii_space_and_tab_only(toy_dir):
+  """A URI holding U+00A0 (or another Unicode space) stays one field in every list file."""
+  uri = "http://dbpedia.org/resource/Le\u00a0Petit\u2009Prince"
+  items = "org_id remap_id item_name\n" + "".join(
+    f"i{i}\t{i} {uri if i == 1 else f'Book {i}'}\n" for i in range(5)
+  )
+  entities = items.replace("item_name", "entity_name") + "e5 5\ne6 6\n"
+  _with_lists(toy_dir, items, entities)()
+  got = files.read_id_list(str(toy_dir / "toy" / "item_list.txt"))
+  assert got.names[1] == uri and got.org_ids[1] == "i1"
+  assert files.split_fields(" a\u00a0b\tc  d ") == ["a\u00a0b", "c", "d"]
+  assert files.split_fields("x\u00a0 1", maxsplit=1) == ["x\u00a0", "1"]
+  # a U+00A0 in an id column is a wrong id, not a separator
+  _write(toy_dir / "toy", "train.txt", "0 0 1 2\n1 2\u00a03\n2 0 4\n")
+  with pytest.raises(files.DataFormatError, match=r"train.txt:2: non-integer item id '2\\xa03'"):
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
+
+
+@pytest.mark.parametrize(
+  "data,where",
+  [
+    (b"0 0 1\n1 2 3\n2 0 4 \xe9t\xe9\n", r"train.txt:3: byte 0xe9 at byte offset 18 is not UTF-8"),
+    (b"0 0 1\n\x89PNG\r\n\x1a\n", r"train.txt:2: byte 0x89 at byte offset 6 is not UTF-8"),
+  ],
+  ids=["latin1", "binary"],
+)
+def test_non_utf8_bytes_name_line_and_byte_offset(toy_dir, data, where):
+  (toy_dir / "toy" / "train.txt").write_bytes(data)
+  with pytest.raises(files.DataFormatError, match=where + r"; data files must be UTF-8") as e:
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
+  assert "\n" not in str(e.value)

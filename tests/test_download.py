@@ -54,3 +54,14 @@ def test_offline_fails_clearly(tmp_path):
 def test_git_blob_check_for_ml1m_kg():
   with pytest.raises(download.DownloadError, match="git blob id"):
     download._verify("ml1m/kg_final.txt", b"not the file")
+
+
+@pytest.mark.parametrize("mask", [0o027, 0o002])
+def test_fetched_files_get_the_umask_mode_not_mkstemps_0600(server, tmp_path, mask):
+  url, _ = server
+  old = os.umask(mask)
+  try:
+    got = download.fetch("book-crossing", str(tmp_path / "out"), base_url=url)
+  finally:
+    os.umask(old)
+  assert {os.stat(p).st_mode & 0o777 for p in got} == {0o666 & ~mask}

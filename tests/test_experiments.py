@@ -252,3 +252,57 @@ def test_every_study_runs_in_quick_mode(tmp_path):
     for f in os.listdir(tmp_path / "results" / "main_table")
   }
   assert models == {"cikgrec", "lightgcn", "simgcl", "kgat"}
+
+
+def _import_fixture_dataset(data_dir):
+  from cikg_jax.data import convert
+
+  src = os.path.join(ROOT, "tests", "data_fixtures", "kgat_dbpedia")
+  convert.convert_kgat(src, os.path.join(data_dir, "mydata"))
+
+
+@pytest.mark.parametrize("script", ["main_table", "ablations", "schedules", "user_knowledge"])
+def test_study_scripts_accept_any_dataset_the_trainer_accepts(tmp_path, script):
+  """A name without its own config gets the base values, as the trainer gives it."""
+  proc = subprocess.run(
+    [sys.executable, f"experiments/{script}.py", "--datasets=mydata", "--quick", "--list"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ, CIKG_DATA_DIR=str(tmp_path)),
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  assert lines and all(" mydata__" in ln for ln in lines), lines
+  assert any("--config=configs/base.py:mydata " in ln for ln in lines)
+  assert all("--config.train.max_epochs=2" in ln for ln in lines)
+  if script == "ablations":  # the base values take TransE steps: its ablation applies
+    assert any("cikgrec-no_transe" in ln for ln in lines)
+  if script == "main_table":
+    assert any("--config=configs/kgat.py:mydata " in ln for ln in lines)
+
+
+@pytest.mark.slow
+def test_main_table_quick_trains_on_an_imported_dataset(tmp_path):
+  _import_fixture_dataset(str(tmp_path / "data"))
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "experiments/main_table.py",
+      "--datasets=mydata",
+      "--quick",
+      "--parallel=2",
+      f"--runs_dir={tmp_path / 'runs'}",
+      f"--results_dir={tmp_path / 'results'}",
+      "--extra=--config.selection=test --config.train.min_epochs=0",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=1800,
+    env=dict(os.environ, CIKG_DATA_DIR=str(tmp_path / "data")),
+  )
+  assert proc.returncode == 0 and "'failed': 0" in proc.stdout, proc.stdout[-3000:]
+  done = os.listdir(tmp_path / "results" / "main_table")
+  assert len(done) == 8 and all(f.startswith("mydata__") for f in done), done

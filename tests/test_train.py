@@ -334,4 +334,51 @@ def test_tensorboard_events_hold_every_metrics_jsonl_key(cli_run):
       tag = (_tb_tag(key), record["epoch"])
       assert tag in scalars, tag
       assert scalars[tag] == pytest.approx(record[key], rel=1e-6, abs=1e-30), key
-  assert set(scalars) == {(_tb_tag(k), r["epoch"]) for r in records for k in r if k != "epoch"}
+  per_epoch = {tag for tag in scalars if not tag[0].startswith("best/")}
+  assert per_epoch == {(_tb_tag(k), r["epoch"]) for r in records for k in r if k != "epoch"}
+  # the best epoch's valid and test metrics too (the curves hold the selection split only)
+  with open(os.path.join(cli_run["workdir"], "results.json")) as f:
+    results = json.load(f)
+  for split in ("valid", "test"):
+    for k, v in results[split].items():
+      tag = (_tb_tag(f"best/{split}/{k}"), results["best_epoch"])
+      assert scalars[tag] == pytest.approx(v, rel=1e-6, abs=1e-30), tag
+  assert len(scalars) - len(per_epoch) == len(results["valid"]) + len(results["test"])
+
+
+def test_cli_last_log_line_says_why_the_run_stopped(cli_run):
+  last = cli_run["out"].strip().splitlines()[-1]
+  assert last.endswith("stopped after 2 epochs: max_epochs"), last
+
+
+def test_a_long_epoch_logs_its_progress_when_output_is_not_a_terminal(
+  tmp_path, caplog, monkeypatch
+):
+  import logging
+
+  caplog.set_level(logging.INFO, logger="cikg_jax")
+  monkeypatch.setattr(train, "PROGRESS_EVERY_SECONDS", 0.0)  # every step counts as a minute
+  c = _tiny(tmp_path, max_epochs=1, checkpoint=False)
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  steps_logged = [r.getMessage() for r in caplog.records if "BPR step" in r.getMessage()]
+  assert steps_logged[0] == "epoch 0: BPR step 1 of " + steps_logged[-1].rsplit(" ", 1)[-1]
+  assert steps_logged[-1].startswith(
+    f"epoch 0: BPR step {len(steps_logged)} of {len(steps_logged)}"
+  )
+  assert any("TransE step" in r.getMessage() for r in caplog.records)
+
+
+def test_readmes_tensorboard_command_reads_the_runs_curves_and_test_metrics(cli_run):
+  """`tensorboard --logdir runs/` (the test extra installs tensorboard, as CI does)."""
+  import subprocess
+  import sys
+
+  pytest.importorskip("tensorboard")
+  exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+  logdir = os.path.dirname(cli_run["workdir"])
+  p = subprocess.run(
+    [exe, "--logdir", logdir, "--inspect"], capture_output=True, text=True, timeout=300
+  )
+  assert p.returncode == 0, p.stderr[-2000:]
+  for tag in ("valid/recall_20", "loss", "best/test/recall_20", "best/valid/ndcg_20"):
+    assert f"   {tag}\n" in p.stdout, tag

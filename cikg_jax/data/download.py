@@ -16,6 +16,8 @@ from typing import Dict, List
 import urllib.error
 import urllib.request
 
+from cikg_jax import cli_help, rundir
+
 COMMIT = "4cd310f605e8857883a508170e6753dcb05c4e98"
 BASE_URL = f"https://raw.githubusercontent.com/laowangzi/CIKGRec/{COMMIT}/data"
 DATASETS = ("dbbook2014", "book-crossing", "ml1m")
@@ -95,6 +97,7 @@ def fetch(
       ) from e
     _verify(rel, data)
     fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
+    rundir.ordinary_mode(fd)  # mkstemp's 0600 would hide the data from the group
     with os.fdopen(fd, "wb") as f:
       f.write(data)
     os.replace(tmp, dest)
@@ -103,10 +106,17 @@ def fetch(
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli_help.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--dataset", choices=DATASETS + ("all",), required=True)
   parser.add_argument("--out", required=True, help="data directory (datasets go in subfolders)")
-  parser.add_argument("--base-url", default=BASE_URL)
+  parser.add_argument(
+    "--base_url",
+    "--base-url",
+    default=BASE_URL,
+    help="where the files are (default: the pinned commit)",
+  )
   args = parser.parse_args(argv)
   names = DATASETS if args.dataset == "all" else (args.dataset,)
   try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 import warnings
 
@@ -23,35 +24,69 @@ def _fail(path: str, line_no: Optional[int], problem: str):
   raise DataFormatError(f"{where}: {problem}")
 
 
+ENCODING = "UTF-8"
+_FIELD_SEP = re.compile(r"[ \t]+")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def split_fields(text: str, maxsplit: int = 0) -> List[str]:
+  """The one tokenizer rule of every data file: fields are separated by ASCII spaces and tabs only,
+  so a name or URI may hold any other character (U+00A0, non-ASCII letters, mojibake), which
+  `str.split()` would cut apart."""
+  text = text.strip(" \t")
+  return _FIELD_SEP.split(text, maxsplit=maxsplit) if text else []
+
+
+def read_text(path: str) -> str:
+  """The file's text, decoded as UTF-8 (a byte-order mark allowed); bytes that are not UTF-8
+  (a Latin-1 export, a binary file) are refused naming the line and byte offset."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    _fail(
+      path,
+      line,
+      f"byte 0x{data[e.start]:02x} at byte offset {e.start} is not {ENCODING}; data files must "
+      f"be {ENCODING} text (re-encode a Latin-1 file with `iconv -f latin1 -t utf-8`)",
+    )
+
+
 def _text_lines(path: str):
   """Yields (line_no, text without the line end); blank lines are allowed only at the end of the
   file. A UTF-8 byte-order mark (Windows editors write one) and CRLF line ends are accepted."""
   if not os.path.exists(path):
     _fail(path, None, "file not found")
-  with open(path, "r", encoding="utf-8-sig") as f:
-    raw = f.read().split("\n")
-  while raw and not raw[-1].strip():
+  raw = read_text(path).split("\n")
+  while raw and not split_fields(raw[-1].rstrip("\r")):
     raw.pop()
   for i, text in enumerate(raw, start=1):
     text = text.rstrip("\r")
-    if not text.strip():
+    if not split_fields(text):
       _fail(path, i, "empty line inside the file")
     yield i, text
 
 
 def _lines(path: str):
-  """Yields (line_no, tokens), as `_text_lines`."""
+  """Yields (line_no, fields), as `_text_lines`."""
   for i, text in _text_lines(path):
-    yield i, text.split()
+    yield i, split_fields(text)
+
+
+def parse_id(token: str) -> Optional[int]:
+  """A non-negative id written in ASCII digits, else None: `int()` would also accept `1_0`,
+  `+12` and other scripts' digits (`١٢`), which no id column means."""
+  return int(token) if _DIGITS.fullmatch(token) else None
 
 
 def _to_int(path: str, line_no: int, token: str, what: str) -> int:
-  try:
-    value = int(token)
-  except ValueError:
-    _fail(path, line_no, f"non-integer {what} {token!r}")
-  if value < 0:
-    _fail(path, line_no, f"{what} {value} is negative")
+  value = parse_id(token)
+  if value is None:
+    if token.startswith("-") and parse_id(token[1:]) is not None:
+      _fail(path, line_no, f"{what} {token} is negative")
+    _fail(path, line_no, f"non-integer {what} {token!r} (ids are ASCII digits 0-9)")
   return value
 
 
@@ -214,19 +249,19 @@ def read_id_list(path: str, dense: bool = True) -> IdList:
   may contain spaces or be absent."""
   entries: Dict[int, Tuple[str, Optional[str], int]] = {}
   for line_no, text in _text_lines(path):
-    tokens = text.split(maxsplit=2)
+    tokens = split_fields(text, maxsplit=2)
     if line_no == 1:
-      if tokens[:2] != ["org_id", "remap_id"] or len(text.split()) > 3:
+      if tokens[:2] != ["org_id", "remap_id"] or len(split_fields(text)) > 3:
         _fail(path, 1, f"expected the header 'org_id remap_id [name]', got {text.strip()[:80]!r}")
       continue
     if len(tokens) < 2:
       _fail(path, line_no, f"expected 'org_id remap_id [name]', got {text.strip()[:80]!r}")
-    if not tokens[1].lstrip("-").isdigit():
+    if parse_id(tokens[1].lstrip("-")) is None:
       _fail(path, line_no, f"remap_id {tokens[1]!r} is not an integer")
     remap = _to_int(path, line_no, tokens[1], "remap_id")
     if remap in entries:
       _fail(path, line_no, f"remap_id {remap} already on line {entries[remap][2]}")
-    name = tokens[2].strip() if len(tokens) == 3 else None
+    name = tokens[2].strip(" \t") if len(tokens) == 3 else None
     entries[remap] = (tokens[0], name, line_no)
   n = len(entries)
   if dense:

@@ -44,7 +44,7 @@ class VLLMOfflineBackend:
     kw = {
       "model": m.path or m.name,
       "revision": m.revision,
-      "served_model_name": m.served_name,
+      "served_model_name": m.served_name or None,
       "dtype": e.dtype,
       "max_model_len": e.max_model_len,
       "seed": config.seed,

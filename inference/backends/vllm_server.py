@@ -121,7 +121,7 @@ class VLLMServer:
     cmd = server_command(
       s.python or sys.executable,
       m.path or m.name,
-      m.served_name,
+      m.served_name or m.name,
       s.host,
       port,
       dtype=e.dtype,
@@ -136,7 +136,7 @@ class VLLMServer:
     )
     env = {**os.environ, **{k: str(v) for k, v in dict(s.env).items()}}
     log = Path(s.log_path or Path(config.out_dir) / "vllm_server.log")
-    return cls(cmd, s.host, port, m.served_name, env, log, s.startup_timeout_s)
+    return cls(cmd, s.host, port, m.served_name or m.name, env, log, s.startup_timeout_s)
 
   @property
   def base_url(self) -> str:
@@ -150,13 +150,22 @@ class VLLMServer:
     log = open(self.log_path, "ab")
     log.write(("\n$ " + " ".join(redact(self.cmd)) + "\n").encode())
     log.flush()
-    self.proc = subprocess.Popen(
-      self.cmd,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      env=self.env,
-      start_new_session=True,
-    )
+    try:
+      self.proc = subprocess.Popen(
+        self.cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=self.env,
+        start_new_session=True,
+      )
+    except FileNotFoundError:
+      log.close()
+      raise FileNotFoundError(
+        f"{self.cmd[0]}: not found, so the vLLM server cannot start: install vLLM "
+        "(`pip install -e '.[vllm]'` on an NVIDIA GPU machine; on CPU `bash "
+        "inference/setup_vllm_cpu.sh` and --config=configs/llm/smollm2_cpu.py), or set "
+        "--config.server.python to a Python that has it"
+      ) from None
     self._pump = threading.Thread(target=_copy_redacted, args=(self.proc.stdout, log), daemon=True)
     self._pump.start()
     try:
