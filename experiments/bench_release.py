@@ -6,7 +6,8 @@ the path of a checkout (its data/ folder included). Needs torch and torch_geomet
 What is timed is the body of the release's train.py loop for one fixed mini-batch: zero_grad, the
 BPR forward, the cross-domain contrastive loss over its three views, the interest reconstruction,
 backward and the Adam step; graphs and model built exactly as train.py builds them. Warm-up step
-excluded; median of `--repeats`; `--threads` torch threads (2 = this machine). Prints one JSON.
+excluded; median of `--repeats`; `--threads` torch threads (2 = this machine). Prints one JSON,
+with the machine it ran on (cikg_jax.host.machine).
 
   python experiments/bench_release.py --release=/tmp/cikg_release --dataset=book-crossing
 """
@@ -67,6 +68,9 @@ def main():
   args = p.parse_args()
   import torch
 
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from cikg_jax import host  # reads files only: no jax in the release's Python
+
   torch.set_num_threads(args.threads)
   t0 = time.perf_counter()
   model, optimizer, (user, pos, neg), (ig, kg, cf, cikg) = build(
@@ -99,6 +103,7 @@ def main():
   print(
     json.dumps(
       {
+        "machine": host.machine(),
         "impl": "release",
         "dataset": args.dataset,
         "threads": args.threads,

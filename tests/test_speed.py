@@ -6,6 +6,7 @@ setting."""
 
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -388,3 +389,78 @@ def test_keep_freed_memory_is_idempotent():
   if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
     assert first is True  # mallopt is there and accepted the settings
   assert host.keep_freed_memory() is first  # a second call changes nothing and says the same
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+stepping\t: 8
+flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_bf16 amx_tile
+
+processor\t: 1
+model name\t: something else
+"""
+
+
+def test_machine_names_the_cpu_its_vector_units_and_the_versions(tmp_path):
+  path = tmp_path / "cpuinfo"
+  path.write_text(_CPUINFO)
+  m = host.machine(str(path))
+  assert m["cpu_model"] == "Intel(R) Xeon(R) Platinum 8480+"
+  assert m["cpu_id"] == "GenuineIntel 6 143 8"
+  assert m["vector_extensions"] == [
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_bf16",
+    "amx_tile",
+  ]
+  assert m["cpu_class"] == "Intel(R) Xeon(R) Platinum 8480+, AVX-512"
+  assert m["jax"] == jax.__version__ and m["logical_cpus"] == os.cpu_count()
+  assert 1 <= m["cpus_usable"] <= m["logical_cpus"]
+  if os.path.exists("/proc/loadavg"):
+    assert len(m["loadavg"]) == 3 and all(x >= 0 for x in m["loadavg"])
+  assert host.cpu_class("AMD EPYC", ["avx", "avx2", "fma"]) == "AMD EPYC, AVX2"
+  assert host.machine(str(tmp_path / "missing"))["vector_extensions"] == []
+  json.dumps(m)  # goes into result files as it is
+
+
+_FAKE_RELEASE = """import json, sys
+print("ready " + json.dumps({"torch": "0.0-fake", "threads": 2, "machine": {}}), flush=True)
+for _ in sys.stdin:
+  print(0.5, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_bench_results_name_the_machine_and_the_info_nce_path(tmp_path):
+  """bench.py's benchmark record (step, TransE step, evaluation; ~40 s)."""
+  from experiments import bench
+
+  out = bench.bench(_tiny(tmp_path), repeats=1, profile=False)
+  assert out["info_nce"] == ("fused" if jax.default_backend() == "cpu" else "autodiff")
+  for k in ("cpu_model", "cpu_class", "vector_extensions", "logical_cpus", "loadavg", "jax"):
+    assert k in out["machine"], k
+  json.dumps(out)
+
+
+def test_side_by_side_results_name_the_machine_and_the_release_torch(tmp_path):
+  """bench.py --release against a stand-in for the release's process that speaks the same pipe
+  protocol: the record names the machine, the load and both sides' versions."""
+  from experiments import bench
+
+  fake = tmp_path / "fake_release.py"
+  fake.write_text(_FAKE_RELEASE)
+  paired = bench.paired_with_release(_tiny(tmp_path), str(tmp_path), f"{sys.executable} {fake}", 3)
+  assert paired["release_torch"] == "0.0-fake" and paired["release_step_seconds"] == [0.5] * 3
+  assert paired["machine"]["cpu_class"] == host.machine()["cpu_class"]
+  assert len(paired["loadavg_before"]) == 3
+  assert paired["info_nce"] == ("fused" if jax.default_backend() == "cpu" else "autodiff")
+  assert paired["ratio_median_of_pairs"] > 0
+  json.dumps(paired)
