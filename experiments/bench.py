@@ -39,7 +39,7 @@ from cikg_jax import (  # noqa: E402
 )
 from cikg_jax import propagation as prop  # noqa: E402
 from cikg_jax.data import sampling  # noqa: E402
-from experiments import roofline  # noqa: E402
+from experiments import roofline, runner  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/dbbook2014.py", "Config to benchmark.")
@@ -122,6 +122,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   key = jax.random.PRNGKey(1)
   out = {
     "machine": host.machine(),
+    "commit": runner.git_commit(),
     "dataset": ds.name,
     "backend": net.backend,
     "info_nce": "fused" if losses.fused_info_nce() else "autodiff",
@@ -452,6 +453,7 @@ def paired_with_release(config, release: str, release_python: str, pairs: int):
     "machine": host.machine(),
     "release_torch": release_side["torch"],
     "release_threads": release_side["threads"],
+    "commit": runner.git_commit(),
     "dataset": ds.name,
     "pairs": pairs,
     "info_nce": "fused" if losses.fused_info_nce() else "autodiff",

@@ -22,6 +22,23 @@ import sys
 import time
 
 
+def _nltk_stand_in():
+  """The release's utils.py imports nltk's stopwords and WordNetLemmatizer for its text tools,
+  which the train step never calls: where nltk is not installed (a GPU image), empty stand-in
+  modules satisfy the import."""
+  try:
+    import nltk  # noqa: F401
+  except ImportError:
+    import types
+
+    nltk = types.ModuleType("nltk")
+    corpus, stem = types.ModuleType("nltk.corpus"), types.ModuleType("nltk.stem")
+    corpus.stopwords = types.SimpleNamespace(words=lambda *a, **k: [])
+    stem.WordNetLemmatizer = object
+    nltk.corpus, nltk.stem = corpus, stem
+    sys.modules.update({"nltk": nltk, "nltk.corpus": corpus, "nltk.stem": stem})
+
+
 def build(release: str, dataset: str, seed: int, device: str = "cpu"):
   """The release's loader, graphs, model and optimizer, as its train.py builds them."""
   import torch
@@ -29,6 +46,7 @@ def build(release: str, dataset: str, seed: int, device: str = "cpu"):
 
   sys.path.insert(0, release)
   os.chdir(release)  # MyLoader reads ./data/<dataset>
+  _nltk_stand_in()
   from models.Model import CIKGRec  # noqa: E402
   from utils import MyLoader, init_seed  # noqa: E402
 
