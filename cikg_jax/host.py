@@ -1,4 +1,5 @@
-"""Host-side settings: XLA:CPU flags and the allocator; XLA:GPU's deterministic mode.
+"""Host-side settings: XLA:CPU flags, the allocator and XLA:GPU's deterministic mode; and the
+description of the machine that every speed figure records (`machine`).
 
 `set_xla_cpu_flags` picks XLA:CPU's memory-optimised instruction scheduler instead of the default,
 which on a CIKGRec step picks the concurrency-optimised one: that schedule runs independent
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import os
+import platform
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
@@ -96,3 +99,112 @@ def restore_malloc_defaults() -> None:
   libc.mallopt(_M_TOP_PAD, 0)
   libc.malloc_trim(0)
   _done = False
+
+
+# x86 vector extensions that XLA:CPU (LLVM, compiling for the host), Eigen, XNNPACK and torch pick
+# at run time when the CPU has them, narrowest first (names as /proc/cpuinfo spells them).
+VECTOR_EXTENSIONS = (
+  "sse4_2",
+  "avx",
+  "avx2",
+  "fma",
+  "avx_vnni",
+  "avx512f",
+  "avx512dq",
+  "avx512bw",
+  "avx512vl",
+  "avx512_vnni",
+  "avx512_bf16",
+  "avx512_fp16",
+  "amx_tile",
+  "amx_bf16",
+  "asimd",
+  "sve",
+  "sve2",
+)
+
+
+def _cpuinfo(path: str = "/proc/cpuinfo") -> dict:
+  """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+  fields = {}
+  try:
+    with open(path) as f:
+      for line in f:
+        if not line.strip():
+          if fields:
+            break
+          continue
+        k, _, v = line.partition(":")
+        fields.setdefault(k.strip(), v.strip())
+  except OSError:
+    pass
+  return fields
+
+
+def _version(package: str):
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def loadavg():
+  """The 1, 5 and 15 minute load averages (floats), None where /proc/loadavg is missing."""
+  try:
+    with open("/proc/loadavg") as f:
+      return [float(x) for x in f.read().split()[:3]]
+  except OSError:
+    return None
+
+
+def machine(cpuinfo: str = "/proc/cpuinfo") -> dict:
+  """What a speed figure was measured on: CPU model, the vector extensions it has of
+  VECTOR_EXTENSIONS (the widest ones the kernels use), logical CPUs (all, and those this process
+  may run on), load averages now, jax/jaxlib/torch versions installed in this Python (None when
+  absent) and XLA_FLAGS. Reads files only: it imports neither jax nor torch."""
+  info = _cpuinfo(cpuinfo)
+  flags = set(info.get("flags", info.get("Features", "")).split())
+  model = info.get("model name") or info.get("Model name") or platform.processor() or None
+  exts = [x for x in VECTOR_EXTENSIONS if x in flags]
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    usable = os.cpu_count()
+  return {
+    "cpu_model": model,
+    "cpu_class": cpu_class(model, exts),
+    # vendor, family, model, stepping: the microarchitecture where the model name is generic
+    "cpu_id": " ".join(
+      info.get(k, "?") for k in ("vendor_id", "cpu family", "model", "stepping") if k in info
+    )
+    or None,
+    "vector_extensions": exts,
+    "logical_cpus": os.cpu_count(),
+    "cpus_usable": usable,
+    "loadavg": loadavg(),
+    "arch": platform.machine(),
+    "jax": _version("jax"),
+    "jaxlib": _version("jaxlib"),
+    "torch": _version("torch"),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def cpu_class(model, extensions) -> str:
+  """A short label for the README's machine column: the model and its widest x86 vector unit,
+  e.g. "AMD EPYC, AVX-512"."""
+  exts = set(extensions)
+  width = (
+    "AVX-512"
+    if "avx512f" in exts
+    else "AVX2"
+    if "avx2" in exts
+    else "AVX"
+    if "avx" in exts
+    else "SVE"
+    if "sve" in exts
+    else "NEON"
+    if "asimd" in exts
+    else "no AVX"
+  )
+  return f"{model or 'unknown CPU'}, {width}"

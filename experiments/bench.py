@@ -1,6 +1,7 @@
 """Times the train step, the TransE step and full-ranking evaluation for a config, and where the
 step's time goes (per loss term, forward+backward). Warm-up (compilation) excluded; medians of
-several runs; prints one JSON object.
+several runs; prints one JSON object, with the machine it ran on (cikg_jax.host.machine: CPU
+model, vector extensions, cores, load averages, jax/jaxlib/torch versions).
 
   python experiments/bench.py --config=configs/dbbook2014.py [--config.model.backend=segment]
   python experiments/bench.py --config=configs/lightgcn.py:dbbook2014 --repeats=20
@@ -38,7 +39,7 @@ from cikg_jax import (  # noqa: E402
 )
 from cikg_jax import propagation as prop  # noqa: E402
 from cikg_jax.data import sampling  # noqa: E402
-from experiments import roofline  # noqa: E402
+from experiments import roofline, runner  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/dbbook2014.py", "Config to benchmark.")
@@ -52,9 +53,9 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
   "compare",
   False,
-  "Also time, alternating in this process: the step as the previous measurement had it "
-  "(jax.random's rolled threefry draws, XLA's default scheduler), each change of this round alone, "
-  "now, and now with the opt-in fused InfoNCE (losses.FUSED_INFO_NCE).",
+  "Also time, alternating in this process: the step with jax.random's rolled threefry draws and "
+  "XLA's default scheduler, each of those changes alone, the step with autodiff's InfoNCE "
+  "(losses.FUSED_INFO_NCE=False), and the default step (the fused InfoNCE on CPU).",
 )
 
 flags.DEFINE_string(
@@ -73,10 +74,11 @@ DEFAULT_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_DEFAULT"}
 
 # Run by --release_python: the release's step of experiments/bench_release.py, one per input line.
 _RELEASE_SERVER = """
-import sys, time
+import json, sys, time
 import torch
 sys.path.insert(0, {repo!r})
 from experiments.bench_release import build
+from cikg_jax import host
 torch.set_num_threads(2)
 model, optimizer, (user, pos, neg), (ig, kg, cf, cikg) = build({release!r}, {dataset!r}, 2024)
 model.train()
@@ -89,7 +91,8 @@ def step():
   optimizer.step()
   return float(loss.detach())
 step()
-print("ready", flush=True)
+print("ready " + json.dumps(dict(torch=torch.__version__, threads=torch.get_num_threads(),
+                                 machine=host.machine())), flush=True)
 for _ in sys.stdin:
   t = time.perf_counter()
   step()
@@ -118,8 +121,11 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   step = jax.jit(steps.make_train_step(net, tx, rate, 1))
   key = jax.random.PRNGKey(1)
   out = {
+    "machine": host.machine(),
+    "commit": runner.git_commit(),
     "dataset": ds.name,
     "backend": net.backend,
+    "info_nce": "fused" if losses.fused_info_nce() else "autodiff",
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "devices": [str(d) for d in jax.devices()],
     "n_nodes": ds.n_nodes,
@@ -141,15 +147,18 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   if compare and config.cl.weight > 0:
     # Alternating rounds in this process, medians of the round medians. Each variant is compiled
     # with jax.random's draws or the unrolled ones (propagation.uniform; the same values), XLA's
-    # default scheduler or the one host.set_xla_cpu_flags picks (the same values), and the exact
-    # or the opt-in fused InfoNCE.
+    # default scheduler or the one host.set_xla_cpu_flags picks (the same values), and autodiff's
+    # InfoNCE or the backend's default (the fused pass on CPU; equal to float32 rounding).
     args = (state, batch, key, graphs)
+    autodiff = dict(fused=False)
     variants = {
-      "before": _compiled_step(net, tx, rate, args, jax_random=True, options=DEFAULT_SCHEDULER),
-      "unrolled_draws": _compiled_step(net, tx, rate, args, options=DEFAULT_SCHEDULER),
-      "memory_scheduler": _compiled_step(net, tx, rate, args, jax_random=True),
+      "before": _compiled_step(
+        net, tx, rate, args, jax_random=True, options=DEFAULT_SCHEDULER, **autodiff
+      ),
+      "unrolled_draws": _compiled_step(net, tx, rate, args, options=DEFAULT_SCHEDULER, **autodiff),
+      "memory_scheduler": _compiled_step(net, tx, rate, args, jax_random=True, **autodiff),
+      "autodiff_info_nce": _compiled_step(net, tx, rate, args, **autodiff),
       "now": _compiled_step(net, tx, rate, args),
-      "now_fused_info_nce": _compiled_step(net, tx, rate, args, fused=True),
     }
     rounds = {k: [] for k in variants}
     for _ in range(3):
@@ -229,10 +238,10 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   return out
 
 
-def _compiled_step(net, tx, rate, args, jax_random=False, fused=False, options=None):
+def _compiled_step(net, tx, rate, args, jax_random=False, fused=None, options=None):
   """The train step compiled for `args` with jax.random's draws in place of
-  propagation.uniform (`jax_random`), the opt-in fused InfoNCE (`fused`) and XLA compiler
-  `options` (e.g. DEFAULT_SCHEDULER)."""
+  propagation.uniform (`jax_random`), losses.FUSED_INFO_NCE = `fused` (None: the backend's
+  default) and XLA compiler `options` (e.g. DEFAULT_SCHEDULER)."""
   saved = prop.uniform, losses.FUSED_INFO_NCE
   try:
     if jax_random:
@@ -343,12 +352,16 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
 
   cands = nu + (n - nu)
   nce_cost = (6 * b * cands * d, 4 * b * cands * 4 * 2 + 3 * cands * d * 4)
-  add(f"InfoNCE products: {b} x ({nu} + {n - nu}) x {d}", *nce_cost, jax.jit(jax.grad(nce)), z)
-  losses.FUSED_INFO_NCE = True  # read when traced
-  nce_fused = jax.jit(jax.grad(nce))
-  jax.block_until_ready(nce_fused(z))
-  losses.FUSED_INFO_NCE = False
-  add("InfoNCE products, fused pass (opt-in, not exact)", *nce_cost, nce_fused, z)
+  saved = losses.FUSED_INFO_NCE
+  nce_grad = {}
+  for fused in (False, True):
+    losses.FUSED_INFO_NCE = fused  # read when traced
+    nce_grad[fused] = jax.jit(jax.grad(nce))
+    jax.block_until_ready(nce_grad[fused](z))
+  losses.FUSED_INFO_NCE = saved
+  shape = f"{b} x ({nu} + {n - nu}) x {d}"
+  add(f"InfoNCE products, autodiff: {shape}", *nce_cost, nce_grad[False], z)
+  add("InfoNCE products, fused pass (CPU default)", *nce_cost, nce_grad[True], z)
   views_cost = spmm_cost(views, layers)
   add(
     "contrastive term (all of it)",
@@ -415,7 +428,11 @@ def paired_with_release(config, release: str, release_python: str, pairs: int):
     text=True,
   )
   try:
-    while server.stdout.readline().strip() != "ready":
+    while True:
+      line = server.stdout.readline()
+      if line.startswith("ready"):
+        release_side = json.loads(line[len("ready") :])
+        break
       if server.poll() is not None:
         raise RuntimeError("the release process ended before its first step")
     load_before = open("/proc/loadavg").read().split()[:3]
@@ -433,8 +450,13 @@ def paired_with_release(config, release: str, release_python: str, pairs: int):
     server.wait()
   ratios = [r / m for m, r in zip(mine, theirs)]
   return {
+    "machine": host.machine(),
+    "release_torch": release_side["torch"],
+    "release_threads": release_side["threads"],
+    "commit": runner.git_commit(),
     "dataset": ds.name,
     "pairs": pairs,
+    "info_nce": "fused" if losses.fused_info_nce() else "autodiff",
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "cikg_jax_step_seconds_median": statistics.median(mine),
     "release_step_seconds_median": statistics.median(theirs),

@@ -6,7 +6,8 @@ the path of a checkout (its data/ folder included). Needs torch and torch_geomet
 What is timed is the body of the release's train.py loop for one fixed mini-batch: zero_grad, the
 BPR forward, the cross-domain contrastive loss over its three views, the interest reconstruction,
 backward and the Adam step; graphs and model built exactly as train.py builds them. Warm-up step
-excluded; median of `--repeats`; `--threads` torch threads (2 = this machine). Prints one JSON.
+excluded; median of `--repeats`; `--threads` torch threads (2 = this machine). Prints one JSON,
+with the machine it ran on (cikg_jax.host.machine).
 
   python experiments/bench_release.py --release=/tmp/cikg_release --dataset=book-crossing
 """
@@ -21,6 +22,23 @@ import sys
 import time
 
 
+def _nltk_stand_in():
+  """The release's utils.py imports nltk's stopwords and WordNetLemmatizer for its text tools,
+  which the train step never calls: where nltk is not installed (a GPU image), empty stand-in
+  modules satisfy the import."""
+  try:
+    import nltk  # noqa: F401
+  except ImportError:
+    import types
+
+    nltk = types.ModuleType("nltk")
+    corpus, stem = types.ModuleType("nltk.corpus"), types.ModuleType("nltk.stem")
+    corpus.stopwords = types.SimpleNamespace(words=lambda *a, **k: [])
+    stem.WordNetLemmatizer = object
+    nltk.corpus, nltk.stem = corpus, stem
+    sys.modules.update({"nltk": nltk, "nltk.corpus": corpus, "nltk.stem": stem})
+
+
 def build(release: str, dataset: str, seed: int, device: str = "cpu"):
   """The release's loader, graphs, model and optimizer, as its train.py builds them."""
   import torch
@@ -28,6 +46,7 @@ def build(release: str, dataset: str, seed: int, device: str = "cpu"):
 
   sys.path.insert(0, release)
   os.chdir(release)  # MyLoader reads ./data/<dataset>
+  _nltk_stand_in()
   from models.Model import CIKGRec  # noqa: E402
   from utils import MyLoader, init_seed  # noqa: E402
 
@@ -67,6 +86,9 @@ def main():
   args = p.parse_args()
   import torch
 
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from cikg_jax import host  # reads files only: no jax in the release's Python
+
   torch.set_num_threads(args.threads)
   t0 = time.perf_counter()
   model, optimizer, (user, pos, neg), (ig, kg, cf, cikg) = build(
@@ -99,6 +121,7 @@ def main():
   print(
     json.dumps(
       {
+        "machine": host.machine(),
         "impl": "release",
         "dataset": args.dataset,
         "threads": args.threads,

@@ -2,7 +2,8 @@
 # This code's train step against the authors' release at $RELEASE, on the same machine state.
 # For each dataset:
 #  - ROUNDS rounds of experiments/bench.py (this code) then experiments/bench_release.py, each in
-#    a fresh process (a line per process, with the load averages when it was written);
+#    a fresh process (a line per process, with the load averages when it was written and the
+#    machine: CPU model, vector extensions, cores, jax/jaxlib/torch versions);
 #  - then, with PAIRS > 0, one line from `bench.py --release`: both implementations alive at once,
 #    stepping alternately (ours, release, ours, ...) PAIRS times, so that every pair of steps sees
 #    the same load; its median per-pair ratio is the figure least moved by other jobs.
@@ -28,7 +29,7 @@ for d in ${datasets[@]}; do
     $PY experiments/bench.py --config="$cfg" --noprofile --repeats="$BENCH_REPEATS" 2>/dev/null \
       | $PY -c "import json,sys; d=json.load(sys.stdin); print(json.dumps({'impl': 'cikg_jax', \
 'dataset': d['dataset'], 'step_seconds_median': d['step_seconds_median'], \
-'xla_flags': d.get('xla_flags', '')}))" \
+'info_nce': d['info_nce'], 'xla_flags': d.get('xla_flags', ''), 'machine': d['machine']}))" \
       | $PY -c "$annotate" "{\"round\": $round, \"commit\": \"$commit\"}"
     $RELEASE_PY experiments/bench_release.py --release="$RELEASE" --dataset="$d" \
       --repeats="$RELEASE_REPEATS" 2>/dev/null \

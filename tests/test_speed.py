@@ -1,11 +1,12 @@
 """The speed changes keep the numerics: the unrolled threefry draws against jax.random (bit for
 bit, alone and in a whole train step), XLA's memory-optimised scheduler against the default (bit
-for bit), the opt-in fused InfoNCE pass against autodiff of its formula, the stacked view operator
+for bit), the fused InfoNCE pass (the CPU default) against autodiff of its formula and float64, the stacked view operator
 against three separate propagations (values, gradients, a short training run), and the allocator
 setting."""
 
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +115,115 @@ def test_set_xla_cpu_flags_keeps_the_users_choice(monkeypatch):
   assert host.set_xla_cpu_flags() == flags  # idempotent
 
 
-# ---- the opt-in fused InfoNCE pass -------------------------------------------------------------
+# ---- the fused InfoNCE pass (the CPU default) --------------------------------------------------
+def test_fused_info_nce_is_chosen_per_backend(monkeypatch):
+  """None (the default) picks the fused pass on CPU and autodiff elsewhere; True/False force."""
+  assert losses.FUSED_INFO_NCE is None
+  for backend, fused in (("cpu", True), ("gpu", False), ("tpu", False)):
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    assert losses.fused_info_nce() is fused, backend
+  for forced in (True, False):
+    monkeypatch.setattr(losses, "FUSED_INFO_NCE", forced)
+    assert losses.fused_info_nce() is forced
+
+
+def test_train_step_takes_the_fused_pass_on_cpu(tmp_path, monkeypatch):
+  if jax.default_backend() != "cpu":
+    pytest.skip("the CPU dispatch")
+  net, graphs, state, batch, tx = _first_batch(_tiny(tmp_path))
+  args = (state, batch, jax.random.PRNGKey(5), graphs)
+  jaxpr = {}
+  for fused in (None, True, False):
+    monkeypatch.setattr(losses, "FUSED_INFO_NCE", fused)  # read when traced
+    step = steps.make_train_step(net, tx, np.full(1, 0.3, np.float32), 1)
+    jaxpr[fused] = str(jax.make_jaxpr(step)(*args))
+  assert jaxpr[None] == jaxpr[True]
+  # the fused pass's scan over anchor blocks, once for the user and once for the item term
+  assert jaxpr[None].count("scan[") == jaxpr[False].count("scan[") + 2
+
+
+def _float64_info_nce(anchors, candidates, positive_index, mask, tau):
+  """The InfoNCE loss and its gradients in float64 from the same float32 inputs (numpy)."""
+  a, c = np.asarray(anchors, np.float64), np.asarray(candidates, np.float64)
+  idx, mask = np.asarray(positive_index), np.asarray(mask, np.float64)
+  w = mask / max(mask.sum(), 1.0) / tau
+  logits = a @ c.T / tau
+  top = logits.max(axis=1, keepdims=True)
+  e = np.exp(logits - top)
+  total = e.sum(axis=1, keepdims=True)
+  p = e / total
+  loss = np.sum(w * tau * (np.log(total[:, 0]) + top[:, 0] - np.sum(a * c[idx], axis=1) / tau))
+  d_a = w[:, None] * (p @ c - c[idx])
+  d_c = p.T @ (w[:, None] * a)
+  np.add.at(d_c, idx, -w[:, None] * a)
+  return loss, d_a, d_c
+
+
+EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7
+
+
+@pytest.mark.parametrize(
+  "case",
+  [
+    "tiny-paper",
+    "tiny-release",
+    pytest.param("dbbook2014-paper", marks=pytest.mark.slow),
+    pytest.param("dbbook2014-release", marks=pytest.mark.slow),
+  ],
+)
+def test_fused_info_nce_matches_autodiff_to_float32_rounding(case, tmp_path, monkeypatch):
+  """Every golden case with contrastive terms, its first mini-batch at the initial parameters:
+  (1) each InfoNCE term at the step's view embeddings, fused and autodiff, against the same
+  formula in float64: the fused pass is no further from it than autodiff (measured: both 0.7-3.0e-7
+  of the largest entry, fused bit for bit equal to autodiff on these shapes); (2) the whole loss
+  and its gradient: the same loss terms, every gradient within 8 float32 ulps of its largest entry
+  (largest measured: 3.6e-7 = 3.0 ulps, node table of dbbook2014-release; tiny 3.3e-8)."""
+  from tests.golden import record
+
+  data_dir = ""
+  if case.startswith("dbbook2014"):
+    data_dir = os.environ.get("CIKG_DATA_DIR") or os.path.join("..", "shared", "data")
+    if not os.path.isdir(os.path.join(data_dir, "dbbook2014")):
+      pytest.skip(f"paper datasets not found in {data_dir} (set CIKG_DATA_DIR)")
+  config = record.config_for(case, data_dir, str(tmp_path / "data"))
+  net, graphs, state, batch, _ = _first_batch(config)
+  key, params = jax.random.PRNGKey(7), state.params
+  users, pos, mask = batch["users"], batch["pos"], batch["mask"]
+  nu, tau = net.n_users, net.contrastive.tau
+
+  def both(fn, *args, **kwargs):
+    """fn's jitted value_and_grad with autodiff's InfoNCE and with the fused pass."""
+    out = []
+    for fused in (False, True):
+      monkeypatch.setattr(losses, "FUSED_INFO_NCE", fused)  # read when traced
+      out.append(jax.jit(jax.value_and_grad(fn, **kwargs))(*args))
+    return out
+
+  z = net.apply({"params": params}, graphs, key, method="view_embeddings")
+  z1, z2, z3 = map(losses.l2_normalize, z)
+  for anchors, candidates, idx in ((z1[users], z2[:nu], users), (z1[nu + pos], z3[nu:], pos)):
+    f = lambda a, c, idx=idx: losses.info_nce(a, c, idx, mask, tau)
+    (loss_a, grads_a), (loss_f, grads_f) = both(f, anchors, candidates, argnums=(0, 1))
+    want = _float64_info_nce(anchors, candidates, idx, mask, tau)
+    assert float(loss_f) == float(loss_a)  # the formula's value
+    assert abs(float(loss_f) - want[0]) <= 4 * EPS32 * abs(want[0])
+    for g_a, g_f, g64 in zip(grads_a, grads_f, want[1:]):
+      scale = np.abs(g64).max()
+      err_a = np.abs(np.asarray(g_a, np.float64) - g64).max() / scale
+      err_f = np.abs(np.asarray(g_f, np.float64) - g64).max() / scale
+      assert err_a < 8 * EPS32 and err_f <= max(err_a, 4 * EPS32), (err_a, err_f)
+
+  def step_loss(p, g):
+    return net.apply({"params": p}, g, batch, key, np.float32(0.3), method="loss")
+
+  ((loss_a, m_a), g_a), ((loss_f, m_f), g_f) = both(step_loss, params, graphs, has_aux=True)
+  for k in ("cl_user", "cl_item", "bpr", "uir", "loss"):
+    assert float(m_f[k]) == pytest.approx(float(m_a[k]), rel=2 * EPS32, abs=0), k
+  for x, y in zip(jax.tree_util.tree_leaves(g_a), jax.tree_util.tree_leaves(g_f)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert np.abs(x - y).max() <= 8 * EPS32 * np.abs(x).max()
+
+
 def _unit(rng, shape):
   x = rng.standard_normal(shape)
   return jnp.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), jnp.float32)
@@ -129,6 +238,7 @@ def test_fused_info_nce_matches_autodiff(monkeypatch, block, count):
   mask = jnp.asarray((rng.random(300) < 0.8).astype(np.float32))
   n = None if count is None else jnp.float32(count)
   loss = lambda a, c: 0.01 * losses.info_nce(a, c, idx, mask, 0.15, n)
+  monkeypatch.setattr(losses, "FUSED_INFO_NCE", False)
   exact = jax.jit(jax.value_and_grad(loss, (0, 1)))(a, c)
   monkeypatch.setattr(losses, "FUSED_INFO_NCE", True)  # read when traced
   monkeypatch.setattr(losses, "INFO_NCE_BLOCK", block)
@@ -279,3 +389,78 @@ def test_keep_freed_memory_is_idempotent():
   if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
     assert first is True  # mallopt is there and accepted the settings
   assert host.keep_freed_memory() is first  # a second call changes nothing and says the same
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+stepping\t: 8
+flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_bf16 amx_tile
+
+processor\t: 1
+model name\t: something else
+"""
+
+
+def test_machine_names_the_cpu_its_vector_units_and_the_versions(tmp_path):
+  path = tmp_path / "cpuinfo"
+  path.write_text(_CPUINFO)
+  m = host.machine(str(path))
+  assert m["cpu_model"] == "Intel(R) Xeon(R) Platinum 8480+"
+  assert m["cpu_id"] == "GenuineIntel 6 143 8"
+  assert m["vector_extensions"] == [
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_bf16",
+    "amx_tile",
+  ]
+  assert m["cpu_class"] == "Intel(R) Xeon(R) Platinum 8480+, AVX-512"
+  assert m["jax"] == jax.__version__ and m["logical_cpus"] == os.cpu_count()
+  assert 1 <= m["cpus_usable"] <= m["logical_cpus"]
+  if os.path.exists("/proc/loadavg"):
+    assert len(m["loadavg"]) == 3 and all(x >= 0 for x in m["loadavg"])
+  assert host.cpu_class("AMD EPYC", ["avx", "avx2", "fma"]) == "AMD EPYC, AVX2"
+  assert host.machine(str(tmp_path / "missing"))["vector_extensions"] == []
+  json.dumps(m)  # goes into result files as it is
+
+
+_FAKE_RELEASE = """import json, sys
+print("ready " + json.dumps({"torch": "0.0-fake", "threads": 2, "machine": {}}), flush=True)
+for _ in sys.stdin:
+  print(0.5, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_bench_results_name_the_machine_and_the_info_nce_path(tmp_path):
+  """bench.py's benchmark record (step, TransE step, evaluation; ~40 s)."""
+  from experiments import bench
+
+  out = bench.bench(_tiny(tmp_path), repeats=1, profile=False)
+  assert out["info_nce"] == ("fused" if jax.default_backend() == "cpu" else "autodiff")
+  for k in ("cpu_model", "cpu_class", "vector_extensions", "logical_cpus", "loadavg", "jax"):
+    assert k in out["machine"], k
+  json.dumps(out)
+
+
+def test_side_by_side_results_name_the_machine_and_the_release_torch(tmp_path):
+  """bench.py --release against a stand-in for the release's process that speaks the same pipe
+  protocol: the record names the machine, the load and both sides' versions."""
+  from experiments import bench
+
+  fake = tmp_path / "fake_release.py"
+  fake.write_text(_FAKE_RELEASE)
+  paired = bench.paired_with_release(_tiny(tmp_path), str(tmp_path), f"{sys.executable} {fake}", 3)
+  assert paired["release_torch"] == "0.0-fake" and paired["release_step_seconds"] == [0.5] * 3
+  assert paired["machine"]["cpu_class"] == host.machine()["cpu_class"]
+  assert len(paired["loadavg_before"]) == 3
+  assert paired["info_nce"] == ("fused" if jax.default_backend() == "cpu" else "autodiff")
+  assert paired["ratio_median_of_pairs"] > 0
+  json.dumps(paired)
