@@ -101,26 +101,42 @@ def restore_latest(
   params_like,
   delete_damaged: bool = False,
   log: Callable[[str], None] = print,
+  max_step: Optional[int] = None,
 ) -> Optional[Tuple[Any, Any, dict]]:
   """(state, best_params, loop) of the newest step that restores and verifies, None without
   steps. Skipped steps are reported through `log` and, with `delete_damaged`, deleted (so a
-  replay can save those epochs again) once an older step verifies."""
+  replay can save those epochs again) once an older step verifies. Steps above `max_step` (epochs
+  the metrics log does not cover) are skipped the same way; if they are the only steps, they are
+  deleted and None returned: the run replays from its start."""
   steps = sorted(mgr.all_steps(), reverse=True)
-  for n, step in enumerate(steps):
+  beyond = [s for s in steps if max_step is not None and s > max_step]
+  if beyond:
+    log(
+      f"note: checkpoint step(s) {beyond} in {mgr.directory} are beyond the epochs the metrics "
+      f"log holds (up to {max_step}); replaying those epochs to rewrite their lines"
+    )
+  candidates = [s for s in steps if s not in beyond]
+  if beyond and not candidates:
+    if delete_damaged:
+      for step in beyond:
+        mgr.delete(step)
+    log("replaying the run from its first epoch")
+    return None
+  for n, step in enumerate(candidates):
     try:
       restored = _restore_step(mgr, step, state_like, params_like)
     except Exception as e:  # orbax/tensorstore raise many kinds; every one means "damaged"
       log(f"warning: checkpoint step {step} in {mgr.directory} is damaged ({_why(e)}); skipped it")
       continue
     if delete_damaged:
-      for bad in steps[:n]:  # only once a good step is found: never delete the last resort
+      for bad in beyond + candidates[:n]:  # only once a good step is found: never the last resort
         mgr.delete(bad)
-    if n:
+    if n or beyond:
       log(f"resuming from checkpoint step {step} instead")
     return restored
-  if steps:
+  if candidates:
     raise CheckpointError(
-      f"{mgr.directory}: no checkpoint step restores (tried {steps}); start the run afresh "
+      f"{mgr.directory}: no checkpoint step restores (tried {candidates}); start the run afresh "
       "with --config.train.resume=False or use another workdir"
     )
   return None

@@ -192,6 +192,25 @@ def test_second_training_is_refused_naming_the_holder_and_lock_dies_with_it(runs
   _same_numbers(_lines(workdir), runs["straight"])
 
 
+def test_removing_the_lock_file_does_not_let_a_second_training_in(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  holder = subprocess.Popen(
+    [sys.executable, "-c", _HOLDER, workdir],
+    stdout=subprocess.PIPE,
+    text=True,
+    env=_env(),
+    cwd=ROOT,
+  )
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    os.remove(os.path.join(workdir, rundir.LOCK_FILE))
+    with pytest.raises(rundir.RunError, match=r"in use by another training"):
+      train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+
+
 # ---- 3. damaged checkpoints --------------------------------------------------------------------
 def _biggest(d):
   files = [os.path.join(r, n) for r, _, names in os.walk(d) for n in names]
@@ -292,6 +311,89 @@ def test_epoch_line_is_on_disk_before_its_checkpoint(tmp_path, monkeypatch):
     "log",
     "save 1",
   ]
+
+
+def _consistent(workdir):
+  """What a run's files must agree on after any fault: metrics.jsonl holds epochs 0..E once each
+  in order, results.json ran E + 1 epochs and its best epoch has a line, the newest checkpoint is
+  epoch E."""
+  epochs = [x["epoch"] for x in _lines(workdir)]
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  assert epochs == list(range(res["epochs_run"]))
+  assert _lines(workdir)[res["best_epoch"]]["best_epoch"] == res["best_epoch"]
+  steps = ckpt.manager(workdir).all_steps()
+  assert not steps or max(steps) == epochs[-1]
+  return res
+
+
+def _tear(path, epoch):
+  """Cuts the line of `epoch` in half and drops the lines after it (a crash mid-write)."""
+  with open(path) as f:
+    lines = f.read().splitlines(keepends=True)
+  with open(path, "w") as f:
+    f.write("".join(lines[:epoch]) + lines[epoch][: len(lines[epoch]) // 2])
+
+
+@pytest.mark.parametrize("how", ["torn line of a checkpointed epoch", "deleted log"])
+def test_log_lines_a_checkpoint_covers_but_the_log_lacks_are_replayed(runs, tmp_path, capsys, how):
+  workdir = _copy(runs, tmp_path)
+  path = os.path.join(workdir, "metrics.jsonl")
+  if how == "deleted log":
+    os.remove(path)
+  else:
+    _tear(path, 2)  # checkpoint step 2 claims epoch 2, whose line is torn
+  train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+  assert "replaying" in capsys.readouterr().out
+  _same_numbers(_lines(workdir), runs["straight"])
+  _consistent(workdir)
+
+
+def _strip_timing(d):
+  return {k: v for k, v in d.items() if k not in TIMING}
+
+
+@pytest.mark.parametrize("how", ["rerun", "results.json deleted", "log deleted", "killed write"])
+def test_rerunning_a_finished_run_rewrites_the_same_results_and_log(
+  runs, tmp_path, monkeypatch, how
+):
+  workdir = _copy(runs, tmp_path)
+  with open(os.path.join(workdir, "results.json")) as f:
+    want = _strip_timing(json.load(f))
+  want_lines = [_strip_timing(x) for x in _lines(workdir)]
+  if how == "results.json deleted":
+    os.remove(os.path.join(workdir, "results.json"))
+  elif how == "log deleted":
+    os.remove(os.path.join(workdir, "metrics.jsonl"))
+  elif how == "killed write":  # the process dies between the last checkpoint and results.json
+    os.remove(os.path.join(workdir, "results.json"))
+    real = rundir.write_json
+
+    def dies(path, obj):
+      if path.endswith("results.json"):
+        raise KeyboardInterrupt
+      return real(path, obj)
+
+    monkeypatch.setattr(rundir, "write_json", dies)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(_tiny(runs["data"], max_epochs=3), workdir)
+    monkeypatch.setattr(rundir, "write_json", real)
+  train.train_and_evaluate(_tiny(runs["data"], max_epochs=3), workdir)
+  assert _strip_timing(_consistent(workdir)) == want
+  assert [_strip_timing(x) for x in _lines(workdir)] == want_lines
+
+
+def test_checkpointing_off_on_a_run_with_checkpoints_is_refused(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  before = _snapshot(workdir)
+  with pytest.raises(rundir.RunError, match=r"train\.checkpoint=False would restart it.*resume"):
+    train.train_and_evaluate(_tiny(runs["data"], max_epochs=2, checkpoint=False), workdir)
+  assert _snapshot(workdir) == before
+  train.train_and_evaluate(
+    _tiny(runs["data"], max_epochs=2, checkpoint=False, resume=False), workdir
+  )
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+  assert _consistent(workdir)["epochs_run"] == 2
 
 
 # ---- 5. the non-finite message names the real checkpoint -----------------------------------------
