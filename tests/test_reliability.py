@@ -505,6 +505,15 @@ def test_user_errors_end_as_one_line(tmp_path, case):
     assert not workdir.exists()
 
 
+def test_a_workdir_that_is_a_symlink_loop_is_named_as_such(tmp_path):
+  workdir = tmp_path / "run"
+  os.symlink(workdir, workdir)
+  with pytest.raises(
+    rundir.RunError, match=rf"{workdir}: the workdir is a symbolic link that leads"
+  ):
+    train.train_and_evaluate(_tiny(tmp_path / "data", max_epochs=1), str(workdir))
+
+
 def test_debug_flag_shows_the_traceback(tmp_path):
   p = _main(f"--workdir={tmp_path / 'run'}", "--debug", *_bad_data(tmp_path))
   assert p.returncode != 0 and "Traceback" in p.stderr and "DataFormatError" in p.stderr

@@ -72,6 +72,28 @@ def generate(
   return out_dir
 
 
+def check_made_with(marker: str, params: dict, prefix: str, stored) -> None:
+  """Refuses a generated dataset whose marker records other parameters than `params` (a config
+  that would record one size and train on another); `stored` picks them out of the marker."""
+  try:
+    with open(marker) as f:
+      made = stored(json.loads(f.read() or "null"))
+  except (ValueError, TypeError, KeyError, AttributeError):
+    return  # a marker without parameters: nothing to compare
+  params = json.loads(json.dumps(params))
+  if not isinstance(made, dict) or made == params:
+    return
+  diff = "; ".join(
+    f"{prefix}.{k} {made.get(k)!r} -> {params.get(k)!r}"
+    for k in sorted(made.keys() | params.keys())
+    if made.get(k) != params.get(k)
+  )
+  raise ValueError(
+    f"{os.path.dirname(marker)}: holds a dataset generated with other settings ({diff}); use "
+    "another synthetic_dir, or delete that folder to generate it anew"
+  )
+
+
 # Bumped when generate() writes different files, so caches of older versions are regenerated
 # (version 2: entity_list.txt's items carry item_list.txt's org ids).
 FORMAT = 2
@@ -86,7 +108,9 @@ def ensure(directory: str | None = None, **params) -> str:
     f"synthetic-{key[:10]}",
   )
   marker = os.path.join(base, "synthetic", f".format-{FORMAT}")
-  if not os.path.exists(marker):
+  if os.path.exists(marker):
+    check_made_with(marker, params, "synthetic", lambda made: made)
+  else:
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=base)
     generate(tmp, **params)
