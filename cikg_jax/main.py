@@ -16,7 +16,7 @@ if not host.nvidia_gpu_visible():
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cikg_jax import checkpoint, distributed, rundir, train
+from cikg_jax import checkpoint, config_rules, distributed, rundir, train
 import configs
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "tiny.py")
@@ -49,11 +49,37 @@ def _fail(text: str, status: int) -> None:
   sys.exit(status)
 
 
+def _debug_requested() -> bool:
+  return any(a in ("--debug", "--debug=true", "--debug=True") for a in sys.argv[1:])
+
+
+def _config_flag_error(e: BaseException) -> str:
+  if isinstance(e, (AttributeError, KeyError)):
+    return f"--config override: unknown key {_message(e)}"
+  return f"--config: {_message(e)}"
+
+
+def _without_traceback(e: BaseException) -> str:
+  """A flag error's text, a traceback embedded in it (config_flags quotes the config file's)
+  reduced to its last line, the exception."""
+  text = str(e)
+  if "Traceback (most recent call last):" not in text:
+    return _message(e)
+  head = text.split("Traceback (most recent call last):")[0]
+  last = [line for line in text.splitlines() if line.strip()][-1]
+  return " ".join(f"{head.strip()} {last.strip()}".split())
+
+
 def _parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    _fail(f"{_message(e)} (--helpfull lists the flags)", 2)
+    _fail(f"{_without_traceback(e)} (--helpfull lists the flags)", 2)
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    # --config=FILE loads the file and applies the overrides here, not at import
+    if _debug_requested():
+      raise
+    _fail(_config_flag_error(e), 2)
 
 
 def main(argv):
@@ -61,6 +87,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   pylogging.getLogger("cikg_jax").setLevel(pylogging.INFO)  # this project's progress lines
   host.keep_freed_memory()  # no page faults on the CPU step's large buffers (cikg_jax/host.py)
+  try:
+    config_rules.check(FLAGS.config)  # every value, before anything is allocated or written
+  except config_rules.ConfigError as e:
+    _fail(_message(e), 2)
   try:
     # One process of several (config.parallel, Slurm, Open MPI): joins the others before
     # anything touches a device. Process 0 alone logs progress.
@@ -76,10 +106,9 @@ def main(argv):
 def run():
   """The console entry point (`cikg-train`), as `python -m cikg_jax.main`."""
   if _CONFIG_FLAG_ERROR is not None:
-    if any(a in ("--debug", "--debug=true", "--debug=True") for a in sys.argv[1:]):
+    if _debug_requested():
       raise _CONFIG_FLAG_ERROR
-    what = "unknown key " if isinstance(_CONFIG_FLAG_ERROR, (AttributeError, KeyError)) else ""
-    _fail(f"--config override: {what}{_message(_CONFIG_FLAG_ERROR)}", 2)
+    _fail(_config_flag_error(_CONFIG_FLAG_ERROR), 2)
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cikg_jax import checkpoint as ckpt
-from cikg_jax import distributed, evaluation, parallel, rundir, steps
+from cikg_jax import config_rules, distributed, evaluation, parallel, rundir, steps
 from cikg_jax import propagation as prop
 from cikg_jax.data import sampling
 
@@ -253,6 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   With several processes (cikg_jax/distributed.py) every process calls this; process 0 alone
   checks, locks and writes the workdir, and no process trains unless every one set up."""
+  config_rules.check(config)  # before anything is read, allocated or written
   with contextlib.ExitStack() as held:
     try:
       if distributed.is_primary():

@@ -482,11 +482,28 @@ def _bad_data(tmp_path):
 
 
 @pytest.mark.parametrize(
-  "case", ["bad data", "missing data dir", "workdir is a file", "unknown config key"]
+  "case",
+  [
+    "bad data",
+    "missing data dir",
+    "workdir is a file",
+    "unknown config key",
+    "unknown key with --config",
+    "missing config file",
+    "bad config value",
+  ],
 )
 def test_user_errors_end_as_one_line(tmp_path, case):
   workdir = tmp_path / "run"
-  if case == "bad data":
+  config = os.path.join(ROOT, "configs", "tiny.py")
+  if case == "unknown key with --config":
+    args, want, rc = [f"--config={config}", "--config.train.lrr=1"], "error: --config override", 2
+  elif case == "missing config file":
+    args = ["--config=configs/none.py", "--config.train.lr=1"]
+    want, rc = "error: --config: ", 2
+  elif case == "bad config value":
+    args, want, rc = ["--config.eval.ks=abc"], "error: config.eval.ks=('abc',): must be", 2
+  elif case == "bad data":
     args, want, rc = _bad_data(tmp_path), "error: " + str(tmp_path / "data/mini/train.txt:2: "), 1
   elif case == "missing data dir":
     args = ["--config.dataset=mini", f"--config.data_dir={tmp_path / 'none'}"]
@@ -496,7 +513,12 @@ def test_user_errors_end_as_one_line(tmp_path, case):
     args, want, rc = [], f"error: {workdir}: the workdir is a file", 1
   else:
     args, want, rc = ["--config.train.lrr=1"], "error: --config override: unknown key 'lrr'", 2
-  p = _main(f"--workdir={workdir}", f"--config.synthetic_dir={tmp_path / 'syn'}", *args)
+  first = [a for a in args if a.startswith("--config=")]  # --config before its overrides
+  rest = [a for a in args if a not in first]
+  p = _main(*first, f"--workdir={workdir}", f"--config.synthetic_dir={tmp_path / 'syn'}", *rest)
+  assert len(p.stderr.strip().splitlines()) == 1 or case in ("bad data", "missing data dir"), (
+    p.stderr
+  )
   last = p.stderr.strip().splitlines()[-1]
   assert p.returncode == rc, p.stderr
   assert last.startswith(want), p.stderr

@@ -6,6 +6,7 @@ through the normal loader, so the smoke test exercises the real input path."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -32,7 +33,7 @@ def generate(
   user_topic = rng.integers(n_topics, size=n_users)
   train, test = {}, {}
   for u in range(n_users):
-    n = max(3, int(rng.poisson(items_per_user)))
+    n = min(max(3, int(rng.poisson(items_per_user))), n_items)  # a tiny catalogue: all of it
     # 80% of a user's items come from the user's topic, the rest at random.
     same = np.flatnonzero(item_topic == user_topic[u])
     k_same = min(len(same), int(round(0.8 * n)))
@@ -72,16 +73,25 @@ def generate(
   return out_dir
 
 
-def check_made_with(marker: str, params: dict, prefix: str, stored) -> None:
+def check_made_with(marker: str, params: dict, prefix: str, stored, generator) -> None:
   """Refuses a generated dataset whose marker records other parameters than `params` (a config
-  that would record one size and train on another); `stored` picks them out of the marker."""
+  that would record one size and train on another); `stored` picks them out of the marker, and
+  parameters left out on either side take `generator`'s defaults."""
   try:
     with open(marker) as f:
       made = stored(json.loads(f.read() or "null"))
   except (ValueError, TypeError, KeyError, AttributeError):
     return  # a marker without parameters: nothing to compare
-  params = json.loads(json.dumps(params))
-  if not isinstance(made, dict) or made == params:
+  if not isinstance(made, dict):
+    return
+  defaults = {
+    k: p.default
+    for k, p in inspect.signature(generator).parameters.items()
+    if p.default is not inspect.Parameter.empty
+  }
+  made = json.loads(json.dumps({**defaults, **made}))
+  params = json.loads(json.dumps({**defaults, **params}))
+  if made == params:
     return
   diff = "; ".join(
     f"{prefix}.{k} {made.get(k)!r} -> {params.get(k)!r}"
@@ -109,7 +119,7 @@ def ensure(directory: str | None = None, **params) -> str:
   )
   marker = os.path.join(base, "synthetic", f".format-{FORMAT}")
   if os.path.exists(marker):
-    check_made_with(marker, params, "synthetic", lambda made: made)
+    check_made_with(marker, params, "synthetic", lambda made: made, generate)
   else:
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=base)

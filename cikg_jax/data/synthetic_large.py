@@ -145,7 +145,9 @@ def ensure(directory: str | None = None, **params) -> str:
   if os.path.exists(marker):
     from cikg_jax.data import synthetic
 
-    synthetic.check_made_with(marker, params, "synthetic_large", lambda made: made["params"])
+    synthetic.check_made_with(
+      marker, params, "synthetic_large", lambda made: made["params"], generate
+    )
   else:
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=base)
