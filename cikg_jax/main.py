@@ -7,6 +7,7 @@ and exit status 1 (2 for bad flags); --debug shows the Python traceback instead.
 import logging as pylogging
 import os
 import sys
+import threading
 
 from cikg_jax import host
 
@@ -46,7 +47,19 @@ def _message(e: BaseException) -> str:
 
 def _fail(text: str, status: int) -> None:
   print(f"error: {text}", file=sys.stderr, flush=True)
+  _quiet_shutdown()
   sys.exit(status)
+
+
+def _quiet_shutdown() -> None:
+  """After the one-line error, the libraries' own reports of the same failure at exit (orbax's
+  save threads, TensorBoard's atexit flush on a full disk, TensorStore coroutines) are dropped:
+  the error line stays the last line. --debug never gets here."""
+  sys.unraisablehook = lambda unraisable: None
+  sys.excepthook = lambda *exc_info: None
+  threading.excepthook = lambda args: None
+  for name in ("absl", "asyncio"):
+    pylogging.getLogger(name).setLevel(pylogging.CRITICAL)
 
 
 def _debug_requested() -> bool:
@@ -100,7 +113,15 @@ def main(argv):
   except USER_ERRORS as e:
     if FLAGS.debug:
       raise
-    _fail(_message(e), 1)
+    print(f"error: {_message(e)}", file=sys.stderr, flush=True)
+    _quiet_shutdown()
+    if distributed.process_count() == 1:
+      # Orbax's and TensorStore's threads may still report the same failure (a full disk)
+      # through paths no hook reaches; what the run wrote is already durable (it survives
+      # kill -9), so the process ends here and the error stays the last line.
+      sys.stdout.flush()
+      os._exit(1)
+    sys.exit(1)
 
 
 def run():

@@ -8,6 +8,7 @@ the workdir is touched."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -251,21 +252,37 @@ def _fsync_dir(d: str) -> None:
     os.close(fd)
 
 
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+  """An OSError of a write (a full disk raises ENOSPC without a file name) as a RunError naming
+  `path` and what to do."""
+  try:
+    yield
+  except OSError as e:
+    full = e.errno == errno.ENOSPC
+    raise RunError(
+      f"{path}: cannot write ({e.strerror or e}); "
+      + ("free space on its disk, then " if full else "")
+      + "rerun the same command: the run resumes from its last checkpoint"
+    ) from e
+
+
 def write_atomic(path: str, text: str) -> None:
   """Whole new content or the old one, never a mix (temp file, fsync, os.replace)."""
   d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  _fsync_dir(d)
+  with _naming(path):
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+      with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+    _fsync_dir(d)
 
 
 def write_json(path: str, obj) -> None:
@@ -274,10 +291,15 @@ def write_json(path: str, obj) -> None:
 
 def append_line(path: str, record: dict) -> None:
   """On disk before the checkpoint that claims its epoch is written."""
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+  with _naming(path), open(path, "a") as f:
+    size = f.tell()
+    try:
+      f.write(json.dumps(record) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    except OSError:
+      f.truncate(size)  # no torn line left behind where it can be undone
+      raise
 
 
 def logged_epochs(path: str, log: Callable[[str], None] = print) -> List[str]:

@@ -379,8 +379,15 @@ class EpochWriter:
       )
 
   def close(self) -> None:
+    """Never raises: the TensorBoard copy of the metrics may not hide the error that ends a run
+    (a full disk fails its last flush too)."""
     if self.tb is not None:
-      self.tb.close()
+      try:
+        self.tb.close()
+      except OSError as e:
+        log.warning(
+          "%s: TensorBoard events not fully written (%s)", self.tb.logdir, e.strerror or e
+        )
 
 
 def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, Any]:
