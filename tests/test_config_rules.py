@@ -55,3 +55,17 @@ def test_a_bad_value_is_refused_naming_its_key_before_the_workdir_is_made(
     train.train_and_evaluate(c, str(workdir))
   assert "\n" not in str(e.value) and key.split(".")[-1] in str(e.value)
   assert not workdir.exists() and not os.path.exists(c.synthetic_dir)
+
+
+def test_a_node_table_beyond_the_machines_memory_is_refused_before_allocation():
+  import types
+
+  from cikg_jax import steps
+
+  ds = types.SimpleNamespace(
+    path="/data/big", n_users=10**6, n_entities=4 * 10**6, n_interests=0, n_nodes=5 * 10**6
+  )
+  c = tiny.get_config()
+  steps.check_table_size(ds, c, memory_bytes=2**40)  # 5M x 32 x 4 B x 6 = 3.6 GiB: fits 1 TiB
+  with pytest.raises(ValueError, match=r"/data/big: the node table .* 5,000,000 rows x model"):
+    steps.check_table_size(ds, c, memory_bytes=2**30)

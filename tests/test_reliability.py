@@ -449,8 +449,9 @@ def test_a_full_disk_at_a_log_write_names_the_file_and_leaves_no_torn_line(
 
 
 # ---- 5. the non-finite message names the real checkpoint -----------------------------------------
-def test_non_finite_loss_without_checkpoint_says_so(tmp_path):
-  c = _tiny(tmp_path / "data", max_epochs=3, lr=float("nan"))
+def test_non_finite_loss_without_checkpoint_says_so(tmp_path, monkeypatch):
+  _poison(monkeypatch, 0, "loss")  # (a NaN learning rate is refused as a config value)
+  c = _tiny(tmp_path / "data", max_epochs=3)
   with pytest.raises(FloatingPointError, match="no checkpoint has been saved yet") as e:
     train.train_and_evaluate(c, str(tmp_path / "nan"))
   assert "epoch -1" not in str(e.value)
