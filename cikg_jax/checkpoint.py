@@ -16,9 +16,15 @@ every process sees (a shared filesystem across hosts)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
 import hashlib
+import inspect
 import json
+import logging
 import os
+import sys
 from typing import Any, Callable, Optional, Tuple
 
 import jax
@@ -57,18 +63,56 @@ def _host_local(tree):
   return jax.device_get(tree) if jax.process_count() > 1 else tree
 
 
+@contextlib.contextmanager
+def _orbax_logs_off():
+  """Orbax logs a failed save several times over, each with its traceback (hundreds of lines on
+  a full disk), some from its background threads after the save has returned; `save` reports it
+  once, in one line. After a failure they stay off: the run is ending."""
+  absl_logger = logging.getLogger("absl")
+  level, excepthook = absl_logger.level, sys.excepthook
+
+  def quiet(kind, value, tb):  # TensorStore callbacks reaching orbax's closed event loop
+    if not (kind is RuntimeError and "Event loop is closed" in str(value)):
+      excepthook(kind, value, tb)
+
+  absl_logger.setLevel(logging.CRITICAL)
+  sys.excepthook = quiet
+  yield
+  absl_logger.setLevel(level)
+  sys.excepthook = excepthook
+
+
 def save(mgr: ocp.CheckpointManager, epoch: int, state, best_params, loop: dict) -> None:
+  """Saves epoch `epoch`; a failed save (a full disk, an I/O error) raises CheckpointError naming
+  the directory: the previous steps stay, and a rerun resumes from the newest."""
   state, best_params = _host_local((state, best_params))
   loop = dict(loop, **{DIGEST_KEY: digest(state, best_params, loop)})
-  mgr.save(
-    epoch,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      best_params=ocp.args.StandardSave(best_params),
-      loop=ocp.args.JsonSave(loop),
-    ),
+  try:
+    with _orbax_logs_off():
+      mgr.save(
+        epoch,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          best_params=ocp.args.StandardSave(best_params),
+          loop=ocp.args.JsonSave(loop),
+        ),
+      )
+      mgr.wait_until_finished()
+  except Exception as e:  # orbax/tensorstore raise many kinds for one failed write
+    saved = [s for s in mgr.all_steps() if s != epoch]
+    raise CheckpointError(
+      f"{mgr.directory}: saving the checkpoint of epoch {epoch} failed ({_why(e)}); "
+      + ("the disk is full: free space, then " if _disk_full(e) else "")
+      + "rerun the same command to resume from "
+      + (f"the saved epoch {max(saved)}" if saved else "the start")
+    ) from e
+
+
+def _disk_full(e: BaseException) -> bool:
+  text = f"{e} {e.__cause__}"
+  return getattr(e, "errno", None) == errno.ENOSPC or any(
+    w in text for w in ("No space left", "RESOURCE_EXHAUSTED", "ENOSPC")
   )
-  mgr.wait_until_finished()
 
 
 def _restore_step(mgr, step, state_like, params_like):
@@ -90,6 +134,25 @@ def _restore_step(mgr, step, state_like, params_like):
   return got.state, got.best_params, loop
 
 
+@contextlib.contextmanager
+def _quiet_coroutines():
+  """A failed restore leaves TensorStore read coroutines that raise when garbage-collected, each
+  printing a long "Exception ignored in: <coroutine ...>" dump (at exit, after the run's last
+  line). The failure is already reported in one line: they are collected here, silently."""
+  default = sys.unraisablehook
+
+  def hook(unraisable):
+    if not inspect.iscoroutine(unraisable.object):
+      default(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = default
+
+
 def _why(e: BaseException) -> str:
   text = " ".join(str(e).split()).split(". See full TensorStore details")[0]
   return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
@@ -101,26 +164,43 @@ def restore_latest(
   params_like,
   delete_damaged: bool = False,
   log: Callable[[str], None] = print,
+  max_step: Optional[int] = None,
 ) -> Optional[Tuple[Any, Any, dict]]:
   """(state, best_params, loop) of the newest step that restores and verifies, None without
   steps. Skipped steps are reported through `log` and, with `delete_damaged`, deleted (so a
-  replay can save those epochs again) once an older step verifies."""
+  replay can save those epochs again) once an older step verifies. Steps above `max_step` (epochs
+  the metrics log does not cover) are skipped the same way; if they are the only steps, they are
+  deleted and None returned: the run replays from its start."""
   steps = sorted(mgr.all_steps(), reverse=True)
-  for n, step in enumerate(steps):
+  beyond = [s for s in steps if max_step is not None and s > max_step]
+  if beyond:
+    log(
+      f"note: checkpoint step(s) {beyond} in {mgr.directory} are beyond the epochs the metrics "
+      f"log holds (up to {max_step}); replaying those epochs to rewrite their lines"
+    )
+  candidates = [s for s in steps if s not in beyond]
+  if beyond and not candidates:
+    if delete_damaged:
+      for step in beyond:
+        mgr.delete(step)
+    log("replaying the run from its first epoch")
+    return None
+  for n, step in enumerate(candidates):
     try:
-      restored = _restore_step(mgr, step, state_like, params_like)
+      with _quiet_coroutines():
+        restored = _restore_step(mgr, step, state_like, params_like)
     except Exception as e:  # orbax/tensorstore raise many kinds; every one means "damaged"
       log(f"warning: checkpoint step {step} in {mgr.directory} is damaged ({_why(e)}); skipped it")
       continue
     if delete_damaged:
-      for bad in steps[:n]:  # only once a good step is found: never delete the last resort
+      for bad in beyond + candidates[:n]:  # only once a good step is found: never the last resort
         mgr.delete(bad)
-    if n:
+    if n or beyond:
       log(f"resuming from checkpoint step {step} instead")
     return restored
-  if steps:
+  if candidates:
     raise CheckpointError(
-      f"{mgr.directory}: no checkpoint step restores (tried {steps}); start the run afresh "
+      f"{mgr.directory}: no checkpoint step restores (tried {candidates}); start the run afresh "
       "with --config.train.resume=False or use another workdir"
     )
   return None

@@ -7,6 +7,7 @@ and exit status 1 (2 for bad flags); --debug shows the Python traceback instead.
 import logging as pylogging
 import os
 import sys
+import threading
 
 from cikg_jax import host
 
@@ -16,7 +17,7 @@ if not host.nvidia_gpu_visible():
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cikg_jax import checkpoint, distributed, rundir, train
+from cikg_jax import checkpoint, config_rules, distributed, rundir, train
 import configs
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "tiny.py")
@@ -46,14 +47,52 @@ def _message(e: BaseException) -> str:
 
 def _fail(text: str, status: int) -> None:
   print(f"error: {text}", file=sys.stderr, flush=True)
+  _quiet_shutdown()
   sys.exit(status)
+
+
+def _quiet_shutdown() -> None:
+  """After the one-line error, the libraries' own reports of the same failure at exit (orbax's
+  save threads, TensorBoard's atexit flush on a full disk, TensorStore coroutines) are dropped:
+  the error line stays the last line. --debug never gets here."""
+  sys.unraisablehook = lambda unraisable: None
+  sys.excepthook = lambda *exc_info: None
+  threading.excepthook = lambda args: None
+  for name in ("absl", "asyncio"):
+    pylogging.getLogger(name).setLevel(pylogging.CRITICAL)
+
+
+def _debug_requested() -> bool:
+  return any(a in ("--debug", "--debug=true", "--debug=True") for a in sys.argv[1:])
+
+
+def _config_flag_error(e: BaseException) -> str:
+  if isinstance(e, (AttributeError, KeyError)):
+    return f"--config override: unknown key {_message(e)}"
+  return f"--config: {_message(e)}"
+
+
+def _without_traceback(e: BaseException) -> str:
+  """A flag error's text, a traceback embedded in it (config_flags quotes the config file's)
+  reduced to its last line, the exception."""
+  text = str(e)
+  if "Traceback (most recent call last):" not in text:
+    return _message(e)
+  head = text.split("Traceback (most recent call last):")[0]
+  last = [line for line in text.splitlines() if line.strip()][-1]
+  return " ".join(f"{head.strip()} {last.strip()}".split())
 
 
 def _parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    _fail(f"{_message(e)} (--helpfull lists the flags)", 2)
+    _fail(f"{_without_traceback(e)} (--helpfull lists the flags)", 2)
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    # --config=FILE loads the file and applies the overrides here, not at import
+    if _debug_requested():
+      raise
+    _fail(_config_flag_error(e), 2)
 
 
 def main(argv):
@@ -64,6 +103,10 @@ def main(argv):
   # one seed, one run on a GPU too (config.train.deterministic); before any device is touched
   host.set_xla_gpu_deterministic(bool(FLAGS.config.train.get("deterministic", True)))
   try:
+    config_rules.check(FLAGS.config)  # every value, before anything is allocated or written
+  except config_rules.ConfigError as e:
+    _fail(_message(e), 2)
+  try:
     # One process of several (config.parallel, Slurm, Open MPI): joins the others before
     # anything touches a device. Process 0 alone logs progress.
     if distributed.initialize(FLAGS.config) and not distributed.is_primary():
@@ -72,7 +115,15 @@ def main(argv):
   except USER_ERRORS as e:
     if FLAGS.debug:
       raise
-    _fail(_message(e), 1)
+    print(f"error: {_message(e)}", file=sys.stderr, flush=True)
+    _quiet_shutdown()
+    if distributed.process_count() == 1:
+      # Orbax's and TensorStore's threads may still report the same failure (a full disk)
+      # through paths no hook reaches; what the run wrote is already durable (it survives
+      # kill -9), so the process ends here and the error stays the last line.
+      sys.stdout.flush()
+      os._exit(1)
+    sys.exit(1)
 
 
 def help_text() -> str:
@@ -95,10 +146,9 @@ def run():
   if cli_help.wants_help(sys.argv):
     cli_help.print_help_and_exit(help_text())
   if _CONFIG_FLAG_ERROR is not None:
-    if any(a in ("--debug", "--debug=true", "--debug=True") for a in sys.argv[1:]):
+    if _debug_requested():
       raise _CONFIG_FLAG_ERROR
-    what = "unknown key " if isinstance(_CONFIG_FLAG_ERROR, (AttributeError, KeyError)) else ""
-    _fail(f"--config override: {what}{_message(_CONFIG_FLAG_ERROR)}", 2)
+    _fail(_config_flag_error(_CONFIG_FLAG_ERROR), 2)
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -8,13 +8,14 @@ the workdir is touched."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 
@@ -71,6 +72,11 @@ class RunError(RuntimeError):
 
 
 def check_workdir(workdir: str) -> None:
+  if os.path.lexists(workdir) and not os.path.exists(workdir):
+    raise RunError(
+      f"{workdir}: the workdir is a symbolic link that leads nowhere (a loop or a missing "
+      "target); point it at a directory or use another --workdir"
+    )
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f"{workdir}: the workdir is a file, not a directory")
 
@@ -169,9 +175,7 @@ def check_resume(
     if effective is None:
       return True
     diffs = config_differences(_read_json(legacy), plain(effective))
-  elif os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
-    os.path.join(workdir, "checkpoints")
-  ):
+  elif has_checkpoints(workdir):
     raise RunError(
       f"{workdir}: holds checkpoints but no {IDENTITY_FILE} or config.json saying "
       f"which run they belong to; {_FRESH_HINT}"
@@ -183,7 +187,18 @@ def check_resume(
       f"{workdir} holds a run with other settings ({'; '.join(diffs)}): resuming "
       f"it would mix two runs; {_FRESH_HINT}"
     )
+  if not requested.train.get("checkpoint", True) and has_checkpoints(workdir):
+    raise RunError(
+      f"{workdir} holds checkpoints of this run: train.checkpoint=False would restart it from "
+      "epoch 0 beside them (a later resume would mix the two); resume it with "
+      f"train.checkpoint=True, or {_FRESH_HINT}"
+    )
   return True
+
+
+def has_checkpoints(workdir: str) -> bool:
+  d = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(d) and bool(os.listdir(d))
 
 
 def clear(workdir: str) -> List[str]:
@@ -204,24 +219,35 @@ def clear(workdir: str) -> List[str]:
 # ---- the lock --------------------------------------------------------------------------------
 @contextlib.contextmanager
 def locked(workdir: str) -> Iterator[None]:
-  """Holds an exclusive flock on workdir/run.lock; the kernel releases it when the process dies,
-  so a killed run never leaves a stale lock."""
+  """Holds an exclusive flock on the workdir directory itself, so removing run.lock (which only
+  holds the PID, for the message) cannot let a second training in; the kernel releases it when
+  the process dies, so a killed run never leaves a stale lock."""
   path = os.path.join(workdir, LOCK_FILE)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  dir_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
   try:
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+      try:
+        with open(path) as f:
+          holder = f.read(32).strip() or "unknown"
+      except OSError:
+        holder = "unknown"
       raise RunError(
         f"{workdir} is in use by another training (PID {holder}, lock {path}): "
         "wait for it, stop it, or use another --workdir"
       ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if os.fstat(dir_fd).st_ino != os.stat(workdir).st_ino:
+      raise RunError(f"{workdir} was replaced while being locked; start the training again")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    finally:
+      os.close(fd)
     yield
   finally:
-    os.close(fd)  # releases the flock; the file stays (deleting it would race a new holder)
+    os.close(dir_fd)  # releases the flock; run.lock stays (its PID is stale but harmless)
 
 
 # ---- crash-safe writes -----------------------------------------------------------------------
@@ -253,22 +279,38 @@ def ordinary_mode(fd: int) -> None:
   os.fchmod(fd, 0o666 & ~umask())
 
 
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+  """An OSError of a write (a full disk raises ENOSPC without a file name) as a RunError naming
+  `path` and what to do."""
+  try:
+    yield
+  except OSError as e:
+    full = e.errno == errno.ENOSPC
+    raise RunError(
+      f"{path}: cannot write ({e.strerror or e}); "
+      + ("free space on its disk, then " if full else "")
+      + "rerun the same command: the run resumes from its last checkpoint"
+    ) from e
+
+
 def write_atomic(path: str, text: str) -> None:
   """Whole new content or the old one, never a mix (temp file, fsync, os.replace)."""
   d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    ordinary_mode(fd)
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  _fsync_dir(d)
+  with _naming(path):
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+      ordinary_mode(fd)
+      with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+    _fsync_dir(d)
 
 
 def write_json(path: str, obj) -> None:
@@ -277,28 +319,43 @@ def write_json(path: str, obj) -> None:
 
 def append_line(path: str, record: dict) -> None:
   """On disk before the checkpoint that claims its epoch is written."""
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def truncate_jsonl(path: str, last_epoch: int) -> None:
-  """Keeps the lines of epochs <= `last_epoch` (those the restored checkpoint covers). A torn last
-  line (a crash mid-write) is dropped; a broken line before it is an error."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [(n, ln) for n, ln in enumerate(f.read().split("\n"), start=1) if ln.strip()]
-  keep = []
-  for i, (n, line) in enumerate(lines):
+  with _naming(path), open(path, "a") as f:
+    size = f.tell()
     try:
-      epoch = json.loads(line)["epoch"]
-    except (ValueError, KeyError, TypeError) as e:
-      if i == len(lines) - 1:
-        print(f"note: {path}:{n}: dropped a torn last line", flush=True)
-        continue
-      raise ValueError(f"{path}:{n}: not an epoch record ({e})") from None
-    if epoch <= last_epoch:
-      keep.append(line + "\n")
-  write_atomic(path, "".join(keep))
+      f.write(json.dumps(record) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    except OSError:
+      f.truncate(size)  # no torn line left behind where it can be undone
+      raise
+
+
+def logged_epochs(path: str, log: Callable[[str], None] = print) -> List[str]:
+  """The lines of metrics.jsonl that prove epochs 0, 1, 2, ... in order, each once: the file is
+  read up to its first line that is not the next epoch's record (a torn line of a crash, a
+  duplicate, a gap), which is reported through `log`. A missing file proves nothing."""
+  if not os.path.exists(path):
+    return []
+  with open(path, "rb") as f:
+    text = f.read().decode("utf-8", errors="replace")
+  keep = []
+  for n, line in enumerate(text.split("\n"), start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      epoch = record["epoch"] if isinstance(record, dict) else None
+    except (ValueError, KeyError):
+      epoch = None
+    if epoch != len(keep) or isinstance(epoch, bool):
+      what = "not an epoch record" if epoch is None else f"epoch {epoch} where {len(keep)} is due"
+      log(f"note: {path}:{n}: {what}; the log is kept up to epoch {len(keep) - 1} only")
+      break
+    keep.append(line + "\n")
+  return keep
+
+
+def keep_epochs(path: str, lines: List[str], last_epoch: int) -> None:
+  """Rewrites `path` (temporary file and os.replace, never in place) with the records of epochs
+  0..`last_epoch` out of `lines` (those the restored checkpoint covers)."""
+  write_atomic(path, "".join(lines[: last_epoch + 1]))

@@ -6,6 +6,7 @@ the TransE step and the final-embedding function. Training (train.py), data para
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
@@ -148,10 +149,33 @@ def effective_config(config, ds):
   return config
 
 
+# Copies of the node table a run holds: parameters, Adam's two moments, TransE's two, the best
+# epoch's parameters.
+TABLE_COPIES = 6
+
+
+def check_table_size(ds, config, memory_bytes: Optional[int] = None) -> None:
+  """Refuses a node table that could not fit in this machine's memory, before it is allocated:
+  the ids were checked against the files, so such a size is the data's own, and the message says
+  what sizes it."""
+  if memory_bytes is None:
+    memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  dim = config.model.embed_dim
+  need = ds.n_nodes * dim * 4 * TABLE_COPIES
+  if need > memory_bytes:
+    raise ValueError(
+      f"{ds.path}: the node table ({ds.n_users:,} users + {ds.n_entities:,} entities + "
+      f"{ds.n_interests:,} interest rows = {ds.n_nodes:,} rows x model.embed_dim={dim}) would "
+      f"need about {need / 2**30:.1f} GiB with its optimizer state, more than this machine's "
+      f"{memory_bytes / 2**30:.1f} GiB; check the data's ids, or lower model.embed_dim"
+    )
+
+
 def setup(config):
   """(dataset, effective config, model, graph pytree) for a config: what training, prediction
   and the benchmarks start from."""
   ds = dataset_lib.load_from_config(config)
+  check_table_size(ds, config)
   graphs = graph_lib.build_graphs(
     ds,
     views=config.views,

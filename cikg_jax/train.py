@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from cikg_jax import baselines, distributed, evaluation, parallel, rundir, steps
+from cikg_jax import baselines, config_rules, distributed, evaluation, parallel, rundir, steps
 from cikg_jax import checkpoint as ckpt
 from cikg_jax import propagation as prop
 from cikg_jax.data import sampling
@@ -57,6 +57,9 @@ class LoopState:
   epoch_seconds: List[float] = dataclasses.field(default_factory=list)
   stop: str = ""  # EARLY_STOPPING, or BUDGET: a pause a rerun continues
   budget_seconds: float = 0.0  # the budget that paused the run (for the message)
+  # The most compilations of the train step one invocation needed: a rerun that trains no epoch
+  # (a finished run, a lost results.json) records the run's count, not its own 0.
+  train_step_compilations: Optional[int] = None
 
   def to_json(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)
@@ -290,6 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   With several processes (cikg_jax/distributed.py) every process calls this; process 0 alone
   checks, locks and writes the workdir, and no process trains unless every one set up."""
+  config_rules.check(config)  # before anything is read, allocated or written
   with contextlib.ExitStack() as held:
     try:
       if distributed.is_primary():
@@ -351,14 +355,24 @@ def _with_data_source(config, ds) -> Dict[str, Any]:
 
 
 def _restore(config, workdir, state, best_params):
-  """(manager, state, best params, loop state): from the newest good checkpoint if any."""
+  """(manager, state, best params, loop state): from the newest good checkpoint whose epochs the
+  metrics log holds, if any. Steps beyond the log (its lines torn or deleted) are replayed, so
+  metrics.jsonl always holds exactly epochs 0..loop.epoch."""
   mgr = ckpt.manager(workdir) if config.train.checkpoint else None
   loop = LoopState()
   primary = distributed.is_primary()
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
   if mgr is not None:  # every process restores (orbax's multi-process protocol)
     quiet = lambda text: None
+    lines = rundir.logged_epochs(metrics_path) if primary else []
+    max_step = distributed.from_primary(len(lines) - 1, "logged epochs")
     restored = ckpt.restore_latest(
-      mgr, state, best_params, delete_damaged=True, log=print if primary else quiet
+      mgr,
+      state,
+      best_params,
+      delete_damaged=True,
+      log=print if primary else quiet,
+      max_step=max_step,
     )
     if restored is not None:
       state, best_params, loop_json = restored
@@ -367,11 +381,10 @@ def _restore(config, workdir, state, best_params):
         loop.stop = ""  # a budget stop is a pause: a rerun continues the run
       if primary:
         log.info("resumed from %s/checkpoints at epoch %d", workdir, loop.epoch)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if primary and (mgr is None or loop.epoch < 0):
-    rundir.write_atomic(metrics_path, "")
+    if primary:
+      rundir.keep_epochs(metrics_path, lines, loop.epoch)
   elif primary:
-    rundir.truncate_jsonl(metrics_path, loop.epoch)
+    rundir.write_atomic(metrics_path, "")
   return mgr, state, best_params, loop
 
 
@@ -415,8 +428,15 @@ class EpochWriter:
       )
 
   def close(self) -> None:
+    """Never raises: the TensorBoard copy of the metrics may not hide the error that ends a run
+    (a full disk fails its last flush too)."""
     if self.tb is not None:
-      self.tb.close()
+      try:
+        self.tb.close()
+      except OSError as e:
+        log.warning(
+          "%s: TensorBoard events not fully written (%s)", self.tb.logdir, e.strerror or e
+        )
 
 
 def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, Any]:
@@ -488,6 +508,9 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
         loop.stop, loop.budget_seconds = BUDGET, float(budget)
         log.warning("stopping: time budget of %.0f s reached after epoch %d", budget, epoch)
       due = time.perf_counter() - last_save >= config.train.checkpoint_every_seconds
+      loop.train_step_compilations = _most(
+        loop.train_step_compilations, _compilations(trainer.train_step)
+      )
       loop, due = _decided_by_primary(loop, due)  # its clock decides the budget and the saves
       if loop.best_epoch == epoch:
         best_params = jax.tree_util.tree_map(jnp.copy, params)
@@ -563,6 +586,10 @@ class _NoWriter:
     pass
 
 
+def _most(a: Optional[int], b: Optional[int]) -> Optional[int]:
+  return b if a is None else a if b is None else max(a, b)
+
+
 def _compilations(jitted) -> Optional[int]:
   try:
     return int(jitted._cache_size())
@@ -597,7 +624,9 @@ def write_results(
     "train_seconds": loop.train_seconds,
     "setup_seconds": setup_seconds,
     "epoch_seconds_median": (float(np.median(loop.epoch_seconds)) if loop.epoch_seconds else None),
-    "train_step_compilations": _compilations(trainer.train_step),
+    "train_step_compilations": _most(
+      loop.train_step_compilations, _compilations(trainer.train_step)
+    ),
     "backend": prop.resolve_backend(config.model.backend),
     "devices": [str(d) for d in jax.devices()],
     "data_parallel_devices": trainer.n_devices,

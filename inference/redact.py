@@ -12,15 +12,27 @@ masks, recursively over mappings, lists and strings:
     pairs and `"name": "value"` pairs inside text;
   - `Bearer ...` / `Basic ...` credentials, token-shaped strings (`sk-...`, `hf_...`, `ghp_...`,
     `xox?-...`, `AKIA...`), and the user-info of URLs (`https://user:pass@host` ->
-    `https://***@host`) and credential query parameters (`?api_key=...`).
+    `https://***@host`) and credential query parameters (`?api_key=...`);
+  - the exact values of the credentials this process read (`remember`: every key resolved from an
+    `api_key_env` variable) and of the credential variables its libraries read (CREDENTIAL_ENV),
+    wherever they appear: a server that echoes the key in an error body, a key in a base_url path.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from typing import Any
 
 MASK = "***"
+# Shorter values are not masked verbatim (they would mask ordinary words); the patterns still apply.
+MIN_SECRET_LENGTH = 6
+_READ: set = set()  # credential values this process read (`remember`)
+_READ_LOCK = threading.Lock()
+# Credential variables read by the clients and servers this package starts (openai, huggingface_hub,
+# vLLM), whether or not an endpoint names them.
+CREDENTIAL_ENV = ("OPENAI_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
 
 _WORDS = {
   "key",
@@ -91,9 +103,28 @@ _FLAG_RE = re.compile(
 )
 
 
+def remember(value: str) -> None:
+  """Masks `value` verbatim in everything redacted from now on (a credential this process read)."""
+  if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
+    with _READ_LOCK:
+      _READ.add(value)
+
+
+def _known_values():
+  """The remembered credentials and the values of CREDENTIAL_ENV, longest first (so a key that
+  contains another is masked whole)."""
+  with _READ_LOCK:
+    values = set(_READ)
+  values.update(os.environ.get(k, "") for k in CREDENTIAL_ENV)
+  return sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+
+
 def _redact_str(s: str) -> str:
   if not s:
     return s
+  for value in _known_values():
+    if value in s:
+      s = s.replace(value, MASK)
   s = _URL_USERINFO_RE.sub(lambda m: m.group(1) + MASK + "@", s)
   s = _AUTH_SCHEME_RE.sub(
     lambda m: (m.group(1) or m.group(3)) + (m.group(2) or m.group(4)) + MASK, s

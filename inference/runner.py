@@ -65,8 +65,17 @@ class ResultStore:
     self.repaired_bytes = _repair_tail(self.path)
     self.done: Dict[str, Dict] = {}
     if self.path.exists():
-      for row in read_jsonl(self.path):
-        self.done.setdefault(row["custom_id"], row)  # a duplicate (never written by us) is ignored
+      try:
+        for n, row in enumerate(read_jsonl(self.path), 1):
+          if not isinstance(row.get("custom_id"), str):
+            raise ValueError(f"{self.path}: record {n} has no custom_id")
+          self.done.setdefault(row["custom_id"], row)  # a duplicate (never written by us): ignored
+      except (ValueError, UnicodeDecodeError) as e:
+        raise RunDirError(
+          f"{e if isinstance(e, ValueError) else f'{self.path}: not UTF-8 ({e})'}: this run's "
+          "answers file is damaged; delete or repair that line to keep the other answers, or "
+          f"{_FRESH}"
+        ) from None
     self._f = open(self.path, "a", encoding="utf-8")
 
   def add(self, record: Dict) -> bool:
@@ -180,6 +189,22 @@ class _Lock:
 _FRESH = "start fresh with another --config.out_dir (or move this directory away)"
 
 
+def read_manifest(path: Path) -> Dict:
+  """The run's manifest ({} if there is none yet); RunDirError naming the file if it is damaged."""
+  if not path.exists():
+    return {}
+  try:
+    manifest = json.loads(path.read_bytes().decode("utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise RunDirError(
+      f"{path}: not valid JSON ({e}); move it away to resume without it (answers without a "
+      f"request_sha256 then need it), or {_FRESH}"
+    ) from None
+  if not isinstance(manifest, dict):
+    raise RunDirError(f"{path}: expected a JSON object; move it away, or {_FRESH}")
+  return manifest
+
+
 class RunDir:
   """A run directory held by this process: `with RunDir(path) as rd:` takes the lock (RunDirError if
   another run holds it) before anything is written there; `check`, `run` and `import_records` then
@@ -205,7 +230,7 @@ class RunDir:
     return self.path / "manifest.json"
 
   def manifest(self) -> Dict:
-    return json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+    return read_manifest(self.manifest_path)
 
   def check(self, requests: List[Dict], info: Dict) -> List[Dict]:
     """Refuse (RunDirError, one line) unless the stored answers answer exactly these requests under
@@ -320,7 +345,7 @@ def _run_locked(
   requests, backend, run_dir, info, max_consecutive_failures, progress, repaired_bytes
 ) -> Dict:
   manifest_path = run_dir / "manifest.json"
-  manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+  manifest = read_manifest(manifest_path)
   store = ResultStore(run_dir / "results.jsonl")
   ids = [r["custom_id"] for r in requests]
   hashes = {r["custom_id"]: request_sha256(r) for r in requests}

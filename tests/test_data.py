@@ -395,3 +395,73 @@ def test_non_utf8_bytes_name_line_and_byte_offset(toy_dir, data, where):
   with pytest.raises(files.DataFormatError, match=where + r"; data files must be UTF-8") as e:
     dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
   assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+  "name,text,message",
+  [
+    (
+      "kg_final.txt",
+      "0 0 5\n1 0 5\n4 3000000 6\n",
+      r"kg_final.txt:3: relation id 3000000 would size the relation table to 3,000,001 rows",
+    ),
+    (
+      "kg_final.txt",
+      "0 0 5\n1 0 5\n4 1 5000000\n",
+      r"kg_final.txt:3: entity id 5000000 would size the entity table",
+    ),
+    (
+      "train.txt",
+      "0 0 1 2\n1 2 3\n2 0 4\n1000000000000 1\n",
+      r"train.txt: user 3 has no training items.*1000000000000 on line 4",
+    ),
+    (
+      "train.txt",
+      "0 0 1 2\n1 2 1000000000\n2 0 4\n",
+      r"train.txt:2: item id 1000000000 would size the item table",
+    ),
+    ("test.txt", "", r"test.txt: no test interactions"),
+    ("test.txt", "0\n1\n", r"test.txt: no test interactions"),
+    (  # the KG's largest entity (7) ends the entity range: its line is named
+      "kg_final.txt",
+      "0 0 5\n1 0 5\n4 1 7\n",
+      r"user_interest_clustered.txt:1: interest id 7 collides with the entity range \(ids < 8; "
+      r"the largest KG entity id, 7, is on .*kg_final.txt:3\)",
+    ),
+  ],
+)
+def test_ids_are_checked_against_the_files_own_evidence_before_allocating(
+  toy_dir, name, text, message
+):
+  _write(toy_dir / "toy", name, text)
+  with pytest.raises(files.DataFormatError, match=message):
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
+
+
+@pytest.mark.parametrize("name", ["kg_final.txt", "user_interest_clustered.txt", "entity_list.txt"])
+@pytest.mark.parametrize("link", ["loop", "dangling"])
+def test_a_data_file_that_is_a_broken_symlink_is_an_error_not_absent(toy_dir, name, link):
+  path = toy_dir / "toy" / name
+  if path.exists():
+    path.unlink()
+  if link == "loop":
+    os.symlink(path, path)
+  else:
+    os.symlink(toy_dir / "nowhere", path)
+  with pytest.raises(files.DataFormatError, match=rf"{name}: a symbolic link that leads nowhere"):
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
+
+
+@pytest.mark.parametrize("name", ["train.txt", "test.txt"])
+def test_a_last_line_without_line_end_warns_that_the_file_may_be_cut(toy_dir, name):
+  text = (toy_dir / "toy" / name).read_text()
+  _write(toy_dir / "toy", name, text[:-3])  # cut inside the last line
+  with pytest.warns(UserWarning, match=rf"{name}:3: the last line has no line end"):
+    dataset_lib.load_dataset(str(toy_dir), "toy", selection="test")
+
+
+def test_synthetic_folder_made_with_other_sizes_is_refused(tmp_path):
+  synthetic.ensure(str(tmp_path), n_users=40, n_items=100, seed=0)
+  synthetic.ensure(str(tmp_path), n_users=40, n_items=100, seed=0)  # the same: reused
+  with pytest.raises(ValueError, match=r"other settings \(synthetic.n_users 40 -> 25\)"):
+    synthetic.ensure(str(tmp_path), n_users=25, n_items=100, seed=0)

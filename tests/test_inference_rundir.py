@@ -314,3 +314,24 @@ def test_cli_refusal_is_one_line(data, server, tmp_path):
     and "another --config.out_dir" in err[0]
   )
   assert "Traceback" not in r.stderr and snapshot(out) == before
+
+
+@pytest.mark.parametrize("damage", ["broken middle line", "record without custom_id", "manifest"])
+def test_a_damaged_answers_file_or_manifest_is_refused_naming_it(tmp_path, damage):
+  run_generation(reqs(3), Backend(), tmp_path, INFO, progress=False)
+  res, manifest = tmp_path / "results.jsonl", tmp_path / "manifest.json"
+  lines = res.read_text().splitlines(keepends=True)
+  if damage == "broken middle line":
+    res.write_text(lines[0] + lines[1][:20] + "\n" + lines[2])
+    where = rf"{res}:2: not valid JSON"
+  elif damage == "record without custom_id":
+    res.write_text(lines[0] + '{"ok": true}\n' + lines[2])
+    where = rf"{res}: record 2 has no custom_id"
+  else:
+    manifest.write_text(manifest.read_text()[:-5])
+    where = rf"{manifest}: not valid JSON"
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+  with pytest.raises(RunDirError, match=where):
+    run_generation(reqs(3), Backend(), tmp_path, INFO, progress=False)
+  after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+  assert after == before

@@ -184,6 +184,35 @@ def test_the_key_is_sent(monkeypatch, tmp_path):
     srv.server_close()
 
 
+def test_a_key_echoed_bare_or_in_the_base_url_is_masked_everywhere(monkeypatch, tmp_path, capsys):
+  key = "k" + secrets.token_hex(12)  # no known token shape: only its exact value can be masked
+  srv, state, url = start_server(Behaviour(require_key="another", echo_key=True))
+  try:
+    c = load_config()
+    root = url.rsplit("/v1", 1)[0]
+    c.endpoints = ({"base_url": f"{root}/{key}/v1", "api_key_env": "CIKG_PLAIN_KEY"},)
+    c.model.served_name = "fake-model"
+    c.client.max_attempts = 1
+    monkeypatch.setenv("CIKG_PLAIN_KEY", key)
+    reqs = [
+      {
+        "custom_id": f"user-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "fake-model", "messages": [{"role": "user", "content": str(i)}]},
+      }
+      for i in range(2)
+    ]
+    run_generation(reqs, OpenAIBackend.from_config(c), tmp_path, {"model": "m"}, progress=False)
+  finally:
+    srv.shutdown()
+    srv.server_close()
+  assert "credential rejected: ***" in (tmp_path / "failures.jsonl").read_text()
+  assert grep_dir(tmp_path, [key]) == []
+  out = capsys.readouterr()
+  assert key not in out.out + out.err
+
+
 # Nothing written or printed carries a key -------------------------------------------------------------
 
 

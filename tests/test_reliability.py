@@ -192,6 +192,25 @@ def test_second_training_is_refused_naming_the_holder_and_lock_dies_with_it(runs
   _same_numbers(_lines(workdir), runs["straight"])
 
 
+def test_removing_the_lock_file_does_not_let_a_second_training_in(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  holder = subprocess.Popen(
+    [sys.executable, "-c", _HOLDER, workdir],
+    stdout=subprocess.PIPE,
+    text=True,
+    env=_env(),
+    cwd=ROOT,
+  )
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    os.remove(os.path.join(workdir, rundir.LOCK_FILE))
+    with pytest.raises(rundir.RunError, match=r"in use by another training"):
+      train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+
+
 # ---- 3. damaged checkpoints --------------------------------------------------------------------
 def _biggest(d):
   files = [os.path.join(r, n) for r, _, names in os.walk(d) for n in names]
@@ -294,9 +313,145 @@ def test_epoch_line_is_on_disk_before_its_checkpoint(tmp_path, monkeypatch):
   ]
 
 
+def _consistent(workdir):
+  """What a run's files must agree on after any fault: metrics.jsonl holds epochs 0..E once each
+  in order, results.json ran E + 1 epochs and its best epoch has a line, the newest checkpoint is
+  epoch E."""
+  epochs = [x["epoch"] for x in _lines(workdir)]
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  assert epochs == list(range(res["epochs_run"]))
+  assert _lines(workdir)[res["best_epoch"]]["best_epoch"] == res["best_epoch"]
+  steps = ckpt.manager(workdir).all_steps()
+  assert not steps or max(steps) == epochs[-1]
+  return res
+
+
+def _tear(path, epoch):
+  """Cuts the line of `epoch` in half and drops the lines after it (a crash mid-write)."""
+  with open(path) as f:
+    lines = f.read().splitlines(keepends=True)
+  with open(path, "w") as f:
+    f.write("".join(lines[:epoch]) + lines[epoch][: len(lines[epoch]) // 2])
+
+
+@pytest.mark.parametrize("how", ["torn line of a checkpointed epoch", "deleted log"])
+def test_log_lines_a_checkpoint_covers_but_the_log_lacks_are_replayed(runs, tmp_path, capsys, how):
+  workdir = _copy(runs, tmp_path)
+  path = os.path.join(workdir, "metrics.jsonl")
+  if how == "deleted log":
+    os.remove(path)
+  else:
+    _tear(path, 2)  # checkpoint step 2 claims epoch 2, whose line is torn
+  train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+  assert "replaying" in capsys.readouterr().out
+  _same_numbers(_lines(workdir), runs["straight"])
+  _consistent(workdir)
+
+
+def _strip_timing(d):
+  return {k: v for k, v in d.items() if k not in TIMING}
+
+
+@pytest.mark.parametrize("how", ["rerun", "results.json deleted", "log deleted", "killed write"])
+def test_rerunning_a_finished_run_rewrites_the_same_results_and_log(
+  runs, tmp_path, monkeypatch, how
+):
+  workdir = _copy(runs, tmp_path)
+  with open(os.path.join(workdir, "results.json")) as f:
+    want = _strip_timing(json.load(f))
+  want_lines = [_strip_timing(x) for x in _lines(workdir)]
+  if how == "results.json deleted":
+    os.remove(os.path.join(workdir, "results.json"))
+  elif how == "log deleted":
+    os.remove(os.path.join(workdir, "metrics.jsonl"))
+  elif how == "killed write":  # the process dies between the last checkpoint and results.json
+    os.remove(os.path.join(workdir, "results.json"))
+    real = rundir.write_json
+
+    def dies(path, obj):
+      if path.endswith("results.json"):
+        raise KeyboardInterrupt
+      return real(path, obj)
+
+    monkeypatch.setattr(rundir, "write_json", dies)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(_tiny(runs["data"], max_epochs=3), workdir)
+    monkeypatch.setattr(rundir, "write_json", real)
+  train.train_and_evaluate(_tiny(runs["data"], max_epochs=3), workdir)
+  assert _strip_timing(_consistent(workdir)) == want
+  assert [_strip_timing(x) for x in _lines(workdir)] == want_lines
+
+
+def test_checkpointing_off_on_a_run_with_checkpoints_is_refused(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  before = _snapshot(workdir)
+  with pytest.raises(rundir.RunError, match=r"train\.checkpoint=False would restart it.*resume"):
+    train.train_and_evaluate(_tiny(runs["data"], max_epochs=2, checkpoint=False), workdir)
+  assert _snapshot(workdir) == before
+  train.train_and_evaluate(
+    _tiny(runs["data"], max_epochs=2, checkpoint=False, resume=False), workdir
+  )
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+  assert _consistent(workdir)["epochs_run"] == 2
+
+
+def test_a_failed_checkpoint_save_is_one_error_naming_its_directory_and_a_rerun_resumes(
+  runs, tmp_path, monkeypatch
+):
+  import orbax.checkpoint as ocp
+
+  workdir = _copy(runs, tmp_path)
+  real = ocp.CheckpointManager.save
+
+  def full(self, step, *a, **k):
+    if step == 3:
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing "step/0": No space left on device')
+    return real(self, step, *a, **k)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+  saved = re.escape(os.path.join(workdir, "checkpoints"))
+  with pytest.raises(
+    ckpt.CheckpointError,
+    match=rf"^{saved}: saving the checkpoint of epoch 3 failed \(ValueError: RESOURCE_EXHAUSTED"
+    r".*the disk is full: free space, then rerun the same command to resume from the saved "
+    r"epoch 2$",
+  ):
+    train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real)
+  train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+  _same_numbers(_lines(workdir), runs["straight"])
+  _consistent(workdir)
+
+
+def test_a_full_disk_at_a_log_write_names_the_file_and_leaves_no_torn_line(
+  runs, tmp_path, monkeypatch
+):
+  workdir = _copy(runs, tmp_path)
+  real_fsync = os.fsync
+
+  def fsync(fd):
+    if os.readlink(f"/proc/self/fd/{fd}").endswith("metrics.jsonl"):
+      raise OSError(28, "No space left on device")
+    return real_fsync(fd)
+
+  monkeypatch.setattr(os, "fsync", fsync)
+  path = os.path.join(workdir, "metrics.jsonl")
+  with pytest.raises(
+    rundir.RunError, match=rf"^{re.escape(path)}: cannot write \(No space left on device\); free"
+  ):
+    train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+  assert [x["epoch"] for x in _lines(workdir)] == [0, 1, 2]
+  monkeypatch.setattr(os, "fsync", real_fsync)
+  train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
+  _same_numbers(_lines(workdir), runs["straight"])
+  _consistent(workdir)
+
+
 # ---- 5. the non-finite message names the real checkpoint -----------------------------------------
-def test_non_finite_loss_without_checkpoint_says_so(tmp_path):
-  c = _tiny(tmp_path / "data", max_epochs=3, lr=float("nan"))
+def test_non_finite_loss_without_checkpoint_says_so(tmp_path, monkeypatch):
+  _poison(monkeypatch, 0, "loss")  # (a NaN learning rate is refused as a config value)
+  c = _tiny(tmp_path / "data", max_epochs=3)
   with pytest.raises(FloatingPointError, match="no checkpoint has been saved yet") as e:
     train.train_and_evaluate(c, str(tmp_path / "nan"))
   assert "epoch -1" not in str(e.value)
@@ -380,11 +535,28 @@ def _bad_data(tmp_path):
 
 
 @pytest.mark.parametrize(
-  "case", ["bad data", "missing data dir", "workdir is a file", "unknown config key"]
+  "case",
+  [
+    "bad data",
+    "missing data dir",
+    "workdir is a file",
+    "unknown config key",
+    "unknown key with --config",
+    "missing config file",
+    "bad config value",
+  ],
 )
 def test_user_errors_end_as_one_line(tmp_path, case):
   workdir = tmp_path / "run"
-  if case == "bad data":
+  config = os.path.join(ROOT, "configs", "tiny.py")
+  if case == "unknown key with --config":
+    args, want, rc = [f"--config={config}", "--config.train.lrr=1"], "error: --config override", 2
+  elif case == "missing config file":
+    args = ["--config=configs/none.py", "--config.train.lr=1"]
+    want, rc = "error: --config: ", 2
+  elif case == "bad config value":
+    args, want, rc = ["--config.eval.ks=abc"], "error: config.eval.ks=('abc',): must be", 2
+  elif case == "bad data":
     args, want, rc = _bad_data(tmp_path), "error: " + str(tmp_path / "data/mini/train.txt:2: "), 1
   elif case == "missing data dir":
     args = ["--config.dataset=mini", f"--config.data_dir={tmp_path / 'none'}"]
@@ -394,13 +566,27 @@ def test_user_errors_end_as_one_line(tmp_path, case):
     args, want, rc = [], f"error: {workdir}: the workdir is a file", 1
   else:
     args, want, rc = ["--config.train.lrr=1"], "error: --config override: unknown key 'lrr'", 2
-  p = _main(f"--workdir={workdir}", f"--config.synthetic_dir={tmp_path / 'syn'}", *args)
+  first = [a for a in args if a.startswith("--config=")]  # --config before its overrides
+  rest = [a for a in args if a not in first]
+  p = _main(*first, f"--workdir={workdir}", f"--config.synthetic_dir={tmp_path / 'syn'}", *rest)
+  assert len(p.stderr.strip().splitlines()) == 1 or case in ("bad data", "missing data dir"), (
+    p.stderr
+  )
   last = p.stderr.strip().splitlines()[-1]
   assert p.returncode == rc, p.stderr
   assert last.startswith(want), p.stderr
   assert "Traceback" not in p.stderr
   if case != "workdir is a file":
     assert not workdir.exists()
+
+
+def test_a_workdir_that_is_a_symlink_loop_is_named_as_such(tmp_path):
+  workdir = tmp_path / "run"
+  os.symlink(workdir, workdir)
+  with pytest.raises(
+    rundir.RunError, match=rf"{workdir}: the workdir is a symbolic link that leads"
+  ):
+    train.train_and_evaluate(_tiny(tmp_path / "data", max_epochs=1), str(workdir))
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
@@ -523,3 +709,75 @@ def test_sigkill_at_random_points_then_restart_gives_the_uninterrupted_numbers(
     got = strip(json.load(f))
   assert got == want
   assert sorted(ckpt.manager(killed).all_steps()) == [_KILL_EPOCHS - 2, _KILL_EPOCHS - 1]
+
+
+# ---- 8. the last line of a failed run is its one-line error -------------------------------------
+def _tiny_cli_flags(data, max_epochs):
+  """configs/tiny.py on the command line with the overrides of `_tiny`."""
+  return [
+    f"--config.synthetic_dir={data}",
+    "--config.train.plot=False",
+    "--config.train.patience=100",
+    "--config.cl.weight=0.0",
+    "--config.uir.weight=0.0",
+    "--config.kge.use=False",
+    "--config.train.checkpoint_every_seconds=0",
+    f"--config.train.max_epochs={max_epochs}",
+  ]
+
+
+@pytest.mark.slow
+def test_cli_with_every_checkpoint_step_damaged_ends_in_one_line(runs, tmp_path):
+  workdir = _copy(runs, tmp_path)
+  for step in ("1", "2"):
+    _zero(_biggest(os.path.join(workdir, "checkpoints", step, "state")))
+  p = _main(f"--workdir={workdir}", *_tiny_cli_flags(runs["data"], 4))
+  assert p.returncode == 1
+  assert re.match(
+    r"error: .*checkpoints: no checkpoint step restores \(tried \[2, 1\]\)",
+    p.stderr.strip().splitlines()[-1],
+  ), p.stderr[-2000:]
+  # No dump of TensorStore's coroutines (hundreds of lines); a TensorStore callback may still
+  # print a short "Event loop is closed" traceback before the error line, by a path no hook sees.
+  assert "Exception ignored" not in p.stderr and len(p.stderr.splitlines()) < 40, p.stderr[-3000:]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 3 MiB tmpfs (root and a kernel that allows the mount), unmounted afterwards."""
+  d = tmp_path / "small"
+  d.mkdir()
+  if os.geteuid() != 0 or shutil.which("mount") is None:
+    pytest.skip("mounting a tmpfs needs root")
+  r = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(d)], capture_output=True
+  )
+  if r.returncode:
+    pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+  yield d
+  subprocess.run(["umount", str(d)], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("free_bytes", [300_000, 150_000, 60_000, 10_000])
+def test_cli_on_a_full_disk_ends_in_one_line_and_resumes_once_space_returns(
+  runs, small_disk, free_bytes
+):
+  """The workdir on a small tmpfs filled but for `free_bytes`: the run stops at whichever write
+  fails first (a checkpoint, the metrics log, identity.json) with one error line naming it, and
+  once space returns the same command finishes with the uninterrupted numbers."""
+  filler = small_disk / "filler"
+  total = shutil.disk_usage(small_disk).free
+  filler.write_bytes(b"\0" * max(0, total - free_bytes))
+  workdir = str(small_disk / "run")
+  flags = [f"--workdir={workdir}", *_tiny_cli_flags(runs["data"], 4)]
+  p = _main(*flags)
+  last = p.stderr.strip().splitlines()[-1]
+  assert p.returncode == 1 and last.startswith(f"error: {workdir}"), p.stderr[-3000:]
+  assert "No space left" in last or "disk is full" in last, last
+  assert len(p.stderr.strip().splitlines()) < 40, p.stderr[-3000:]
+  filler.unlink()
+  p = _main(*flags)
+  assert p.returncode == 0, p.stderr[-3000:]
+  _same_numbers(_lines(workdir), runs["straight"])
+  _consistent(workdir)

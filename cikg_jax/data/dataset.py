@@ -136,31 +136,42 @@ def load_dataset(
     )
   train_path, test_path = os.path.join(root, "train.txt"), os.path.join(root, "test.txt")
 
-  item_list = files.read_id_list_if_present(os.path.join(root, "item_list.txt"))
-  entity_list = files.read_id_list_if_present(os.path.join(root, "entity_list.txt"))
+  item_path, entity_path = (
+    os.path.join(root, "item_list.txt"),
+    os.path.join(root, "entity_list.txt"),
+  )
+  item_list = files.read_id_list(item_path) if files.present(item_path) else None
+  entity_list = files.read_id_list(entity_path) if files.present(entity_path) else None
   if item_list is not None and entity_list is not None:
     files.check_items_are_entities(item_list, entity_list)
   n_listed_items = len(item_list) if item_list is not None else None
   train = files.read_user_items(train_path, n_items=n_listed_items)
   test = files.read_user_items(test_path, n_items=n_listed_items, allow_empty=True)
   files.check_disjoint(train, test, train_path, test_path)
+  if not any(test.values()):
+    files._fail(test_path, None, "no test interactions: every test metric would be 0")
   n_users = max(train) + 1
-  missing = sorted(set(range(n_users)) - set(train))
-  if missing:
+  if n_users > len(train):  # found without allocating per user id: an id may be absurdly large
+    uids = np.sort(np.fromiter(train.keys(), np.int64, len(train)))
+    first_missing = int(np.flatnonzero(uids != np.arange(len(uids)))[0])
     files._fail(
       train_path,
       None,
-      f"user {missing[0]} has no training items (no line); users "
-      "must be numbered 0..n-1 and each needs at least one training item (data from "
-      "elsewhere: `python -m cikg_jax.data.convert`, README 'Bring your own dataset')",
+      f"user {first_missing} has no training items (no line); users "
+      "must be numbered 0..n-1 and each needs at least one training item (the largest user id, "
+      f"{n_users - 1} on line {train.line_of[n_users - 1]}, makes {n_users:,} users of which "
+      f"{len(train):,} have a line; data from elsewhere: `python -m cikg_jax.data.convert`, "
+      "README 'Bring your own dataset')",
     )
+  if n_listed_items is None:
+    _check_dense_items(train, test, train_path, test_path)
   all_items = [i for v in train.values() for i in v] + [i for v in test.values() for i in v]
   n_items = n_listed_items if n_listed_items is not None else max(all_items) + 1
 
   n_listed_entities = len(entity_list) if entity_list is not None else None
   kg_path = os.path.join(root, "kg_final.txt")
-  if os.path.exists(kg_path):
-    kg = files.read_triples(kg_path, n_entities=n_listed_entities)
+  if files.present(kg_path):
+    kg = files.read_triples(kg_path, n_entities=n_listed_entities, n_items=n_items)
   else:
     warnings.warn(
       f"{kg_path} not found: training without item-side knowledge (no KG edges, no "
@@ -173,8 +184,17 @@ def load_dataset(
   n_relations = int(kg[:, 1].max()) + 1 if len(kg) else 0
 
   ui_path = interest_file or os.path.join(root, "user_interest_clustered.txt")
-  if os.path.exists(ui_path):
-    user_interest = files.read_pairs(ui_path, n_users=n_users, min_second=n_entities)
+  if files.present(ui_path):
+    user_interest = files.read_pairs(
+      ui_path,
+      n_users=n_users,
+      min_second=n_entities,
+      why_min=lambda: (
+        _entity_range_source(kg_path, n_entities - 1)
+        if len(kg) and int(kg[:, [0, 2]].max()) + 1 == n_entities
+        else ""
+      ),
+    )
     n_interests = int(user_interest[:, 1].max()) + 1 - n_entities
   else:
     if interest_file:
@@ -201,6 +221,30 @@ def load_dataset(
   )
   log.info("%s", ds.describe())
   return ds
+
+
+def _check_dense_items(train, test, train_path: str, test_path: str) -> None:
+  """Without item_list.txt the largest item id sizes the item table: refused when it lies far
+  above the ids in use (files.check_dense_ids), naming its line, before anything is allocated."""
+  ids, where = [], []
+  for path, user_items in ((train_path, train), (test_path, test)):
+    for u, items in user_items.items():
+      ids += items
+      where += [(path, user_items.line_of[u])] * len(items)
+  ids = np.asarray(ids, np.int64)
+  top_path = where[int(np.argmax(ids))][0]
+  files.check_dense_ids(top_path, ids, [line for _, line in where], 0, "item")
+
+
+def _entity_range_source(kg_path: str, top: int) -> str:
+  """Where the entity range ends, for an interest id that falls inside it: the KG line holding
+  the largest entity id."""
+  with open(kg_path, encoding="utf-8-sig") as f:
+    for n, line in enumerate(f, start=1):
+      tokens = line.split()
+      if len(tokens) == 3 and str(top) in (tokens[0], tokens[2]):
+        return f"; the largest KG entity id, {top}, is on {kg_path}:{n}"
+  return f"; the largest KG entity id is {top}"
 
 
 def split_seed_of(config) -> int:

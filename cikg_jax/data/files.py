@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import warnings
 
 import numpy as np
@@ -54,12 +54,29 @@ def read_text(path: str) -> str:
     )
 
 
+def present(path: str) -> bool:
+  """True if `path` exists, False if nothing is there; a symbolic link that leads nowhere (a loop,
+  a missing target) is an error, not an absent optional file."""
+  if os.path.exists(path):
+    return True
+  if os.path.lexists(path):
+    _fail(path, None, "a symbolic link that leads nowhere (a loop or a missing target)")
+  return False
+
+
 def _text_lines(path: str):
   """Yields (line_no, text without the line end); blank lines are allowed only at the end of the
-  file. A UTF-8 byte-order mark (Windows editors write one) and CRLF line ends are accepted."""
-  if not os.path.exists(path):
+  file. A UTF-8 byte-order mark (Windows editors write one) and CRLF line ends are accepted. A last
+  line without a line end is read with a warning: a file cut short loses its last ids silently."""
+  if not present(path):
     _fail(path, None, "file not found")
   raw = read_text(path).split("\n")
+  if len(raw) > 1 and split_fields(raw[-1].rstrip("\r")):
+    warnings.warn(
+      f"{path}:{len(raw)}: the last line has no line end; if the file was cut short (an "
+      "interrupted copy or download), the ids of that line are incomplete",
+      stacklevel=3,
+    )
   while raw and not split_fields(raw[-1].rstrip("\r")):
     raw.pop()
   for i, text in enumerate(raw, start=1):
@@ -133,9 +150,14 @@ def read_user_items(
   return out
 
 
-def read_triples(path: str, n_entities: Optional[int] = None) -> np.ndarray:
-  """Reads `head relation tail` lines into an int64 array of shape (n, 3)."""
-  rows = []
+def read_triples(
+  path: str, n_entities: Optional[int] = None, n_items: Optional[int] = None
+) -> np.ndarray:
+  """Reads `head relation tail` lines into an int64 array of shape (n, 3). Ids size the relation
+  and entity tables: they are checked against the file's own ids before anything is allocated
+  (entities above the `n_items` items, and only without an entity_list, `n_entities`, whose length
+  bounds them otherwise)."""
+  rows, line_nos = [], []
   for line_no, tokens in _lines(path):
     if len(tokens) != 3:
       _fail(path, line_no, f"expected 3 integers 'head relation tail', got {len(tokens)} tokens")
@@ -143,14 +165,24 @@ def read_triples(path: str, n_entities: Optional[int] = None) -> np.ndarray:
     if n_entities is not None and max(h, t) >= n_entities:
       _fail(path, line_no, f"entity id {max(h, t)} out of range (entity_list has {n_entities})")
     rows.append((h, r, t))
+    line_nos.append(line_no)
   if not rows:
     _fail(path, None, "no triples")
   arr = np.asarray(rows, dtype=np.int64)
+  check_dense_ids(path, arr[:, 1], line_nos, 0, "relation")
+  if n_entities is None and n_items is not None:
+    ids = np.concatenate([arr[:, 0], arr[:, 2]])
+    above = ids >= n_items
+    if above.any():
+      check_dense_ids(path, ids[above], list(np.asarray(line_nos * 2)[above]), n_items, "entity")
   return _dedupe_rows(path, arr)
 
 
 def read_pairs(
-  path: str, n_users: Optional[int] = None, min_second: Optional[int] = None
+  path: str,
+  n_users: Optional[int] = None,
+  min_second: Optional[int] = None,
+  why_min: Callable[[], str] = lambda: "",
 ) -> np.ndarray:
   """Reads `uid interest_id` lines; interest ids must lie above the entity range. Without
   `n_users` / `min_second` (a file read apart from its dataset) only the format is checked; the
@@ -164,7 +196,11 @@ def read_pairs(
     if n_users is not None and u >= n_users:
       _fail(path, line_no, f"user id {u} out of range (train.txt has {n_users} users)")
     if min_second is not None and v < min_second:
-      _fail(path, line_no, f"interest id {v} collides with the entity range (ids < {min_second})")
+      _fail(
+        path,
+        line_no,
+        f"interest id {v} collides with the entity range (ids < {min_second}{why_min()})",
+      )
     rows.append((u, v))
     line_nos.append(line_no)
   if not rows:
@@ -180,6 +216,12 @@ def read_pairs(
 # table (and Adam's two moments) to millions of empty rows. Small waste is tolerated.
 SPARSE_MAX_UNUSED_ROWS = 4096
 SPARSE_MIN_USED_FRACTION = 1 / 8
+
+
+_FIRST_ID = {
+  "interest": " (the first id above the entities)",
+  "entity": " (the first id above the items)",
+}
 
 
 def check_dense_ids(
@@ -204,8 +246,8 @@ def check_dense_ids(
     line,
     f"{what} id {top} would size the {what} table to {n_rows:,} rows of which only "
     f"{len(used):,} are used{below}. {what.capitalize()} ids must be numbered densely from "
-    f"{first} (the first id above the entities): fix or drop this line, or renumber the ids "
-    "(`python -m cikg_jax.data.convert` does)",
+    f"{first}{_FIRST_ID.get(what, '')}: fix or drop "
+    "this line, or renumber the ids (`python -m cikg_jax.data.convert` does)",
   )
 
 

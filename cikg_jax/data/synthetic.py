@@ -6,6 +6,7 @@ through the normal loader, so the smoke test exercises the real input path."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -32,7 +33,7 @@ def generate(
   user_topic = rng.integers(n_topics, size=n_users)
   train, test = {}, {}
   for u in range(n_users):
-    n = max(3, int(rng.poisson(items_per_user)))
+    n = min(max(3, int(rng.poisson(items_per_user))), n_items)  # a tiny catalogue: all of it
     # 80% of a user's items come from the user's topic, the rest at random.
     same = np.flatnonzero(item_topic == user_topic[u])
     k_same = min(len(same), int(round(0.8 * n)))
@@ -72,6 +73,37 @@ def generate(
   return out_dir
 
 
+def check_made_with(marker: str, params: dict, prefix: str, stored, generator) -> None:
+  """Refuses a generated dataset whose marker records other parameters than `params` (a config
+  that would record one size and train on another); `stored` picks them out of the marker, and
+  parameters left out on either side take `generator`'s defaults."""
+  try:
+    with open(marker) as f:
+      made = stored(json.loads(f.read() or "null"))
+  except (ValueError, TypeError, KeyError, AttributeError):
+    return  # a marker without parameters: nothing to compare
+  if not isinstance(made, dict):
+    return
+  defaults = {
+    k: p.default
+    for k, p in inspect.signature(generator).parameters.items()
+    if p.default is not inspect.Parameter.empty
+  }
+  made = json.loads(json.dumps({**defaults, **made}))
+  params = json.loads(json.dumps({**defaults, **params}))
+  if made == params:
+    return
+  diff = "; ".join(
+    f"{prefix}.{k} {made.get(k)!r} -> {params.get(k)!r}"
+    for k in sorted(made.keys() | params.keys())
+    if made.get(k) != params.get(k)
+  )
+  raise ValueError(
+    f"{os.path.dirname(marker)}: holds a dataset generated with other settings ({diff}); use "
+    "another synthetic_dir, or delete that folder to generate it anew"
+  )
+
+
 # Bumped when generate() writes different files, so caches of older versions are regenerated
 # (version 2: entity_list.txt's items carry item_list.txt's org ids).
 FORMAT = 2
@@ -86,7 +118,9 @@ def ensure(directory: str | None = None, **params) -> str:
     f"synthetic-{key[:10]}",
   )
   marker = os.path.join(base, "synthetic", f".format-{FORMAT}")
-  if not os.path.exists(marker):
+  if os.path.exists(marker):
+    check_made_with(marker, params, "synthetic", lambda made: made, generate)
+  else:
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=base)
     generate(tmp, **params)

@@ -142,7 +142,13 @@ def ensure(directory: str | None = None, **params) -> str:
     f"{NAME}-{key[:10]}",
   )
   marker = os.path.join(base, NAME, f".format-{FORMAT}")
-  if not os.path.exists(marker):
+  if os.path.exists(marker):
+    from cikg_jax.data import synthetic
+
+    synthetic.check_made_with(
+      marker, params, "synthetic_large", lambda made: made["params"], generate
+    )
+  else:
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=base)
     counts = generate(tmp, **params)

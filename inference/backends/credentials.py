@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Mapping, Optional
 
-from inference.redact import is_secret_name
+from inference.redact import is_secret_name, remember
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 NO_KEY = "EMPTY"
@@ -63,6 +63,7 @@ def resolve_api_key(api_key_env: Optional[str], required: bool = False) -> str:
     return NO_KEY
   key = os.environ.get(api_key_env)
   if key:
+    remember(key)  # masked verbatim in everything written or printed, whatever a server echoes
     return key
   if required:
     raise CredentialError(

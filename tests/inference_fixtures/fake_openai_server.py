@@ -34,6 +34,7 @@ class Behaviour:
     ""  # answer 401 unless the request carries `Authorization: Bearer <require_key>`
   )
   echo_auth: bool = False  # error bodies quote the Authorization header received (a leaky server)
+  echo_key: bool = False  # error bodies quote the bare key received, without "Bearer"
 
 
 def answer_for(messages) -> str:
@@ -97,9 +98,14 @@ def make_handler(state: State):
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
       auth = self.headers.get("Authorization", "")
-      err = lambda msg: json.dumps(
-        {"error": {"message": f"{msg} (got Authorization: {auth})" if b.echo_auth else msg}}
-      ).encode()
+      echoed = (
+        f" (got Authorization: {auth})"
+        if b.echo_auth
+        else f": credential rejected: {auth.split()[-1]}"
+        if b.echo_key and auth
+        else ""
+      )
+      err = lambda msg: json.dumps({"error": {"message": msg + echoed}}).encode()
       try:
         if b.delay_s:
           time.sleep(b.delay_s)
