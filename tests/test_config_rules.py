@@ -32,7 +32,7 @@ BAD = [
   ("eval.ks", ("abc",), "a non-empty tuple of integers"),
   ("train.max_epochs", 0, "an integer >= 1"),
   ("train.max_epochs", -3, "an integer >= 1"),
-  ("model.num_layers", -1, "an integer >= 1"),
+  ("model.num_layers", -1, "an integer >= 0"),
   ("valid_fraction", 1.5, "> 0 and < 1"),
   ("train.lr", float("nan"), "a finite number > 0"),
   ("selection", "tset", "one of 'valid', 'test'"),
