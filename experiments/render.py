@@ -159,7 +159,7 @@ def backend(machine: str) -> str:
 
 
 def provenance(rows) -> str:
-  machines = sorted({r.get("machine", "?") for r in rows})
+  machines = sorted({str(r.get("machine", "?")).replace(" (device tool)", "") for r in rows})
   commits = sorted({str(r.get("commit", "?"))[:12] for r in rows})
   backends = sorted({backend(m) for m in machines})
   mixed = ""
@@ -589,7 +589,7 @@ def efficiency_table(rows, datasets) -> List[str]:
       continue
     med = np.median([r["epoch_seconds_median"] for r in rs])
     short = re.sub(
-      r"^1x NVIDIA (\S+) \(device tool\), (jax [\d.]+), up to (\d+) runs.*",
+      r"^1x NVIDIA (\S+)(?: \(device tool\))?, (jax [\d.]+), up to (\d+) runs.*",
       r"\1, \2, ≤\3 runs sharing it",
       m,
     )
