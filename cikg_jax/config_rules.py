@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from cikg_jax import schedules
+from cikg_jax import rundir, schedules
 
 
 class ConfigError(ValueError):
@@ -163,16 +163,6 @@ RULES: Dict[str, Rule] = {
 }
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _fail(key: str, value: Any, must: str) -> None:
   shown = repr(value)
   shown = shown if len(shown) <= 60 else shown[:57] + "..."
@@ -181,7 +171,7 @@ def _fail(key: str, value: Any, must: str) -> None:
 
 def check(config) -> None:
   """Raises ConfigError on the first value out of its rule, then on cross-field rules."""
-  flat = _flat(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+  flat = rundir._flat(config.to_dict() if hasattr(config, "to_dict") else dict(config))
   for key, rule in RULES.items():
     if key in flat:
       must = rule(flat[key])
