@@ -51,6 +51,43 @@ def _fail(text: str, status: int) -> None:
   sys.exit(status)
 
 
+class _StderrTail:
+  """sys.stderr, remembering whether what was written last ended a line (see
+  _last_line_to_stderr)."""
+
+  def __init__(self, stream):
+    self._stream = stream
+    self.mid_line = False
+
+  def write(self, text):
+    if text:
+      self.mid_line = not text.endswith("\n")
+    return self._stream.write(text)
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
+def _watch_stderr() -> None:
+  if not isinstance(sys.stderr, _StderrTail):
+    sys.stderr = _StderrTail(sys.stderr)
+
+
+def _last_line_to_stderr(line: str) -> None:
+  """Writes `line` as the last line on stderr. Other threads (orbax's save threads, TensorStore
+  callbacks) may be printing the same failure at this moment: stderr (the descriptor and
+  sys.stderr) is pointed at the null device first, so nothing reaches the terminal after `line`,
+  and `line` starts on a line of its own when a traceback was left half written."""
+  sys.stdout.flush()
+  terminal = os.dup(2)
+  null = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(null, 2)
+  os.close(null)
+  mid_line = getattr(sys.stderr, "mid_line", False)
+  sys.stderr = open(os.devnull, "w")  # noqa: SIM115 -- open until the process ends
+  os.write(terminal, (("\n" if mid_line else "") + line + "\n").encode())
+
+
 def _quiet_shutdown() -> None:
   """After the one-line error, the libraries' own reports of the same failure at exit (orbax's
   save threads, TensorBoard's atexit flush on a full disk, TensorStore coroutines) are dropped:
@@ -97,6 +134,7 @@ def _parse_flags(argv):
 
 def main(argv):
   del argv
+  _watch_stderr()
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   pylogging.getLogger("cikg_jax").setLevel(pylogging.INFO)  # this project's progress lines
   host.keep_freed_memory()  # no page faults on the CPU step's large buffers (cikg_jax/host.py)
@@ -115,7 +153,7 @@ def main(argv):
   except USER_ERRORS as e:
     if FLAGS.debug:
       raise
-    print(f"error: {_message(e)}", file=sys.stderr, flush=True)
+    _last_line_to_stderr(f"error: {_message(e)}")
     _quiet_shutdown()
     if distributed.process_count() == 1:
       # Orbax's and TensorStore's threads may still report the same failure (a full disk)

@@ -89,3 +89,19 @@ def test_bad_flags_are_one_line_errors(module, args, message, capsys):
   err = capsys.readouterr().err
   assert e.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
   assert err.rstrip().endswith("(--help lists the flags)")
+
+
+def test_the_error_line_stays_whole_and_last_while_another_thread_is_mid_line():
+  """A library thread has left half a line in stderr's buffer (a traceback's indent) when the run
+  fails: the error line is written whole, and nothing written after it reaches stderr."""
+  script = (
+    "import sys\n"
+    "from cikg_jax import main\n"
+    "main._watch_stderr()\n"
+    "sys.stderr.write('before\\n    ')\n"
+    "main._last_line_to_stderr('error: /w/checkpoints: the disk is full')\n"
+    "sys.stderr.write('late traceback line\\n'); sys.stderr.flush()\n"
+    "print('late', file=sys.__stderr__, flush=True)\n"
+  )
+  p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+  assert p.stderr.splitlines() == ["before", "    ", "error: /w/checkpoints: the disk is full"]
