@@ -309,17 +309,39 @@ def counted(study) -> int:
   return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
 
 
+def _params(trial) -> dict:
+  """A trial's parameters; a queued trial holds them as its fixed parameters until it runs."""
+  return trial.params or trial.system_attrs.get("fixed_params", {})
+
+
+RETRIES = 2  # a trial's parameters are tried at most 1 + RETRIES times
+
+
 def requeue_interrupted(study, log) -> None:
-  """Trials left RUNNING by a process that died: failed, and their parameters queued again."""
+  """Trials left RUNNING by a process that died are failed, and their parameters queued again;
+  so are the parameters of a failed trial (a run that stopped on a missing data directory, a full
+  disk) that has not completed since, up to RETRIES times: the budget is spent on the
+  parameters the sampler chose, not on the machine's accidents."""
   from optuna.trial import TrialState
 
-  waiting = [t.params for t in study.trials if t.state == TrialState.WAITING]
   for t in study.trials:
     if t.state == TrialState.RUNNING:
       study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-      if t.params not in waiting:
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-      log(f"{study.study_name}: trial {t.number} was interrupted; queued again")
+      log(f"{study.study_name}: trial {t.number} was interrupted")
+  trials = study.get_trials(deepcopy=False)
+  settled = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)
+  done = [_params(t) for t in trials if t.state in settled]
+  failures: Dict[str, List] = {}
+  for t in trials:
+    if t.state == TrialState.FAIL and t.params not in done:
+      failures.setdefault(json.dumps(t.params, sort_keys=True), []).append(t)
+  for failed in failures.values():
+    last = failed[-1]
+    if len(failed) > RETRIES:
+      log(f"{study.study_name}: trial {last.number} failed {len(failed)} times; not retried")
+      continue
+    study.enqueue_trial(last.params, user_attrs={"retry_of": last.number})
+    log(f"{study.study_name}: trial {last.number} queued again")
 
 
 @contextlib.contextmanager

@@ -781,3 +781,41 @@ def test_cli_on_a_full_disk_ends_in_one_line_and_resumes_once_space_returns(
   assert p.returncode == 0, p.stderr[-3000:]
   _same_numbers(_lines(workdir), runs["straight"])
   _consistent(workdir)
+
+
+@pytest.mark.slow
+def test_sigkill_between_the_last_checkpoint_and_results_json(runs, tmp_path):
+  """The training CLI SIGKILLed by the kernel the moment it would write results.json (every
+  checkpoint and log line already on disk): the same command then ends with the numbers and
+  files of an uninterrupted run."""
+  flags = _tiny_cli_flags(runs["data"], 4)
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  assert _main(f"--workdir={straight}", *flags).returncode == 0
+  dies_at_results = (
+    "import os, runpy, signal, sys\n"
+    "from cikg_jax import rundir\n"
+    "real = rundir.write_json\n"
+    "def write_json(path, obj):\n"
+    "  if path.endswith('results.json'):\n"
+    "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "  return real(path, obj)\n"
+    "rundir.write_json = write_json\n"
+    "sys.argv = ['cikg_jax.main', *sys.argv[1:]]\n"
+    "runpy.run_module('cikg_jax.main', run_name='__main__')\n"
+  )
+  p = subprocess.run(
+    [sys.executable, "-c", dies_at_results, f"--workdir={killed}", *flags],
+    capture_output=True,
+    text=True,
+    env=_env(),
+    cwd=ROOT,
+    timeout=300,
+  )
+  assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+  assert not os.path.exists(os.path.join(killed, "results.json"))
+  assert [x["epoch"] for x in _lines(killed)] == [0, 1, 2, 3]
+  assert _main(f"--workdir={killed}", *flags).returncode == 0
+  with open(os.path.join(straight, "results.json")) as f:
+    want = _strip_timing(json.load(f))
+  assert _strip_timing(_consistent(killed)) == want
+  assert [_strip_timing(x) for x in _lines(killed)] == [_strip_timing(x) for x in _lines(straight)]

@@ -120,3 +120,28 @@ def test_tuner_resumes_after_a_kill_inside_a_trial(tmp_path):
 def test_quick_mode_uses_the_shared_runner_commands(tmp_path):
   run = runner.Run("synthetic", "lightgcn-tune-x", "lightgcn", ("--config.train.lr=0.01",))
   assert run.command("W")[2:4] == ["cikg_jax.main", "--config=configs/lightgcn.py:synthetic"]
+
+
+def test_failed_trials_are_queued_again_at_most_twice_and_settled_ones_never():
+  import optuna
+  from optuna.distributions import FloatDistribution
+  from optuna.trial import TrialState, create_trial
+
+  study = optuna.create_study(direction="maximize")
+  dist = {"lr": FloatDistribution(1e-4, 1e-2, log=True)}
+
+  def add(lr, state, value=None):
+    study.add_trial(create_trial(params={"lr": lr}, distributions=dist, state=state, value=value))
+
+  add(1e-3, TrialState.FAIL)  # failed once: queued again
+  add(2e-3, TrialState.FAIL)  # failed, then completed: settled
+  add(2e-3, TrialState.COMPLETE, 0.5)
+  for _ in range(3):  # failed three times: left alone
+    add(3e-3, TrialState.FAIL)
+  lines = []
+  tune.requeue_interrupted(study, lines.append)
+  waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+  assert [(tune._params(t), t.user_attrs["retry_of"]) for t in waiting] == [({"lr": 1e-3}, 0)]
+  assert any("failed 3 times" in line for line in lines)
+  tune.requeue_interrupted(study, lines.append)  # queued once, not twice
+  assert sum(t.state == TrialState.WAITING for t in study.trials) == 1
