@@ -52,14 +52,34 @@ def _fail(text: str, status: int) -> None:
 
 
 class _StderrTail:
-  """sys.stderr, remembering whether what was written last ended a line (see
-  _last_line_to_stderr)."""
+  """sys.stderr for the training CLI. It remembers whether the last write ended a line (see
+  _last_line_to_stderr), and it drops one known report: during a failed checkpoint save a
+  TensorStore thread's callback reaches orbax's closed event loop and the traceback of that
+  RuntimeError is printed by a path no hook reaches; the save's own one-line error says what
+  failed. Other threads' tracebacks are held until their exception line, then written whole."""
+
+  CLOSED_LOOP = "RuntimeError: Event loop is closed"
 
   def __init__(self, stream):
     self._stream = stream
+    self._held: dict = {}  # thread id -> the traceback it is printing
     self.mid_line = False
 
   def write(self, text):
+    if threading.current_thread() is not threading.main_thread():
+      thread = threading.get_ident()
+      held = self._held.pop(thread, None)
+      if held is None and text.startswith("Traceback (most recent call last):"):
+        held = ""
+      if held is not None:
+        held += text
+        last = held.rstrip("\n").rsplit("\n", 1)[-1]
+        if not held.endswith("\n") or not last or last.startswith((" ", "Traceback")):
+          self._held[thread] = held  # not yet at the exception line
+          return len(text)
+        if last.strip() == self.CLOSED_LOOP:
+          return len(text)
+        text = held
     if text:
       self.mid_line = not text.endswith("\n")
     return self._stream.write(text)

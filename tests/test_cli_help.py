@@ -105,3 +105,24 @@ def test_the_error_line_stays_whole_and_last_while_another_thread_is_mid_line():
   )
   p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
   assert p.stderr.splitlines() == ["before", "    ", "error: /w/checkpoints: the disk is full"]
+
+
+def test_a_library_threads_closed_event_loop_traceback_is_dropped_and_others_are_kept():
+  script = (
+    "import sys, threading, traceback\n"
+    "from cikg_jax import main\n"
+    "main._watch_stderr()\n"
+    "def report(error):\n"
+    "  try:\n"
+    "    raise error\n"
+    "  except Exception as e:\n"
+    "    traceback.print_exception(e, file=sys.stderr)\n"
+    "for error in (RuntimeError('Event loop is closed'), ValueError('a real failure')):\n"
+    "  t = threading.Thread(target=report, args=(error,)); t.start(); t.join()\n"
+    "sys.stderr.write('main thread line\\n')\n"
+  )
+  p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+  assert "Event loop is closed" not in p.stderr
+  lines = p.stderr.splitlines()
+  assert lines[0] == "Traceback (most recent call last):" and lines.count(lines[0]) == 1
+  assert lines[-2:] == ["ValueError: a real failure", "main thread line"]
