@@ -340,7 +340,8 @@ def requeue_interrupted(study, log) -> None:
     if len(failed) > RETRIES:
       log(f"{study.study_name}: trial {last.number} failed {len(failed)} times; not retried")
       continue
-    study.enqueue_trial(last.params, user_attrs={"retry_of": last.number})
+    keep = {k: v for k, v in last.user_attrs.items() if k == "published"}
+    study.enqueue_trial(last.params, user_attrs={**keep, "retry_of": last.number})
     log(f"{study.study_name}: trial {last.number} queued again")
 
 

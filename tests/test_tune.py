@@ -133,7 +133,11 @@ def test_failed_trials_are_queued_again_at_most_twice_and_settled_ones_never():
   def add(lr, state, value=None):
     study.add_trial(create_trial(params={"lr": lr}, distributions=dist, state=state, value=value))
 
-  add(1e-3, TrialState.FAIL)  # failed once: queued again
+  study.add_trial(  # the published configuration, failed once: queued again, still published
+    create_trial(
+      params={"lr": 1e-3}, distributions=dist, state=TrialState.FAIL, user_attrs={"published": True}
+    )
+  )
   add(2e-3, TrialState.FAIL)  # failed, then completed: settled
   add(2e-3, TrialState.COMPLETE, 0.5)
   for _ in range(3):  # failed three times: left alone
@@ -141,7 +145,9 @@ def test_failed_trials_are_queued_again_at_most_twice_and_settled_ones_never():
   lines = []
   tune.requeue_interrupted(study, lines.append)
   waiting = [t for t in study.trials if t.state == TrialState.WAITING]
-  assert [(tune._params(t), t.user_attrs["retry_of"]) for t in waiting] == [({"lr": 1e-3}, 0)]
+  assert [(tune._params(t), t.user_attrs) for t in waiting] == [
+    ({"lr": 1e-3}, {"published": True, "retry_of": 0})
+  ]
   assert any("failed 3 times" in line for line in lines)
   tune.requeue_interrupted(study, lines.append)  # queued once, not twice
   assert sum(t.state == TrialState.WAITING for t in study.trials) == 1
