@@ -1,12 +1,15 @@
-"""Regenerates the README's results section (tables and plots) from the committed result files.
+"""Regenerates the results tables of docs/results.md (and their plot) from the committed result files.
 
-  python experiments/render.py            # rewrite README.md between the results markers + plots
-  python experiments/render.py --check    # exit 1 if README.md is not what the files give
-  python experiments/render.py --print    # the section to stdout
+  python experiments/render.py            # rewrite docs/results.md between the results markers + plots
+  python experiments/render.py --check    # exit 1 if docs/results.md is not what the files give, or
+                                          # if hand-written prose cites a number the tables lack
+  python experiments/render.py --print    # the tables to stdout
 
-Inputs: experiments/results/<study>/<dataset>__<variant>__s<seed>.json (experiments/runner.py) and
-the single-seed files of earlier sessions (experiments/results/*__*__*.json). Every table names the
-machines and code commits its numbers come from, and what its study lists but no file holds yet.
+Inputs: experiments/results/<study>/<dataset>__<variant>__s<seed>.json (experiments/runner.py).
+Every table names the machines and code commits its numbers come from, and what its study lists
+but no file holds yet. Hand-written prose about the results stands between conclusions markers, in
+docs/results.md and in README.md's summary; every decimal number there must appear in the
+generated tables, so prose cannot drift from them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 RESULTS = os.path.join(ROOT, "experiments", "results")
-README = os.path.join(ROOT, "README.md")
+DOC = os.path.join(ROOT, "docs", "results.md")
+# Files whose conclusions blocks cite the tables of DOC (besides DOC itself).
+CITING = (os.path.join(ROOT, "README.md"),)
 BEGIN, END = "<!-- results:begin (experiments/render.py) -->", "<!-- results:end -->"
 METRICS = [f"{m}@{k}" for k in (20, 50, 100) for m in ("recall", "ndcg")]
 SHORT = {f"{m}@{k}": f"{m[0].upper()}@{k}" for k in (20, 50, 100) for m in ("recall", "ndcg")}
@@ -158,8 +163,19 @@ def backend(machine: str) -> str:
   return "gpu" if re.search(r"NVIDIA|H100|H200|A100|cuda", machine, re.I) else "cpu"
 
 
+def machine_label(machine: str) -> str:
+  """A result file's machine string as the tables show it: the hardware, software and load."""
+  return (
+    str(machine)
+    .replace(" (device tool)", "")
+    .replace("this project's 2-core machine", "a 2-core AMD EPYC VM")
+    .replace("shared with development", "shared with other jobs")
+    .replace("shared with tests and other jobs", "shared with other jobs")
+  )
+
+
 def provenance(rows) -> str:
-  machines = sorted({str(r.get("machine", "?")).replace(" (device tool)", "") for r in rows})
+  machines = sorted({machine_label(r.get("machine", "?")) for r in rows})
   commits = sorted({str(r.get("commit", "?"))[:12] for r in rows})
   backends = sorted({backend(m) for m in machines})
   mixed = ""
@@ -580,7 +596,8 @@ def efficiency_table(rows, datasets) -> List[str]:
   ]
   groups: Dict[tuple, List[Dict]] = {}
   for r in rows:
-    groups.setdefault((r["_dataset"], r["_variant"], r.get("machine", "?")), []).append(r)
+    key = (r["_dataset"], r["_variant"], machine_label(r.get("machine", "?")))
+    groups.setdefault(key, []).append(r)
   for (d, v, m), rs in sorted(
     groups.items(),
     key=lambda kv: (datasets.index(kv[0][0]) if kv[0][0] in datasets else 9, kv[0][1]),
@@ -589,7 +606,7 @@ def efficiency_table(rows, datasets) -> List[str]:
       continue
     med = np.median([r["epoch_seconds_median"] for r in rs])
     short = re.sub(
-      r"^1x NVIDIA (\S+)(?: \(device tool\))?, (jax [\d.]+), up to (\d+) runs.*",
+      r"^1x NVIDIA (\S+), (jax [\d.]+), up to (\d+) runs.*",
       r"\1, \2, ≤\3 runs sharing it",
       m,
     )
@@ -602,7 +619,9 @@ def efficiency_table(rows, datasets) -> List[str]:
   return out + [""]
 
 
-def section(results_dir: str = RESULTS, plots: bool = True) -> str:
+def section(results_dir: str = RESULTS, plots: bool = True, root: str = "..") -> str:
+  """The generated tables between the results markers; `root` is the repository root relative to
+  the page they go in (links to the plot)."""
   datasets = ("dbbook2014", "book-crossing")
   seeds = (2024, 1, 2)
   out = [
@@ -636,7 +655,7 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
         [
           "Per run, mean over seeds, from the main "
           "table's result files (the CPU benchmarks of "
-          "single steps are in the Speed section):",
+          "single steps are in [speed.md](speed.md)):",
           "",
         ]
         + efficiency_table(r, datasets)
@@ -651,7 +670,7 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
   ]
   for study, title, render_fn in studies:
     rows = load_study(study, results_dir)
-    out += [f"### {title}", ""]
+    out += [f"## {title}", ""]
     if not rows:
       out += [f"No results yet: `python experiments/{study}.py`.", ""]
       continue
@@ -661,7 +680,7 @@ def section(results_dir: str = RESULTS, plots: bool = True) -> str:
       if plots:
         sparse_plot(rows, datasets, png)
       if os.path.exists(png):
-        out += ["![Recall@20 by user group](experiments/results/sparse_users.png)", ""]
+        out += [f"![Recall@20 by user group]({root}/experiments/results/sparse_users.png)", ""]
     if title not in ("Sparse users", "Efficiency"):
       m = missing(study, rows, datasets, seeds if study not in ("schedules", "kappa") else (2024,))
       out += [provenance(rows).replace("{study}", study)] + ([m] if m else []) + [""]
@@ -675,26 +694,36 @@ PROSE_BEGIN, PROSE_END = "<!-- conclusions:begin", "<!-- conclusions:end -->"
 _DECIMAL = re.compile(r"(?<![\w.])[+-−]?(\d+\.\d+)(%?)")
 
 
-def unsupported_numbers(readme: str) -> List[str]:
-  """Decimal numbers of the hand-written conclusions (between the conclusions markers) that the
-  generated results section does not show: prose that drifted from the tables."""
-  if PROSE_BEGIN not in readme or BEGIN not in readme:
-    return []
-  prose = readme.split(PROSE_BEGIN, 1)[1].split(PROSE_END, 1)[0]
-  prose = prose.split("-->", 1)[1] if "-->" in prose.split("\n", 1)[0] else prose
-  tables = readme.split(BEGIN, 1)[1].split(END, 1)[0]
+def prose_blocks(text: str) -> List[str]:
+  """The hand-written prose of every conclusions block of a page (the marker's own comment cut)."""
   out = []
-  for m in _DECIMAL.finditer(prose):
-    number, pct = m.group(1), m.group(2)
-    if not re.search(r"(?<![\d.])" + re.escape(number + pct) + r"(?!\d)", tables):
-      out.append(m.group(0))
+  for part in text.split(PROSE_BEGIN)[1:]:
+    prose = part.split(PROSE_END, 1)[0]
+    out.append(prose.split("-->", 1)[1] if "-->" in prose.split("\n", 1)[0] else prose)
   return out
 
 
-def splice(readme: str, new: str) -> str:
-  if BEGIN not in readme or END not in readme:
-    raise SystemExit(f"{README}: the markers {BEGIN!r} and {END!r} are missing")
-  head, rest = readme.split(BEGIN, 1)
+def unsupported_numbers(text: str, tables: Optional[str] = None) -> List[str]:
+  """Decimal numbers of the hand-written conclusions (between conclusions markers) that the
+  generated tables do not show: prose that drifted from them. `tables` defaults to the generated
+  section of `text` itself."""
+  if tables is None:
+    if BEGIN not in text:
+      return []
+    tables = text.split(BEGIN, 1)[1].split(END, 1)[0]
+  out = []
+  for prose in prose_blocks(text):
+    for m in _DECIMAL.finditer(prose):
+      number, pct = m.group(1), m.group(2)
+      if not re.search(r"(?<![\d.])" + re.escape(number + pct) + r"(?!\d)", tables):
+        out.append(m.group(0))
+  return out
+
+
+def splice(doc: str, new: str, path: str = DOC) -> str:
+  if BEGIN not in doc or END not in doc:
+    raise SystemExit(f"{path}: the markers {BEGIN!r} and {END!r} are missing")
+  head, rest = doc.split(BEGIN, 1)
   _, tail = rest.split(END, 1)
   return head + new + tail
 
@@ -703,36 +732,47 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  p.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
-  p.add_argument("--print", action="store_true", help="print the section, write nothing")
+  p.add_argument(
+    "--check", action="store_true", help="exit 1 if the page is out of date or prose drifted"
+  )
+  p.add_argument("--print", action="store_true", help="print the tables, write nothing")
   p.add_argument("--results", default=RESULTS)
-  p.add_argument("--readme", default=README)
+  p.add_argument("--doc", default=DOC, help="the page holding the generated tables")
+  p.add_argument(
+    "--cite",
+    action="append",
+    default=None,
+    help="another page whose conclusions blocks cite the tables (repeatable; default README.md)",
+  )
   args = p.parse_args(argv)
   new = section(args.results, plots=not (args.check or args.print))
   if args.print:
     print(new)
     return 0
-  with open(args.readme) as f:
-    readme = f.read()
-  updated = splice(readme, new)
-  drifted = unsupported_numbers(updated)
-  if drifted:
-    print(
-      f"{args.readme}: the conclusions cite numbers the generated tables do not show: "
-      + ", ".join(drifted),
-      file=sys.stderr,
-    )
-    if args.check:
-      return 1
-  if args.check:
-    if updated != readme:
+  with open(args.doc) as f:
+    doc = f.read()
+  updated = splice(doc, new, args.doc)
+  tables = new.split(BEGIN, 1)[1].split(END, 1)[0]
+  failed = False
+  for path in [args.doc] + list(CITING if args.cite is None else args.cite):
+    text = updated if path == args.doc else open(path).read()
+    drifted = unsupported_numbers(text, tables)
+    if drifted:
+      failed = True
       print(
-        f"{args.readme}: the results section is out of date; run python experiments/render.py",
+        f"{path}: the conclusions cite numbers the generated tables do not show: "
+        + ", ".join(drifted),
+        file=sys.stderr,
+      )
+  if args.check:
+    if updated != doc:
+      print(
+        f"{args.doc}: the results tables are out of date; run python experiments/render.py",
         file=sys.stderr,
       )
       return 1
-    return 0
-  with open(args.readme, "w") as f:
+    return 1 if failed else 0
+  with open(args.doc, "w") as f:
     f.write(updated)
   return 0
 

@@ -1,5 +1,6 @@
 """The study runner (skips finished runs, trains a shared run once, records provenance, keeps
-budget-paused runs out of the results) and the README renderer (tables from files, --check)."""
+budget-paused runs out of the results) and the results renderer (docs/results.md from files,
+--check)."""
 
 import dataclasses
 import json
@@ -185,13 +186,15 @@ def test_render_check_refuses_conclusions_citing_numbers_not_in_the_tables(tmp_p
     _write(results, "ablations", "dbbook2014", "cikgrec-paper-valid", seed, r)
   table = render.section(results, plots=False)
   assert "0.3000 ± 0.0100" in table
+  readme = tmp_path / "README.md"
+  readme.write_text("# x\n")
 
   def check(prose):
-    readme = tmp_path / "README.md"
-    readme.write_text(
+    doc = tmp_path / "results.md"
+    doc.write_text(
       f"# x\n\n{table}\n\n{render.PROSE_BEGIN} (checked) -->\n{prose}\n{render.PROSE_END}\n"
     )
-    return render.main(["--check", "--results", results, "--readme", str(readme)])
+    return render.main(["--check", "--results", results, "--doc", str(doc), "--cite", str(readme)])
 
   assert check("Recall@20 is 0.3000 ± 0.0100 over three seeds.") == 0
   assert check("Recall@20 is 0.3001 over three seeds.") == 1  # drifted by one digit
@@ -199,24 +202,39 @@ def test_render_check_refuses_conclusions_citing_numbers_not_in_the_tables(tmp_p
   assert render.unsupported_numbers(
     f"{table}\n{render.PROSE_BEGIN} -->\n0.30 and 0.3000, -0.0100\n{render.PROSE_END}"
   ) == ["0.30"]
+  # A second page's summary (the README's) is checked against the same tables, block by block.
+  summary = f"{render.PROSE_BEGIN} -->\nRecall@20 {{}}.\n{render.PROSE_END}\n"
+  readme.write_text(
+    "# x\n\n" + summary.format("0.3000") + "\ntext 0.1234\n" + summary.format("0.30")
+  )
+  assert check("Recall@20 is 0.3000.") == 1
+  assert render.unsupported_numbers(readme.read_text(), table) == ["0.30"]
+  readme.write_text("# x\n\n" + summary.format("0.3000") + "\ntext 0.1234 outside the blocks\n")
+  assert check("Recall@20 is 0.3000.") == 0
 
 
-def test_render_check_detects_a_stale_readme(tmp_path):
-  readme = tmp_path / "README.md"
-  readme.write_text(f"# x\n\n{render.BEGIN}\nold\n{render.END}\n\nrest\n")
+def test_render_check_detects_a_stale_results_page(tmp_path):
+  doc = tmp_path / "results.md"
+  doc.write_text(f"# x\n\n{render.BEGIN}\nold\n{render.END}\n\nrest\n")
   results = str(tmp_path / "results")
   _write(results, "ablations", "dbbook2014", "cikgrec-paper-valid", 2024, 0.3)
-  assert render.main(["--check", "--results", results, "--readme", str(readme)]) == 1
-  assert render.main(["--results", results, "--readme", str(readme)]) == 0
-  assert render.main(["--check", "--results", results, "--readme", str(readme)]) == 0
-  assert readme.read_text().endswith("\n\nrest\n")
+  argv = ["--results", results, "--doc", str(doc), "--cite", str(doc)]
+  assert render.main(["--check"] + argv) == 1
+  assert render.main(argv) == 0
+  assert render.main(["--check"] + argv) == 0
+  assert doc.read_text().endswith("\n\nrest\n")
 
 
-def test_repository_readme_is_up_to_date_with_the_committed_results():
+def test_repository_results_page_and_readme_summary_agree_with_the_committed_results():
+  """docs/results.md holds the generated tables; its conclusions and the README's results summary
+  cite only numbers those tables show."""
   proc = subprocess.run(
     [sys.executable, "experiments/render.py", "--check"], cwd=ROOT, capture_output=True, text=True
   )
   assert proc.returncode == 0, proc.stderr
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  assert render.prose_blocks(readme), "the README's results summary has no conclusions block"
+  assert render.BEGIN not in readme  # the tables live in docs/results.md only
 
 
 @pytest.mark.slow
