@@ -460,10 +460,16 @@ def test_non_finite_loss_without_checkpoint_says_so(tmp_path, monkeypatch):
 def _poison(monkeypatch, epoch, what):
   """Wraps the train step: at step 1 of `epoch` the logged loss becomes NaN ("loss"), or at the
   epoch's last step the parameters do while every logged loss stays finite ("params")."""
-  make_step = steps.make_train_step
+  make_step, make_settings = steps.make_train_step, steps.step_settings
+  seen = {}
 
-  def poisoned(net, tx, rates, steps_per_epoch, axis_name=None):
-    step = make_step(net, tx, rates, steps_per_epoch, axis_name)
+  def settings(*args, **kwargs):
+    seen["settings"] = make_settings(*args, **kwargs)
+    return seen["settings"]
+
+  def poisoned(net, tx, mask_rate, shards=None):
+    step = make_step(net, tx, mask_rate, shards)
+    steps_per_epoch = seen["settings"].steps_per_epoch
 
     def train_step(state, batch, key, graphs):
       e, s = state.step // steps_per_epoch, state.step % steps_per_epoch
@@ -479,6 +485,7 @@ def _poison(monkeypatch, epoch, what):
 
     return train_step
 
+  monkeypatch.setattr(steps, "step_settings", settings)
   monkeypatch.setattr(steps, "make_train_step", poisoned)
 
 

@@ -107,7 +107,7 @@ def test_train_step_is_pure_and_compiles_once(tmp_path):
   tx, kge_tx = steps.make_optimizers(c)
   state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, c.kge.use)
   rates = np.array([0.3, 0.6], np.float32)  # epoch 0 and 1 of a one-step epoch
-  step = jax.jit(steps.make_train_step(net, tx, rates, steps_per_epoch=1))
+  step = jax.jit(steps.make_train_step(net, tx, steps.epoch_schedule(rates, 1)))
   batch = _batch()
   s1, m1 = step(state, batch, jax.random.PRNGKey(1), graphs)
   s2, m2 = step(state, batch, jax.random.PRNGKey(1), graphs)  # same inputs, same outputs
@@ -142,7 +142,7 @@ def test_train_step_mask_rate_follows_the_schedule(tmp_path):
   assert n_rows == len(ds.connected_interest_ids()) > 10
   tx, kge_tx = steps.make_optimizers(c)
   state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, c.kge.use)
-  step = jax.jit(steps.make_train_step(net, tx, steps.mask_rates(c), steps_per_epoch=2))
+  step = jax.jit(steps.make_train_step(net, tx, steps.epoch_schedule(steps.mask_rates(c), 2)))
   batches = sampling.bpr_epoch(
     ds.train,
     sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
