@@ -1,7 +1,11 @@
 """Graph parallelism (config.parallel.mode "graph" and "data_graph"): the propagation operators
 and the node table split by node-row blocks over the "graph" axis of a `jax.sharding.Mesh`, the
-train step run under `jax.shard_map`; in "data_graph" the mesh has a "data" axis too, over which
-each mini-batch is split as in the pmap data parallelism (parallel.py).
+one train step (steps.train_step) of the model with the row-sharded layout run under
+`jax.shard_map`; in "data_graph" the mesh has a "data" axis too, over which each mini-batch is
+split as in the pmap data parallelism (parallel.py). This module holds only the layout (what
+model.Dense does on one array, done on a device's row block with collectives), the cut of the
+operators and the placement; the propagation kernels, draws and losses are propagation.py's and
+losses.py's.
 
 Layout. The table's N rows are padded to Np = D * B (D devices on "graph"); device k owns rows
 kB..(k+1)B-1 of the table, of its Adam moments and of every propagated layer. Each graph's edges
@@ -15,14 +19,15 @@ every device's cotangent of the senders' rows. The rows the losses need (the bat
 rows) are a masked local gather and a psum over "graph" (rows x d, not Np x d); InfoNCE against all
 rows of a range sums each block's denominators with a psum. Random draws of a table's shape and
 over the undirected pairs (dropout, SimGCL noise) are computed per element index: threefry is
-counter-based, element i of a draw of any shape is a function of (key, i), so each device draws
-only its rows or its edges' pairs and gets the values the single-device draw has.
+counter-based, element i of a draw of any shape is a function of (key, i) (propagation.uniform_at),
+so each device draws only its rows or its edges' pairs and gets the values the single-device draw
+has.
 
 Gradients: the loss is replicated over "graph" (every collective above ends in a psum) and, with a
-"data" axis, psum'd over it, as steps.make_train_step's pmap path psums the shard gradients. Under
-shard_map's `check_vma` the gradient of such a loss is exact: the table rows' gradient arrives on
-the device that owns them, the replicated parameters' gradients arrive summed (no extra psum; see
-docs/method.md §7 for the trap). Adam is per element, so the sharded moments update locally.
+"data" axis, psum'd over it inside the loss (steps.BatchShards; under pmap the shard gradients
+are psum'd after autodiff instead). Under shard_map's `check_vma` the gradient of such a loss is
+exact: the table rows' gradient arrives on the device that owns them, the replicated parameters'
+gradients arrive summed (no extra psum; see docs/method.md §7 for the trap). Adam is per element, so the sharded moments update locally.
 """
 
 from __future__ import annotations
