@@ -155,7 +155,7 @@ def _raise_non_finite(where: str, workdir: str, mgr) -> None:
 
 @dataclasses.dataclass
 class Trainer:
-  """The compiled steps and the host-side pieces of one run (single device or pmap)."""
+  """The wrapped steps and the host-side pieces of one run (one device, pmap or a mesh)."""
 
   train_step: Any
   kge_step: Any
