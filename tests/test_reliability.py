@@ -2,6 +2,7 @@
 log after a crash, and one-line errors from the command line."""
 
 import json
+import logging
 import os
 import random
 import re
@@ -253,12 +254,12 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
-def test_damaged_latest_checkpoint_falls_back_and_ends_exact(runs, tmp_path, capsys, kind):
+def test_damaged_latest_checkpoint_falls_back_and_ends_exact(runs, tmp_path, caplog, kind):
   workdir = _copy(runs, tmp_path)
   DAMAGE[kind](os.path.join(workdir, "checkpoints", "2"))
-  capsys.readouterr()
+  caplog.set_level(logging.INFO, logger="cikg_jax")
   train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
-  out = capsys.readouterr().out
+  out = caplog.text
   assert "checkpoint step 2 in" in out and "is damaged" in out
   assert "resuming from checkpoint step 1 instead" in out
   _same_numbers(_lines(workdir), runs["straight"])
@@ -336,15 +337,16 @@ def _tear(path, epoch):
 
 
 @pytest.mark.parametrize("how", ["torn line of a checkpointed epoch", "deleted log"])
-def test_log_lines_a_checkpoint_covers_but_the_log_lacks_are_replayed(runs, tmp_path, capsys, how):
+def test_log_lines_a_checkpoint_covers_but_the_log_lacks_are_replayed(runs, tmp_path, caplog, how):
   workdir = _copy(runs, tmp_path)
+  caplog.set_level(logging.INFO, logger="cikg_jax")
   path = os.path.join(workdir, "metrics.jsonl")
   if how == "deleted log":
     os.remove(path)
   else:
     _tear(path, 2)  # checkpoint step 2 claims epoch 2, whose line is torn
   train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
-  assert "replaying" in capsys.readouterr().out
+  assert "replaying" in caplog.text
   _same_numbers(_lines(workdir), runs["straight"])
   _consistent(workdir)
 
