@@ -1,7 +1,11 @@
 """Graph parallelism (config.parallel.mode "graph" and "data_graph"): the propagation operators
 and the node table split by node-row blocks over the "graph" axis of a `jax.sharding.Mesh`, the
-train step run under `jax.shard_map`; in "data_graph" the mesh has a "data" axis too, over which
-each mini-batch is split as in the pmap data parallelism (parallel.py).
+one train step (steps.train_step) of the model with the row-sharded layout run under
+`jax.shard_map`; in "data_graph" the mesh has a "data" axis too, over which each mini-batch is
+split as in the pmap data parallelism (parallel.py). This module holds only the layout (what
+model.Dense does on one array, done on a device's row block with collectives), the cut of the
+operators and the placement; the propagation kernels, draws and losses are propagation.py's and
+losses.py's.
 
 Layout. The table's N rows are padded to Np = D * B (D devices on "graph"); device k owns rows
 kB..(k+1)B-1 of the table, of its Adam moments and of every propagated layer. Each graph's edges
@@ -15,32 +19,30 @@ every device's cotangent of the senders' rows. The rows the losses need (the bat
 rows) are a masked local gather and a psum over "graph" (rows x d, not Np x d); InfoNCE against all
 rows of a range sums each block's denominators with a psum. Random draws of a table's shape and
 over the undirected pairs (dropout, SimGCL noise) are computed per element index: threefry is
-counter-based, element i of a draw of any shape is a function of (key, i), so each device draws
-only its rows or its edges' pairs and gets the values the single-device draw has.
+counter-based, element i of a draw of any shape is a function of (key, i) (propagation.uniform_at),
+so each device draws only its rows or its edges' pairs and gets the values the single-device draw
+has.
 
 Gradients: the loss is replicated over "graph" (every collective above ends in a psum) and, with a
-"data" axis, psum'd over it, as steps.make_train_step's pmap path psums the shard gradients. Under
-shard_map's `check_vma` the gradient of such a loss is exact: the table rows' gradient arrives on
-the device that owns them, the replicated parameters' gradients arrive summed (no extra psum; see
-docs/method.md §7 for the trap). Adam is per element, so the sharded moments update locally.
+"data" axis, psum'd over it inside the loss (steps.BatchShards; under pmap the shard gradients
+are psum'd after autodiff instead). Under shard_map's `check_vma` the gradient of such a loss is
+exact: the table rows' gradient arrives on the device that owns them, the replicated parameters'
+gradients arrive summed (no extra psum; see docs/method.md §7 for the trap). Adam is per element, so the sharded moments update locally.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Dict, Optional
 
 import flax.struct
 import jax
 from jax import lax
-from jax.extend.random import threefry2x32_p
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
-import optax
 
 from cikg_jax import losses, model, steps
 from cikg_jax import propagation as prop
@@ -109,15 +111,9 @@ def shard_operator(op: prop.Operator, n_devices: int) -> ShardedOperator:
     out["receivers"].append(r)
     out["weight"].append(np.concatenate([weight[lo:hi], np.zeros(pad, np.float32)]))
     out["pair"].append(np.concatenate([pair[lo:hi], np.full(pad, PAD_PAIR, np.int32)]))
-    indptr = np.zeros(b + 1, np.int64)
-    np.add.at(indptr, r.astype(np.int64) + 1, 1)
-    out["indptr"].append(np.cumsum(indptr).astype(np.int32))
-    t_perm = np.lexsort((r, s))
-    t_indptr = np.zeros(n_padded + 1, np.int64)
-    np.add.at(t_indptr, s.astype(np.int64) + 1, 1)
-    out["t_indptr"].append(np.cumsum(t_indptr).astype(np.int32))
-    out["t_indices"].append(r[t_perm].astype(np.int32))
-    out["t_perm"].append(t_perm.astype(np.int32))
+    csr = prop.csr_arrays(s, r, b, n_padded)
+    for name in ("indptr", "t_indptr", "t_indices", "t_perm"):
+      out[name].append(getattr(csr, name))
   return ShardedOperator(
     **{k: np.concatenate(v) for k, v in out.items()},
     n_nodes=n,
@@ -129,12 +125,6 @@ def shard_operator(op: prop.Operator, n_devices: int) -> ShardedOperator:
 
 
 # ---- random draws by element index ------------------------------------------------------------
-def _key_words(key):
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.key_data(key)
-  return key[0], key[1]
-
-
 def check_random_bits() -> None:
   """The indexed draws below reproduce jax.random's threefry with `jax_threefry_partitionable`
   (the default since jax 0.5): stop clearly where another generator is configured."""
@@ -145,16 +135,6 @@ def check_random_bits() -> None:
     )
   if jax.config.jax_default_prng_impl != "threefry2x32":
     raise ValueError("parallel.mode graph/data_graph need the threefry2x32 PRNG (the default)")
-
-
-def uniform_at(key, hi, lo) -> jnp.ndarray:
-  """Element (hi * 2^32 + lo) of `jax.random.uniform(key, shape)` (row-major index, any shape):
-  threefry2x32 of the 64-bit counter, its two words xor'ed, the top 23 bits as the mantissa of a
-  float in [1, 2), minus 1 (jax's _threefry_random_bits_partitionable and _uniform)."""
-  k1, k2 = _key_words(key)
-  b1, b2 = threefry2x32_p.bind(k1, k2, hi.astype(jnp.uint32), lo.astype(jnp.uint32))
-  bits = lax.shift_right_logical(b1 ^ b2, jnp.uint32(32 - 23)) | jnp.uint32(0x3F800000)
-  return lax.max(jnp.float32(0.0), lax.bitcast_convert_type(bits, jnp.float32) - 1.0)
 
 
 def index_2x32(row, width: int, col):
@@ -168,41 +148,6 @@ def index_2x32(row, width: int, col):
   hi = (p1 >> 16) + (lo < p0).astype(jnp.uint32)
   lo2 = lo + col
   return hi + (lo2 < lo).astype(jnp.uint32), lo2
-
-
-# ---- the CSR kernel on a row block ----------------------------------------------------------------
-def _varying_axes(x) -> frozenset:
-  """The mesh axes over which x's value varies, as shard_map's check_vma types it."""
-  aval = jax.typeof(x)
-  mat = getattr(aval, "mat", None)  # jax 0.10
-  return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
-
-
-def _as_varying(x, axes):
-  missing = tuple(sorted(a for a in axes if a not in _varying_axes(x)))
-  return lax.pcast(x, missing, to="varying") if missing else x
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _block_spmm(out_axes, x_axes, data, x, indices, indptr, t_indices, t_indptr, t_perm):
-  """prop._bcsr_spmm for a (B x Np) block. The sparse kernel's output carries no
-  varying-over-devices type inside shard_map, so it is re-typed as its inputs vary (out_axes) and
-  the cotangent as x varies (x_axes)."""
-  return _as_varying(prop._csr_matmul(data, indices, indptr, x), out_axes)
-
-
-def _block_spmm_fwd(out_axes, x_axes, data, x, indices, indptr, t_indices, t_indptr, t_perm):
-  out = _block_spmm(out_axes, x_axes, data, x, indices, indptr, t_indices, t_indptr, t_perm)
-  return out, (data, t_indices, t_indptr, t_perm)
-
-
-def _block_spmm_bwd(out_axes, x_axes, res, g):
-  data, t_indices, t_indptr, t_perm = res
-  ct = _as_varying(prop._csr_matmul(data[t_perm], t_indices, t_indptr, g), x_axes)
-  return (None, ct, None, None, None, None, None)
-
-
-_block_spmm.defvjp(_block_spmm_fwd, _block_spmm_bwd)
 
 
 # ---- the row-sharded layout (model.Dense's interface inside shard_map) --------------------------
@@ -247,7 +192,7 @@ class RowSharded:
     width = math.prod(x.shape[1:])
     cols = jnp.arange(width)
     hi, lo = index_2x32(rows[:, None], width, cols[None, :])
-    return uniform_at(key, hi, lo).reshape(x.shape)
+    return prop.uniform_at(prop.key_words(key), hi, lo).reshape(x.shape)
 
   def bernoulli(self, key, p, x):
     return self.uniform(key, x) < p
@@ -256,7 +201,8 @@ class RowSharded:
     """prop.normalized_weights(op, prop.edge_keep_mask(op, key, rate)) on this block: the keep
     draw of each edge's pair, degrees of its receivers summed here, of its senders gathered."""
     pair = op.pair
-    keep = uniform_at(key, jnp.zeros_like(pair), jnp.maximum(pair, 0)) < (1.0 - rate)
+    draw = prop.uniform_at(prop.key_words(key), jnp.zeros_like(pair), jnp.maximum(pair, 0))
+    keep = draw < (1.0 - rate)
     w = jnp.where(pair == -1, True, jnp.where(pair >= 0, keep, False)).astype(jnp.float32)
     deg = jax.ops.segment_sum(w, op.receivers, self.block, indices_are_sorted=True)
     inv_sqrt = jnp.where(deg > 0, lax.rsqrt(jnp.maximum(deg, 1e-12)), 0.0)
@@ -266,12 +212,11 @@ class RowSharded:
   def spmm(self, op: ShardedOperator, weights, x_all, backend: str):
     """This block's rows of A_w @ x for the whole (Np, d) input."""
     if backend == "segment":
-      messages = x_all[op.senders] * weights[:, None]
-      return jax.ops.segment_sum(messages, op.receivers, self.block, indices_are_sorted=True)
+      return prop.segment_spmm(weights, x_all, op.senders, op.receivers, self.block)
     if backend == "bcsr":
-      args = (weights, x_all, op.senders, op.indptr, op.t_indices, op.t_indptr, op.t_perm)
-      out_axes = frozenset().union(*map(_varying_axes, args))
-      return _block_spmm(out_axes, _varying_axes(x_all), *args)
+      return prop.csr_spmm(
+        weights, x_all, op.senders, op.indptr, op.t_indices, op.t_indptr, op.t_perm
+      )
     raise ValueError(f"unknown propagation backend {backend!r}; choose from {prop.BACKENDS}")
 
   def propagate(self, op, x, num_layers: int, weights=None, backend="bcsr", perturb=None):
@@ -279,13 +224,8 @@ class RowSharded:
     if not isinstance(op, ShardedOperator):
       raise ValueError("graph-parallel propagation needs a ShardedOperator (shard_graphs)")
     w = op.weight if weights is None else weights
-    layers, e = [x], x
-    for layer in range(num_layers):
-      e = self.spmm(op, w, lax.all_gather(e, GRAPH, tiled=True), backend)
-      if perturb is not None:
-        e = perturb(layer, e)
-      layers.append(e)
-    return functools.reduce(jnp.add, layers) / len(layers)
+    step = lambda e: self.spmm(op, w, lax.all_gather(e, GRAPH, tiled=True), backend)
+    return prop.layer_mean(step, x, num_layers, perturb)
 
   def info_nce(
     self, anchors, table, lo: int, hi: Optional[int], positive, mask, tau, count=None, chunk=0
@@ -300,16 +240,17 @@ class RowSharded:
     if chunk:
       # typed as varying like the block (pcast: its transpose sums the anchors' cotangent
       # shares over the devices), as the custom VJP's cotangents are
-      axes = _varying_axes(table) | _varying_axes(anchors)
-      scaled = _as_varying(anchors * (1.0 / tau), axes)
-      weights = _as_varying(candidate.astype(table.dtype), axes)
-      total = losses.chunked_exp_sum(scaled, _as_varying(table, axes), weights, shift, int(chunk))
+      axes = prop.varying_axes(table) | prop.varying_axes(anchors)
+      scaled = prop.as_varying(anchors * (1.0 / tau), axes)
+      weights = prop.as_varying(candidate.astype(table.dtype), axes)
+      total = losses.chunked_exp_sum(
+        scaled, prop.as_varying(table, axes), weights, shift, int(chunk)
+      )
     else:
       logits = (anchors * (1.0 / tau)) @ table.T
       total = jnp.sum(jnp.where(candidate[None, :], jnp.exp(logits - shift), 0.0), axis=1)
-    lse = jnp.log(lax.psum(total, GRAPH)) + shift
-    pos = jnp.sum(anchors * self.take(table, lo + positive), axis=-1) / tau
-    return losses._masked_mean(lse - pos, mask, count)
+    positives = self.take(table, lo + positive)
+    return losses.info_nce_from_sums(lax.psum(total, GRAPH), anchors, positives, mask, tau, count)
 
 
 # ---- the mesh, placement and the steps --------------------------------------------------------
@@ -367,6 +308,8 @@ class GraphParallel:
     self.n_data = mesh.shape[DATA] if self.data else 1
     self.layout = RowSharded(net.n_nodes, self.n_graph)
     self.local = net.clone(layout=self.layout)
+    # the batch split over "data": the loss summed inside autodiff (steps.BatchShards)
+    self.shards = steps.BatchShards(DATA, reduce_in_loss=True) if self.data else None
     self.graphs = self._place_graphs(graphs)
     self.graph_specs = graphs_specs(self.graphs)
 
@@ -446,35 +389,13 @@ class GraphParallel:
   def _batch_spec(self):
     return P(DATA) if self.data else P()
 
-  # steps
-  def make_train_step(self, tx, rates, steps_per_epoch: int, state_template):
-    """steps.make_train_step under shard_map: (state, batch, key, graphs) -> (state, terms), the
+  # steps: the one train and TransE step (steps.py) of the row-sharded model under shard_map
+  def make_train_step(self, tx, mask_rate, state_template):
+    """steps.train_step under shard_map: (state, batch, key, graphs) -> (state, terms), the
     state and graphs as placed here (`place`, `self.graphs`)."""
-    rates = jnp.asarray(rates)
-    local, data = self.local, self.data
-
-    def train_step(state, batch, key, graphs):
-      epoch = jnp.minimum(state.step // steps_per_epoch, rates.shape[0] - 1)
-      n_rows, share = None, 1.0
-      if data:
-        n_rows = lax.psum(jnp.sum(batch["mask"]), DATA)
-        share = 1.0 / lax.psum(1, DATA)
-
-      def loss_fn(params):
-        loss, terms = local.apply(
-          {"params": params}, graphs, batch, key, rates[epoch], n_rows, share, method="loss"
-        )
-        # shard sums = the whole batch's terms (UIR carries `share` per shard)
-        return lax.psum((loss, terms), DATA) if data else (loss, terms)
-
-      (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      return state.replace(step=state.step + 1, params=params, opt_state=opt_state), terms
-
     state_specs = self.specs(state_template)
     fn = jax.shard_map(
-      train_step,
+      steps.make_train_step(self.local, tx, mask_rate, self.shards),
       mesh=self.mesh,
       in_specs=(state_specs, self._batch_spec(), P(), self.graph_specs),
       out_specs=(state_specs, P()),
@@ -482,23 +403,10 @@ class GraphParallel:
     return jax.jit(fn, donate_argnums=0)
 
   def make_kge_step(self, kge_tx, state_template):
-    """steps.make_kge_step under shard_map; the triple batch split over "data" (equal shards of
-    a plain mean: pmean)."""
-    local, data = self.local, self.data
-
-    def kge_step(state, batch):
-      def loss_fn(params):
-        loss = local.apply({"params": params}, batch, method="kge_loss")
-        return lax.pmean(loss, DATA) if data else loss
-
-      loss, grads = jax.value_and_grad(loss_fn)(state.params)
-      updates, kge_opt_state = kge_tx.update(grads, state.kge_opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      return state.replace(params=params, kge_opt_state=kge_opt_state), {"kge": loss}
-
+    """steps.kge_step under shard_map; the triple batch split over "data"."""
     state_specs = self.specs(state_template)
     fn = jax.shard_map(
-      kge_step,
+      steps.make_kge_step(self.local, kge_tx, self.shards),
       mesh=self.mesh,
       in_specs=(state_specs, self._batch_spec()),
       out_specs=(state_specs, P()),

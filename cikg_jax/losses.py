@@ -180,10 +180,17 @@ def info_nce_chunked(anchors, candidates, positive_index, mask, tau: float, coun
   the denominator is `chunked_exp_sum` over chunks of candidate rows. Results equal info_nce's to
   float rounding (the sums are taken in another order). For large candidate sets, e.g. a
   graph-parallel device's block of rows, where a (batch x candidates) slab does not fit."""
-  shift = 1.0 / tau
   ones = jnp.ones(candidates.shape[0], candidates.dtype)
-  total = chunked_exp_sum(anchors * (1.0 / tau), candidates, ones, shift, int(chunk))
-  pos = jnp.sum(anchors * candidates[positive_index], axis=-1) / tau
+  total = chunked_exp_sum(anchors * (1.0 / tau), candidates, ones, 1.0 / tau, int(chunk))
+  return info_nce_from_sums(total, anchors, candidates[positive_index], mask, tau, count)
+
+
+def info_nce_from_sums(total, anchors, positives, mask, tau: float, count=None):
+  """InfoNCE from each anchor's denominator `total` = sum_c exp((s(a, c) - 1) / tau) (the
+  constant shift of `info_nce`) and its positive rows: the chunked form, and the graph-parallel
+  one whose denominators are summed over the devices' row blocks."""
+  shift = 1.0 / tau
+  pos = jnp.sum(anchors * positives, axis=-1) / tau
   return _masked_mean(jnp.log(total) + shift - pos, mask, count)
 
 

@@ -1,6 +1,6 @@
 """Data parallelism with `jax.pmap`: the train state and graphs are replicated, each mini-batch
-is split row-wise over the local devices, and the one train step (steps.make_train_step with an
-axis name) sums the shards' gradients. The result equals the single-device step up to float
+is split row-wise over the local devices, and the one train step (steps.train_step with
+steps.BatchShards) sums the shards' gradients. The result equals the single-device step up to float
 summation order (tested on simulated CPU devices).
 
 The graphs here fit one device many times over (dbbook2014's CIKG: 370k edges), so replicating
@@ -53,18 +53,18 @@ def unreplicate(tree):
   return jax.tree_util.tree_map(lambda x: x[0], tree)
 
 
-def make_steps(net, tx, kge_tx, rates, steps_per_epoch: int, use_kge: bool):
-  """pmapped (train_step, kge_step): state and batch mapped, key and graphs broadcast."""
+def make_steps(net, tx, kge_tx, mask_rate, use_kge: bool):
+  """The one train and TransE step (steps.py) under jax.pmap: state and batch mapped, key and
+  graphs broadcast, the shards' gradients reduced after autodiff."""
+  shards = steps.BatchShards(AXIS)
   step = jax.pmap(
-    steps.make_train_step(net, tx, rates, steps_per_epoch, AXIS),
+    steps.make_train_step(net, tx, mask_rate, shards),
     axis_name=AXIS,
     in_axes=(0, 0, None, None),
     donate_argnums=0,
   )
   kge = (
-    jax.pmap(
-      steps.make_kge_step(net, kge_tx, AXIS), axis_name=AXIS, in_axes=(0, 0), donate_argnums=0
-    )
+    jax.pmap(steps.make_kge_step(net, kge_tx, shards), axis_name=AXIS, donate_argnums=0)
     if use_kge
     else None
   )

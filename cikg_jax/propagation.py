@@ -50,6 +50,25 @@ class Operator:
     return self.graph.edges["weight"]
 
 
+def csr_arrays(senders, receivers, n_rows: int, n_cols: int) -> CSR:
+  """The CSR kernel's side arrays (numpy) of the (n_rows x n_cols) matrix with an entry per edge
+  at (receiver, sender), edges sorted by receiver: a whole graph's (square), or a row block of
+  it (graph_parallel)."""
+  senders = np.asarray(senders).astype(np.int64)
+  receivers = np.asarray(receivers).astype(np.int64)
+  indptr = np.zeros(n_rows + 1, np.int64)
+  np.add.at(indptr, receivers + 1, 1)
+  t_perm = np.lexsort((receivers, senders))
+  t_indptr = np.zeros(n_cols + 1, np.int64)
+  np.add.at(t_indptr, senders + 1, 1)
+  return CSR(
+    indptr=np.cumsum(indptr).astype(np.int32),
+    t_indptr=np.cumsum(t_indptr).astype(np.int32),
+    t_indices=receivers[t_perm].astype(np.int32),
+    t_perm=t_perm.astype(np.int32),
+  )
+
+
 def make_operator(graph: jraph.GraphsTuple, on_device: bool = True) -> Operator:
   """The operator of a receiver-sorted graph. `on_device=False` keeps its arrays in host memory
   (numpy), for the graph-parallel modes, which place only each device's part of them."""
@@ -59,11 +78,6 @@ def make_operator(graph: jraph.GraphsTuple, on_device: bool = True) -> Operator:
   n = int(np.asarray(graph.n_node)[0])
   if np.any(np.diff(receivers) < 0):
     raise ValueError("graph edges must be sorted by receiver (use graph.make_graph)")
-  indptr = np.zeros(n + 1, np.int64)
-  np.add.at(indptr, receivers.astype(np.int64) + 1, 1)
-  t_perm = np.lexsort((receivers, senders))
-  t_indptr = np.zeros(n + 1, np.int64)
-  np.add.at(t_indptr, senders.astype(np.int64) + 1, 1)
   pair = np.asarray(graph.edges["pair"])
   deg = np.bincount(receivers, minlength=n).astype(np.float64)
   inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1e-12)), 0.0)
@@ -75,12 +89,7 @@ def make_operator(graph: jraph.GraphsTuple, on_device: bool = True) -> Operator:
     n_node=xp.asarray(graph.n_node),
     n_edge=xp.asarray(graph.n_edge),
   )
-  csr = CSR(
-    indptr=xp.asarray(np.cumsum(indptr), np.int32),
-    t_indptr=xp.asarray(np.cumsum(t_indptr), np.int32),
-    t_indices=xp.asarray(receivers[t_perm], np.int32),
-    t_perm=xp.asarray(t_perm, np.int32),
-  )
+  csr = jax.tree_util.tree_map(xp.asarray, csr_arrays(senders, receivers, n, n))
   return Operator(
     graph=graph, csr=csr, n_nodes=n, n_pairs=int(pair.max()) + 1 if (pair >= 0).any() else 0
   )
@@ -134,23 +143,39 @@ def _threefry2x32(k1, k2, x1, x2):
   return x1, x2
 
 
-def uniform(key, shape) -> jnp.ndarray:
-  """`jax.random.uniform(key, shape)` (float32 in [0, 1)) bit for bit, computed with the unrolled
-  hash above: JAX's partitionable threefry bits for a counter over the flattened shape, and its
-  mantissa trick. Falls back to jax.random.uniform for any other PRNG set-up (tests/test_speed.py
-  checks the equality)."""
-  size = int(np.prod(shape))
+def key_words(key):
+  """The two uint32 words of a threefry2x32 key (a raw uint32[2] or a typed key), or None for
+  any other PRNG set-up."""
   if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     raw = jax.random.key_data(key) if str(jax.random.key_impl(key)) == "threefry2x32" else None
   else:
     raw = key if jax.config.jax_default_prng_impl == "threefry2x32" else None
-  if raw is None or raw.shape != (2,) or not jax.config.jax_threefry_partitionable or size >= 2**32:
-    return jax.random.uniform(key, shape)
+  if raw is None or raw.shape != (2,) or not jax.config.jax_threefry_partitionable:
+    return None
   raw = raw.astype(jnp.uint32)
-  counter = jax.lax.iota(jnp.uint32, size).reshape(shape)  # the count's high word is 0
-  b1, b2 = _threefry2x32(raw[0], raw[1], jnp.zeros(shape, jnp.uint32), counter)
+  return raw[0], raw[1]
+
+
+def uniform_at(words, hi, lo) -> jnp.ndarray:
+  """Element hi * 2^32 + lo (row-major index, any shape) of `jax.random.uniform(key, shape)` for
+  the key's `words`: threefry2x32 of the 64-bit counter, its two words xor'ed, the top 23 bits as
+  the mantissa of a float in [1, 2), minus 1 (jax's partitionable threefry bits and _uniform).
+  Counter-based: a device of a mesh draws only its rows' elements (graph_parallel)."""
+  b1, b2 = _threefry2x32(words[0], words[1], hi.astype(jnp.uint32), lo.astype(jnp.uint32))
   mantissa = ((b1 ^ b2) >> np.uint32(32 - 23)) | np.uint32(0x3F800000)  # [1, 2)
   return jax.lax.bitcast_convert_type(mantissa, jnp.float32) - jnp.float32(1.0)
+
+
+def uniform(key, shape) -> jnp.ndarray:
+  """`jax.random.uniform(key, shape)` (float32 in [0, 1)) bit for bit, computed with the unrolled
+  hash above (`uniform_at` of every element). Falls back to jax.random.uniform for any other PRNG
+  set-up (tests/test_speed.py checks the equality)."""
+  size = int(np.prod(shape))
+  words = key_words(key)
+  if words is None or size >= 2**32:
+    return jax.random.uniform(key, shape)
+  counter = jax.lax.iota(jnp.uint32, size).reshape(shape)  # the count's high word is 0
+  return uniform_at(words, jnp.zeros(shape, jnp.uint32), counter)
 
 
 def edge_keep_mask(op: Operator, key: jax.Array, drop_rate: float) -> jnp.ndarray:
@@ -176,22 +201,54 @@ def _csr_matmul(data, indices, indptr, x):
   return sparse.BCSR((data, indices, indptr), shape=(indptr.shape[0] - 1, x.shape[0])) @ x
 
 
-@jax.custom_vjp
-def _bcsr_spmm(data, x, indices, indptr, t_indices, t_indptr, t_perm):
-  return _csr_matmul(data, indices, indptr, x)
+def varying_axes(x) -> frozenset:
+  """The mesh axes over which x's value varies, as shard_map's check_vma types it (none outside
+  shard_map)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, "mat", None)  # jax 0.10
+  return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
 
 
-def _bcsr_fwd(data, x, indices, indptr, t_indices, t_indptr, t_perm):
-  return (_csr_matmul(data, indices, indptr, x), (data, t_indices, t_indptr, t_perm))
+def as_varying(x, axes):
+  """x typed as varying over `axes` (a no-op outside shard_map, where `axes` is empty)."""
+  missing = tuple(sorted(a for a in axes if a not in varying_axes(x)))
+  return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
-def _bcsr_bwd(res, g):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _bcsr_spmm(out_axes, x_axes, data, x, indices, indptr, t_indices, t_indptr, t_perm):
+  # The sparse kernel's output carries no varying-over-devices type inside shard_map: it is
+  # re-typed as its inputs vary (out_axes), the cotangent as x varies (x_axes).
+  return as_varying(_csr_matmul(data, indices, indptr, x), out_axes)
+
+
+def _bcsr_fwd(out_axes, x_axes, data, x, indices, indptr, t_indices, t_indptr, t_perm):
+  out = _bcsr_spmm(out_axes, x_axes, data, x, indices, indptr, t_indices, t_indptr, t_perm)
+  return out, (data, t_indices, t_indptr, t_perm)
+
+
+def _bcsr_bwd(out_axes, x_axes, res, g):
   data, t_indices, t_indptr, t_perm = res
   # The edge weights are fixed by the graph and the dropout mask, never learned: no cotangent.
-  return (None, _csr_matmul(data[t_perm], t_indices, t_indptr, g), None, None, None, None, None)
+  ct = as_varying(_csr_matmul(data[t_perm], t_indices, t_indptr, g), x_axes)
+  return (None, ct, None, None, None, None, None)
 
 
 _bcsr_spmm.defvjp(_bcsr_fwd, _bcsr_bwd)
+
+
+def csr_spmm(data, x, indices, indptr, t_indices, t_indptr, t_perm) -> jnp.ndarray:
+  """(CSR of data, indices, indptr) @ x with the CSR kernel, its gradient in x through the
+  transposed matrix's side arrays (csr_arrays); inside shard_map too (a row block of a graph)."""
+  args = (data, x, indices, indptr, t_indices, t_indptr, t_perm)
+  out_axes = frozenset().union(*map(varying_axes, args))
+  return _bcsr_spmm(out_axes, varying_axes(x), *args)
+
+
+def segment_spmm(weights, x, senders, receivers, n_rows: int) -> jnp.ndarray:
+  """The same product as a gather + `jax.ops.segment_sum` (jraph's message passing)."""
+  messages = x[senders] * weights[:, None]
+  return jax.ops.segment_sum(messages, receivers, n_rows, indices_are_sorted=True)
 
 
 def aggregate(
@@ -202,12 +259,11 @@ def aggregate(
   bcsr: the CSR kernel over the precomputed side arrays."""
   x, w = graph.nodes, graph.edges["weight"]
   if backend == "segment":
-    messages = x[graph.senders] * w[:, None]
-    return jax.ops.segment_sum(messages, graph.receivers, x.shape[0], indices_are_sorted=True)
+    return segment_spmm(w, x, graph.senders, graph.receivers, x.shape[0])
   if backend == "bcsr":
     if csr is None:
       raise ValueError("the bcsr backend needs the graph's CSR side arrays (make_operator)")
-    return _bcsr_spmm(w, x, graph.senders, csr.indptr, csr.t_indices, csr.t_indptr, csr.t_perm)
+    return csr_spmm(w, x, graph.senders, csr.indptr, csr.t_indices, csr.t_indptr, csr.t_perm)
   raise ValueError(f"unknown propagation backend {backend!r}; choose from {BACKENDS}")
 
 
@@ -223,14 +279,28 @@ def light_gcn(
   `edges["weight"]` are the normalised edge weights: returns the graph with `nodes` the mean of
   layers 0..L (1..L without `include_input`, SimGCL's encoder). `perturb(l, e)` edits each
   propagated layer before it is propagated further (SimGCL's noise)."""
-  layers = [graph.nodes] if include_input else []
-  e = graph.nodes
+  step = lambda e: aggregate(graph._replace(nodes=e), csr, backend)
+  return graph._replace(nodes=layer_mean(step, graph.nodes, num_layers, perturb, include_input))
+
+
+def layer_mean(
+  step: Callable[[jnp.ndarray], jnp.ndarray],
+  x: jnp.ndarray,
+  num_layers: int,
+  perturb: Optional[Callable[[int, jnp.ndarray], jnp.ndarray]] = None,
+  include_input: bool = True,
+) -> jnp.ndarray:
+  """The LightGCN layer loop: e_(l+1) = step(e_l) (then `perturb(l, .)`), the mean of layers
+  0..L (1..L without `include_input`). `step` is one product with the graph: the whole graph's,
+  or a device's row block of it (graph_parallel.RowSharded)."""
+  layers = [x] if include_input else []
+  e = x
   for layer in range(num_layers):
-    e = aggregate(graph._replace(nodes=e), csr, backend)
+    e = step(e)
     if perturb is not None:
       e = perturb(layer, e)
     layers.append(e)
-  return graph._replace(nodes=functools.reduce(jnp.add, layers) / len(layers))
+  return functools.reduce(jnp.add, layers) / len(layers)
 
 
 def with_inputs(

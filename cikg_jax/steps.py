@@ -5,13 +5,16 @@ the TransE step and the final-embedding function. Training (train.py), data para
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import flax.struct
 import jax
+from jax import lax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -40,7 +43,7 @@ def model_name(config) -> str:
 PARALLEL_MODES = ("data", "graph", "data_graph")  # config.parallel.mode (README "Several devices")
 
 
-def parallel_settings(config) -> Tuple[str, int, int]:
+def parallel_settings(config) -> "ParallelSettings":
   """(mode, requested device count, requested "data" axis size) of a config: `config.parallel`,
   or for configs from before it, `train.num_devices` (data parallelism). Missing keys take the
   values that reproduce runs from before them (rundir.ADDED_KEYS)."""
@@ -56,7 +59,9 @@ def parallel_settings(config) -> Tuple[str, int, int]:
   mode = flat["parallel.mode"]
   if mode not in PARALLEL_MODES:
     raise ValueError(f"unknown parallel.mode {mode!r}; choose from {PARALLEL_MODES}")
-  return mode, int(flat["parallel.num_devices"]), int(flat["parallel.data_devices"])
+  return ParallelSettings(
+    mode, int(flat["parallel.num_devices"]), int(flat["parallel.data_devices"])
+  )
 
 
 def create_model(config, ds) -> nn.Module:
@@ -101,12 +106,14 @@ def create_model(config, ds) -> nn.Module:
   )
 
 
-def make_graphs(graphs, ds, config):
+def make_graphs(graphs, ds, config, on_device: Optional[bool] = None):
   """The graph pytree the configured model takes: operators for the graphs its terms need. In the
-  graph-parallel modes they stay in host memory: no device holds a whole graph
-  (graph_parallel.GraphParallel places each device's part)."""
+  graph-parallel modes (`on_device` False; None: as config.parallel says) they stay in host
+  memory: no device holds a whole graph (graph_parallel.GraphParallel places each device's
+  part)."""
   name = model_name(config)
-  on_device = parallel_settings(config)[0] == "data"
+  if on_device is None:
+    on_device = parallel_settings(config).mode == "data"
   if name in baselines.MODELS:
     return baselines.MODELS[name].make_graphs(graphs, ds, config)
   needed = ["cikg"]
@@ -171,9 +178,9 @@ def check_table_size(ds, config, memory_bytes: Optional[int] = None) -> None:
     )
 
 
-def setup(config):
+def setup(config, parallel: Optional["ParallelSettings"] = None):
   """(dataset, effective config, model, graph pytree) for a config: what training, prediction
-  and the benchmarks start from."""
+  and the benchmarks start from. `parallel`: the config's parallel_settings, if known."""
   ds = dataset_lib.load_from_config(config)
   check_table_size(ds, config)
   graphs = graph_lib.build_graphs(
@@ -184,7 +191,9 @@ def setup(config):
     use_interest_edges=config.model.use_interest_edges,
   )
   config = effective_config(config, ds)
-  return ds, config, create_model(config, ds), make_graphs(graphs, ds, config)
+  parallel = parallel_settings(config) if parallel is None else parallel
+  on_device = parallel.mode == "data"
+  return ds, config, create_model(config, ds), make_graphs(graphs, ds, config, on_device)
 
 
 # ---- the train state and its steps -----------------------------------------------------------
@@ -222,53 +231,118 @@ def mask_rates(config) -> np.ndarray:
   )
 
 
+def epoch_schedule(per_epoch: np.ndarray, steps_per_epoch: int) -> Callable:
+  """An optax-style schedule, step -> value, constant within an epoch: `per_epoch[step //
+  steps_per_epoch]`, the last epoch's value past the end. Traceable (the step reads it from the
+  train state's step count: data, not a new program) and callable on the host (the logger)."""
+  table = jnp.asarray(per_epoch)
+
+  def schedule(step):
+    return table[jnp.minimum(step // steps_per_epoch, table.shape[0] - 1)]
+
+  return schedule
+
+
+class ParallelSettings(NamedTuple):
+  mode: str  # PARALLEL_MODES
+  num_devices: int  # requested; 0: every local device
+  data_devices: int  # requested size of the "data" axis in "data_graph"; 0: chosen
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """What the steps and the loop read of a config, unpacked once (`step_settings`)."""
+
+  parallel: ParallelSettings
+  steps_per_epoch: int
+  mask_rate: Callable  # optax-style schedule: train step -> interest mask rate
+  use_kge: bool
+
+
+def step_settings(config, ds, parallel: Optional[ParallelSettings] = None) -> StepSettings:
+  """The typed settings of an (effective) config for data `ds`."""
+  steps_per_epoch = sampling.num_batches(len(ds.train), config.train.batch_size)
+  return StepSettings(
+    parallel=parallel_settings(config) if parallel is None else parallel,
+    steps_per_epoch=steps_per_epoch,
+    mask_rate=epoch_schedule(mask_rates(config), steps_per_epoch),
+    use_kge=bool(config.kge.use),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchShards:
+  """The step's batch is one shard of the whole batch, split over the mapped axis `axis`: the
+  shards' terms and gradients are summed (the TransE step's averaged) over it. How depends on the
+  wrapper's autodiff: under `jax.pmap` each shard's gradient is its own and is reduced after
+  autodiff; under `jax.shard_map` (check_vma) the loss is reduced inside the differentiated
+  function and autodiff itself sums the replicated parameters' gradients, so a reduction after it
+  would count them again (docs/method.md §7)."""
+
+  axis: str
+  reduce_in_loss: bool = False  # True under shard_map
+
+  def in_loss(self, tree, reduce):
+    return reduce(tree, self.axis) if self.reduce_in_loss else tree
+
+  def after_grad(self, tree, reduce):
+    return tree if self.reduce_in_loss else reduce(tree, self.axis)
+
+
+def train_step(
+  net: nn.Module, tx, mask_rate: Callable, shards, state: TrainState, batch, key, graphs
+):
+  """The one train step: BPR mini-batch loss and its terms, one optimizer update. Pure, and the
+  same for every mode: `net`'s layout says how the node table is held (model.Dense, or a device's
+  row block, graph_parallel.RowSharded), `shards` (BatchShards or None) whether `batch` is a shard
+  of the whole batch. The mask rate is `mask_rate(state.step)`. With shards, the whole batch's
+  real-row count comes from a `psum`, so the shards' gradients and terms sum to the whole
+  batch's."""
+  n_rows, share = None, 1.0
+  if shards is not None:
+    n_rows = lax.psum(jnp.sum(batch["mask"]), shards.axis)
+    share = 1.0 / lax.psum(1, shards.axis)
+  rate = mask_rate(state.step)
+
+  def loss_fn(params):
+    out = net.apply({"params": params}, graphs, batch, key, rate, n_rows, share, method="loss")
+    return out if shards is None else shards.in_loss(out, lax.psum)
+
+  (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if shards is not None:
+    grads, terms = shards.after_grad((grads, terms), lax.psum)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), terms
+
+
+def kge_step(net: nn.Module, kge_tx, shards, state: TrainState, batch):
+  """The one TransE step, with its own Adam (docs/method.md §3.4); over equal shards of the
+  triple batch with `shards` (the loss is a plain mean, so the mean of the shards' is exact)."""
+
+  def loss_fn(params):
+    loss = net.apply({"params": params}, batch, method="kge_loss")
+    return loss if shards is None else shards.in_loss(loss, lax.pmean)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  if shards is not None:
+    grads, loss = shards.after_grad((grads, loss), lax.pmean)
+  updates, kge_opt_state = kge_tx.update(grads, state.kge_opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return state.replace(params=params, kge_opt_state=kge_opt_state), {"kge": loss}
+
+
 def make_train_step(
-  net: nn.Module, tx, rates: np.ndarray, steps_per_epoch: int, axis_name: Optional[str] = None
+  net: nn.Module, tx, mask_rate: Callable, shards: Optional[BatchShards] = None
 ) -> Callable:
-  """The one train step: a pure function (state, batch, key, graphs) -> (state, terms).
-
-  The mask rate is read from the per-epoch schedule `rates` at epoch step // steps_per_epoch.
-  With `axis_name` it runs data-parallel (parallel.py): each device holds a shard of the batch
-  and the same key, state and graphs; the whole batch's real-row count comes from a `psum`, so
-  the shards' gradients and terms sum to the whole batch's exactly."""
-  rates = jnp.asarray(rates)
-
-  def train_step(state: TrainState, batch, key, graphs):
-    epoch = jnp.minimum(state.step // steps_per_epoch, rates.shape[0] - 1)
-    n_rows, share = None, 1.0
-    if axis_name is not None:
-      n_rows = jax.lax.psum(jnp.sum(batch["mask"]), axis_name)
-      share = 1.0 / jax.lax.psum(1, axis_name)
-
-    def loss_fn(params):
-      return net.apply(
-        {"params": params}, graphs, batch, key, rates[epoch], n_rows, share, method="loss"
-      )
-
-    (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    if axis_name is not None:
-      grads, terms = jax.lax.psum((grads, terms), axis_name)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), terms
-
-  return train_step
+  """`train_step` as (state, batch, key, graphs) -> (state, terms), for a mode to wrap (jax.jit
+  here and in the benchmarks, jax.pmap in parallel.py, jax.shard_map in graph_parallel.py)."""
+  return functools.partial(train_step, net, tx, mask_rate, shards)
 
 
-def make_kge_step(net: nn.Module, kge_tx, axis_name: Optional[str] = None) -> Callable:
-  """TransE step with its own Adam (docs/method.md §3.4); data-parallel over equal shards with
-  `axis_name` (the loss is a plain mean, so the mean of shard gradients is exact)."""
-
-  def kge_step(state: TrainState, batch):
-    loss_fn = lambda p: net.apply({"params": p}, batch, method="kge_loss")
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    if axis_name is not None:
-      grads, loss = jax.lax.pmean((grads, loss), axis_name)
-    updates, kge_opt_state = kge_tx.update(grads, state.kge_opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return state.replace(params=params, kge_opt_state=kge_opt_state), {"kge": loss}
-
-  return kge_step
+def make_kge_step(net: nn.Module, kge_tx, shards: Optional[BatchShards] = None) -> Callable:
+  """`kge_step` as (state, batch) -> (state, {"kge": loss}), for a mode to wrap."""
+  return functools.partial(kge_step, net, kge_tx, shards)
 
 
 def make_embed_fn(net: nn.Module) -> Callable:

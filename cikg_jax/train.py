@@ -155,7 +155,7 @@ def _raise_non_finite(where: str, workdir: str, mgr) -> None:
 
 @dataclasses.dataclass
 class Trainer:
-  """The compiled steps and the host-side pieces of one run (single device or pmap)."""
+  """The wrapped steps and the host-side pieces of one run (one device, pmap or a mesh)."""
 
   train_step: Any
   kge_step: Any
@@ -172,22 +172,25 @@ class Trainer:
   epoch_graphs: Any = None
 
 
-def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
-  """The steps of config.parallel's mode: one device, pmap data parallelism ("data"), or
-  shard_map over a graph / data x graph mesh (graph_parallel.py)."""
-  rates = steps.mask_rates(config)
-  per_epoch = sampling.num_batches(len(ds.train), config.train.batch_size)
-  mode, requested, data_devices = steps.parallel_settings(config)
+def make_trainer(net, graphs, ds, config, tx, kge_tx, settings=None) -> Trainer:
+  """The one train step and TransE step (steps.py) wrapped for config.parallel's mode: jax.jit on
+  one device, jax.pmap data parallelism ("data"), or jax.shard_map over a graph / data x graph
+  mesh with the row-sharded layout (graph_parallel.py). The steps are built from `settings`
+  (steps.step_settings; from `config` when not given), the config is read for the samplers."""
+  settings = steps.step_settings(config, ds) if settings is None else settings
+  mode, requested, data_devices = settings.parallel
   n_devices = parallel.num_devices(requested)  # this process's
   entry = baselines.MODELS.get(steps.model_name(config))
   kge_sampler = None
-  if config.kge.use:
+  if settings.use_kge:
     kge_sampler = (
       entry.kge_sampler(ds, config)
       if entry is not None and entry.kge_sampler is not None
       else sampling.KGESampler(ds, config.views, config.kge.batch_size)
     )
-  sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
+  samplers = dict(
+    kge_sampler=kge_sampler, sampler=sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
+  )
   if mode != "data" and distributed.process_count() > 1:
     raise ValueError(
       f"parallel.mode={mode!r} runs in one process; several processes run mode 'data'"
@@ -197,49 +200,47 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx) -> Trainer:
 
     shape = gp.mesh_shape(mode, n_devices, data_devices)
     par = gp.GraphParallel(net, graphs, gp.make_mesh(shape))
-    template = gp.state_template(net, tx, kge_tx, config.kge.use)
-    step = par.make_train_step(tx, rates, per_epoch, template)
-    kge_step = par.make_kge_step(kge_tx, template) if config.kge.use else None
+    template = gp.state_template(net, tx, kge_tx, settings.use_kge)
+    step = par.make_train_step(tx, settings.mask_rate, template)
     return Trainer(
-      gp.BoundGraphs(step, par.graphs),
-      kge_step,
-      kge_sampler,
-      sampler,
-      par.place,
-      par.host_view,
-      par.shard_batch,
-      shape.get(gp.DATA, 1),
-      par.make_embed_fn(),
-      shape,
+      train_step=gp.BoundGraphs(step, par.graphs),
+      kge_step=par.make_kge_step(kge_tx, template) if settings.use_kge else None,
+      place=par.place,
+      host_view=par.host_view,
+      shard=par.shard_batch,
+      n_devices=shape.get(gp.DATA, 1),
+      embed=par.make_embed_fn(),
+      mesh=shape,
+      **samplers,
     )
   if n_devices > 1 or distributed.process_count() > 1:
-    train_step, kge_step = parallel.make_steps(net, tx, kge_tx, rates, per_epoch, config.kge.use)
+    train_step, kge_step = parallel.make_steps(
+      net, tx, kge_tx, settings.mask_rate, settings.use_kge
+    )
     return Trainer(
-      train_step,
-      kge_step,
-      kge_sampler,
-      sampler,
+      train_step=train_step,
+      kge_step=kge_step,
       # From host copies: the pmap refuses device arrays committed to one device, as orbax
       # restores them (a resumed run).
-      lambda tree: parallel.replicate(jax.device_get(tree), n_devices),
-      parallel.unreplicate,
-      lambda b: parallel.shard_batch(distributed.local_rows(b), n_devices),
-      n_devices * distributed.process_count(),
+      place=lambda tree: parallel.replicate(jax.device_get(tree), n_devices),
+      host_view=parallel.unreplicate,
+      shard=lambda b: parallel.shard_batch(distributed.local_rows(b), n_devices),
+      n_devices=n_devices * distributed.process_count(),
       epoch_graphs=_epoch_graphs(net, parallel.unreplicate),
+      **samplers,
     )
-  train_step = jax.jit(steps.make_train_step(net, tx, rates, per_epoch), donate_argnums=0)
-  kge_step = jax.jit(steps.make_kge_step(net, kge_tx), donate_argnums=0) if config.kge.use else None
   same = lambda tree: tree
   return Trainer(
-    train_step,
-    kge_step,
-    kge_sampler,
-    sampler,
-    same,
-    same,
-    same,
-    1,
+    train_step=jax.jit(steps.make_train_step(net, tx, settings.mask_rate), donate_argnums=0),
+    kge_step=(
+      jax.jit(steps.make_kge_step(net, kge_tx), donate_argnums=0) if settings.use_kge else None
+    ),
+    place=same,
+    host_view=same,
+    shard=same,
+    n_devices=1,
     epoch_graphs=_epoch_graphs(net, same),
+    **samplers,
   )
 
 
@@ -294,26 +295,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   With several processes (cikg_jax/distributed.py) every process calls this; process 0 alone
   checks, locks and writes the workdir, and no process trains unless every one set up."""
   config_rules.check(config)  # before anything is read, allocated or written
+  parallel_settings = steps.parallel_settings(config)
   with contextlib.ExitStack() as held:
     try:
       if distributed.is_primary():
-        prepared = _prepare(config, workdir, held)
+        prepared = _prepare(config, workdir, held, parallel_settings)
       else:
         rundir.check_workdir(workdir)
         t_setup = time.perf_counter()
-        prepared = (*steps.setup(config), t_setup)
+        prepared = (*steps.setup(config, parallel_settings), t_setup)
     except Exception as e:
       distributed.agree(e, "setup")  # tells the other processes, then raises e
       raise
     ds, effective, net, graphs, t_setup = prepared
     same_run = lambda: distributed.fingerprint(config, rundir.data_digest(ds))
     distributed.agree(None, "setup", same_run)  # every process: the same config and data
-    if steps.parallel_settings(effective)[0] != "data":  # graph modes: whole tables on the host
+    if parallel_settings.mode != "data":  # graph modes: whole tables on the host
       held.enter_context(jax.default_device(jax.devices("cpu")[0]))
-    return _train(effective, workdir, ds, net, graphs, t_setup)
+    return _train(effective, workdir, ds, net, graphs, t_setup, parallel_settings)
 
 
-def _prepare(config, workdir: str, held: contextlib.ExitStack):
+def _prepare(config, workdir: str, held: contextlib.ExitStack, parallel_settings):
   """Checks the workdir, loads the data, creates and locks the workdir (the lock joins `held`),
   clears or checks the run there and writes its identity: (dataset, effective config, model,
   graphs, setup start time)."""
@@ -326,7 +328,7 @@ def _prepare(config, workdir: str, held: contextlib.ExitStack):
       rundir.check_resume(workdir, config)
   requested = config
   t_setup = time.perf_counter()
-  ds, config, net, graphs = steps.setup(requested)
+  ds, config, net, graphs = steps.setup(requested, parallel_settings)
   data_sha256 = rundir.data_digest(ds)
   if not existed:  # created only now that the data has loaded
     os.makedirs(workdir, exist_ok=True)
@@ -371,7 +373,7 @@ def _restore(config, workdir, state, best_params):
       state,
       best_params,
       delete_damaged=True,
-      log=print if primary else quiet,
+      log=log.info if primary else quiet,
       max_step=max_step,
     )
     if restored is not None:
@@ -439,21 +441,23 @@ class EpochWriter:
         )
 
 
-def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, Any]:
+def _train(config, workdir: str, ds, net, graphs, t_setup: float, parallel) -> Dict[str, Any]:
   eval_sets = make_eval_sets(ds, config)
   train_counts = np.bincount(ds.train[:, 0], minlength=ds.n_users)
   selection = ds.selection
+  settings = steps.step_settings(config, ds, parallel)
   tx, kge_tx = steps.make_optimizers(config)
   root_key = jax.random.PRNGKey(config.seed)
-  state = steps.create_train_state(jax.random.fold_in(root_key, 0), net, tx, kge_tx, config.kge.use)
-  trainer = make_trainer(net, graphs, ds, config, tx, kge_tx)
+  state = steps.create_train_state(
+    jax.random.fold_in(root_key, 0), net, tx, kge_tx, settings.use_kge
+  )
+  trainer = make_trainer(net, graphs, ds, config, tx, kge_tx, settings)
   embed = trainer.embed or steps.make_embed_fn(net)
   best_params = jax.tree_util.tree_map(jnp.copy, state.params)
   mgr, state, best_params, loop = _restore(config, workdir, state, best_params)
   state = trainer.place(state)
   train_seconds_at_start = loop.train_seconds  # the time budget counts this invocation only
   setup_seconds = time.perf_counter() - t_setup
-  rates = steps.mask_rates(config)
 
   last_save = time.perf_counter()
   primary = distributed.is_primary()  # the one process that writes and logs
@@ -491,7 +495,7 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
         {
           "epoch": epoch,
           **terms,
-          "mask_rate": float(rates[min(epoch, len(rates) - 1)]),
+          "mask_rate": float(settings.mask_rate(epoch * settings.steps_per_epoch)),
           **{f"{selection}/{k}": v for k, v in sel_metrics.items()},
           "selection_score": score,
           "best_epoch": loop.best_epoch,
@@ -530,7 +534,9 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float) -> Dict[str, A
   finally:
     pbar.close()  # before any error message, so that it is the last line
     writer.close()
-  results = write_results(workdir, config, ds, loop, trainer, best_params, setup_seconds)
+  results = write_results(
+    workdir, config, ds, loop, trainer, best_params, setup_seconds, settings.parallel.mode
+  )
   if primary:
     write_final_scalars(workdir, results)
   if primary and config.train.plot:
@@ -606,7 +612,14 @@ def stop_reason(loop: LoopState, config) -> str:
 
 
 def write_results(
-  workdir, config, ds, loop: LoopState, trainer: Trainer, best_params, setup_seconds: float
+  workdir,
+  config,
+  ds,
+  loop: LoopState,
+  trainer: Trainer,
+  best_params,
+  setup_seconds: float,
+  parallel_mode: str,
 ) -> Dict[str, Any]:
   """results.json: the best epoch's metrics on every split and user group, and the run's costs."""
   results = {
@@ -631,7 +644,7 @@ def write_results(
     "devices": [str(d) for d in jax.devices()],
     "data_parallel_devices": trainer.n_devices,
     "processes": distributed.process_count(),
-    "parallel": {"mode": steps.parallel_settings(config)[0], "mesh": trainer.mesh},
+    "parallel": {"mode": parallel_mode, "mesh": trainer.mesh},
     "n_params": steps.param_count(best_params),
   }
   if distributed.is_primary():

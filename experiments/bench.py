@@ -118,7 +118,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size, np.random.default_rng(0))
   batch = {k: v[0] for k, v in batches.items()}
   rate = np.full(1, 0.3, np.float32)  # the mask rate of every timed step
-  step = jax.jit(steps.make_train_step(net, tx, rate, 1))
+  step = jax.jit(steps.make_train_step(net, tx, steps.epoch_schedule(rate, 1)))
   key = jax.random.PRNGKey(1)
   out = {
     "machine": host.machine(),
@@ -247,7 +247,7 @@ def _compiled_step(net, tx, rate, args, jax_random=False, fused=None, options=No
     if jax_random:
       prop.uniform = jax.random.uniform  # read when the step is traced
     losses.FUSED_INFO_NCE = fused
-    lowered = jax.jit(steps.make_train_step(net, tx, rate, 1)).lower(*args)
+    lowered = jax.jit(steps.make_train_step(net, tx, steps.epoch_schedule(rate, 1))).lower(*args)
     return lowered.compile(options) if options else lowered.compile()
   finally:
     prop.uniform, losses.FUSED_INFO_NCE = saved
@@ -413,7 +413,9 @@ def paired_with_release(config, release: str, release_python: str, pairs: int):
   sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
   batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size, np.random.default_rng(0))
   batch = {k: v[0] for k, v in batches.items()}
-  step = jax.jit(steps.make_train_step(net, tx, np.full(1, 0.3, np.float32), 1))
+  step = jax.jit(
+    steps.make_train_step(net, tx, steps.epoch_schedule(np.full(1, 0.3, np.float32), 1))
+  )
   key = jax.random.PRNGKey(1)
   ours = lambda: jax.block_until_ready(step(state, batch, key, graphs)[1]["loss"])
   for _ in range(3):  # compilation, then the allocator's first growth

@@ -176,7 +176,7 @@ def main(argv=None):
   tx, kge_tx = steps.make_optimizers(c)
   use_kge = args.model == "cikgrec"
   template = gp.state_template(net, tx, kge_tx, use_kge)
-  step = par.make_train_step(tx, np.full(2, 0.1, np.float32), 1, template)
+  step = par.make_train_step(tx, steps.epoch_schedule(np.full(2, 0.1, np.float32), 1), template)
   batch_sharding = jax.sharding.NamedSharding(mesh, P(gp.DATA) if par.data else P())
   b = args.batch
   batch = {

@@ -61,13 +61,15 @@ def compare_step(c, meshes, optimizers=("sgd",)):
   for opt_name in optimizers:
     tx = optax.sgd(1.0) if opt_name == "sgd" else steps.make_optimizers(c)[0]
     s0 = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, c.kge.use)
-    one, t1 = jax.jit(steps.make_train_step(net, tx, rates, 1))(s0, batch, key, graphs)
+    one, t1 = jax.jit(steps.make_train_step(net, tx, steps.epoch_schedule(rates, 1)))(
+      s0, batch, key, graphs
+    )
     change1 = [a - b for a, b in zip(leaves(one.params), leaves(s0.params))]
     for name in meshes:
       t = time.perf_counter()
       par = gp.GraphParallel(net, graphs, gp.make_mesh(MESHES[name]))
       template = gp.state_template(net, tx, kge_tx, c.kge.use)
-      step = par.make_train_step(tx, rates, 1, template)
+      step = par.make_train_step(tx, steps.epoch_schedule(rates, 1), template)
       s, terms = step(par.place(s0), par.shard_batch(batch), key, par.graphs)
       s = par.host_view(s)
       change = [a - b for a, b in zip(leaves(s.params), leaves(s0.params))]

@@ -34,8 +34,10 @@ def main(tmp):
   # magnifies float-order noise in near-zero gradients, so it gets a relative bound.
   for name, opt in (("sgd", optax.sgd(1.0)), ("adam", tx)):
     s0 = steps.create_train_state(jax.random.PRNGKey(0), net, opt, kge_tx, c.kge.use)
-    single, m1 = jax.jit(steps.make_train_step(net, opt, rates, 1))(s0, batch, key, graphs)
-    p_step, p_kge = parallel.make_steps(net, opt, kge_tx, rates, 1, c.kge.use)
+    single, m1 = jax.jit(steps.make_train_step(net, opt, steps.epoch_schedule(rates, 1)))(
+      s0, batch, key, graphs
+    )
+    p_step, p_kge = parallel.make_steps(net, opt, kge_tx, steps.epoch_schedule(rates, 1), c.kge.use)
     multi, m4 = p_step(parallel.replicate(s0, 4), parallel.shard_batch(batch, 4), key, graphs)
     multi = parallel.unreplicate(multi)
     out[name] = {

@@ -202,8 +202,8 @@ def test_damaged_latest_checkpoint_falls_back_across_processes(runs, tmp_path):
   os.truncate(loop_file, os.path.getsize(loop_file) // 2)
   outs = _launch(workdir, str(runs["root"] / "data"), 2, 1, "--config.train.max_epochs=2")
   _ok(outs)
-  assert "resuming from checkpoint step 0 instead" in outs[0][1]
-  assert "damaged" not in outs[1][1]  # reported once, by process 0
+  assert "resuming from checkpoint step 0 instead" in outs[0][2]
+  assert "damaged" not in outs[1][2]  # reported once, by process 0
   strip = lambda d: {k: v for k, v in d.items() if k not in TIMING}
   assert [strip(x) for x in _lines(workdir)] == [strip(x) for x in _lines(runs["two"])]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["0", "1"]

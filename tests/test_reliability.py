@@ -2,6 +2,7 @@
 log after a crash, and one-line errors from the command line."""
 
 import json
+import logging
 import os
 import random
 import re
@@ -253,12 +254,12 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
-def test_damaged_latest_checkpoint_falls_back_and_ends_exact(runs, tmp_path, capsys, kind):
+def test_damaged_latest_checkpoint_falls_back_and_ends_exact(runs, tmp_path, caplog, kind):
   workdir = _copy(runs, tmp_path)
   DAMAGE[kind](os.path.join(workdir, "checkpoints", "2"))
-  capsys.readouterr()
+  caplog.set_level(logging.INFO, logger="cikg_jax")
   train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
-  out = capsys.readouterr().out
+  out = caplog.text
   assert "checkpoint step 2 in" in out and "is damaged" in out
   assert "resuming from checkpoint step 1 instead" in out
   _same_numbers(_lines(workdir), runs["straight"])
@@ -336,15 +337,16 @@ def _tear(path, epoch):
 
 
 @pytest.mark.parametrize("how", ["torn line of a checkpointed epoch", "deleted log"])
-def test_log_lines_a_checkpoint_covers_but_the_log_lacks_are_replayed(runs, tmp_path, capsys, how):
+def test_log_lines_a_checkpoint_covers_but_the_log_lacks_are_replayed(runs, tmp_path, caplog, how):
   workdir = _copy(runs, tmp_path)
+  caplog.set_level(logging.INFO, logger="cikg_jax")
   path = os.path.join(workdir, "metrics.jsonl")
   if how == "deleted log":
     os.remove(path)
   else:
     _tear(path, 2)  # checkpoint step 2 claims epoch 2, whose line is torn
   train.train_and_evaluate(_tiny(runs["data"], max_epochs=4), workdir)
-  assert "replaying" in capsys.readouterr().out
+  assert "replaying" in caplog.text
   _same_numbers(_lines(workdir), runs["straight"])
   _consistent(workdir)
 
@@ -460,10 +462,16 @@ def test_non_finite_loss_without_checkpoint_says_so(tmp_path, monkeypatch):
 def _poison(monkeypatch, epoch, what):
   """Wraps the train step: at step 1 of `epoch` the logged loss becomes NaN ("loss"), or at the
   epoch's last step the parameters do while every logged loss stays finite ("params")."""
-  make_step = steps.make_train_step
+  make_step, make_settings = steps.make_train_step, steps.step_settings
+  seen = {}
 
-  def poisoned(net, tx, rates, steps_per_epoch, axis_name=None):
-    step = make_step(net, tx, rates, steps_per_epoch, axis_name)
+  def settings(*args, **kwargs):
+    seen["settings"] = make_settings(*args, **kwargs)
+    return seen["settings"]
+
+  def poisoned(net, tx, mask_rate, shards=None):
+    step = make_step(net, tx, mask_rate, shards)
+    steps_per_epoch = seen["settings"].steps_per_epoch
 
     def train_step(state, batch, key, graphs):
       e, s = state.step // steps_per_epoch, state.step % steps_per_epoch
@@ -479,6 +487,7 @@ def _poison(monkeypatch, epoch, what):
 
     return train_step
 
+  monkeypatch.setattr(steps, "step_settings", settings)
   monkeypatch.setattr(steps, "make_train_step", poisoned)
 
 

@@ -86,9 +86,13 @@ def test_train_step_equals_the_one_with_jax_random_draws(tmp_path, monkeypatch):
   c.model.edge_dropout, c.model.message_dropout = 0.1, 0.1
   net, graphs, state, batch, tx = _first_batch(c)
   rates, key = np.full(1, 0.3, np.float32), jax.random.PRNGKey(5)
-  new = jax.jit(steps.make_train_step(net, tx, rates, 1))(state, batch, key, graphs)
+  new = jax.jit(steps.make_train_step(net, tx, steps.epoch_schedule(rates, 1)))(
+    state, batch, key, graphs
+  )
   monkeypatch.setattr(prop, "uniform", jax.random.uniform)  # read when the step is traced
-  old = jax.jit(steps.make_train_step(net, tx, rates, 1))(state, batch, key, graphs)
+  old = jax.jit(steps.make_train_step(net, tx, steps.epoch_schedule(rates, 1)))(
+    state, batch, key, graphs
+  )
   _assert_trees_equal(new, old)
 
 
@@ -98,7 +102,9 @@ def test_memory_optimized_scheduler_computes_the_same_bits(tmp_path):
     pytest.skip("an XLA:CPU option")
   net, graphs, state, batch, tx = _first_batch(_tiny(tmp_path))
   args = (state, batch, jax.random.PRNGKey(5), graphs)
-  lowered = jax.jit(steps.make_train_step(net, tx, np.full(1, 0.3, np.float32), 1)).lower(*args)
+  lowered = jax.jit(
+    steps.make_train_step(net, tx, steps.epoch_schedule(np.full(1, 0.3, np.float32), 1))
+  ).lower(*args)
   outs = [
     lowered.compile({"xla_cpu_scheduler_type": f"CPU_SCHEDULER_TYPE_{kind}"})(*args)
     for kind in ("DEFAULT", "MEMORY_OPTIMIZED")
@@ -135,7 +141,7 @@ def test_train_step_takes_the_fused_pass_on_cpu(tmp_path, monkeypatch):
   jaxpr = {}
   for fused in (None, True, False):
     monkeypatch.setattr(losses, "FUSED_INFO_NCE", fused)  # read when traced
-    step = steps.make_train_step(net, tx, np.full(1, 0.3, np.float32), 1)
+    step = steps.make_train_step(net, tx, steps.epoch_schedule(np.full(1, 0.3, np.float32), 1))
     jaxpr[fused] = str(jax.make_jaxpr(step)(*args))
   assert jaxpr[None] == jaxpr[True]
   # the fused pass's scan over anchor blocks, once for the user and once for the item term

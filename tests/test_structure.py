@@ -140,3 +140,34 @@ def test_the_model_library_does_not_import_the_driver(graph):
 
   for lib in ("cikg_jax.model", "cikg_jax.baselines", "cikg_jax.steps"):
     assert not reach(lib, set()) & driver, lib
+
+
+def _calls(path: str, names) -> list:
+  """(line, name) of every call in the file to a function or method named one of `names`."""
+  with open(path) as f:
+    tree = ast.parse(f.read(), path)
+  out = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Call):
+      f = node.func
+      name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+      if name in names:
+        out.append((node.lineno, name))
+  return out
+
+
+def test_one_train_step_and_one_transe_step_for_every_mode():
+  """Only steps.py differentiates a training loss and applies an optimizer update: the jit, pmap
+  and shard_map modes wrap its train_step and kge_step rather than writing their own."""
+  found = {}
+  for module, path in _module_files(os.path.join(ROOT, PACKAGE), PACKAGE).items():
+    calls = _calls(path, ("value_and_grad", "grad", "apply_updates"))
+    if calls:
+      found[module] = calls
+  assert set(found) == {"cikg_jax.steps"}, found
+  assert sorted(name for _, name in found["cikg_jax.steps"]) == [
+    "apply_updates",
+    "apply_updates",
+    "value_and_grad",
+    "value_and_grad",
+  ]

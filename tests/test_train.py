@@ -107,7 +107,7 @@ def test_train_step_is_pure_and_compiles_once(tmp_path):
   tx, kge_tx = steps.make_optimizers(c)
   state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, c.kge.use)
   rates = np.array([0.3, 0.6], np.float32)  # epoch 0 and 1 of a one-step epoch
-  step = jax.jit(steps.make_train_step(net, tx, rates, steps_per_epoch=1))
+  step = jax.jit(steps.make_train_step(net, tx, steps.epoch_schedule(rates, 1)))
   batch = _batch()
   s1, m1 = step(state, batch, jax.random.PRNGKey(1), graphs)
   s2, m2 = step(state, batch, jax.random.PRNGKey(1), graphs)  # same inputs, same outputs
@@ -132,6 +132,22 @@ def test_mask_rates_table_follows_the_schedule(tmp_path):
     assert got.dtype == np.float32 and got.tolist() == want
 
 
+def test_mask_rate_schedule_is_the_epochs_rate_at_every_step(tmp_path):
+  """steps.step_settings' schedule, read by the step and the logger: step s has the rate of
+  epoch s // steps_per_epoch, the last epoch's past the table's end."""
+  c = _tiny(tmp_path, max_epochs=3)
+  c.uir.schedule, c.uir.p0, c.uir.pmax, c.uir.total_epoch = "lin", 0.1, 0.7, 2
+  ds = steps.setup(c)[0]
+  settings = steps.step_settings(c, ds)
+  per_epoch, rates = settings.steps_per_epoch, steps.mask_rates(c)
+  assert per_epoch == sampling.num_batches(len(ds.train), c.train.batch_size)
+  for step in range(5 * per_epoch):
+    want = rates[min(step // per_epoch, len(rates) - 1)]
+    assert float(settings.mask_rate(step)) == want
+    assert float(jax.jit(settings.mask_rate)(step)) == want
+  assert settings.parallel == steps.parallel_settings(c) and settings.use_kge == c.kge.use
+
+
 def test_train_step_mask_rate_follows_the_schedule(tmp_path):
   """Two steps per epoch: step s masks floor(rate(s // 2) * n) interest rows, the rate of the
   table's last epoch past its end."""
@@ -142,7 +158,7 @@ def test_train_step_mask_rate_follows_the_schedule(tmp_path):
   assert n_rows == len(ds.connected_interest_ids()) > 10
   tx, kge_tx = steps.make_optimizers(c)
   state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, c.kge.use)
-  step = jax.jit(steps.make_train_step(net, tx, steps.mask_rates(c), steps_per_epoch=2))
+  step = jax.jit(steps.make_train_step(net, tx, steps.epoch_schedule(steps.mask_rates(c), 2)))
   batches = sampling.bpr_epoch(
     ds.train,
     sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items),
