@@ -44,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from cikg_jax import halo as halo_lib
 from cikg_jax import losses, model, steps
 from cikg_jax import propagation as prop
 
@@ -69,11 +70,15 @@ class ShardedOperator:
   t_indptr: jnp.ndarray
   t_indices: jnp.ndarray
   t_perm: jnp.ndarray
+  # halo exchange (cikg_jax/halo.py): D*H local row ids per device, what it sends each peer;
+  # None: each layer all_gathers its input, and senders are global row ids
+  send: Optional[jnp.ndarray]
   n_nodes: int = flax.struct.field(pytree_node=False)  # N, without padding
   n_padded: int = flax.struct.field(pytree_node=False)  # Np = D * B
   n_devices: int = flax.struct.field(pytree_node=False)
   n_pairs: int = flax.struct.field(pytree_node=False)
   n_edges: int = flax.struct.field(pytree_node=False)  # real edges of the whole graph
+  halo: int = flax.struct.field(pytree_node=False, default=0)  # H; 0 with the all_gather
 
   @property
   def weights(self) -> jnp.ndarray:
@@ -88,8 +93,17 @@ def padded_rows(n_nodes: int, n_devices: int) -> int:
   return -(-n_nodes // n_devices) * n_devices
 
 
-def shard_operator(op: prop.Operator, n_devices: int) -> ShardedOperator:
-  """Cuts `op` (host or device arrays) into `n_devices` receiver blocks, in host memory."""
+EXCHANGES = ("all_gather", "halo", "auto")
+
+
+def shard_operator(op: prop.Operator, n_devices: int, exchange: str = "all_gather"):
+  """Cuts `op` (host or device arrays) into `n_devices` receiver blocks, in host memory.
+
+  exchange: how a layer's input reaches the blocks: "all_gather" (every row to every device),
+  "halo" (each block receives only the remote rows its edges read, cikg_jax/halo.py), "auto"
+  (the halo where its buffer, B + D*H rows, is smaller than the Np rows of the all_gather)."""
+  if exchange not in EXCHANGES:
+    raise ValueError(f"unknown exchange {exchange!r}; choose from {EXCHANGES}")
   g = op.graph
   senders = np.asarray(g.senders).astype(np.int32)
   receivers = np.asarray(g.receivers).astype(np.int64)
@@ -100,27 +114,37 @@ def shard_operator(op: prop.Operator, n_devices: int) -> ShardedOperator:
   b = n_padded // d
   bounds = np.searchsorted(receivers, np.arange(d + 1) * b)  # receivers are sorted
   per = max(1, int(np.max(np.diff(bounds))))
-  out = {k: [] for k in ShardedOperator.__dataclass_fields__ if k[0] != "n"}
+  plan = None
+  if exchange != "all_gather":
+    plan = halo_lib.plan([senders[bounds[k] : bounds[k + 1]] for k in range(d)], d, b)
+    if exchange == "auto" and b + d * plan["halo"] >= n_padded:
+      plan = None
+  n_cols = n_padded if plan is None else b + d * plan["halo"]
+  fields = [f for f in ShardedOperator.__dataclass_fields__ if f[0] != "n" and f != "halo"]
+  out = {k: [] for k in fields if k != "send"}
   for k in range(d):
     lo, hi = bounds[k], bounds[k + 1]
     pad = per - (hi - lo)
     # Padding edges: sender 0, the last local row (receivers stay sorted), weight 0.
-    s = np.concatenate([senders[lo:hi], np.zeros(pad, np.int32)])
+    block_senders = senders[lo:hi] if plan is None else plan["halo_senders"][k]
+    s = np.concatenate([block_senders, np.zeros(pad, np.int32)]).astype(np.int32)
     r = np.concatenate([receivers[lo:hi] - k * b, np.full(pad, b - 1)]).astype(np.int32)
     out["senders"].append(s)
     out["receivers"].append(r)
     out["weight"].append(np.concatenate([weight[lo:hi], np.zeros(pad, np.float32)]))
     out["pair"].append(np.concatenate([pair[lo:hi], np.full(pad, PAD_PAIR, np.int32)]))
-    csr = prop.csr_arrays(s, r, b, n_padded)
+    csr = prop.csr_arrays(s, r, b, n_cols)
     for name in ("indptr", "t_indptr", "t_indices", "t_perm"):
       out[name].append(getattr(csr, name))
   return ShardedOperator(
     **{k: np.concatenate(v) for k, v in out.items()},
+    send=None if plan is None else plan["send"].reshape(-1),
     n_nodes=n,
     n_padded=n_padded,
     n_devices=d,
     n_pairs=op.n_pairs,
     n_edges=len(senders),
+    halo=0 if plan is None else plan["halo"],
   )
 
 
@@ -206,11 +230,17 @@ class RowSharded:
     w = jnp.where(pair == -1, True, jnp.where(pair >= 0, keep, False)).astype(jnp.float32)
     deg = jax.ops.segment_sum(w, op.receivers, self.block, indices_are_sorted=True)
     inv_sqrt = jnp.where(deg > 0, lax.rsqrt(jnp.maximum(deg, 1e-12)), 0.0)
-    inv_all = lax.all_gather(inv_sqrt, GRAPH, tiled=True)
-    return w * inv_all[op.senders] * inv_sqrt[op.receivers]
+    return w * self.sender_rows(op, inv_sqrt)[op.senders] * inv_sqrt[op.receivers]
+
+  def sender_rows(self, op: ShardedOperator, x):
+    """The rows of a table-shaped x that op.senders index: all of them (all_gather), or this
+    block's and its halo (halo exchange)."""
+    if op.send is None:
+      return lax.all_gather(x, GRAPH, tiled=True)
+    return halo_lib.exchange(x, op.send, GRAPH)
 
   def spmm(self, op: ShardedOperator, weights, x_all, backend: str):
-    """This block's rows of A_w @ x for the whole (Np, d) input."""
+    """This block's rows of A_w @ x, given the rows op.senders index (sender_rows)."""
     if backend == "segment":
       return prop.segment_spmm(weights, x_all, op.senders, op.receivers, self.block)
     if backend == "bcsr":
@@ -220,11 +250,11 @@ class RowSharded:
     raise ValueError(f"unknown propagation backend {backend!r}; choose from {prop.BACKENDS}")
 
   def propagate(self, op, x, num_layers: int, weights=None, backend="bcsr", perturb=None):
-    """prop.propagate on this block: each layer all_gathers its input."""
+    """prop.propagate on this block: each layer gathers the sender rows of its input."""
     if not isinstance(op, ShardedOperator):
       raise ValueError("graph-parallel propagation needs a ShardedOperator (shard_graphs)")
     w = op.weight if weights is None else weights
-    step = lambda e: self.spmm(op, w, lax.all_gather(e, GRAPH, tiled=True), backend)
+    step = lambda e: self.spmm(op, w, self.sender_rows(op, e), backend)
     return prop.layer_mean(step, x, num_layers, perturb)
 
   def info_nce(
@@ -299,10 +329,10 @@ class GraphParallel:
   """A model's sharded graphs, placement of its state and its steps on a "graph" or
   "data" x "graph" mesh (module docstring)."""
 
-  def __init__(self, net, graphs: model.Graphs, mesh: Mesh):
+  def __init__(self, net, graphs: model.Graphs, mesh: Mesh, exchange: str = "all_gather"):
     check_supported(net, graphs)
     check_random_bits()
-    self.net, self.mesh = net, mesh
+    self.net, self.mesh, self.exchange = net, mesh, exchange
     self.data = DATA in mesh.axis_names
     self.n_graph = mesh.shape[GRAPH]
     self.n_data = mesh.shape[DATA] if self.data else 1
@@ -325,7 +355,7 @@ class GraphParallel:
       if isinstance(op, ShardedOperator):
         built[id(op)] = op
       elif id(op) not in built:
-        sharded = shard_operator(op, self.n_graph)
+        sharded = shard_operator(op, self.n_graph, self.exchange)
         built[id(op)] = jax.tree_util.tree_map(
           lambda a: jax.device_put(a, self.sharding(P(GRAPH))), sharded
         )

@@ -50,6 +50,7 @@ ADDED_KEYS = {
   "parallel.num_devices": 1,
   "parallel.data_devices": 0,
   "cl.chunk": 0,
+  "parallel.exchange": "all_gather",
 }
 # Keys that moved (old name -> new name): a config holding the old one compares under the new name.
 MOVED_KEYS = {"train.num_devices": "parallel.num_devices"}

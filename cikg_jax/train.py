@@ -199,7 +199,8 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx, settings=None) -> Trainer:
     from cikg_jax import graph_parallel as gp
 
     shape = gp.mesh_shape(mode, n_devices, data_devices)
-    par = gp.GraphParallel(net, graphs, gp.make_mesh(shape))
+    exchange = config.parallel.get("exchange", "all_gather")
+    par = gp.GraphParallel(net, graphs, gp.make_mesh(shape), exchange)
     template = gp.state_template(net, tx, kge_tx, settings.use_kge)
     step = par.make_train_step(tx, settings.mask_rate, template)
     return Trainer(

@@ -49,7 +49,7 @@ def batch_for(ds, rng, n=256, real=200):
   }
 
 
-def compare_step(c, meshes, optimizers=("sgd",)):
+def compare_step(c, meshes, optimizers=("sgd",), exchange="all_gather"):
   """One train step of every mesh against the single-device step: the logged terms, and the
   parameter change (with SGD at lr 1, the gradient itself; with Adam, its first update)."""
   ds, c, net, graphs = steps.setup(c)
@@ -67,7 +67,7 @@ def compare_step(c, meshes, optimizers=("sgd",)):
     change1 = [a - b for a, b in zip(leaves(one.params), leaves(s0.params))]
     for name in meshes:
       t = time.perf_counter()
-      par = gp.GraphParallel(net, graphs, gp.make_mesh(MESHES[name]))
+      par = gp.GraphParallel(net, graphs, gp.make_mesh(MESHES[name]), exchange)
       template = gp.state_template(net, tx, kge_tx, c.kge.use)
       step = par.make_train_step(tx, steps.epoch_schedule(rates, 1), template)
       s, terms = step(par.place(s0), par.shard_batch(batch), key, par.graphs)
@@ -79,6 +79,7 @@ def compare_step(c, meshes, optimizers=("sgd",)):
         "max_change": max(float(np.max(np.abs(x))) for x in change1),
         "max_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(change, change1)),
         "seconds": time.perf_counter() - t,
+        "halo": {k: op.halo for k, op in par.graphs.ops.items()},
       }
   return out
 
@@ -218,6 +219,9 @@ def main(tmp, part):
     chunked = config(tmp, dropout=True)
     chunked.cl.chunk = 50  # the InfoNCE denominators over chunks of a device's rows
     out["step_chunked"] = compare_step(chunked, ["graph3", "data2xgraph2"], ("sgd",))
+    out["step_halo"] = compare_step(
+      config(tmp, dropout=True), ["graph3", "data2xgraph2"], ("sgd",), exchange="halo"
+    )
   else:
     out["step_segment"] = compare_step(config(tmp, backend="segment", dropout=True), list(MESHES))
     out["step_bcsr"] = compare_step(
@@ -226,6 +230,9 @@ def main(tmp, part):
     out["step_adam"] = compare_step(config(tmp), ["graph4", "data2xgraph2"], ("adam",))
     out["kge"] = compare_kge(config(tmp), ["graph1", "graph3", "data4xgraph1"])
     out["step_lightgcn"] = compare_step(config(tmp, model="lightgcn"), ["graph2", "data2xgraph2"])
+    out["step_halo_segment"] = compare_step(
+      config(tmp, backend="segment", dropout=True), ["graph4"], exchange="halo"
+    )
     out["train"] = training(
       tmp,
       {

@@ -100,6 +100,15 @@ def test_graph_modes_chunked_info_nce_equals_single_device(quick):
   _check_steps(quick["step_chunked"])
 
 
+def test_graph_modes_halo_exchange_equals_single_device(quick):
+  """Each block receives only the remote sender rows its edges read (cikg_jax/halo.py), through
+  every operator, dropout's degree draws included: the step equals one device's."""
+  assert set(quick["step_halo"]) == {"graph3/sgd", "data2xgraph2/sgd"}
+  for r in quick["step_halo"].values():
+    assert r["halo"] and all(h > 0 for h in r["halo"].values()), r["halo"]
+  _check_steps(quick["step_halo"])
+
+
 def test_graph_modes_kge_step_equals_single_device(quick):
   _check_kge(quick["kge"])
 
@@ -257,3 +266,8 @@ def test_graph_mode_keeps_whole_graphs_off_the_devices(tmp_path):
   _, _, _, graphs = steps.setup(c)
   leaves = jax.tree_util.tree_leaves(graphs)
   assert leaves and all(isinstance(x, np.ndarray) for x in leaves)
+
+
+@pytest.mark.slow
+def test_graph_modes_halo_exchange_segment_backend(full):
+  _check_steps(full["step_halo_segment"])
