@@ -81,7 +81,7 @@ def test_dataset_switch_on_a_finished_dir_is_refused(data, server, tmp_path):
   before = snapshot(out)
   with pytest.raises(
     RunDirError,
-    match=r"another configuration \(dataset: 'tiny' -> 'tiny_b'\).*another --config.out_dir",
+    match=r'another configuration \(dataset "tiny" -> "tiny_b"\).*another --config.out_dir',
   ):
     generate.generate(config(data, out, url, dataset="tiny_b"), progress=False)
   assert snapshot(out) == before
@@ -218,7 +218,7 @@ def test_legacy_answers_are_kept_only_when_the_recorded_configuration_matches(tm
   b = Backend()
   s = run_generation(reqs(4), b, tmp_path, INFO, progress=False)  # same fingerprint: kept
   assert b.seen == ["user-3"] and s["already_done"] == 3
-  with pytest.raises(RunDirError, match=r"prompt.n_items: 30 -> 5"):
+  with pytest.raises(RunDirError, match=r"prompt.n_items 30 -> 5"):
     run_generation(reqs(4), Backend(), tmp_path, {**INFO, "prompt": {"n_items": 5}}, progress=False)
   legacy_manifest = json.loads((tmp_path / "manifest.json").read_text())
   del legacy_manifest["prompt"]  # an old manifest: prompt only inside its config dump
@@ -285,7 +285,7 @@ def test_a_second_runner_is_refused_before_writing_anything(data, server, tmp_pa
       timeout=120,
     )
     assert first.poll() is None, "the first runner finished too early for this test"
-    assert second.returncode == 2 and "another generation run holds this directory" in second.stderr
+    assert second.returncode == 2 and "is in use by another generation run" in second.stderr
     assert (req.read_bytes(), req.stat().st_mtime_ns) == before
     assert not (out / "requests.jsonl.tmp").exists()
   finally:
@@ -310,7 +310,7 @@ def test_cli_refusal_is_one_line(data, server, tmp_path):
   err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
   assert (
     len(err) == 1
-    and "dataset: 'tiny' -> 'tiny_b'" in err[0]
+    and 'dataset "tiny" -> "tiny_b"' in err[0]
     and "another --config.out_dir" in err[0]
   )
   assert "Traceback" not in r.stderr and snapshot(out) == before
