@@ -195,8 +195,8 @@ def write_atomic(path: str, text: str) -> None:
     fsync_dir(d)
 
 
-def write_json(path: str, obj, *, sort_keys: bool = False) -> None:
-  write_atomic(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
+def write_json(path: str, obj, *, indent: int = 2, sort_keys: bool = False) -> None:
+  write_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str) + "\n")
 
 
 class AppendLog:
