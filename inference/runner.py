@@ -318,7 +318,13 @@ def _run_locked(
   state = {"ok": 0, "failed": 0, "streak": 0, "aborted": None, "tokens": 0}
   reasons: collections.Counter = collections.Counter()
   latencies: List[float] = []
-  bar = tqdm(total=len(todo), disable=not progress, unit="req", dynamic_ncols=True, desc="generate")
+  bar = tqdm(  # on a terminal only (disable=None), as the trainer's
+    total=len(todo),
+    disable=None if progress else True,
+    unit="req",
+    dynamic_ncols=True,
+    desc="generate",
+  )
   t0 = time.monotonic()
 
   def emit(rec: Dict) -> None:

@@ -4,6 +4,7 @@ is written, so a refused second runner leaves the first one's files alone (item 
 
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 import shutil
@@ -125,7 +126,8 @@ def test_changed_data_files_under_the_same_config_are_refused(data, server, tmp_
   assert snapshot(out) == before
 
 
-def test_a_larger_limit_resumes_and_the_shortcut_follows_the_check(data, server, tmp_path, capsys):
+def test_a_larger_limit_resumes_and_the_shortcut_follows_the_check(data, server, tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="cikg_jax")
   state, url = server()
   out = tmp_path / "run"
   generate.generate(config(data, out, url, limit=5), progress=False)
@@ -133,7 +135,7 @@ def test_a_larger_limit_resumes_and_the_shortcut_follows_the_check(data, server,
   m = json.loads((out / "manifest.json").read_text())
   assert m["runs"][-1]["already_done"] == 5 and m["done"] == 12 and state.answered == 12
   assert generate.generate(config(data, out, url, limit=8), progress=False) == 0
-  assert "all 8 requests already answered" in capsys.readouterr().err
+  assert "all 8 requests already answered" in caplog.text
 
 
 def test_import_batch_output_is_checked_and_hashed(data, server, tmp_path):
