@@ -467,8 +467,7 @@ def report(tuning_dir: str, out_path: str = "") -> str:
     lines.append("")
   text = "\n".join(lines)
   if out_path:
-    with open(out_path, "w") as f:
-      f.write(text + "\n")
+    rundir.write_atomic(out_path, text + "\n")
   return text
 
 
