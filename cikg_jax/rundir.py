@@ -1,9 +1,10 @@
-"""Run directories: the one library behind training's workdir, the LLM runner's out_dir and the
-experiment runner's result folders.
+"""Run directories: the one library behind training's workdir, the LLM runner's out_dir, the
+experiment runner's result folders and the tuner's study journals.
 
 It owns what makes a directory safe to resume in:
-- `hold`/`locked`: an exclusive lock on the directory itself (the kernel drops it when the
-  process dies; removing a lock file cannot let a second writer in);
+- `hold`/`locked`: an exclusive lock on the directory itself, or on a file that is never replaced
+  (a study's journal); the kernel drops it when the process dies, and removing a lock file cannot
+  let a second writer in;
 - `write_atomic`/`write_json`: whole new content or the old one, the file and its directory
   fsynced;
 - `AppendLog`/`append_line`: append-only JSON lines, each fsynced before the call returns, a
