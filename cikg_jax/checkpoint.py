@@ -163,7 +163,7 @@ def restore_latest(
   state_like,
   params_like,
   delete_damaged: bool = False,
-  log: Callable[[str], None] = print,
+  log: Callable[[str], None] = logging.getLogger(__name__).warning,
   max_step: Optional[int] = None,
 ) -> Optional[Tuple[Any, Any, dict]]:
   """(state, best_params, loop) of the newest step that restores and verifies, None without

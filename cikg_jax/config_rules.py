@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from cikg_jax import rundir, schedules
+from cikg_jax import config_migration, schedules
 
 
 class ConfigError(ValueError):
@@ -172,7 +172,7 @@ def _fail(key: str, value: Any, must: str) -> None:
 
 def check(config) -> None:
   """Raises ConfigError on the first value out of its rule, then on cross-field rules."""
-  flat = rundir._flat(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+  flat = config_migration.flatten(config.to_dict() if hasattr(config, "to_dict") else dict(config))
   for key, rule in RULES.items():
     if key in flat:
       must = rule(flat[key])

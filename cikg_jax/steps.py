@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cikg_jax import baselines, model, rundir, schedules
+from cikg_jax import baselines, config_migration, model, rundir, schedules
 from cikg_jax import graph as graph_lib
 from cikg_jax import propagation as prop
 from cikg_jax.data import dataset as dataset_lib
@@ -46,11 +46,11 @@ PARALLEL_MODES = ("data", "graph", "data_graph")  # config.parallel.mode (README
 def parallel_settings(config) -> "ParallelSettings":
   """(mode, requested device count, requested "data" axis size) of a config: `config.parallel`,
   or for configs from before it, `train.num_devices` (data parallelism). Missing keys take the
-  values that reproduce runs from before them (rundir.ADDED_KEYS)."""
-  flat = rundir.canonical(rundir._flat(rundir.plain(config)))
+  values that reproduce runs from before them (config_migration.ADDED_KEYS)."""
+  flat = config_migration.canonical(config_migration.flatten(rundir.plain(config)))
   legacy = config.get("train", {}).get("num_devices")
   new = config.get("parallel", {}).get("num_devices")
-  default = rundir.ADDED_KEYS["parallel.num_devices"]
+  default = config_migration.ADDED_KEYS["parallel.num_devices"]
   if legacy not in (None, default) and new not in (None, default, legacy):
     raise ValueError(
       f"train.num_devices={legacy} and parallel.num_devices={new}: train.num_devices is the "

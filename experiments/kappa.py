@@ -7,6 +7,7 @@ interest file (one seed per point unless --seeds says more; validation selection
 """
 
 import gzip
+import logging
 import os
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.runner import ROOT, Run, main  # noqa: E402
+
+log = logging.getLogger("cikg_jax.experiments.kappa")
 
 KAPPAS = (100, 250, 550, 1000)
 ANSWERS = {"dbbook2014": "experiments/results/smollm2_leakfree_dbbook2014/answers.jsonl.gz"}
@@ -62,7 +65,7 @@ def prepare(datasets, data_dir: str) -> None:
         check=True,
         stdout=subprocess.DEVNULL,
       )
-      print(f"[kappa] structured {d} with kappa {k} -> {out}", flush=True)
+      log.info("[kappa] structured %s with kappa %s -> %s", d, k, out)
 
 
 def runs(datasets, seeds):

@@ -13,24 +13,32 @@ same command line over several studies):
 Runs are named `<dataset>__<variant>__s<seed>`. The same run (same name, same command) needed by two
 studies is trained once: a result found in another study's folder is copied. An interrupted run
 resumes from its checkpoints when the script is started again (the CLI resumes its work directory).
+Result files are written whole or not at all (cikg_jax.rundir), and a study's result folder is
+locked while a runner fills it, so a second runner on it is refused instead of training the same
+runs twice. Progress goes to the log (stderr); the counts by outcome are the result (stdout).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import importlib
 import json
+import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from cikg_jax import logs, rundir
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+logger = logging.getLogger("cikg_jax.experiments")
 RESULTS = os.path.join(ROOT, "experiments", "results")
 DATASETS = ("dbbook2014", "book-crossing")
 SEEDS = (2024, 1, 2)
@@ -139,15 +147,43 @@ def run_grid(
   extra: Sequence[str] = (),
   deadline: float = 0.0,
   min_run_seconds: float = 30.0,
-  log: Callable[[str], None] = print,
+  log: Callable[[str], None] = logger.info,
 ) -> Dict[str, int]:
   """Trains every (study, run) without a result, in the given order, `parallel` at a time; a run
   listed by several studies is trained once and recorded in each. Returns counts by outcome.
+  RunError if another runner holds one of the studies' result folders.
 
   `deadline` (time.time() value, 0 = none): each run gets the time left as its wall-time budget,
   and no run starts with less than `min_run_seconds` left; a run stopped by that budget is
   resumable and is not recorded."""
   machine = machine or f"{platform.node()} ({os.cpu_count()} cpu)"
+  with contextlib.ExitStack() as held:
+    for study in dict.fromkeys(s for s, _ in study_runs):
+      folder = os.path.join(results_dir, study)
+      os.makedirs(folder, exist_ok=True)
+      held.enter_context(
+        rundir.hold(
+          folder,
+          holder="experiment runner",
+          hint="wait for it, stop it, or use another --results_dir",
+        )
+      )
+    return _run_grid_locked(
+      study_runs,
+      results_dir=results_dir,
+      runs_dir=runs_dir,
+      parallel=parallel,
+      machine=machine,
+      extra=extra,
+      deadline=deadline,
+      min_run_seconds=min_run_seconds,
+      log=log,
+    )
+
+
+def _run_grid_locked(
+  study_runs, *, results_dir, runs_dir, parallel, machine, extra, deadline, min_run_seconds, log
+) -> Dict[str, int]:
   label = ",".join(dict.fromkeys(s for s, _ in study_runs))
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   commit = git_commit()
@@ -155,13 +191,13 @@ def run_grid(
   pending: List[Run] = []
   wanted_by: Dict[str, List[str]] = {}  # run name -> the studies that list it
   for study, r in study_runs:
-    os.makedirs(os.path.join(results_dir, study), exist_ok=True)
     out = os.path.join(results_dir, study, f"{r.name}.json")
     found = find_result(r, results_dir)
     if found and os.path.abspath(found) == os.path.abspath(out):
       counts["skipped"] += 1
     elif found:
-      shutil.copyfile(found, out)
+      with open(found, encoding="utf-8") as f:
+        rundir.write_atomic(out, f.read())
       counts["copied"] += 1
     elif r.name in wanted_by:
       wanted_by[r.name].append(study)
@@ -203,8 +239,9 @@ def run_grid(
       command=_portable(job.run.command(job.workdir), job.workdir),
     )
     for s in wanted_by[job.run.name]:
-      with open(os.path.join(results_dir, s, f"{job.run.name}.json"), "w") as f:
-        json.dump(dict(res, study=s), f, indent=1)
+      rundir.write_json(
+        os.path.join(results_dir, s, f"{job.run.name}.json"), dict(res, study=s), indent=1
+      )
     counts["done"] += 1
     t = res.get("test", {})
     log(
@@ -336,6 +373,7 @@ def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
     help="seed: every run's first seed first; study: the studies in the given order",
   )
   args = p.parse_args(argv)
+  logs.to_stderr()
   names = args.studies.split(",")
   datasets = (args.datasets or ",".join(DATASETS)).split(",")
   seeds = [int(s) for s in args.seeds.split(",")]
@@ -361,13 +399,18 @@ def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
       if prepare is not None:
         prepare(datasets, data_dir)
   deadline = time.time() + args.deadline_seconds if args.deadline_seconds else 0.0
-  return run_grid(
-    pairs,
-    results_dir=results_dir,
-    runs_dir=args.runs_dir,
-    parallel=args.parallel,
-    machine=args.machine,
-    extra=args.extra.split(),
-    deadline=deadline,
-    min_run_seconds=args.min_run_seconds,
-  )
+  try:
+    counts = run_grid(
+      pairs,
+      results_dir=results_dir,
+      runs_dir=args.runs_dir,
+      parallel=args.parallel,
+      machine=args.machine,
+      extra=args.extra.split(),
+      deadline=deadline,
+      min_run_seconds=args.min_run_seconds,
+    )
+  except rundir.RunError as e:
+    raise SystemExit(f"error: {e}") from None
+  print(json.dumps(counts), flush=True)  # the result: runs by outcome
+  return counts

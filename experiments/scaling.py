@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
 import os
 import platform
 import resource
@@ -28,7 +29,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cikg_jax import logs, rundir  # noqa: E402
 from experiments import runner  # noqa: E402  (git_commit: HEAD, +dirty, CIKG_COMMIT)
+
+log = logging.getLogger("cikg_jax.experiments.scaling")
 
 RESULTS = os.path.join(ROOT, "experiments", "results", "scaling")
 CONFIGS = {
@@ -136,7 +140,7 @@ def run_point(dataset, mode, devices, steps, overrides, out_dir, machine):
   name = f"{dataset.replace(':', '-')}__{mode}__d{devices}"
   path = os.path.join(out_dir, f"{name}.json")
   if os.path.exists(path):
-    print(f"[scaling] {name}: done before", flush=True)
+    log.info("[scaling] %s: done before", name)
     return
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   if os.environ.get("JAX_PLATFORMS", "cpu") == "cpu" and not _has_gpu():
@@ -148,7 +152,7 @@ def run_point(dataset, mode, devices, steps, overrides, out_dir, machine):
   p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
   if p.returncode != 0:
     err = (p.stderr.strip().splitlines() or ["?"])[-1]
-    print(f"[scaling] {name}: FAILED: {err}", flush=True)
+    log.warning("[scaling] %s: FAILED: %s", name, err)
     return
   res = json.loads(p.stdout.strip().splitlines()[-1])
   res.update(
@@ -158,12 +162,12 @@ def run_point(dataset, mode, devices, steps, overrides, out_dir, machine):
     command=" ".join(["python", "experiments/scaling.py"] + cmd[3:]),
   )
   os.makedirs(out_dir, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(res, f, indent=1)
-  print(
-    f"[scaling] {name}: step {res['step_seconds_median'] * 1e3:.1f} ms, "
-    f"{res['edges_per_second'] / 1e6:.1f} M edges/s",
-    flush=True,
+  rundir.write_json(path, res, indent=1)
+  log.info(
+    "[scaling] %s: step %.1f ms, %.1f M edges/s",
+    name,
+    res["step_seconds_median"] * 1e3,
+    res["edges_per_second"] / 1e6,
   )
 
 
@@ -249,6 +253,7 @@ def main(argv=None):
   p.add_argument("--write_gpu_script", "--write-gpu-script", action="store_true")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   a = p.parse_args(argv)
+  logs.to_stderr()
   if a.worker:
     print(json.dumps(worker(a.datasets, a.modes, int(a.devices), a.steps, a.set)))
     return

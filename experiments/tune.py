@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -41,7 +41,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cikg_jax import logs, rundir  # noqa: E402
 from experiments import runner  # noqa: E402
+
+logger = logging.getLogger("cikg_jax.experiments.tune")
 
 TUNING = os.path.join(runner.RESULTS, "tuning")
 MODELS = ("lightgcn", "simgcl", "kgat", "cikgrec")
@@ -173,17 +176,13 @@ def min_epochs(model: str, dataset: str) -> int:
 def read_curve(metrics_path: str) -> List[float]:
   """Selection scores by epoch from a run's metrics.jsonl (a torn last line is ignored)."""
   scores: List[float] = []
-  try:
-    with open(metrics_path) as f:
-      for line in f:
-        try:
-          rec = json.loads(line)
-        except ValueError:
-          break
-        if rec.get("epoch") == len(scores):
-          scores.append(float(rec["selection_score"]))
-  except FileNotFoundError:
-    pass
+  for line in rundir.complete_lines(metrics_path):  # the trainer may be writing the last one
+    try:
+      rec = json.loads(line)
+    except ValueError:
+      break
+    if rec.get("epoch") == len(scores):
+      scores.append(float(rec["selection_score"]))
   return scores
 
 
@@ -345,18 +344,15 @@ def requeue_interrupted(study, log) -> None:
     log(f"{study.study_name}: trial {last.number} queued again")
 
 
-@contextlib.contextmanager
-def study_lock(path: str):
-  """One tuner per study: a second one would run the same queued trial twice."""
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise SystemExit(f"error: {path}: another tuner runs this study") from None
-    yield
-  finally:
-    os.close(fd)
+def study_lock(journal: str) -> contextlib.AbstractContextManager:
+  """One tuner per study: a second one would run the same queued trial twice. The lock is on the
+  study's journal itself (created empty if new; Optuna appends to it and never replaces it), so no
+  lock file can be removed to let a second tuner in. RunError if another tuner holds it."""
+  with open(journal, "a"):
+    pass
+  return rundir.hold(
+    journal, holder="tuner", hint="wait for it, stop it, or use another --tuning_dir"
+  )
 
 
 def tune(
@@ -368,7 +364,7 @@ def tune(
   runs_dir: str,
   extra: Sequence[str] = (),
   deadline: float = 0.0,
-  log: Callable[[str], None] = print,
+  log: Callable[[str], None] = logger.info,
 ) -> Optional[int]:
   """Runs the study until `trials` trials are complete or pruned; returns the number counted."""
   import optuna
@@ -378,7 +374,7 @@ def tune(
   os.makedirs(tuning_dir, exist_ok=True)
   os.makedirs(runs_dir, exist_ok=True)
   name = f"{dataset}__{model}"
-  with study_lock(os.path.join(runs_dir, f"{name}.lock")):
+  with study_lock(os.path.join(tuning_dir, f"{name}.journal")):
     study = load_study(dataset, model, tuning_dir, min_epochs(model, dataset))
     requeue_interrupted(study, log)
     if "pretrain" in SEARCH_SPACES[model]:
@@ -456,6 +452,8 @@ def report(tuning_dir: str, out_path: str = "") -> str:
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   rows: Dict[str, List[Dict[str, object]]] = {}
   for path in sorted(glob.glob(os.path.join(tuning_dir, "*.journal"))):
+    if os.path.getsize(path) == 0:  # locked by a tuner that stopped before creating its study
+      continue
     name = os.path.basename(path)[: -len(".journal")]
     study = optuna.load_study(study_name=name, storage=storage_for(path))
     dataset, model = name.split("__")
@@ -492,8 +490,7 @@ def report(tuning_dir: str, out_path: str = "") -> str:
     lines.append("")
   text = "\n".join(lines)
   if out_path:
-    with open(out_path, "w") as f:
-      f.write(text + "\n")
+    rundir.write_atomic(out_path, text + "\n")
   return text
 
 
@@ -509,6 +506,7 @@ def main(argv=None) -> int:
   p.add_argument("--deadline_seconds", type=float, default=0.0, help="wall-time budget")
   p.add_argument("--extra", default="", help="extra --config.x=y flags for every trial")
   args = p.parse_args(argv)
+  logs.to_stderr()
   tuning_dir = args.tuning_dir or TUNING
   extra = args.extra.split()
   datasets, trials = args.datasets.split(","), args.trials
@@ -524,15 +522,18 @@ def main(argv=None) -> int:
     for model in args.models.split(","):
       if model not in SEARCH_SPACES:
         raise SystemExit(f"error: --models: unknown model {model!r} (one of {', '.join(MODELS)})")
-      tune(
-        dataset,
-        model,
-        trials=trials,
-        tuning_dir=tuning_dir,
-        runs_dir=args.runs_dir,
-        extra=extra,
-        deadline=deadline,
-      )
+      try:
+        tune(
+          dataset,
+          model,
+          trials=trials,
+          tuning_dir=tuning_dir,
+          runs_dir=args.runs_dir,
+          extra=extra,
+          deadline=deadline,
+        )
+      except rundir.RunError as e:
+        raise SystemExit(f"error: {e}") from None
       if deadline and time.time() > deadline:
         return 0
   report(tuning_dir, os.path.join(tuning_dir, "summary.md") if not args.quick else "")

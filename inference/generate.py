@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 import re
 import sys
@@ -31,6 +32,8 @@ from inference.prompts import INTERESTS_JSON_SCHEMA, get_template
 from inference.redact import redact
 from inference.requests import batch_output_to_records, build_requests, jsonl_bytes, write_jsonl
 from inference.runner import RunDir, RunDirError
+
+log = logging.getLogger("cikg_jax.inference.generate")
 
 
 def request_body(config) -> Dict:
@@ -64,11 +67,15 @@ INSTALL_HINTS = {
 }
 
 
+class ModelNotServed(RuntimeError):
+  """Requests were answered 404: the server serves no model of that name; a rerun cannot help."""
+
+
 def not_found_404(config, summary) -> str:
   """The one-line error for requests answered 404: the server serves no model of that name."""
   model = request_body(config)["model"]
   return (
-    f"error: the server answered 404 for model {model!r} ({summary['failure_reasons']['http_404']} "
+    f"the server answered 404 for model {model!r} ({summary['failure_reasons']['http_404']} "
     "requests): it serves no model of that name; set --config.model.served_name to a name its "
     "/v1/models lists (or --config.model.name to the model it serves)"
   )
@@ -186,7 +193,8 @@ def check_credentials(config) -> None:
 def generate(
   config, *, requests_only: bool = False, import_batch_output: str = "", progress: bool = True
 ) -> int:
-  """The command, callable in-process; returns the exit status (0 done, 3 requests left).
+  """The command, callable in-process; returns the exit status (0 done, 3 requests left);
+  ModelNotServed if the server answered 404 for the model.
 
   Order matters: credentials checked, requests built (reads the dataset only), THEN the run lock
   taken, the run directory checked against these requests, and only then anything written in
@@ -200,20 +208,17 @@ def generate(
   with RunDir(out) as rd:
     todo = rd.check(reqs, info)
     write_jsonl(req_path, reqs)
-    print(f"{len(reqs)} requests -> {req_path}", file=sys.stderr)
+    log.info("%d requests -> %s", len(reqs), req_path)
     if requests_only:
       return 0
     if import_batch_output:
       n = rd.import_records(batch_output_to_records(import_batch_output), reqs, info)
-      print(
-        f"imported {n['imported']} answers into {out / 'results.jsonl'} ({json.dumps(n)})",
-        file=sys.stderr,
+      log.info(
+        "imported %d answers into %s (%s)", n["imported"], out / "results.jsonl", json.dumps(n)
       )
       return 0
     if not todo:
-      print(
-        f"all {len(reqs)} requests already answered in {out / 'results.jsonl'}", file=sys.stderr
-      )
+      log.info("all %d requests already answered in %s", len(reqs), out / "results.jsonl")
       return 0
     from inference.backends import make_backend
 
@@ -227,25 +232,21 @@ def generate(
         max_consecutive_failures=config.client.max_consecutive_failures,
         progress=progress,
       )
-  print(json.dumps(redact(summary), indent=1), file=sys.stderr)
+  log.info("this run: %s", json.dumps(redact(summary), indent=1))
   if summary["remaining"] and summary["failure_reasons"].get("http_404"):
-    print(not_found_404(config, summary), file=sys.stderr)  # a rerun cannot help
-    return 2
+    raise ModelNotServed(not_found_404(config, summary))
   if summary["remaining"]:
-    print(
-      f"{summary['remaining']} requests not done; rerun the same command to finish", file=sys.stderr
-    )
+    log.warning("%d requests not done; rerun the same command to finish", summary["remaining"])
     return 3
   return 0
 
 
 def main(argv) -> None:
-  import logging
-
   from absl import flags
 
   for name in ("httpx", "httpx2"):  # the openai client's transport logs one INFO line per request
     logging.getLogger(name).setLevel(logging.WARNING)
+  logging.getLogger("cikg_jax").setLevel(logging.INFO)  # this project's progress lines
   from ml_collections import config_flags
 
   f = flags.FLAGS
@@ -257,7 +258,7 @@ def main(argv) -> None:
       import_batch_output=f.import_batch_output,
       progress=not f.no_progress,
     )
-  except (RunDirError, CredentialError) as exc:  # refused: one line, nothing written
+  except (RunDirError, CredentialError, ModelNotServed) as exc:  # one line; a rerun cannot help
     print(f"error: {redact(str(exc))}", file=sys.stderr)
     sys.exit(2)
   except (files.DataFormatError, FileNotFoundError) as exc:  # bad data: the trainer's one line

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Sequence
 
+from cikg_jax import rundir
 from inference.history import last_titles
 from inference.prompts import PromptTemplate
 
@@ -77,17 +77,12 @@ def build_requests(
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping]) -> int:
-  """Write rows atomically (tmp file + rename); returns the count."""
+  """Write rows atomically and durably (rundir.write_atomic); returns the count."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  n = 0
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-      n += 1
-  os.replace(tmp, path)
-  return n
+  lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+  rundir.write_atomic(str(path), "".join(lines))
+  return len(lines)
 
 
 def read_jsonl(path: str | Path) -> Iterator[Dict]:

@@ -7,8 +7,9 @@ Files in the run directory:
   manifest.json   what was run (model, revision, endpoints, sampling, seed, template hash) and
                   per-run counts, finish reasons and timings.
 A run killed at any point loses only answers still in flight; a partial last line (killed mid-write)
-is cut off on the next open. A lock file keeps two runners off the same directory; take it
-(`RunDir`) before writing anything there.
+is cut off on the next open. A lock on the directory keeps two runners off it; take it (`RunDir`)
+before writing anything there. Locking, the fsynced writes and the configuration diff are the
+run-directory library's (cikg_jax.rundir), shared with training and the experiment runner.
 
 A resume must ask exactly what the stored answers answer: the recorded configuration
 (FINGERPRINT_KEYS: model, template, prompt settings incl. domain and n_items, sampling, dataset,
@@ -23,10 +24,9 @@ never sees a credential).
 from __future__ import annotations
 
 import collections
-import fcntl
+import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 import statistics
 import threading
@@ -35,25 +35,12 @@ from typing import Dict, Iterable, List, Optional
 
 from tqdm import tqdm
 
+from cikg_jax import rundir
 from inference.redact import redact
 from inference.requests import read_jsonl, request_sha256
 
-
-class RunDirError(RuntimeError):
-  """The run directory holds results of a different configuration, or is in use."""
-
-
-def _repair_tail(path: Path) -> int:
-  """Cut a partial last line (a write interrupted by a kill); returns the bytes removed."""
-  if not path.exists() or path.stat().st_size == 0:
-    return 0
-  with open(path, "rb+") as f:
-    data = f.read()
-    if data.endswith(b"\n"):
-      return 0
-    keep = data.rfind(b"\n") + 1
-    f.truncate(keep)
-    return len(data) - keep
+# The run directory holds results of a different configuration, is in use, or cannot be written.
+RunDirError = rundir.RunError
 
 
 class ResultStore:
@@ -62,7 +49,7 @@ class ResultStore:
   def __init__(self, path: Path):
     self.path = Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    self.repaired_bytes = _repair_tail(self.path)
+    self.repaired_bytes = rundir.repair_tail(self.path)
     self.done: Dict[str, Dict] = {}
     if self.path.exists():
       try:
@@ -76,7 +63,7 @@ class ResultStore:
           "answers file is damaged; delete or repair that line to keep the other answers, or "
           f"{_FRESH}"
         ) from None
-    self._f = open(self.path, "a", encoding="utf-8")
+    self._log = rundir.AppendLog(self.path, ensure_ascii=False)
 
   def add(self, record: Dict) -> bool:
     """Append a successful record unless its custom_id is already done; True if written."""
@@ -87,21 +74,12 @@ class ResultStore:
       **redact({k: v for k, v in record.items() if k != "text"}),
       **({"text": record["text"]} if "text" in record else {}),
     }
-    self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    self._f.flush()
-    os.fsync(self._f.fileno())
+    self._log.append(record)
     self.done[cid] = record
     return True
 
   def close(self) -> None:
-    self._f.close()
-
-
-def append_line(path: Path, record: Dict) -> None:
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(json.dumps(redact(record), ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+    self._log.close()
 
 
 # What decides the requests (and so the answers) of a run. `prompt` is config.prompt (template,
@@ -136,54 +114,19 @@ def fingerprint(info: Dict) -> str:
   return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _flatten(d, prefix=""):
-  if isinstance(d, dict):
-    out = {}
-    for k, v in d.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
-    return out or {prefix[:-1]: {}}
-  return {prefix[:-1]: d}
-
-
 def fingerprint_diff(recorded: Dict, now: Dict) -> List[str]:
-  """`key: recorded -> now` for every fingerprint field that differs (nested fields dotted)."""
-  a, b = _flatten(fingerprint_fields(recorded)), _flatten(fingerprint_fields(now))
-  out = []
-  for k in sorted(set(a) | set(b)):
-    if a.get(k, "(not recorded)") != b.get(k, "(not recorded)"):
-      out.append(
-        f"{k}: {_short(a.get(k, '(not recorded)'))} -> {_short(b.get(k, '(not recorded)'))}"
-      )
-  return out
-
-
-def _short(v, n: int = 60) -> str:
-  s = repr(v)
-  return s if len(s) <= n else s[: n - 3] + "..."
+  """`key recorded -> now` for every fingerprint field that differs (nested fields dotted)."""
+  return rundir.differences(
+    rundir.flatten(fingerprint_fields(recorded)), rundir.flatten(fingerprint_fields(now))
+  )
 
 
 def _write_json(path: Path, obj: Dict) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(redact(obj), indent=2, sort_keys=True, default=str))
-  os.replace(tmp, path)
+  rundir.write_json(path, redact(obj), sort_keys=True)
 
 
 def finish_reason_counts(records: Iterable[Dict]) -> Dict[str, int]:
   return dict(collections.Counter(str(r.get("finish_reason")) for r in records))
-
-
-class _Lock:
-  def __init__(self, path: Path):
-    self.f = open(path, "a")  # "a": taking the lock changes nothing on disk
-    try:
-      fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      self.f.close()
-      raise RunDirError(f"{path}: another generation run holds this directory") from None
-
-  def release(self) -> None:
-    fcntl.flock(self.f, fcntl.LOCK_UN)
-    self.f.close()
 
 
 _FRESH = "start fresh with another --config.out_dir (or move this directory away)"
@@ -212,17 +155,26 @@ class RunDir:
 
   def __init__(self, run_dir: str | Path):
     self.path = Path(run_dir)
-    self._lock: Optional[_Lock] = None
+    self._lock: Optional[contextlib.ExitStack] = None
     self.repaired_bytes = 0
 
   def __enter__(self) -> "RunDir":
     self.path.mkdir(parents=True, exist_ok=True)
-    self._lock = _Lock(self.path / ".lock")
+    lock = contextlib.ExitStack()
+    # Nothing is written to take the lock: a refused run leaves the directory as it was.
+    lock.enter_context(
+      rundir.hold(
+        str(self.path),
+        holder="generation run",
+        hint="wait for it, stop it, or use another --config.out_dir",
+      )
+    )
+    self._lock = lock
     return self
 
   def __exit__(self, *exc) -> None:
     if self._lock is not None:
-      self._lock.release()
+      self._lock.close()
       self._lock = None
 
   @property
@@ -366,7 +318,13 @@ def _run_locked(
   state = {"ok": 0, "failed": 0, "streak": 0, "aborted": None, "tokens": 0}
   reasons: collections.Counter = collections.Counter()
   latencies: List[float] = []
-  bar = tqdm(total=len(todo), disable=not progress, unit="req", dynamic_ncols=True, desc="generate")
+  bar = tqdm(  # on a terminal only (disable=None), as the trainer's
+    total=len(todo),
+    disable=None if progress else True,
+    unit="req",
+    dynamic_ncols=True,
+    desc="generate",
+  )
   t0 = time.monotonic()
 
   def emit(rec: Dict) -> None:
@@ -381,7 +339,9 @@ def _run_locked(
       state["failed"] += 1
       state["streak"] += 1
       reasons[rec.get("error", "unknown")] += 1
-      append_line(run_dir / "failures.jsonl", {**rec, "time": time.time()})
+      rundir.append_line(
+        run_dir / "failures.jsonl", redact({**rec, "time": time.time()}), ensure_ascii=False
+      )
       if state["streak"] >= max_consecutive_failures and not stop.is_set():
         state["aborted"] = f"{state['streak']} consecutive failures (last: {rec.get('error')})"
         stop.set()
@@ -450,14 +410,11 @@ def load_results(run_dir: str | Path) -> Dict[str, Dict]:
   if not path.exists():
     raise FileNotFoundError(f"{path}: no results; run `python -m inference.generate` first")
   out: Dict[str, Dict] = {}
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.endswith("\n"):
-        break  # partial last line of an interrupted run
-      if line.strip():
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:
-          raise ValueError(f"{path}:{line_no}: not valid JSON") from None
-        out.setdefault(row["custom_id"], row)
+  for line_no, line in enumerate(rundir.complete_lines(path), 1):  # not a torn last line
+    if line.strip():
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        raise ValueError(f"{path}:{line_no}: not valid JSON") from None
+      out.setdefault(row["custom_id"], row)
   return out

@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from cikg_jax import cli_help
+from cikg_jax import cli_help, rundir
 from inference.parse import parse_interests
 from inference.requests import uid_of
 from inference.runner import load_results
@@ -223,22 +223,29 @@ def max_entity_id(dataset_dir: Path) -> int:
 def write_outputs(
   s: Structured, phrases_by_user: Mapping[int, Sequence[str]], out_dir: Path
 ) -> None:
+  """Each file whole or not at all (rundir.write_atomic): a killed run never leaves the trainer a
+  cut interest file."""
   out_dir.mkdir(parents=True, exist_ok=True)
-  with open(out_dir / "user_interest_clustered.txt", "w") as f:
-    f.writelines(f"{u} {i}\n" for u, i in s.pairs)
-  with open(out_dir / "interest_clusters.tsv", "w") as f:
-    f.write("interest_id\tusers\trows\ttypical_phrases\n")
-    for iid in sorted(s.clusters):
-      c = s.clusters[iid]
-      f.write(
-        f"{iid}\t{c['users']}\t{c['rows']}\t"
-        + "; ".join(f"{p} ({n})" for p, n in c["phrases"])
-        + "\n"
-      )
-  with open(out_dir / "user_phrases.jsonl", "w") as f:
-    for u in sorted(phrases_by_user):
-      f.write(json.dumps({"uid": u, "phrases": list(phrases_by_user[u])}) + "\n")
-  (out_dir / "stats.json").write_text(json.dumps(s.stats, indent=2))
+  rundir.write_atomic(
+    str(out_dir / "user_interest_clustered.txt"), "".join(f"{u} {i}\n" for u, i in s.pairs)
+  )
+  rows = ["interest_id\tusers\trows\ttypical_phrases\n"]
+  for iid in sorted(s.clusters):
+    c = s.clusters[iid]
+    rows.append(
+      f"{iid}\t{c['users']}\t{c['rows']}\t"
+      + "; ".join(f"{p} ({n})" for p, n in c["phrases"])
+      + "\n"
+    )
+  rundir.write_atomic(str(out_dir / "interest_clusters.tsv"), "".join(rows))
+  rundir.write_atomic(
+    str(out_dir / "user_phrases.jsonl"),
+    "".join(
+      json.dumps({"uid": u, "phrases": list(phrases_by_user[u])}) + "\n"
+      for u in sorted(phrases_by_user)
+    ),
+  )
+  rundir.write_json(str(out_dir / "stats.json"), s.stats)
 
 
 DEFAULT_KAPPA = {"dbbook2014": 550, "book-crossing": 250, "ml1m": 550}

@@ -4,6 +4,7 @@ budget-paused runs out of the results) and the results renderer (docs/results.md
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from cikg_jax import rundir
 from experiments import main_table, render, runner, user_knowledge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +96,25 @@ def test_runner_does_not_record_a_run_paused_by_the_deadline(tmp_path):
     log=lambda s: None,
   )
   assert late["not_started"] == 1
+
+
+def test_a_second_runner_on_a_study_is_refused_before_training(tmp_path):
+  results, runs_dir = str(tmp_path / "results"), str(tmp_path / "runs")
+  r = FakeRun("toy", "m-valid", "cikgrec", (), 1)
+  os.makedirs(os.path.join(results, "s"))
+  with rundir.hold(os.path.join(results, "s"), holder="experiment runner", hint="wait"):
+    with pytest.raises(rundir.RunError, match=r"results/s is in use by another experiment runner"):
+      runner.run_grid([("s", r)], results_dir=results, runs_dir=runs_dir, log=lambda s: None)
+  assert not os.path.exists(os.path.join(runs_dir, r.name))  # nothing was trained
+  assert runner.run_grid([("s", r)], results_dir=results, runs_dir=runs_dir)["done"] == 1
+
+
+def test_runner_progress_goes_to_the_log_not_stdout(tmp_path, capsys, caplog):
+  caplog.set_level(logging.INFO, logger="cikg_jax")
+  r = FakeRun("toy", "m-valid", "cikgrec", (), 1)
+  runner.run_grid([("s", r)], results_dir=str(tmp_path / "res"), runs_dir=str(tmp_path / "runs"))
+  assert capsys.readouterr().out == ""
+  assert f"[s] start {r.name}" in caplog.text and f"[s] done {r.name}" in caplog.text
 
 
 def test_study_definitions_share_runs_by_name_and_command():
@@ -261,7 +282,9 @@ def test_every_study_runs_in_quick_mode(tmp_path):
     timeout=1800,
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert "'failed': 0" in proc.stdout and "'done': 0" not in proc.stdout, proc.stdout[-3000:]
+  counts = json.loads(proc.stdout)  # the result on stdout; progress went to stderr
+  assert counts["failed"] == 0 and counts["done"] > 0, proc.stderr[-3000:]
+  assert "] start synthetic__" in proc.stderr
   for study in ("main_table", "user_knowledge", "ablations", "schedules", "kappa"):
     files = os.listdir(tmp_path / "results" / study)
     assert files and all(f.startswith("synthetic__") for f in files), (study, files)
@@ -321,6 +344,7 @@ def test_main_table_quick_trains_on_an_imported_dataset(tmp_path):
     timeout=1800,
     env=dict(os.environ, CIKG_DATA_DIR=str(tmp_path / "data")),
   )
-  assert proc.returncode == 0 and "'failed': 0" in proc.stdout, proc.stdout[-3000:]
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads(proc.stdout)["failed"] == 0, proc.stderr[-3000:]
   done = os.listdir(tmp_path / "results" / "main_table")
   assert len(done) == 8 and all(f.startswith("mydata__") for f in done), done

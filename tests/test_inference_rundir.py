@@ -4,6 +4,7 @@ is written, so a refused second runner leaves the first one's files alone (item 
 
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 import shutil
@@ -81,7 +82,7 @@ def test_dataset_switch_on_a_finished_dir_is_refused(data, server, tmp_path):
   before = snapshot(out)
   with pytest.raises(
     RunDirError,
-    match=r"another configuration \(dataset: 'tiny' -> 'tiny_b'\).*another --config.out_dir",
+    match=r'another configuration \(dataset "tiny" -> "tiny_b"\).*another --config.out_dir',
   ):
     generate.generate(config(data, out, url, dataset="tiny_b"), progress=False)
   assert snapshot(out) == before
@@ -125,7 +126,8 @@ def test_changed_data_files_under_the_same_config_are_refused(data, server, tmp_
   assert snapshot(out) == before
 
 
-def test_a_larger_limit_resumes_and_the_shortcut_follows_the_check(data, server, tmp_path, capsys):
+def test_a_larger_limit_resumes_and_the_shortcut_follows_the_check(data, server, tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="cikg_jax")
   state, url = server()
   out = tmp_path / "run"
   generate.generate(config(data, out, url, limit=5), progress=False)
@@ -133,7 +135,7 @@ def test_a_larger_limit_resumes_and_the_shortcut_follows_the_check(data, server,
   m = json.loads((out / "manifest.json").read_text())
   assert m["runs"][-1]["already_done"] == 5 and m["done"] == 12 and state.answered == 12
   assert generate.generate(config(data, out, url, limit=8), progress=False) == 0
-  assert "all 8 requests already answered" in capsys.readouterr().err
+  assert "all 8 requests already answered" in caplog.text
 
 
 def test_import_batch_output_is_checked_and_hashed(data, server, tmp_path):
@@ -218,7 +220,7 @@ def test_legacy_answers_are_kept_only_when_the_recorded_configuration_matches(tm
   b = Backend()
   s = run_generation(reqs(4), b, tmp_path, INFO, progress=False)  # same fingerprint: kept
   assert b.seen == ["user-3"] and s["already_done"] == 3
-  with pytest.raises(RunDirError, match=r"prompt.n_items: 30 -> 5"):
+  with pytest.raises(RunDirError, match=r"prompt.n_items 30 -> 5"):
     run_generation(reqs(4), Backend(), tmp_path, {**INFO, "prompt": {"n_items": 5}}, progress=False)
   legacy_manifest = json.loads((tmp_path / "manifest.json").read_text())
   del legacy_manifest["prompt"]  # an old manifest: prompt only inside its config dump
@@ -285,7 +287,7 @@ def test_a_second_runner_is_refused_before_writing_anything(data, server, tmp_pa
       timeout=120,
     )
     assert first.poll() is None, "the first runner finished too early for this test"
-    assert second.returncode == 2 and "another generation run holds this directory" in second.stderr
+    assert second.returncode == 2 and "is in use by another generation run" in second.stderr
     assert (req.read_bytes(), req.stat().st_mtime_ns) == before
     assert not (out / "requests.jsonl.tmp").exists()
   finally:
@@ -310,7 +312,7 @@ def test_cli_refusal_is_one_line(data, server, tmp_path):
   err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
   assert (
     len(err) == 1
-    and "dataset: 'tiny' -> 'tiny_b'" in err[0]
+    and 'dataset "tiny" -> "tiny_b"' in err[0]
     and "another --config.out_dir" in err[0]
   )
   assert "Traceback" not in r.stderr and snapshot(out) == before

@@ -162,7 +162,7 @@ def test_two_runners_on_one_dir_are_refused(tmp_path):
   t.start()
   started.wait(5)
   try:
-    with pytest.raises(RunDirError, match="another generation run"):
+    with pytest.raises(RunDirError, match="in use by another generation run"):
       run_generation(reqs(1), FakeBackend(), tmp_path, INFO, progress=False)
   finally:
     release.set()

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 import pytest
 
+from cikg_jax import rundir
 from experiments import runner, tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +65,17 @@ def test_read_curve_ignores_a_torn_line(tmp_path):
   )
   assert tune.read_curve(str(p)) == [0.5, 0.7]
   assert tune.read_curve(str(tmp_path / "none.jsonl")) == []
+
+
+def test_a_second_tuner_on_a_study_is_refused_before_it_runs_anything(tmp_path):
+  tuning, runs = tmp_path / "tuning", tmp_path / "runs"
+  tuning.mkdir()
+  with tune.study_lock(str(tuning / "synthetic__lightgcn.journal")):
+    with pytest.raises(rundir.RunError, match=r"synthetic__lightgcn.journal is in use by another "):
+      tune.tune("synthetic", "lightgcn", trials=1, tuning_dir=str(tuning), runs_dir=str(runs))
+  assert (tuning / "synthetic__lightgcn.journal").read_bytes() == b""
+  assert os.listdir(runs) == []  # no trial started
+  assert tune.report(str(tuning)).count("|") == 0  # an empty journal is no study
 
 
 def _study(tuning_dir, name="synthetic__lightgcn"):

@@ -10,4 +10,5 @@
 `make_backend(config)` builds the one a config names.
 """
 
-from inference.backends.base import Backend, make_backend  # noqa: F401
+from inference.backends.base import Backend  # noqa: F401
+from inference.backends.factory import make_backend  # noqa: F401
