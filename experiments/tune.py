@@ -244,7 +244,7 @@ class Objective:
               trial.set_user_attr("epochs", epoch + 1)
               trial.set_user_attr("wall_seconds", time.time() - t0)
               raise optuna.TrialPruned()
-          reported = len(curve)
+          reported = max(reported, len(curve))  # a resumed run may rewrite its log
           if done:
             break
           if self.deadline and time.time() > self.deadline:
