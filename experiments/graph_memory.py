@@ -1,7 +1,8 @@
 """Per-device memory of the graph-parallel train step (config.parallel.mode "graph" /
 "data_graph") for a graph of any size, without the graph: the step is compiled for abstract
 inputs (shapes, dtypes, shardings) on simulated CPU devices and XLA's buffer assignment reports
-the bytes per device (arguments, temporaries, outputs). Next to it, the README's formula.
+the bytes per device (arguments, temporaries, outputs). Next to it, the formula of
+docs/scaling.md.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python experiments/graph_memory.py \\
       --nodes=100_000_000 --edges=2_000_000_000 --dim=64 --devices=8 --model=lightgcn
@@ -56,7 +57,7 @@ def operator_edges(edges: int, nodes: int, ui_share: float, model_name: str):
 
 
 def formula(nodes, op_edges, dim, devices, batch, model_name, layers, backend):
-  """The README's per-device bytes (float32 and int32: 4 bytes)."""
+  """docs/scaling.md's per-device bytes (float32 and int32: 4 bytes), with the all_gather."""
   rows = -(-nodes // devices)
   block = rows * dim * 4  # one (N/D, d) float32 block
   per_edge = 24  # senders, receivers, weight, pair + the bcsr transpose's indices and permutation
@@ -100,6 +101,15 @@ def main(argv=None):
   p.add_argument(
     "--remat", action="store_true", help="CIKGRec: recompute views and UIR (config model.remat)"
   )
+  p.add_argument(
+    "--halo",
+    type=float,
+    default=0.0,
+    help="the halo exchange (config parallel.exchange=halo) with H = halo x B rows received "
+    "from each peer (the largest per-peer halo of a partition, as a share of a block's B rows; "
+    "experiments/partition_report.py measures it); 0: the all_gather",
+  )
+  p.add_argument("--out", default="", help="append the result as one JSON line to this file")
   args = p.parse_args(argv)
   n, d = args.nodes, args.dim
   c = base.get_config()
@@ -139,17 +149,23 @@ def main(argv=None):
   n_padded = gp.padded_rows(n, n_graph)
   graph_sharding = jax.sharding.NamedSharding(mesh, P(gp.GRAPH))
 
+  block = n_padded // n_graph
+  halo = max(1, int(round(args.halo * block))) if args.halo > 0 else 0
+  n_cols = block + n_graph * halo if halo else n_padded  # the rows a block's senders index
+
   def abstract_op(e):
     per = -(-e // n_graph)
     arr = lambda size, dtype: jax.ShapeDtypeStruct((size,), dtype, sharding=graph_sharding)
     i32 = jnp.int32
     return gp.ShardedOperator(
+      send=arr(n_graph * n_graph * halo, i32) if halo else None,
+      halo=halo,
       senders=arr(n_graph * per, i32),
       receivers=arr(n_graph * per, i32),
       weight=arr(n_graph * per, jnp.float32),
       pair=arr(n_graph * per, i32),
       indptr=arr(n_graph * (n_padded // n_graph + 1), i32),
-      t_indptr=arr(n_graph * (n_padded + 1), i32),
+      t_indptr=arr(n_graph * (n_cols + 1), i32),
       t_indices=arr(n_graph * per, i32),
       t_perm=arr(n_graph * per, i32),
       n_nodes=n,
@@ -196,6 +212,8 @@ def main(argv=None):
   result = {
     "args": vars(args),
     "mesh": shape,
+    "halo_rows_per_peer": halo,
+    "sender_rows_per_layer": n_cols,
     "operator_edges": op_edges,
     "xla_per_device_GB": {k: round(v / GB, 3) for k, v in xla.items()},
     "formula_per_device_GB": {
@@ -206,6 +224,12 @@ def main(argv=None):
     },
   }
   print(json.dumps(result, indent=1))
+  if args.out:
+    from cikg_jax import host, rundir
+    from experiments import runner
+
+    record = dict(result, commit=runner.git_commit(), machine=host.machine())
+    rundir.append_line(args.out, record)
   return result
 
 
