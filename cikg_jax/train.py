@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -391,6 +392,18 @@ def _restore(config, workdir, state, best_params):
   return mgr, state, best_params, loop
 
 
+def summary_writer(workdir: str, **kwargs):
+  """A tensorboardX writer on a file of its own: tensorboardX names event files by the second and
+  host only, so a second writer opened within the same second would truncate the first's file."""
+  from tensorboardX import SummaryWriter
+
+  suffix = f".{os.getpid()}.{next(_EVENT_FILE_IDS)}"
+  return SummaryWriter(os.path.join(workdir, "tensorboard"), filename_suffix=suffix, **kwargs)
+
+
+_EVENT_FILE_IDS = itertools.count()
+
+
 class EpochWriter:
   """Every epoch's terms and metrics: a line of metrics.jsonl (on disk before the checkpoint
   that claims it), TensorBoard scalars, and a log line when no progress bar is shown."""
@@ -401,9 +414,7 @@ class EpochWriter:
     self.k = k  # the log line shows recall@k (eval.select_k)
     self.tb = None
     try:
-      from tensorboardX import SummaryWriter
-
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+      self.tb = summary_writer(workdir, flush_secs=30)
     except ImportError:
       log.warning("tensorboardX is not installed: no TensorBoard event files")
 
@@ -562,10 +573,10 @@ def write_final_scalars(workdir: str, results: Dict[str, Any]) -> None:
   """The best epoch's valid and test metrics as TensorBoard scalars `best/<split>/<metric>` at
   that epoch, next to the per-epoch curves (which hold the selection split only)."""
   try:
-    from tensorboardX import SummaryWriter
+    tb = summary_writer(workdir)
   except ImportError:
     return
-  with SummaryWriter(os.path.join(workdir, "tensorboard")) as tb:
+  with tb:
     for split in ("valid", "test"):
       for k, v in (results.get(split) or {}).items():
         if isinstance(v, (int, float)):

@@ -402,3 +402,23 @@ def test_readmes_tensorboard_command_reads_the_runs_curves_and_test_metrics(cli_
   assert p.returncode == 0, p.stderr[-2000:]
   for tag in ("valid/recall_20", "loss", "best/test/recall_20", "best/valid/ndcg_20"):
     assert f"   {tag}\n" in p.stdout, tag
+
+
+def test_tensorboard_writers_opened_in_one_second_keep_each_others_events(tmp_path, monkeypatch):
+  """tensorboardX names an event file by the second it was opened: the best-epoch scalars written
+  right after a short run must not truncate the run's per-epoch file."""
+  from tensorboardX import event_file_writer
+
+  monkeypatch.setattr(event_file_writer.time, "time", lambda: 1_700_000_000.25)
+  writer = train.EpochWriter(str(tmp_path), log_lines=False, k=20)
+  for epoch in range(3):
+    writer.write({"epoch": epoch, "loss": 1.0 / (epoch + 1)}, "valid")
+  writer.close()
+  train.write_final_scalars(str(tmp_path), {"best_epoch": 1, "valid": {"recall@20": 0.5}})
+  tb = tmp_path / "tensorboard"
+  steps = {}
+  for name in os.listdir(tb):
+    for event in _read_events(str(tb / name)):
+      for v in event.summary.value:
+        steps.setdefault(v.tag, set()).add(event.step)
+  assert steps == {"loss": {0, 1, 2}, "best/valid/recall_20": {1}}
