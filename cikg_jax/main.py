@@ -9,15 +9,16 @@ import os
 import sys
 import threading
 
-from cikg_jax import host
+from cikg_jax import runtime
 
-if not host.nvidia_gpu_visible():
-  host.set_xla_cpu_flags()  # before JAX creates its CPU client (cikg_jax/host.py)
+if not runtime.nvidia_gpu_visible():
+  runtime.set_xla_cpu_flags()  # before JAX creates its CPU client (cikg_jax/runtime.py)
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cikg_jax import checkpoint, config_rules, distributed, rundir, train
+from cikg_jax.parallel import distributed
+from cikg_jax.training import checkpoint, config_rules, rundir, train
 import configs
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "tiny.py")
@@ -157,9 +158,9 @@ def main(argv):
   _watch_stderr()
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   pylogging.getLogger("cikg_jax").setLevel(pylogging.INFO)  # this project's progress lines
-  host.keep_freed_memory()  # no page faults on the CPU step's large buffers (cikg_jax/host.py)
+  runtime.keep_freed_memory()  # no page faults on the CPU step's large buffers (cikg_jax/runtime.py)
   # one seed, one run on a GPU too (config.train.deterministic); before any device is touched
-  host.set_xla_gpu_deterministic(bool(FLAGS.config.train.get("deterministic", True)))
+  runtime.set_xla_gpu_deterministic(bool(FLAGS.config.train.get("deterministic", True)))
   try:
     config_rules.check(FLAGS.config)  # every value, before anything is allocated or written
   except config_rules.ConfigError as e:

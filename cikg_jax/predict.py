@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cikg_jax import checkpoint as ckpt
-from cikg_jax import cli_help, steps
+from cikg_jax import cli_help
 from cikg_jax.data import dataset as dataset_lib
 from cikg_jax.data import files
+from cikg_jax.training import checkpoint as ckpt
+from cikg_jax.training import steps
 
 
 class PredictError(ValueError):

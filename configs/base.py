@@ -28,7 +28,9 @@ def get_config(dataset: str = "dbbook2014"):
   c.seed = 2024
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "cikgrec"  # or a baseline: "lightgcn", "simgcl", "kgat" (cikg_jax/baselines.py)
+  c.model.name = (
+    "cikgrec"  # or a baseline: "lightgcn", "simgcl", "kgat" (cikg_jax/models/baselines.py)
+  )
   c.model.embed_dim = 64
   c.model.num_layers = 3
   c.model.add_self_loops = True
@@ -72,11 +74,11 @@ def get_config(dataset: str = "dbbook2014"):
   # data_graph only: the "data" axis size, a divisor of num_devices (0 = the largest <= sqrt)
   c.parallel.data_devices = 0
   # graph modes: how a propagation layer's sender rows reach each row block: "all_gather" (all
-  # rows to every device), "halo" (only the remote rows a block's edges read, cikg_jax/halo.py),
+  # rows to every device), "halo" (only the remote rows a block's edges read, cikg_jax/graphs/halo.py),
   # "auto" (the halo where it moves fewer rows than the all_gather: graphs with locality; on the
   # paper's small-world CIKGs it does not, docs/scaling.md)
   c.parallel.exchange = "all_gather"
-  # Several processes (hosts) in one run: cikg_jax/distributed.py, README "Several processes and
+  # Several processes (hosts) in one run: cikg_jax/parallel/distributed.py, README "Several processes and
   # hosts". Unset values come from the cluster environment (Slurm, Open MPI); one process needs none.
   c.parallel.coordinator_address = (
     ""  # host:port of process 0 ("" = JAX_COORDINATOR_ADDRESS/cluster)

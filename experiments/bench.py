@@ -1,6 +1,6 @@
 """Times the train step, the TransE step and full-ranking evaluation for a config, and where the
 step's time goes (per loss term, forward+backward). Warm-up (compilation) excluded; medians of
-several runs; prints one JSON object, with the machine it ran on (cikg_jax.host.machine: CPU
+several runs; prints one JSON object, with the machine it ran on (cikg_jax.runtime.machine: CPU
 model, vector extensions, cores, load averages, jax/jaxlib/torch versions).
 
   python experiments/bench.py --config=configs/dbbook2014.py [--config.model.backend=segment]
@@ -18,10 +18,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cikg_jax import host  # noqa: E402
+from cikg_jax import runtime  # noqa: E402
 
-if not host.nvidia_gpu_visible():
-  host.set_xla_cpu_flags()  # as cikg_jax/main.py: before JAX creates its CPU client
+if not runtime.nvidia_gpu_visible():
+  runtime.set_xla_cpu_flags()  # as cikg_jax/main.py: before JAX creates its CPU client
 
 from absl import app, flags, logging  # noqa: E402
 import jax  # noqa: E402
@@ -30,15 +30,11 @@ from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from cikg_jax import (  # noqa: E402
-  evaluation,
-  losses,
-  model,
-  steps,
-  train,
-)
-from cikg_jax import propagation as prop  # noqa: E402
+from cikg_jax import evaluation  # noqa: E402
 from cikg_jax.data import sampling  # noqa: E402
+from cikg_jax.graphs import propagation as prop  # noqa: E402
+from cikg_jax.models import cikgrec, losses  # noqa: E402
+from cikg_jax.training import steps, train  # noqa: E402
 from experiments import roofline, runner  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -78,7 +74,7 @@ import json, sys, time
 import torch
 sys.path.insert(0, {repo!r})
 from experiments.bench_release import build
-from cikg_jax import host
+from cikg_jax import runtime
 torch.set_num_threads(2)
 model, optimizer, (user, pos, neg), (ig, kg, cf, cikg) = build({release!r}, {dataset!r}, 2024)
 model.train()
@@ -92,7 +88,7 @@ def step():
   return float(loss.detach())
 step()
 print("ready " + json.dumps(dict(torch=torch.__version__, threads=torch.get_num_threads(),
-                                 machine=host.machine())), flush=True)
+                                 machine=runtime.machine())), flush=True)
 for _ in sys.stdin:
   t = time.perf_counter()
   step()
@@ -121,7 +117,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   step = jax.jit(steps.make_train_step(net, tx, steps.epoch_schedule(rate, 1)))
   key = jax.random.PRNGKey(1)
   out = {
-    "machine": host.machine(),
+    "machine": runtime.machine(),
     "commit": runner.git_commit(),
     "dataset": ds.name,
     "backend": net.backend,
@@ -147,7 +143,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   if compare and config.cl.weight > 0:
     # Alternating rounds in this process, medians of the round medians. Each variant is compiled
     # with jax.random's draws or the unrolled ones (propagation.uniform; the same values), XLA's
-    # default scheduler or the one host.set_xla_cpu_flags picks (the same values), and autodiff's
+    # default scheduler or the one runtime.set_xla_cpu_flags picks (the same values), and autodiff's
     # InfoNCE or the backend's default (the fused pass on CPU; equal to float32 rounding).
     args = (state, batch, key, graphs)
     autodiff = dict(fused=False)
@@ -181,7 +177,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
     epoch += out["kge_step_seconds_median"] * n_kge
   out["epoch_seconds_estimate"] = epoch
 
-  eval_sets = train.make_eval_sets(ds, config)
+  eval_sets = train.make_eval_sets(ds, config.eval.chunk_size)
   embed = steps.make_embed_fn(net)
   split = ds.selection
 
@@ -207,7 +203,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
     prof["bpr_fwd_bwd"] = grad_time(bpr)
     if config.cl.weight > 0:
       prof["cl_fwd_bwd"] = grad_time(cl)
-      stacked = model.with_stacked_views(graphs)
+      stacked = cikgrec.with_stacked_views(graphs)
       g_st = jax.jit(jax.grad(cl))
       prof["cl_fwd_bwd_stacked_views"] = _median_seconds(lambda: g_st(params, stacked), repeats)
     if config.uir.weight > 0:
@@ -226,7 +222,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
       out["terms"] = _term_table(
         config,
         net,
-        model.with_stacked_views(graphs),
+        cikgrec.with_stacked_views(graphs),
         params,
         batch,
         state,
@@ -303,7 +299,7 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
 
   views = graphs.ops["views"]
   sq = lambda f: jax.jit(jax.grad(lambda x, g: jnp.sum(f(x, g) ** 2)))
-  for v in model.CL_VIEWS:
+  for v in cikgrec.CL_VIEWS:
     f = sq(lambda x, g, v=v: prop.propagate(g.ops[v], x, 1, None, backend))
     add(f"view {v}: one layer", *spmm_cost(graphs.ops[v], 1), f, ego, graphs)
   f = sq(
@@ -311,11 +307,11 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
   )
   add(f"3 views stacked: {layers} layers", *spmm_cost(views, layers), f, ego, graphs)
   f = sq(
-    lambda x, g: sum(prop.propagate(g.ops[v], x, layers, None, backend) for v in model.CL_VIEWS)
+    lambda x, g: sum(prop.propagate(g.ops[v], x, layers, None, backend) for v in cikgrec.CL_VIEWS)
   )
   add(f"3 views separate: {layers} layers", *spmm_cost(views, layers), f, ego, graphs)
   noise = jax.jit(
-    lambda x, k: [model.simgcl_noise(k, config.cl.eps)(layer, x) for layer in range(layers)]
+    lambda x, k: [cikgrec.simgcl_noise(k, config.cl.eps)(layer, x) for layer in range(layers)]
   )
   add(
     f"SimGCL noise: {layers} draws of (n x d)",
@@ -328,7 +324,7 @@ def _term_table(config, net, graphs, params, batch, state, tx, repeats, roof):
   uniform = prop.uniform
   prop.uniform = jax.random.uniform  # read when traced: jax.random's rolled threefry loop
   noise_before = jax.jit(
-    lambda x, k: [model.simgcl_noise(k, config.cl.eps)(layer, x) for layer in range(layers)]
+    lambda x, k: [cikgrec.simgcl_noise(k, config.cl.eps)(layer, x) for layer in range(layers)]
   )
   jax.block_until_ready(noise_before(ego, jax.random.PRNGKey(3)))
   prop.uniform = uniform
@@ -452,7 +448,7 @@ def paired_with_release(config, release: str, release_python: str, pairs: int):
     server.wait()
   ratios = [r / m for m, r in zip(mine, theirs)]
   return {
-    "machine": host.machine(),
+    "machine": runtime.machine(),
     "release_torch": release_side["torch"],
     "release_threads": release_side["threads"],
     "commit": runner.git_commit(),
@@ -475,7 +471,7 @@ def paired_with_release(config, release: str, release_python: str, pairs: int):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  host.keep_freed_memory()  # as cikg_jax/main.py does
+  runtime.keep_freed_memory()  # as cikg_jax/main.py does
   if FLAGS.release:
     out = paired_with_release(FLAGS.config, FLAGS.release, FLAGS.release_python, FLAGS.pairs)
   else:

@@ -7,7 +7,7 @@ What is timed is the body of the release's train.py loop for one fixed mini-batc
 BPR forward, the cross-domain contrastive loss over its three views, the interest reconstruction,
 backward and the Adam step; graphs and model built exactly as train.py builds them. Warm-up step
 excluded; median of `--repeats`; `--threads` torch threads (2 = this machine). Prints one JSON,
-with the machine it ran on (cikg_jax.host.machine).
+with the machine it ran on (cikg_jax.runtime.machine).
 
   python experiments/bench_release.py --release=/tmp/cikg_release --dataset=book-crossing
 """
@@ -87,7 +87,7 @@ def main():
   import torch
 
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from cikg_jax import host  # reads files only: no jax in the release's Python
+  from cikg_jax import runtime  # reads files only: no jax in the release's Python
 
   torch.set_num_threads(args.threads)
   t0 = time.perf_counter()
@@ -121,7 +121,7 @@ def main():
   print(
     json.dumps(
       {
-        "machine": host.machine(),
+        "machine": runtime.machine(),
         "impl": "release",
         "dataset": args.dataset,
         "threads": args.threads,

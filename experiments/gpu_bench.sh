@@ -23,7 +23,7 @@ if ! python3 -c "import ml_collections, jraph, tensorboardX, torch_geometric" 2>
 fi
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 (nvidia-smi -L; python3 -c "import jax, flax, optax, torch; print(jax.__version__, flax.__version__, optax.__version__, torch.__version__, jax.devices())"
- python3 -c "import json; from cikg_jax import host, losses; print(json.dumps(host.machine())); print('info_nce fused:', losses.fused_info_nce())") > "$OUT/env.txt" 2>&1
+ python3 -c "import json; from cikg_jax import runtime; from cikg_jax.models import losses; print(json.dumps(runtime.machine())); print('info_nce fused:', losses.fused_info_nce())") > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 for cfg in dbbook2014 book_crossing ml1m lightgcn.py:dbbook2014; do
   file=configs/${cfg}; [[ $cfg == *:* ]] || file=configs/${cfg}.py

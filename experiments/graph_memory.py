@@ -32,8 +32,9 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cikg_jax import graph_parallel as gp  # noqa: E402
-from cikg_jax import model, steps  # noqa: E402
+from cikg_jax.models import cikgrec  # noqa: E402
+from cikg_jax.parallel import graph_parallel as gp  # noqa: E402
+from cikg_jax.training import steps
 from configs import base  # noqa: E402
 
 GB = 1e9
@@ -125,17 +126,17 @@ def main(argv=None):
     l2=c.train.l2,
   )
   if args.model == "lightgcn":
-    net = model.LightGCN(**common)
+    net = cikgrec.LightGCN(**common)
   else:
     u = c.uir
-    net = model.CIKGRec(
+    net = cikgrec.CIKGRec(
       **common,
       n_relations=64,
-      contrastive=model.Contrastive(c.cl.weight, c.cl.tau, c.cl.eps, args.cl_chunk),
-      reconstruction=model.Reconstruction(
+      contrastive=cikgrec.Contrastive(c.cl.weight, c.cl.tau, c.cl.eps, args.cl_chunk),
+      reconstruction=cikgrec.Reconstruction(
         u.weight, u.enc_layers, u.dec_layers, u.replace_rate, u.edge_drop, u.gamma
       ),
-      transe=model.TransE(True, c.kge.l2),
+      transe=cikgrec.TransE(True, c.kge.l2),
       remat=args.remat,
     )
   n_graph = args.devices // args.data_devices
@@ -181,7 +182,7 @@ def main(argv=None):
   else:
     ops["cikg_with_loops"] = ops["cikg"]
   replicated = jax.sharding.NamedSharding(mesh, P())
-  graphs = model.Graphs(
+  graphs = cikgrec.Graphs(
     ops=ops,
     interest_rows=jax.ShapeDtypeStruct((args.interests,), jnp.int32, sharding=replicated),
     n_users=n_users,
@@ -225,10 +226,11 @@ def main(argv=None):
   }
   print(json.dumps(result, indent=1))
   if args.out:
-    from cikg_jax import host, rundir
+    from cikg_jax import runtime
+    from cikg_jax.training import rundir
     from experiments import runner
 
-    record = dict(result, commit=runner.git_commit(), machine=host.machine())
+    record = dict(result, commit=runner.git_commit(), machine=runtime.machine())
     rundir.append_line(args.out, record)
   return result
 

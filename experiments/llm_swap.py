@@ -18,7 +18,7 @@ The training config comes through ml_collections' config flag, as for `python -m
 config's) sets config.dataset; `--data_dir` (default: config.data_dir, $CIKG_DATA_DIR,
 ../shared/data) config.data_dir.
 
-Uses `cikg_jax.train.train_and_evaluate(config, workdir)` with `config.interest_file` and
+Uses `cikg_jax.training.train.train_and_evaluate(config, workdir)` with `config.interest_file` and
 `config.model.use_interest_edges`. A variant whose workdir already holds results.json is not
 retrained. Interest files are read by the trainer's reader (`cikg_jax.data.files.read_pairs`), so a
 malformed one fails here with the trainer's one-line error. Writes a Markdown table (overall test
@@ -115,7 +115,7 @@ def run(
 ) -> List[Dict]:
   """Trains (or reuses) every variant of `config.dataset` from `config` (with its data_dir set)."""
   if train_fn is None:
-    from cikg_jax.train import train_and_evaluate as train_fn
+    from cikg_jax.training.train import train_and_evaluate as train_fn
   shipped = Path(config.data_dir) / config.dataset / "user_interest_clustered.txt"
   todo = parse_variants(variants)
   for _, path in todo:  # a malformed generated file fails now, not after the other variants trained

@@ -1,5 +1,5 @@
 """Per-block edges, halo and padding of a dataset's CIKG cut into row blocks for D devices, for
-each node order and cut of cikg_jax/partition.py: what an exchange of only the needed sender rows
+each node order and cut of cikg_jax/graphs/partition.py: what an exchange of only the needed sender rows
 would send per layer (the halo) against the whole-table gather the graph modes do today (N rows).
 
   python experiments/partition_report.py --config=configs/dbbook2014.py --devices=8
@@ -23,9 +23,9 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cikg_jax import graph as graph_lib  # noqa: E402
-from cikg_jax import partition  # noqa: E402
 from cikg_jax.data import dataset as dataset_lib  # noqa: E402
+from cikg_jax.graphs import cikg as graph_lib  # noqa: E402
+from cikg_jax.graphs import partition  # noqa: E402
 from experiments import runner  # noqa: E402
 
 FLAGS = flags.FLAGS

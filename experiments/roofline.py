@@ -1,7 +1,7 @@
 """This machine's roofline with the installed JAX build: peak matrix-product GFLOP/s (square and
 the InfoNCE shapes of a CIKGRec step), memory bandwidth in GB/s (a streaming read+write), the
 CSR propagation kernel's rate and the PRNG's. Medians of several runs; prints one JSON object
-with the machine (cikg_jax.host.machine).
+with the machine (cikg_jax.runtime.machine).
 
   python experiments/roofline.py [--repeats=7]
 """
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cikg_jax import host  # noqa: E402
+from cikg_jax import runtime  # noqa: E402
 
 
 def median_seconds(fn, *args, repeats=7):
@@ -81,7 +81,7 @@ def measure(r: int = 7) -> dict:
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--repeats", type=int, default=7)
-  out = {"machine": host.machine(), **measure(p.parse_args().repeats)}
+  out = {"machine": runtime.machine(), **measure(p.parse_args().repeats)}
   print(json.dumps(out, indent=2))
 
 

@@ -13,7 +13,7 @@ same command line over several studies):
 Runs are named `<dataset>__<variant>__s<seed>`. The same run (same name, same command) needed by two
 studies is trained once: a result found in another study's folder is copied. An interrupted run
 resumes from its checkpoints when the script is started again (the CLI resumes its work directory).
-Result files are written whole or not at all (cikg_jax.rundir), and a study's result folder is
+Result files are written whole or not at all (cikg_jax.training.rundir), and a study's result folder is
 locked while a runner fills it, so a second runner on it is refused instead of training the same
 runs twice. Progress goes to the log (stderr); the counts by outcome are the result (stdout).
 """
@@ -34,7 +34,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from cikg_jax import logs, rundir
+from cikg_jax import logs
+from cikg_jax.training import rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -29,7 +29,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cikg_jax import logs, rundir  # noqa: E402
+from cikg_jax import logs  # noqa: E402
+from cikg_jax.training import rundir
 from experiments import runner  # noqa: E402  (git_commit: HEAD, +dirty, CIKG_COMMIT)
 
 log = logging.getLogger("cikg_jax.experiments.scaling")
@@ -77,11 +78,12 @@ def worker(dataset: str, mode: str, devices: int, steps: int, overrides) -> dict
   import jax
   import numpy as np
 
-  from cikg_jax import host, train
-  from cikg_jax import steps as steps_lib
+  from cikg_jax import runtime
   from cikg_jax.data import sampling
+  from cikg_jax.training import steps as steps_lib
+  from cikg_jax.training import train
 
-  host.keep_freed_memory()
+  runtime.keep_freed_memory()
   config = config_for(dataset)
   config.parallel.mode = mode
   config.parallel.num_devices = devices
@@ -96,7 +98,9 @@ def worker(dataset: str, mode: str, devices: int, steps: int, overrides) -> dict
   ds, config, net, graphs = steps_lib.setup(config)
   tx, kge_tx = steps_lib.make_optimizers(config)
   state = steps_lib.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, config.kge.use)
-  trainer = train.make_trainer(net, graphs, ds, config, tx, kge_tx)
+  settings = steps_lib.step_settings(config, ds)
+  samplers = train.make_samplers(config, ds, settings.use_kge)
+  trainer = train.make_trainer(net, graphs, settings, tx, kge_tx, samplers)
   state = trainer.place(state)
   setup_seconds = time.perf_counter() - t0
   batches = sampling.bpr_epoch(
@@ -107,7 +111,7 @@ def worker(dataset: str, mode: str, devices: int, steps: int, overrides) -> dict
   for s in range(steps + 1):  # the first step compiles
     batch = trainer.shard({k: v[s % n_batches] for k, v in batches.items()})
     t = time.perf_counter()
-    state, terms = trainer.train_step(state, batch, jax.random.PRNGKey(s), graphs)
+    state, terms = trainer.train_step(state, batch, jax.random.PRNGKey(s), trainer.graphs)
     jax.block_until_ready(terms["loss"])
     times.append(time.perf_counter() - t)
   step = statistics.median(times[1:])

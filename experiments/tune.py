@@ -41,7 +41,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cikg_jax import logs, rundir  # noqa: E402
+from cikg_jax import logs  # noqa: E402
+from cikg_jax.training import rundir
 from experiments import runner  # noqa: E402
 
 logger = logging.getLogger("cikg_jax.experiments.tune")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Sequence
 
-from cikg_jax import rundir
+from cikg_jax.training import rundir
 from inference.history import last_titles
 from inference.prompts import PromptTemplate
 

@@ -9,7 +9,7 @@ Files in the run directory:
 A run killed at any point loses only answers still in flight; a partial last line (killed mid-write)
 is cut off on the next open. A lock on the directory keeps two runners off it; take it (`RunDir`)
 before writing anything there. Locking, the fsynced writes and the configuration diff are the
-run-directory library's (cikg_jax.rundir), shared with training and the experiment runner.
+run-directory library's (cikg_jax.training.rundir), shared with training and the experiment runner.
 
 A resume must ask exactly what the stored answers answer: the recorded configuration
 (FINGERPRINT_KEYS: model, template, prompt settings incl. domain and n_items, sampling, dataset,
@@ -35,7 +35,7 @@ from typing import Dict, Iterable, List, Optional
 
 from tqdm import tqdm
 
-from cikg_jax import rundir
+from cikg_jax.training import rundir
 from inference.redact import redact
 from inference.requests import read_jsonl, request_sha256
 

@@ -28,7 +28,8 @@ import warnings
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from cikg_jax import cli_help, rundir
+from cikg_jax import cli_help
+from cikg_jax.training import rundir
 from inference.parse import parse_interests
 from inference.requests import uid_of
 from inference.runner import load_results

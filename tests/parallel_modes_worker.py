@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import optax
 
-from cikg_jax import graph_parallel as gp
-from cikg_jax import steps, train
+from cikg_jax.parallel import graph_parallel as gp
+from cikg_jax.training import steps, train
 from configs import lightgcn, tiny
 
 MESHES = {

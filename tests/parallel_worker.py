@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import optax
 
-from cikg_jax import parallel, steps, train
+from cikg_jax.parallel import data_parallel
+from cikg_jax.training import steps, train
 from configs import tiny
 
 
@@ -37,9 +38,13 @@ def main(tmp):
     single, m1 = jax.jit(steps.make_train_step(net, opt, steps.epoch_schedule(rates, 1)))(
       s0, batch, key, graphs
     )
-    p_step, p_kge = parallel.make_steps(net, opt, kge_tx, steps.epoch_schedule(rates, 1), c.kge.use)
-    multi, m4 = p_step(parallel.replicate(s0, 4), parallel.shard_batch(batch, 4), key, graphs)
-    multi = parallel.unreplicate(multi)
+    p_step, p_kge = data_parallel.make_steps(
+      net, opt, kge_tx, steps.epoch_schedule(rates, 1), c.kge.use
+    )
+    multi, m4 = p_step(
+      data_parallel.replicate(s0, 4), data_parallel.shard_batch(batch, 4), key, graphs
+    )
+    multi = data_parallel.unreplicate(multi)
     out[name] = {
       "max_param_diff": max(
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
@@ -65,8 +70,8 @@ def main(tmp):
     "neg_tail": rng.integers(ds.n_nodes, size=256).astype(np.int32),
   }
   k1, _ = jax.jit(steps.make_kge_step(net, kge_tx))(state, kb)
-  k4, _ = p_kge(parallel.replicate(state, 4), parallel.shard_batch(kb, 4))
-  k4 = parallel.unreplicate(k4)
+  k4, _ = p_kge(data_parallel.replicate(state, 4), data_parallel.shard_batch(kb, 4))
+  k4 = data_parallel.unreplicate(k4)
   out["kge_max_param_change"] = float(
     np.max(
       np.abs(

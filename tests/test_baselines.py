@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cikg_jax import baselines, steps, train
 from cikg_jax.data import dataset as dataset_lib
+from cikg_jax.models import baselines
+from cikg_jax.training import steps, train
 from configs import kgat as kgat_config
 from configs import lightgcn as lightgcn_config
 from configs import simgcl as simgcl_config

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cikg_jax import config_rules, train
+from cikg_jax.training import config_rules, train
 from configs import base, kgat, simgcl, synthetic_large, tiny
 
 
@@ -60,7 +60,7 @@ def test_a_bad_value_is_refused_naming_its_key_before_the_workdir_is_made(
 def test_a_node_table_beyond_the_machines_memory_is_refused_before_allocation():
   import types
 
-  from cikg_jax import steps
+  from cikg_jax.training import steps
 
   ds = types.SimpleNamespace(
     path="/data/big", n_users=10**6, n_entities=4 * 10**6, n_interests=0, n_nodes=5 * 10**6

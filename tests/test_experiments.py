@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from cikg_jax import rundir
+from cikg_jax.training import rundir
 from experiments import main_table, render, runner, user_knowledge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

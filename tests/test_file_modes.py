@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cikg_jax import rundir
+from cikg_jax.training import rundir
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o077, 0o002])

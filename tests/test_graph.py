@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from cikg_jax import graph as graph_lib
 from cikg_jax.data import dataset as dataset_lib
+from cikg_jax.graphs import cikg as graph_lib
 from tests.test_data import _write
 
 
@@ -66,7 +66,7 @@ def test_dbbook_release_edge_counts(data_dir):
 def test_release_masks_the_interest_id_range(data_dir):
   import warnings
 
-  from cikg_jax import steps
+  from cikg_jax.training import steps
   from configs import book_crossing
 
   with warnings.catch_warnings():

@@ -1,4 +1,4 @@
-"""cikg_jax.halo: the exchange plan against numpy, and a propagation layer through the exchange on
+"""cikg_jax.graphs.halo: the exchange plan against numpy, and a propagation layer through the exchange on
 4 simulated devices against the dense product, value and gradient."""
 
 import os
@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from cikg_jax import halo
+from cikg_jax.graphs import halo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +70,7 @@ def test_bad_sender_ids_are_refused():
 WORKER = r"""
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
-from cikg_jax import halo
+from cikg_jax.graphs import halo
 rng = np.random.default_rng(1)
 d, block, dim = 4, 30, 5
 n = d * block

@@ -1,4 +1,4 @@
-"""experiments/llm_swap.py against a stand-in for cikg_jax.train.train_and_evaluate."""
+"""experiments/llm_swap.py against a stand-in for cikg_jax.training.train.train_and_evaluate."""
 
 import importlib.util
 import json

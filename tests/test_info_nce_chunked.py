@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cikg_jax import losses
+from cikg_jax.models import losses
 
 
 def _inputs(b=37, n=203, d=16, seed=0):
@@ -74,7 +74,7 @@ def test_no_batch_by_candidates_buffer():
 
 def test_cikgrec_loss_with_chunked_denominators(tmp_path):
   """config cl.chunk: CIKGRec's full loss and gradients equal the unchunked ones to rounding."""
-  from cikg_jax import steps
+  from cikg_jax.training import steps
   from configs import tiny
 
   c = tiny.get_config()

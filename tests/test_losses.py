@@ -2,7 +2,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cikg_jax import losses, schedules
+from cikg_jax.models import losses
+from cikg_jax.training import schedules
 
 
 def _sigmoid(x):

@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cikg_jax import graph as graph_lib
-from cikg_jax import model, steps
 from cikg_jax.data import dataset as dataset_lib
+from cikg_jax.graphs import cikg as graph_lib
+from cikg_jax.models import cikgrec
+from cikg_jax.training import steps
 from configs import tiny
 from tests.test_data import _write
 from tests.test_propagation import _dense_lightgcn as _layer_mean
@@ -54,7 +55,7 @@ def _norm(x):
 
 def test_choose_masked_rows_counts():
   for n, p, r in [(544, 0.05, 0.15), (381, 0.75, 0.15), (10, 0.5, 0.0), (7, 0.0, 0.2)]:
-    chosen, token, noise = model.choose_masked_rows(jax.random.PRNGKey(3), n, jnp.float32(p), r)
+    chosen, token, noise = cikgrec.choose_masked_rows(jax.random.PRNGKey(3), n, jnp.float32(p), r)
     k = int(np.floor(p * n + 1e-6))
     assert int(chosen.sum()) == k
     assert int(noise.sum()) == int(np.floor(r * k))
@@ -74,7 +75,7 @@ def test_uir_loss_against_numpy(setup, edge_drop):
   # The random draws, exactly as uir_loss makes them; the rest is recomputed densely.
   rows = np.asarray(graphs.interest_rows)
   k_choose, k_noise, k_drop = jax.random.split(key, 3)
-  chosen, token, noise = map(np.asarray, model.choose_masked_rows(k_choose, len(rows), rate, 0.5))
+  chosen, token, noise = map(np.asarray, cikgrec.choose_masked_rows(k_choose, len(rows), rate, 0.5))
   donors = rows[np.asarray(jax.random.randint(k_noise, rows.shape, 0, len(rows)))]
   assert int(n_masked) == 2 and noise.sum() == 1  # floor(0.67 * 3) rows
   ego = _ego(params)
@@ -83,7 +84,7 @@ def test_uir_loss_against_numpy(setup, edge_drop):
   x[rows[noise]] = ego[donors[noise]]
   n = ds.n_nodes
   if edge_drop > 0:  # drop edges, add self loops; the decoder uses the same graph
-    from cikg_jax import propagation as prop
+    from cikg_jax.graphs import propagation as prop
 
     op = prop.make_operator(gs["cikg_with_loops"])
     keep = np.asarray(prop.edge_keep_mask(op, k_drop, edge_drop))
@@ -128,7 +129,7 @@ def test_cl_loss_against_numpy(setup):
 
 def test_simgcl_noise_is_sign_aligned_with_norm_eps():
   e = jax.random.normal(jax.random.PRNGKey(0), (50, 8))
-  out = model.simgcl_noise(jax.random.PRNGKey(1), 0.1)(0, e)
+  out = cikgrec.simgcl_noise(jax.random.PRNGKey(1), 0.1)(0, e)
   delta = np.asarray(out - e)
   np.testing.assert_allclose(np.linalg.norm(delta, axis=1), 0.1, rtol=1e-5)
   assert np.all(np.sign(delta) == np.sign(np.asarray(e)))
@@ -206,7 +207,7 @@ def test_lightgcn_init_params_match_flax_init(setup):
   c.uir.weight = c.cl.weight = 0.0
   c.kge.use = False
   net = steps.create_model(c, ds)
-  assert type(net) is model.LightGCN
+  assert type(net) is cikgrec.LightGCN
   graphs = steps.make_graphs(gs, ds, c)
   params = assert_init_params_match_flax(net, jax.random.PRNGKey(0), graphs)
   assert params["node_embedding"]["embedding"].shape == (ds.n_nodes, 8)
@@ -218,7 +219,7 @@ def test_cikgrec_init_params_match_flax_init(setup):
   ds, c, gs, graphs, _ = setup
   assert c.uir.weight > 0 and c.cl.weight > 0 and c.kge.use
   net = steps.create_model(c, ds)
-  assert type(net) is model.CIKGRec
+  assert type(net) is cikgrec.CIKGRec
   batch, kge_batch = _toy_batches(ds)
 
   def touch_all(m, g, b, key, kb):

@@ -1,4 +1,4 @@
-"""Several processes training one run (cikg_jax/distributed.py): two local CPU processes over
+"""Several processes training one run (cikg_jax/parallel/distributed.py): two local CPU processes over
 127.0.0.1 (JAX's gloo collectives), one simulated device each, against one process with two
 devices; only process 0 writes; resume across processes; a refusal on process 0 stops both. The
 settings' sources (config, Slurm) are checked without processes."""
@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from cikg_jax import distributed
+from cikg_jax.parallel import distributed
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,8 +99,8 @@ def _results(workdir):
 
 def _final_state(workdir):
   """The last checkpoint's arrays, read with one process."""
-  from cikg_jax import checkpoint as ckpt
-  from cikg_jax import steps
+  from cikg_jax.training import checkpoint as ckpt
+  from cikg_jax.training import steps
 
   c = tiny.get_config()
   c.synthetic_dir = os.path.join(os.path.dirname(workdir), "data")
@@ -210,7 +210,7 @@ def test_damaged_latest_checkpoint_falls_back_across_processes(runs, tmp_path):
 
 
 _HOLDER = (
-  "import sys, time; from cikg_jax import rundir\n"
+  "import sys, time; from cikg_jax.training import rundir\n"
   "with rundir.locked(sys.argv[1]):\n"
   "  print('locked', flush=True); time.sleep(120)\n"
 )

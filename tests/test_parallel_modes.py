@@ -1,4 +1,4 @@
-"""config.parallel.mode "graph" and "data_graph" (cikg_jax/graph_parallel.py) against one device,
+"""config.parallel.mode "graph" and "data_graph" (cikg_jax/parallel/graph_parallel.py) against one device,
 on 4 simulated CPU devices in a subprocess (tests/parallel_modes_worker.py), plus the config,
 resume and random-draw rules in this process.
 
@@ -26,9 +26,9 @@ import jax
 import numpy as np
 import pytest
 
-from cikg_jax import graph_parallel as gp
-from cikg_jax import propagation as prop
-from cikg_jax import rundir, steps, train
+from cikg_jax.graphs import propagation as prop
+from cikg_jax.parallel import graph_parallel as gp
+from cikg_jax.training import rundir, steps, train
 from configs import base, simgcl, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +101,7 @@ def test_graph_modes_chunked_info_nce_equals_single_device(quick):
 
 
 def test_graph_modes_halo_exchange_equals_single_device(quick):
-  """Each block receives only the remote sender rows its edges read (cikg_jax/halo.py), through
+  """Each block receives only the remote sender rows its edges read (cikg_jax/graphs/halo.py), through
   every operator, dropout's degree draws included: the step equals one device's."""
   assert set(quick["step_halo"]) == {"graph3/sgd", "data2xgraph2/sgd"}
   for r in quick["step_halo"].values():
@@ -186,18 +186,20 @@ def test_graph_modes_two_epochs_match_single_device(full):
 # ---- in this process: config, resume, random draws, unsupported models --------------------------
 def test_parallel_settings_defaults_and_the_old_key():
   c = base.get_config()
-  assert steps.parallel_settings(c) == ("data", 1, 0)
+  assert steps.parallel_settings(c) == ("data", 1, 0, "all_gather")
   old = base.get_config()
   del old.parallel
-  assert steps.parallel_settings(old) == ("data", 1, 0)
+  assert steps.parallel_settings(old) == ("data", 1, 0, "all_gather")
   old.train.num_devices = 4  # a config from before config.parallel
-  assert steps.parallel_settings(old) == ("data", 4, 0)
+  assert steps.parallel_settings(old) == ("data", 4, 0, "all_gather")
   c.train.num_devices = 4  # an old config file on today's base: the old key still counts
-  assert steps.parallel_settings(c) == ("data", 4, 0)
+  assert steps.parallel_settings(c) == ("data", 4, 0, "all_gather")
   c.parallel.num_devices = 2
   with pytest.raises(ValueError, match="old name of parallel.num_devices"):
     steps.parallel_settings(c)
   c = base.get_config()
+  c.parallel.exchange = "halo"
+  assert steps.parallel_settings(c).exchange == "halo"
   c.parallel.mode = "model"
   with pytest.raises(ValueError, match="unknown parallel.mode"):
     steps.parallel_settings(c)
@@ -256,7 +258,8 @@ def test_graph_mode_refuses_the_baselines(tmp_path):
   ds, c, net, graphs = steps.setup(c)
   tx, kge_tx = steps.make_optimizers(c)
   with pytest.raises(ValueError, match="support .*not SimGCL.*parallel.mode=data"):
-    train.make_trainer(net, graphs, ds, c, tx, kge_tx)
+    settings = steps.step_settings(c, ds)
+    train.make_trainer(net, graphs, settings, tx, kge_tx, train.make_samplers(c, ds, False))
 
 
 def test_graph_mode_keeps_whole_graphs_off_the_devices(tmp_path):

@@ -1,9 +1,9 @@
-"""Node orders and row blocks (cikg_jax/partition.py) against brute-force counts."""
+"""Node orders and row blocks (cikg_jax/graphs/partition.py) against brute-force counts."""
 
 import numpy as np
 import pytest
 
-from cikg_jax import partition
+from cikg_jax.graphs import partition
 
 
 def _brute_stats(senders, receivers, owner, n_blocks):

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from cikg_jax import predict, train
+from cikg_jax import predict
 from cikg_jax.data import convert
+from cikg_jax.training import train
 from configs import base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cikg_jax import graph as graph_lib
-from cikg_jax import propagation as prop
+from cikg_jax.graphs import cikg as graph_lib
+from cikg_jax.graphs import propagation as prop
 
 
 def _random_graph(n=30, n_pairs=70, seed=0, loops=True):

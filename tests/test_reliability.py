@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cikg_jax import checkpoint as ckpt
-from cikg_jax import rundir, steps, train
+from cikg_jax.training import checkpoint as ckpt
+from cikg_jax.training import rundir, steps, train
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,7 +159,7 @@ def test_resume_false_starts_afresh(runs, tmp_path):
 
 # ---- 2. the lock -------------------------------------------------------------------------------
 _HOLDER = (
-  "import sys, time; from cikg_jax import rundir\n"
+  "import sys, time; from cikg_jax.training import rundir\n"
   "with rundir.locked(sys.argv[1]):\n"
   "  print('locked', flush=True); time.sleep(120)\n"
 )
@@ -808,7 +808,7 @@ def test_sigkill_between_the_last_checkpoint_and_results_json(runs, tmp_path):
   assert _main(f"--workdir={straight}", *flags).returncode == 0
   dies_at_results = (
     "import os, runpy, signal, sys\n"
-    "from cikg_jax import rundir\n"
+    "from cikg_jax.training import rundir\n"
     "real = rundir.write_json\n"
     "def write_json(path, obj):\n"
     "  if path.endswith('results.json'):\n"

@@ -4,7 +4,7 @@ the same loss and gradients as keeping their layers."""
 import jax
 import numpy as np
 
-from cikg_jax import steps
+from cikg_jax.training import steps
 from configs import tiny
 
 

@@ -5,7 +5,8 @@ import copy
 import json
 import os
 
-from cikg_jax import host, train
+from cikg_jax import runtime
+from cikg_jax.training import train
 from configs import tiny
 
 
@@ -27,12 +28,12 @@ def test_two_runs_of_one_seed_are_identical(tmp_path):
 
 def test_gpu_deterministic_flag_only_where_a_gpu_is(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
-  monkeypatch.setattr(host, "nvidia_gpu_visible", lambda: False)
-  assert host.set_xla_gpu_deterministic(True) == "--xla_foo=1"
-  monkeypatch.setattr(host, "nvidia_gpu_visible", lambda: True)
-  assert host.set_xla_gpu_deterministic(False) == "--xla_foo=1"
+  monkeypatch.setattr(runtime, "nvidia_gpu_visible", lambda: False)
+  assert runtime.set_xla_gpu_deterministic(True) == "--xla_foo=1"
+  monkeypatch.setattr(runtime, "nvidia_gpu_visible", lambda: True)
+  assert runtime.set_xla_gpu_deterministic(False) == "--xla_foo=1"
   assert os.environ["XLA_FLAGS"] == "--xla_foo=1"
-  host.set_xla_gpu_deterministic(True)
+  runtime.set_xla_gpu_deterministic(True)
   assert os.environ["XLA_FLAGS"] == "--xla_foo=1 --xla_gpu_deterministic_ops=true"
   monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")  # the user's choice wins
-  assert host.set_xla_gpu_deterministic(True) == "--xla_gpu_deterministic_ops=false"
+  assert runtime.set_xla_gpu_deterministic(True) == "--xla_gpu_deterministic_ops=false"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cikg_jax import rundir
+from cikg_jax.training import rundir
 from inference import runner as llm_runner
 
 

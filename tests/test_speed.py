@@ -13,14 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cikg_jax import graph as graph_lib
-from cikg_jax import host, losses, model, steps, train
-from cikg_jax import propagation as prop
+from cikg_jax import runtime
 from cikg_jax.data import sampling
+from cikg_jax.graphs import cikg as graph_lib
+from cikg_jax.graphs import propagation as prop
+from cikg_jax.models import cikgrec, losses
+from cikg_jax.training import steps, train
 from configs import tiny
 
 
-def _unstacked(graphs: model.Graphs) -> model.Graphs:
+def _unstacked(graphs: cikgrec.Graphs) -> cikgrec.Graphs:
   return graphs.replace(ops={k: v for k, v in graphs.ops.items() if k != "views"})
 
 
@@ -71,12 +73,12 @@ def test_edge_mask_bernoulli_and_noise_equal_the_jax_random_draws():
   np.testing.assert_array_equal(np.asarray(prop.edge_keep_mask(op, key, 0.2)), np.asarray(want))
   e = jnp.asarray(rng.standard_normal((50, 8)), jnp.float32)
   np.testing.assert_array_equal(
-    np.asarray(model.DENSE.bernoulli(key, 1 - 0.1, e)),
+    np.asarray(cikgrec.DENSE.bernoulli(key, 1 - 0.1, e)),
     np.asarray(jax.random.bernoulli(key, 1 - 0.1, e.shape)),
   )
   u = jax.random.uniform(jax.random.fold_in(key, 2), e.shape)
   want = e + jnp.sign(e) * losses.l2_normalize(u) * 0.1
-  np.testing.assert_array_equal(np.asarray(model.simgcl_noise(key, 0.1)(2, e)), np.asarray(want))
+  np.testing.assert_array_equal(np.asarray(cikgrec.simgcl_noise(key, 0.1)(2, e)), np.asarray(want))
 
 
 def test_train_step_equals_the_one_with_jax_random_draws(tmp_path, monkeypatch):
@@ -114,11 +116,11 @@ def test_memory_optimized_scheduler_computes_the_same_bits(tmp_path):
 
 def test_set_xla_cpu_flags_keeps_the_users_choice(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --x=1")
-  assert host.set_xla_cpu_flags() == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --x=1"
+  assert runtime.set_xla_cpu_flags() == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --x=1"
   monkeypatch.delenv("XLA_FLAGS")
-  flags = host.set_xla_cpu_flags()
+  flags = runtime.set_xla_cpu_flags()
   assert flags == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
-  assert host.set_xla_cpu_flags() == flags  # idempotent
+  assert runtime.set_xla_cpu_flags() == flags  # idempotent
 
 
 # ---- the fused InfoNCE pass (the CPU default) --------------------------------------------------
@@ -284,7 +286,7 @@ def test_stacked_product_equals_separate_products_exactly():
 def test_loss_and_gradients_match_separate_views(tmp_path, views):
   ds, config, net, graphs = steps.setup(_tiny(tmp_path, views))
   assert "views" not in graphs.ops  # opt-in
-  graphs = model.with_stacked_views(graphs)
+  graphs = cikgrec.with_stacked_views(graphs)
   tx, kge_tx = steps.make_optimizers(config)
   state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, config.kge.use)
   batches = sampling.bpr_epoch(
@@ -321,7 +323,7 @@ def test_short_training_matches_separate_views(tmp_path, monkeypatch):
   make, stacked = steps.make_graphs, []
 
   def make_stacked(*a):
-    stacked.append(model.with_stacked_views(make(*a)))
+    stacked.append(cikgrec.with_stacked_views(make(*a)))
     return stacked[-1]
 
   monkeypatch.setattr(steps, "make_graphs", make_stacked)
@@ -390,11 +392,11 @@ def test_short_training_matches_previous_info_nce(tmp_path, monkeypatch):
 def test_keep_freed_memory_is_idempotent():
   import platform
 
-  host.restore_malloc_defaults()
-  first = host.keep_freed_memory()
+  runtime.restore_malloc_defaults()
+  first = runtime.keep_freed_memory()
   if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
     assert first is True  # mallopt is there and accepted the settings
-  assert host.keep_freed_memory() is first  # a second call changes nothing and says the same
+  assert runtime.keep_freed_memory() is first  # a second call changes nothing and says the same
 
 
 _CPUINFO = """processor\t: 0
@@ -413,7 +415,7 @@ model name\t: something else
 def test_machine_names_the_cpu_its_vector_units_and_the_versions(tmp_path):
   path = tmp_path / "cpuinfo"
   path.write_text(_CPUINFO)
-  m = host.machine(str(path))
+  m = runtime.machine(str(path))
   assert m["cpu_model"] == "Intel(R) Xeon(R) Platinum 8480+"
   assert m["cpu_id"] == "GenuineIntel 6 143 8"
   assert m["vector_extensions"] == [
@@ -432,8 +434,8 @@ def test_machine_names_the_cpu_its_vector_units_and_the_versions(tmp_path):
   assert 1 <= m["cpus_usable"] <= m["logical_cpus"]
   if os.path.exists("/proc/loadavg"):
     assert len(m["loadavg"]) == 3 and all(x >= 0 for x in m["loadavg"])
-  assert host.cpu_class("AMD EPYC", ["avx", "avx2", "fma"]) == "AMD EPYC, AVX2"
-  assert host.machine(str(tmp_path / "missing"))["vector_extensions"] == []
+  assert runtime.cpu_class("AMD EPYC", ["avx", "avx2", "fma"]) == "AMD EPYC, AVX2"
+  assert runtime.machine(str(tmp_path / "missing"))["vector_extensions"] == []
   json.dumps(m)  # goes into result files as it is
 
 
@@ -465,7 +467,7 @@ def test_side_by_side_results_name_the_machine_and_the_release_torch(tmp_path):
   fake.write_text(_FAKE_RELEASE)
   paired = bench.paired_with_release(_tiny(tmp_path), str(tmp_path), f"{sys.executable} {fake}", 3)
   assert paired["release_torch"] == "0.0-fake" and paired["release_step_seconds"] == [0.5] * 3
-  assert paired["machine"]["cpu_class"] == host.machine()["cpu_class"]
+  assert paired["machine"]["cpu_class"] == runtime.machine()["cpu_class"]
   assert len(paired["loadavg_before"]) == 3
   assert paired["info_nce"] == ("fused" if jax.default_backend() == "cpu" else "autodiff")
   assert paired["ratio_median_of_pairs"] > 0

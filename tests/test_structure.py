@@ -1,5 +1,5 @@
 """The package's structure: the import graph among cikg_jax modules has no cycle (imports inside
-functions included), and the training library (cikg_jax/steps.py) is what training, data
+functions included), and the training library (cikg_jax/training/steps.py) is what training, data
 parallelism, prediction and the benchmarks build on."""
 
 import ast
@@ -107,29 +107,39 @@ def test_the_import_parser_sees_function_level_relative_and_cyclic_imports(tmp_p
 
 def test_cikg_jax_import_graph_has_no_cycle(graph):
   # the parse found the package's known edges, module-level and inside functions
-  assert "cikg_jax.steps" in graph["cikg_jax.train"]
-  assert "cikg_jax.model" in graph["cikg_jax.baselines"]
-  assert "cikg_jax.plots" in graph["cikg_jax.train"]  # imported inside _train
-  assert "cikg_jax.data.sampling" in graph["cikg_jax.baselines"]  # inside create_kgat
-  assert "cikg_jax.data.dataset" in graph["cikg_jax.steps"]
+  assert "cikg_jax.training.steps" in graph["cikg_jax.training.train"]
+  assert "cikg_jax.models.cikgrec" in graph["cikg_jax.models.baselines"]
+  assert "cikg_jax.training.plots" in graph["cikg_jax.training.train"]  # imported inside _train
+  assert "cikg_jax.data.sampling" in graph["cikg_jax.models.baselines"]  # inside create_kgat
+  assert "cikg_jax.data.dataset" in graph["cikg_jax.training.steps"]
   cycle = find_cycle(graph)
   assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
 @pytest.mark.parametrize(
   "path",
-  ["cikg_jax/train.py", "cikg_jax/parallel.py", "cikg_jax/predict.py", "experiments/bench.py"],
+  [
+    "cikg_jax/training/train.py",
+    "cikg_jax/parallel/data_parallel.py",
+    "cikg_jax/predict.py",
+    "experiments/bench.py",
+  ],
 )
 def test_training_prediction_and_benchmarks_build_on_steps(path):
   full = os.path.join(ROOT, path)
   module = path[:-3].replace("/", ".")
-  assert "cikg_jax.steps" in _imports(full, module, False), f"{path} does not import steps"
+  assert "cikg_jax.training.steps" in _imports(full, module, False), f"{path} does not import steps"
 
 
 def test_the_model_library_does_not_import_the_driver(graph):
   """model, baselines and steps are the library: they know neither the epoch loop, the command
   line nor prediction."""
-  driver = {"cikg_jax.train", "cikg_jax.main", "cikg_jax.predict", "cikg_jax.parallel"}
+  driver = {
+    "cikg_jax.training.train",
+    "cikg_jax.main",
+    "cikg_jax.predict",
+    "cikg_jax.parallel.data_parallel",
+  }
 
   def reach(m, seen):
     for n in graph.get(m, ()):
@@ -138,7 +148,7 @@ def test_the_model_library_does_not_import_the_driver(graph):
         reach(n, seen)
     return seen
 
-  for lib in ("cikg_jax.model", "cikg_jax.baselines", "cikg_jax.steps"):
+  for lib in ("cikg_jax.models.cikgrec", "cikg_jax.models.baselines", "cikg_jax.training.steps"):
     assert not reach(lib, set()) & driver, lib
 
 
@@ -164,10 +174,56 @@ def test_one_train_step_and_one_transe_step_for_every_mode():
     calls = _calls(path, ("value_and_grad", "grad", "apply_updates"))
     if calls:
       found[module] = calls
-  assert set(found) == {"cikg_jax.steps"}, found
-  assert sorted(name for _, name in found["cikg_jax.steps"]) == [
+  assert set(found) == {"cikg_jax.training.steps"}, found
+  assert sorted(name for _, name in found["cikg_jax.training.steps"]) == [
     "apply_updates",
     "apply_updates",
     "value_and_grad",
     "value_and_grad",
   ]
+
+
+def test_each_package_says_what_it_owns_and_no_module_sits_outside_them():
+  top = sorted(n for n in os.listdir(os.path.join(ROOT, PACKAGE)) if n.endswith(".py"))
+  assert top == [
+    "__init__.py",
+    "cli_help.py",
+    "evaluation.py",
+    "logs.py",
+    "main.py",
+    "predict.py",
+    "runtime.py",
+  ]
+  packages = [d for d in os.listdir(os.path.join(ROOT, PACKAGE)) if not d.startswith(("_", "."))]
+  packages = [d for d in packages if os.path.isdir(os.path.join(ROOT, PACKAGE, d))]
+  assert sorted(packages) == ["data", "graphs", "models", "parallel", "training"]
+  for d in packages:
+    with open(os.path.join(ROOT, PACKAGE, d, "__init__.py")) as f:
+      doc = ast.get_docstring(ast.parse(f.read()))
+    assert doc and len(doc) > 60, f"{d}/__init__.py has no docstring saying what it owns"
+
+
+# What reads the ConfigDict in the training loop's module: the entry point and the functions that
+# unpack it into typed settings. Everything else (the epoch, evaluation, the results record)
+# receives those settings.
+UNPACKERS = {
+  "train_and_evaluate",
+  "_prepare",
+  "_with_data_source",
+  "_train",
+  "loop_settings",
+  "results_settings",
+  "make_samplers",
+}
+
+
+def test_the_loop_receives_typed_settings_not_the_config():
+  with open(os.path.join(ROOT, PACKAGE, "training", "train.py")) as f:
+    tree = ast.parse(f.read())
+  readers = set()
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      names = {a.arg for a in node.args.args + node.args.kwonlyargs}
+      if "config" in names:
+        readers.add(node.name)
+  assert readers == UNPACKERS

@@ -3,8 +3,8 @@ every user in train and test, and Zipf-law degrees (rank-degree slope near -alph
 
 import numpy as np
 
-from cikg_jax import train
 from cikg_jax.data import dataset, synthetic_large
+from cikg_jax.training import train
 from configs import synthetic_large as large_config
 
 

@@ -5,9 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from cikg_jax import checkpoint as ckpt
-from cikg_jax import schedules, steps, train
 from cikg_jax.data import sampling
+from cikg_jax.training import checkpoint as ckpt
+from cikg_jax.training import schedules, steps, train
 from configs import lightgcn, tiny
 
 
@@ -75,7 +75,7 @@ def test_non_finite_loss_stops_with_clear_error_naming_epoch_and_step(tmp_path, 
   at the last finite step (the newest checkpoint holds the last good state) and nothing of the
   failed epoch is saved. (The config check refuses a NaN learning rate; it is bypassed here to
   reach the trainer's own check.)"""
-  from cikg_jax import config_rules
+  from cikg_jax.training import config_rules
 
   monkeypatch.setattr(config_rules, "check", lambda config: None)
   c = _tiny(tmp_path, max_epochs=3, lr=float("nan"))

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 import pytest
 
-from cikg_jax import rundir
+from cikg_jax.training import rundir
 from experiments import runner, tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

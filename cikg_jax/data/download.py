@@ -16,7 +16,8 @@ from typing import Dict, List
 import urllib.error
 import urllib.request
 
-from cikg_jax import cli_help, rundir
+from cikg_jax import cli_help
+from cikg_jax.training import rundir
 
 COMMIT = "4cd310f605e8857883a508170e6753dcb05c4e98"
 BASE_URL = f"https://raw.githubusercontent.com/laowangzi/CIKGRec/{COMMIT}/data"

@@ -29,7 +29,7 @@ if ROOT not in sys.path:
 
 import jax  # noqa: E402
 
-from cikg_jax import train  # noqa: E402
+from cikg_jax.training import train  # noqa: E402
 from configs import dbbook2014, lightgcn, tiny  # noqa: E402
 
 GOLDEN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden_values.json")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from cikg_jax import config_migration, schedules
+from cikg_jax.training import config_migration, schedules
 
 
 class ConfigError(ValueError):
@@ -70,7 +70,7 @@ WEIGHT, POSITIVE_NUMBER = _num(0.0), _num(0.0, lo_open=True)
 
 
 def _model_names() -> Tuple[str, ...]:
-  from cikg_jax import steps  # the model zoo; imported late (it pulls in JAX)
+  from cikg_jax.training import steps  # the model zoo; imported late (it pulls in JAX)
 
   return steps.NAMES
 

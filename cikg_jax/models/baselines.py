@@ -1,6 +1,6 @@
 """Baselines trained by CIKGRec's driver (same sampler, evaluation, early stopping, checkpoints):
 SimGCL (Yu et al., SIGIR 2022) and KGAT (Wang et al., KDD 2019), as Flax modules with the
-methods of cikg_jax/model.py's (`__call__`, `loss`, `kge_loss`, `init_params`), so the training
+methods of cikg_jax/models/cikgrec.py's (`__call__`, `loss`, `kge_loss`, `init_params`), so the training
 library need not know which model it runs. Every baseline owns its graph pytree: SimGCL the
 user-item graph, KGAT the collaborative knowledge graph with relation types. Node rows are the
 framework's `[users | items = first entities | other entities | interests]`; the table is sized
@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from cikg_jax import graph as graph_lib
-from cikg_jax import losses
-from cikg_jax import propagation as prop
-from cikg_jax.model import LightGCN, simgcl_noise, xavier
+from cikg_jax.graphs import cikg as graph_lib
+from cikg_jax.graphs import propagation as prop
+from cikg_jax.models import losses
+from cikg_jax.models.cikgrec import LightGCN, simgcl_noise, xavier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +263,7 @@ def load_pretrained_rows(path: str, n_users: int, n_items: int, dim: int) -> np.
   elif os.path.isdir(os.path.join(path, "checkpoints")):
     import orbax.checkpoint as ocp
 
-    from cikg_jax import checkpoint
+    from cikg_jax.training import checkpoint
 
     mgr = checkpoint.manager(path)
     step = mgr.latest_step()

@@ -1,6 +1,6 @@
 """Training driver: the epoch loop with early stopping on the selection split, per-epoch logging
 (metrics.jsonl, TensorBoard, a log line), checkpoints and exact resume. The model, the train
-state and the steps are the training library's (cikg_jax/steps.py)."""
+state and the steps are the training library's (cikg_jax/training/steps.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +19,13 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from cikg_jax import baselines, config_rules, distributed, evaluation, parallel, rundir, steps
-from cikg_jax import checkpoint as ckpt
-from cikg_jax import propagation as prop
+from cikg_jax import evaluation
 from cikg_jax.data import sampling
+from cikg_jax.graphs import propagation as prop
+from cikg_jax.models import baselines
+from cikg_jax.parallel import data_parallel, distributed
+from cikg_jax.training import checkpoint as ckpt
+from cikg_jax.training import config_rules, rundir, steps
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +81,48 @@ class LoopState:
     return cls(**{k: v for k, v in d.items() if k in known})
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  """What the epoch loop reads of a config, unpacked once (`loop_settings`)."""
+
+  seed: int
+  batch_size: int
+  max_epochs: int
+  min_epochs: int
+  patience: int  # epochs without a better selection score before stopping
+  max_seconds: float  # time budget of one invocation; 0: none
+  checkpoint: bool
+  checkpoint_every_seconds: float
+  plot: bool
+  ks: Tuple[int, ...]  # Recall/NDCG cut-offs
+  select_k: int  # the cut-off of the selection score
+  n_groups: int  # user-sparsity groups of the test metrics
+  eval_chunk: int  # users scored at once
+
+
+def loop_settings(config) -> LoopSettings:
+  t, e = config.train, config.eval
+  return LoopSettings(
+    seed=int(config.seed),
+    batch_size=int(t.batch_size),
+    max_epochs=int(t.max_epochs),
+    min_epochs=int(t.min_epochs),
+    patience=int(t.patience),
+    max_seconds=float(t.max_seconds or 0.0),
+    checkpoint=bool(t.checkpoint),
+    checkpoint_every_seconds=float(t.checkpoint_every_seconds),
+    plot=bool(t.plot),
+    ks=tuple(int(k) for k in e.ks),
+    select_k=int(e.select_k),
+    n_groups=int(e.n_groups),
+    eval_chunk=int(e.chunk_size),
+  )
+
+
 # ---- evaluation ------------------------------------------------------------------------------
-def make_eval_sets(ds, config) -> Dict[str, evaluation.EvalSet]:
+def make_eval_sets(ds, chunk_size: int) -> Dict[str, evaluation.EvalSet]:
   """Known items are excluded from ranking: training items, and for test also validation."""
-  c = config.eval.chunk_size
+  c = chunk_size
   sets = {
     "test": evaluation.make_eval_set(ds.test, [ds.train, ds.valid], ds.n_users, ds.n_items, c)
   }
@@ -95,16 +136,16 @@ def selection_score(metrics: Dict[str, float], k: int) -> float:
 
 
 def evaluate(
-  embeddings, eval_sets, selection: str, config, train_counts, loop: LoopState
+  embeddings, eval_sets, selection: str, settings: LoopSettings, train_counts, loop: LoopState
 ) -> Dict[str, float]:
   """Scores the selection split and, when it improves, the test split with its user groups
   (both from the same propagation); updates the loop's early-stopping state."""
-  ks = tuple(config.eval.ks)
+  ks = settings.ks
   sel_metrics, _ = evaluation.evaluate(*embeddings, eval_sets[selection], ks)
-  score = selection_score(sel_metrics, config.eval.select_k)
+  score = selection_score(sel_metrics, settings.select_k)
   if score > loop.best_score:
     test_metrics, groups = evaluation.evaluate_groups(
-      *embeddings, eval_sets["test"], ks, train_counts, config.eval.n_groups
+      *embeddings, eval_sets["test"], ks, train_counts, settings.n_groups
     )
     loop.best = {
       "valid": {},
@@ -158,8 +199,9 @@ def _raise_non_finite(where: str, workdir: str, mgr) -> None:
 class Trainer:
   """The wrapped steps and the host-side pieces of one run (one device, pmap or a mesh)."""
 
-  train_step: Any
+  train_step: Any  # (state, batch, key, graphs) -> (state, terms)
   kge_step: Any
+  graphs: Any  # the graphs in the layout the steps and `embed` take
   kge_sampler: Optional[sampling.KGESampler]
   sampler: sampling.NegativeSampler
   place: Any  # host state -> device layout
@@ -173,39 +215,42 @@ class Trainer:
   epoch_graphs: Any = None
 
 
-def make_trainer(net, graphs, ds, config, tx, kge_tx, settings=None) -> Trainer:
-  """The one train step and TransE step (steps.py) wrapped for config.parallel's mode: jax.jit on
-  one device, jax.pmap data parallelism ("data"), or jax.shard_map over a graph / data x graph
-  mesh with the row-sharded layout (graph_parallel.py). The steps are built from `settings`
-  (steps.step_settings; from `config` when not given), the config is read for the samplers."""
-  settings = steps.step_settings(config, ds) if settings is None else settings
-  mode, requested, data_devices = settings.parallel
-  n_devices = parallel.num_devices(requested)  # this process's
-  entry = baselines.MODELS.get(steps.model_name(config))
+def make_samplers(config, ds, use_kge: bool) -> Dict[str, Any]:
+  """The epoch's BPR sampler and, with TransE, its triple sampler (the model's own if it has
+  one): Trainer fields."""
   kge_sampler = None
-  if settings.use_kge:
+  if use_kge:
+    entry = baselines.MODELS.get(steps.model_name(config))
     kge_sampler = (
       entry.kge_sampler(ds, config)
       if entry is not None and entry.kge_sampler is not None
       else sampling.KGESampler(ds, config.views, config.kge.batch_size)
     )
-  samplers = dict(
+  return dict(
     kge_sampler=kge_sampler, sampler=sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
   )
+
+
+def make_trainer(net, graphs, settings: steps.StepSettings, tx, kge_tx, samplers) -> Trainer:
+  """The one train step and TransE step (steps.py) wrapped for the settings' parallel mode:
+  jax.jit on one device, jax.pmap data parallelism ("data"), or jax.shard_map over a graph /
+  data x graph mesh with the row-sharded layout (graph_parallel.py). `samplers`: make_samplers."""
+  mode, requested, data_devices, exchange = settings.parallel
+  n_devices = data_parallel.num_devices(requested)  # this process's
   if mode != "data" and distributed.process_count() > 1:
     raise ValueError(
       f"parallel.mode={mode!r} runs in one process; several processes run mode 'data'"
     )
   if mode != "data":
-    from cikg_jax import graph_parallel as gp
+    from cikg_jax.parallel import graph_parallel as gp
 
     shape = gp.mesh_shape(mode, n_devices, data_devices)
-    exchange = config.parallel.get("exchange", "all_gather")
     par = gp.GraphParallel(net, graphs, gp.make_mesh(shape), exchange)
     template = gp.state_template(net, tx, kge_tx, settings.use_kge)
     step = par.make_train_step(tx, settings.mask_rate, template)
     return Trainer(
-      train_step=gp.BoundGraphs(step, par.graphs),
+      train_step=step,
+      graphs=par.graphs,
       kge_step=par.make_kge_step(kge_tx, template) if settings.use_kge else None,
       place=par.place,
       host_view=par.host_view,
@@ -216,19 +261,20 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx, settings=None) -> Trainer:
       **samplers,
     )
   if n_devices > 1 or distributed.process_count() > 1:
-    train_step, kge_step = parallel.make_steps(
+    train_step, kge_step = data_parallel.make_steps(
       net, tx, kge_tx, settings.mask_rate, settings.use_kge
     )
     return Trainer(
       train_step=train_step,
       kge_step=kge_step,
+      graphs=graphs,
       # From host copies: the pmap refuses device arrays committed to one device, as orbax
       # restores them (a resumed run).
-      place=lambda tree: parallel.replicate(jax.device_get(tree), n_devices),
-      host_view=parallel.unreplicate,
-      shard=lambda b: parallel.shard_batch(distributed.local_rows(b), n_devices),
+      place=lambda tree: data_parallel.replicate(jax.device_get(tree), n_devices),
+      host_view=data_parallel.unreplicate,
+      shard=lambda b: data_parallel.shard_batch(distributed.local_rows(b), n_devices),
       n_devices=n_devices * distributed.process_count(),
-      epoch_graphs=_epoch_graphs(net, parallel.unreplicate),
+      epoch_graphs=_epoch_graphs(net, data_parallel.unreplicate),
       **samplers,
     )
   same = lambda tree: tree
@@ -237,6 +283,7 @@ def make_trainer(net, graphs, ds, config, tx, kge_tx, settings=None) -> Trainer:
     kge_step=(
       jax.jit(steps.make_kge_step(net, kge_tx), donate_argnums=0) if settings.use_kge else None
     ),
+    graphs=graphs,
     place=same,
     host_view=same,
     shard=same,
@@ -252,15 +299,24 @@ def _epoch_graphs(net, host_view):
 
 
 def run_epoch(
-  trainer: Trainer, state, graphs, ds, config, epoch: int, root_key, workdir, mgr, progress=None
+  trainer: Trainer,
+  state,
+  ds,
+  settings: LoopSettings,
+  epoch: int,
+  root_key,
+  workdir,
+  mgr,
+  progress=None,
 ):
   """The BPR mini-batches of one epoch, then its TransE batches; returns (state, mean terms).
   `progress(phase, done, total)`, if given, is told after each step."""
+  graphs = trainer.graphs
   if trainer.epoch_graphs is not None:
     graphs = trainer.epoch_graphs(state, graphs, epoch)
   epoch_key = jax.random.fold_in(root_key, epoch + 1)
   batches = sampling.bpr_epoch(
-    ds.train, trainer.sampler, config.train.batch_size, sampling.epoch_rng(config.seed, epoch)
+    ds.train, trainer.sampler, settings.batch_size, sampling.epoch_rng(settings.seed, epoch)
   )
   step_terms = []
   for b in range(batches["users"].shape[0]):
@@ -272,7 +328,7 @@ def run_epoch(
   _check_finite(step_terms, "loss", epoch, "training", workdir, mgr)
   terms = _mean_terms(step_terms)
   if trainer.kge_step is not None:
-    kbatches = trainer.kge_sampler.epoch(config.seed, epoch)
+    kbatches = trainer.kge_sampler.epoch(settings.seed, epoch)
     kge_terms = []
     for b in range(trainer.kge_sampler.steps):
       state, m = trainer.kge_step(state, trainer.shard({k: v[b] for k, v in kbatches.items()}))
@@ -294,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   identity (config and data, rundir.RESUMABLE_KEYS aside) matches; train.resume=False deletes it
   and starts afresh. One training at a time holds the workdir's lock.
 
-  With several processes (cikg_jax/distributed.py) every process calls this; process 0 alone
+  With several processes (cikg_jax/parallel/distributed.py) every process calls this; process 0 alone
   checks, locks and writes the workdir, and no process trains unless every one set up."""
   config_rules.check(config)  # before anything is read, allocated or written
   parallel_settings = steps.parallel_settings(config)
@@ -358,11 +414,11 @@ def _with_data_source(config, ds) -> Dict[str, Any]:
   return saved
 
 
-def _restore(config, workdir, state, best_params):
+def _restore(checkpoint: bool, workdir, state, best_params):
   """(manager, state, best params, loop state): from the newest good checkpoint whose epochs the
   metrics log holds, if any. Steps beyond the log (its lines torn or deleted) are replayed, so
   metrics.jsonl always holds exactly epochs 0..loop.epoch."""
-  mgr = ckpt.manager(workdir) if config.train.checkpoint else None
+  mgr = ckpt.manager(workdir) if checkpoint else None
   loop = LoopState()
   primary = distributed.is_primary()
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -454,19 +510,25 @@ class EpochWriter:
 
 
 def _train(config, workdir: str, ds, net, graphs, t_setup: float, parallel) -> Dict[str, Any]:
-  eval_sets = make_eval_sets(ds, config)
-  train_counts = np.bincount(ds.train[:, 0], minlength=ds.n_users)
-  selection = ds.selection
+  # the config is read here, once; the loop below sees typed settings only
+  run = loop_settings(config)
   settings = steps.step_settings(config, ds, parallel)
   tx, kge_tx = steps.make_optimizers(config)
-  root_key = jax.random.PRNGKey(config.seed)
+  trainer = make_trainer(
+    net, graphs, settings, tx, kge_tx, make_samplers(config, ds, settings.use_kge)
+  )
+  record = results_settings(config)
+
+  eval_sets = make_eval_sets(ds, run.eval_chunk)
+  train_counts = np.bincount(ds.train[:, 0], minlength=ds.n_users)
+  selection = ds.selection
+  root_key = jax.random.PRNGKey(run.seed)
   state = steps.create_train_state(
     jax.random.fold_in(root_key, 0), net, tx, kge_tx, settings.use_kge
   )
-  trainer = make_trainer(net, graphs, ds, config, tx, kge_tx, settings)
   embed = trainer.embed or steps.make_embed_fn(net)
   best_params = jax.tree_util.tree_map(jnp.copy, state.params)
-  mgr, state, best_params, loop = _restore(config, workdir, state, best_params)
+  mgr, state, best_params, loop = _restore(run.checkpoint, workdir, state, best_params)
   state = trainer.place(state)
   train_seconds_at_start = loop.train_seconds  # the time budget counts this invocation only
   setup_seconds = time.perf_counter() - t_setup
@@ -474,13 +536,13 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float, parallel) -> D
   last_save = time.perf_counter()
   primary = distributed.is_primary()  # the one process that writes and logs
   pbar = tqdm(
-    range(loop.epoch + 1, config.train.max_epochs),
+    range(loop.epoch + 1, run.max_epochs),
     desc=f"train {ds.name}",
     unit="epoch",
     dynamic_ncols=True,
     disable=None if primary else True,
   )
-  k = config.eval.select_k
+  k = run.select_k
   writer = EpochWriter(workdir, log_lines=pbar.disable, k=k) if primary else _NoWriter()
   try:
     for epoch in pbar:
@@ -488,17 +550,15 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float, parallel) -> D
         break
       t0 = time.perf_counter()
       progress = EpochProgress(epoch) if primary and pbar.disable else None
-      state, terms = run_epoch(
-        trainer, state, graphs, ds, config, epoch, root_key, workdir, mgr, progress
-      )
+      state, terms = run_epoch(trainer, state, ds, run, epoch, root_key, workdir, mgr, progress)
       jax.block_until_ready(state)
       t_train = time.perf_counter() - t0
       params = trainer.host_view(state.params)
       if not steps.all_finite(params):
         _raise_non_finite(f"parameters after epoch {epoch}", workdir, mgr)
       loop.epoch = epoch
-      embeddings = embed(params, graphs)  # one propagation serves both evaluations
-      sel_metrics = evaluate(embeddings, eval_sets, selection, config, train_counts, loop)
+      embeddings = embed(params, trainer.graphs)  # one propagation serves both evaluations
+      sel_metrics = evaluate(embeddings, eval_sets, selection, run, train_counts, loop)
       seconds = time.perf_counter() - t0
       loop.train_seconds += seconds
       loop.epoch_seconds.append(t_train)
@@ -516,21 +576,21 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float, parallel) -> D
         },
         selection,
       )
-      if loop.bad_epochs >= config.train.patience and epoch + 1 >= config.train.min_epochs:
+      if loop.bad_epochs >= run.patience and epoch + 1 >= run.min_epochs:
         loop.stop = EARLY_STOPPING
-      budget = config.train.max_seconds
+      budget = run.max_seconds
       spent = loop.train_seconds - train_seconds_at_start + setup_seconds
       if budget and spent >= budget and not loop.stop:
         loop.stop, loop.budget_seconds = BUDGET, float(budget)
         log.warning("stopping: time budget of %.0f s reached after epoch %d", budget, epoch)
-      due = time.perf_counter() - last_save >= config.train.checkpoint_every_seconds
+      due = time.perf_counter() - last_save >= run.checkpoint_every_seconds
       loop.train_step_compilations = _most(
         loop.train_step_compilations, _compilations(trainer.train_step)
       )
       loop, due = _decided_by_primary(loop, due)  # its clock decides the budget and the saves
       if loop.best_epoch == epoch:
         best_params = jax.tree_util.tree_map(jnp.copy, params)
-      last = bool(loop.stop) or epoch + 1 >= config.train.max_epochs
+      last = bool(loop.stop) or epoch + 1 >= run.max_epochs
       if mgr is not None and (last or due):
         # Epochs are pure functions of (state, seed, epoch): resuming from an older checkpoint
         # replays the same epochs, so saving every epoch buys nothing but I/O.
@@ -547,12 +607,12 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float, parallel) -> D
     pbar.close()  # before any error message, so that it is the last line
     writer.close()
   results = write_results(
-    workdir, config, ds, loop, trainer, best_params, setup_seconds, settings.parallel.mode
+    workdir, record, ds, loop, trainer, best_params, setup_seconds, settings.parallel.mode
   )
   if primary:
     write_final_scalars(workdir, results)
-  if primary and config.train.plot:
-    from cikg_jax import plots
+  if primary and run.plot:
+    from cikg_jax.training import plots
 
     plots.training_curves(writer.metrics_path, os.path.join(workdir, "curves.png"), selection)
   log.info(
@@ -560,7 +620,7 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float, parallel) -> D
     results["best_epoch"],
     "  ".join(
       f"{m}@{k} {results['test'].get(f'{m}@{k}', float('nan')):.4f}"
-      for k in config.eval.ks
+      for k in run.ks
       for m in ("recall", "ndcg")
     ),
     results["epochs_run"],
@@ -615,17 +675,31 @@ def _compilations(jitted) -> Optional[int]:
     return None
 
 
-def stop_reason(loop: LoopState, config) -> str:
+def stop_reason(loop: LoopState, patience: int) -> str:
   if loop.stop == BUDGET:
     return f"time budget of {loop.budget_seconds:.0f} s reached"
   if loop.stop == EARLY_STOPPING:
-    return f"early stopping (patience {config.train.patience})"
+    return f"early stopping (patience {patience})"
   return "max_epochs"
+
+
+class ResultsSettings(NamedTuple):
+  """What results.json records of a config."""
+
+  views: Any
+  patience: int
+  backend: str
+
+
+def results_settings(config) -> ResultsSettings:
+  return ResultsSettings(
+    config.views, int(config.train.patience), prop.resolve_backend(config.model.backend)
+  )
 
 
 def write_results(
   workdir,
-  config,
+  record: ResultsSettings,
   ds,
   loop: LoopState,
   trainer: Trainer,
@@ -637,11 +711,11 @@ def write_results(
   results = {
     "dataset": ds.name,
     "selection": ds.selection,
-    "views": config.views,
+    "views": record.views,
     "best_epoch": loop.best_epoch,
     "epochs_run": loop.epoch + 1,
     "stopped_early": bool(loop.stop),
-    "stop_reason": stop_reason(loop, config),
+    "stop_reason": stop_reason(loop, record.patience),
     "valid": loop.best.get("valid", {}),
     "test": loop.best.get("test", {}),
     "test_groups": loop.best.get("test_groups"),
@@ -652,7 +726,7 @@ def write_results(
     "train_step_compilations": _most(
       loop.train_step_compilations, _compilations(trainer.train_step)
     ),
-    "backend": prop.resolve_backend(config.model.backend),
+    "backend": record.backend,
     "devices": [str(d) for d in jax.devices()],
     "data_parallel_devices": trainer.n_devices,
     "processes": distributed.process_count(),

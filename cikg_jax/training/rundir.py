@@ -34,8 +34,8 @@ from typing import Callable, Iterator, List, Mapping, Optional
 
 import numpy as np
 
-# A stored identity is compared under today's key names (cikg_jax.config_migration).
-from cikg_jax.config_migration import canonical, flatten
+# A stored identity is compared under today's key names (cikg_jax.training.config_migration).
+from cikg_jax.training.config_migration import canonical, flatten
 
 IDENTITY_FILE = "identity.json"  # the requested config and the data's digest
 LOCK_FILE = "run.lock"  # a training's workdir: holds the PID of the training holding the lock

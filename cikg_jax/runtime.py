@@ -1,21 +1,16 @@
-"""Host-side settings: XLA:CPU flags, the allocator and XLA:GPU's deterministic mode; and the
-description of the machine that every speed figure records (`machine`).
+"""The process's runtime settings, applied before JAX starts: XLA:CPU's scheduler, the allocator
+and XLA:GPU's deterministic mode; and the description of the machine (`machine`) that every speed
+figure records.
 
-`set_xla_cpu_flags` picks XLA:CPU's memory-optimised instruction scheduler instead of the default,
-which on a CIKGRec step picks the concurrency-optimised one: that schedule runs independent
-kernels side by side, each of them already split over the cores, and on this project's 2-core VM
-the interleaved kernels compete for the cores and the caches (README "Speed": 1.1x on the
-book-crossing step). The memory-optimised schedule orders the same operations
-differently and assigns buffers differently; every value computed is the same bit for bit
-(tests/test_speed.py). It must run before JAX creates its CPU client (cikg_jax/main.py and
-experiments/bench.py call it first thing).
+`set_xla_cpu_flags` picks XLA:CPU's memory-optimised instruction scheduler. The default
+(concurrency-optimised) runs independent kernels side by side, each already split over the cores;
+on a machine with few cores they compete for the cores and caches (docs/speed.md). Every value
+computed is the same bit for bit (tests/test_speed.py). It must run before JAX creates its CPU
+client (cikg_jax/main.py and experiments/bench.py call it first).
 
-XLA:CPU allocates every step's buffers with malloc. glibc serves blocks above its mmap threshold
-(at most 32 MiB) with a fresh mmap and returns them on free, so each step touches new pages: in
-this project's VM a page fault costs microseconds, and a step whose (batch x candidates) logits and
-temporaries run to hundreds of MB spends more time faulting than computing (README "Speed":
-the 1024 x 9776 InfoNCE product ran at 12 GFLOP/s with the default, 42 with the settings below).
-`keep_freed_memory` makes glibc keep freed memory for reuse instead. It changes no value computed,
+`keep_freed_memory` makes glibc keep freed memory for reuse: by default blocks above its mmap
+threshold are returned on free, so each step touches fresh pages, and a step with hundreds of MB of
+temporaries spends more time in page faults than computing (docs/speed.md). It changes no value,
 only where buffers live; RSS stays near the peak instead of shrinking between steps.
 """
 

@@ -31,8 +31,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from cikg_jax import losses
-from cikg_jax import propagation as prop
+from cikg_jax.graphs import propagation as prop
+from cikg_jax.models import losses
 
 xavier = nn.initializers.xavier_uniform()
 

@@ -3,7 +3,7 @@ and the node table split by node-row blocks over the "graph" axis of a `jax.shar
 one train step (steps.train_step) of the model with the row-sharded layout run under
 `jax.shard_map`; in "data_graph" the mesh has a "data" axis too, over which each mini-batch is
 split as in the pmap data parallelism (parallel.py). This module holds only the layout (what
-model.Dense does on one array, done on a device's row block with collectives), the cut of the
+cikgrec.Dense does on one array, done on a device's row block with collectives), the cut of the
 operators and the placement; the propagation kernels, draws and losses are propagation.py's and
 losses.py's.
 
@@ -44,9 +44,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from cikg_jax import halo as halo_lib
-from cikg_jax import losses, model, steps
-from cikg_jax import propagation as prop
+from cikg_jax.graphs import halo as halo_lib
+from cikg_jax.graphs import propagation as prop
+from cikg_jax.models import cikgrec, losses
+from cikg_jax.training import steps
 
 GRAPH, DATA = "graph", "data"  # mesh axis names
 PAD_PAIR = -2  # pair id of a padding edge (-1: an added self loop, never dropped)
@@ -70,7 +71,7 @@ class ShardedOperator:
   t_indptr: jnp.ndarray
   t_indices: jnp.ndarray
   t_perm: jnp.ndarray
-  # halo exchange (cikg_jax/halo.py): D*H local row ids per device, what it sends each peer;
+  # halo exchange (cikg_jax/graphs/halo.py): D*H local row ids per device, what it sends each peer;
   # None: each layer all_gathers its input, and senders are global row ids
   send: Optional[jnp.ndarray]
   n_nodes: int = flax.struct.field(pytree_node=False)  # N, without padding
@@ -100,7 +101,7 @@ def shard_operator(op: prop.Operator, n_devices: int, exchange: str = "all_gathe
   """Cuts `op` (host or device arrays) into `n_devices` receiver blocks, in host memory.
 
   exchange: how a layer's input reaches the blocks: "all_gather" (every row to every device),
-  "halo" (each block receives only the remote rows its edges read, cikg_jax/halo.py), "auto"
+  "halo" (each block receives only the remote rows its edges read, cikg_jax/graphs/halo.py), "auto"
   (the halo where its buffer, B + D*H rows, is smaller than the Np rows of the all_gather)."""
   if exchange not in EXCHANGES:
     raise ValueError(f"unknown exchange {exchange!r}; choose from {EXCHANGES}")
@@ -174,11 +175,11 @@ def index_2x32(row, width: int, col):
   return hi + (lo2 < lo).astype(jnp.uint32), lo2
 
 
-# ---- the row-sharded layout (model.Dense's interface inside shard_map) --------------------------
+# ---- the row-sharded layout (cikgrec.Dense's interface inside shard_map) --------------------------
 @dataclasses.dataclass(frozen=True)
 class RowSharded:
   """This device's block of rows of every node-table-shaped array, inside shard_map over a mesh
-  with a "graph" axis of `n_devices` (model.Dense is the single-device version)."""
+  with a "graph" axis of `n_devices` (cikgrec.Dense is the single-device version)."""
 
   n_nodes: int
   n_devices: int
@@ -316,20 +317,22 @@ def _is_table(path) -> bool:
 
 
 def check_supported(net, graphs) -> None:
-  if type(net) not in (model.LightGCN, model.CIKGRec):
+  if type(net) not in (cikgrec.LightGCN, cikgrec.CIKGRec):
     raise ValueError(
       f"parallel.mode graph/data_graph support {SUPPORTED}, not {type(net).__name__}; run it "
       "with parallel.mode=data"
     )
   if "views" in graphs.ops:
-    raise ValueError("the stacked contrastive views (model.with_stacked_views) run only unsharded")
+    raise ValueError(
+      "the stacked contrastive views (cikgrec.with_stacked_views) run only unsharded"
+    )
 
 
 class GraphParallel:
   """A model's sharded graphs, placement of its state and its steps on a "graph" or
   "data" x "graph" mesh (module docstring)."""
 
-  def __init__(self, net, graphs: model.Graphs, mesh: Mesh, exchange: str = "all_gather"):
+  def __init__(self, net, graphs: cikgrec.Graphs, mesh: Mesh, exchange: str = "all_gather"):
     check_supported(net, graphs)
     check_random_bits()
     self.net, self.mesh, self.exchange = net, mesh, exchange
@@ -347,7 +350,7 @@ class GraphParallel:
   def sharding(self, spec) -> NamedSharding:
     return NamedSharding(self.mesh, spec)
 
-  def _place_graphs(self, graphs: model.Graphs) -> model.Graphs:
+  def _place_graphs(self, graphs: cikgrec.Graphs) -> cikgrec.Graphs:
     """Cuts and places every operator; ShardedOperators (placed, or abstract ones of
     jax.ShapeDtypeStruct for compiling only, experiments/graph_memory.py) are kept as they are."""
     built, ops = {}, {}
@@ -444,7 +447,7 @@ class GraphParallel:
     return jax.jit(fn, donate_argnums=0)
 
   def make_embed_fn(self):
-    """(host params, ignored graphs) -> (users, items): the propagated table computed on the mesh
+    """(host params, placed graphs) -> (users, items): the propagated table computed on the mesh
     (each device its rows), as steps.make_embed_fn computes it on one device."""
     local, nu, ni = self.local, self.net.n_users, self.net.n_items
 
@@ -457,30 +460,14 @@ class GraphParallel:
         out_specs=P(GRAPH),
       )(params, graphs)
 
-    def embed(params, graphs=None):
-      del graphs  # the sharded ones
-      out = propagated(self.place(params), self.graphs)
+    def embed(params, graphs):
+      out = propagated(self.place(params), graphs)
       return out[:nu], out[nu : nu + ni]
 
     return embed
 
 
-class BoundGraphs:
-  """A train step called as train.run_epoch calls one, (state, batch, key, graphs), that runs
-  with the mesh's sharded graphs in place of the driver's host-side ones."""
-
-  def __init__(self, step, graphs):
-    self.step, self.graphs = step, graphs
-
-  def __call__(self, state, batch, key, graphs=None):
-    del graphs
-    return self.step(state, batch, key, self.graphs)
-
-  def _cache_size(self) -> int:
-    return self.step._cache_size()
-
-
-def graphs_specs(graphs: model.Graphs):
+def graphs_specs(graphs: cikgrec.Graphs):
   return graphs.replace(
     ops={k: jax.tree_util.tree_map(lambda _: P(GRAPH), op) for k, op in graphs.ops.items()},
     interest_rows=P(),

@@ -7,7 +7,7 @@ whose previous step is intact, nor resume it with silently changed state: each s
 SHA-256 of its arrays and loop state, and restore falls back to the newest step that restores and
 matches its digest.
 
-With several processes (cikg_jax/distributed.py) every process calls `manager`, `save` and
+With several processes (cikg_jax/parallel/distributed.py) every process calls `manager`, `save` and
 `restore_latest` at the same points, as orbax's multi-process protocol requires (process 0, its
 primary host, writes; the others wait at its barriers). The replicated state goes to orbax as host
 numpy arrays there: a per-process device array is "host-local", which orbax refuses to save, and

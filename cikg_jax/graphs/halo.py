@@ -14,7 +14,7 @@ axis (chunk k of device o's rows goes to device k and lands as chunk o), the buf
 and those rows, then the edge block times the buffer. Autodiff transposes it all: all_to_all
 returns the received rows' cotangent to their owners, the gather scatter-adds it onto their rows.
 The buffer is B + D*H rows; with a node order that keeps neighbours together
-(cikg_jax.partition) H is far below B, and the buffer far below the Np rows of an all_gather.
+(cikg_jax.graphs.partition) H is far below B, and the buffer far below the Np rows of an all_gather.
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ def agree(
     if error is not None:
       raise error
     return
-  from cikg_jax import rundir
+  from cikg_jax.training import rundir
 
   key = _key(tag)
   client = _client()

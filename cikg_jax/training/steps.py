@@ -20,11 +20,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from cikg_jax import baselines, config_migration, model, rundir, schedules
-from cikg_jax import graph as graph_lib
-from cikg_jax import propagation as prop
 from cikg_jax.data import dataset as dataset_lib
 from cikg_jax.data import sampling
+from cikg_jax.graphs import cikg as graph_lib
+from cikg_jax.graphs import propagation as prop
+from cikg_jax.models import baselines, cikgrec
+from cikg_jax.training import config_migration, rundir, schedules
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ PARALLEL_MODES = ("data", "graph", "data_graph")  # config.parallel.mode (README
 
 
 def parallel_settings(config) -> "ParallelSettings":
-  """(mode, requested device count, requested "data" axis size) of a config: `config.parallel`,
+  """(mode, requested device count, requested "data" axis size, exchange) of a config:
+  `config.parallel`,
   or for configs from before it, `train.num_devices` (data parallelism). Missing keys take the
   values that reproduce runs from before them (config_migration.ADDED_KEYS)."""
   flat = config_migration.canonical(config_migration.flatten(rundir.plain(config)))
@@ -60,7 +62,10 @@ def parallel_settings(config) -> "ParallelSettings":
   if mode not in PARALLEL_MODES:
     raise ValueError(f"unknown parallel.mode {mode!r}; choose from {PARALLEL_MODES}")
   return ParallelSettings(
-    mode, int(flat["parallel.num_devices"]), int(flat["parallel.data_devices"])
+    mode,
+    int(flat["parallel.num_devices"]),
+    int(flat["parallel.data_devices"]),
+    str(flat["parallel.exchange"]),
   )
 
 
@@ -86,14 +91,14 @@ def create_model(config, ds) -> nn.Module:
     l2=config.train.l2,
   )
   if name == "lightgcn":
-    return model.LightGCN(**common)
-  return model.CIKGRec(
+    return cikgrec.LightGCN(**common)
+  return cikgrec.CIKGRec(
     **common,
     n_relations=sampling.kge_relation_count(ds, config.views),
-    contrastive=model.Contrastive(
+    contrastive=cikgrec.Contrastive(
       config.cl.weight, config.cl.tau, config.cl.eps, int(config.cl.get("chunk", 0))
     ),
-    reconstruction=model.Reconstruction(
+    reconstruction=cikgrec.Reconstruction(
       config.uir.weight,
       config.uir.enc_layers,
       config.uir.dec_layers,
@@ -101,7 +106,7 @@ def create_model(config, ds) -> nn.Module:
       config.uir.edge_drop,
       config.uir.gamma,
     ),
-    transe=model.TransE(bool(config.kge.use), config.kge.l2),
+    transe=cikgrec.TransE(bool(config.kge.use), config.kge.l2),
     remat=bool(config.model.get("remat", False)),
   )
 
@@ -120,7 +125,7 @@ def make_graphs(graphs, ds, config, on_device: Optional[bool] = None):
   if name == "cikgrec" and config.uir.weight > 0:
     needed += ["cikg_with_loops", "cikg_no_loops"]
   if name == "cikgrec" and config.cl.weight > 0:
-    needed += list(model.CL_VIEWS)
+    needed += list(cikgrec.CL_VIEWS)
   built = {}  # aliased graphs (e.g. cikg is cikg_with_loops) share one operator
   ops = {}
   for g_name in needed:
@@ -135,7 +140,7 @@ def make_graphs(graphs, ds, config, on_device: Optional[bool] = None):
     rows = ds.n_users + np.arange(ids.min(), ids.max() + 1)
   else:
     rows = ds.n_users + ds.connected_interest_ids()
-  return model.Graphs(
+  return cikgrec.Graphs(
     ops=ops,
     interest_rows=jnp.asarray(rows, jnp.int32) if on_device else np.asarray(rows, np.int32),
     n_users=ds.n_users,
@@ -247,6 +252,7 @@ class ParallelSettings(NamedTuple):
   mode: str  # PARALLEL_MODES
   num_devices: int  # requested; 0: every local device
   data_devices: int  # requested size of the "data" axis in "data_graph"; 0: chosen
+  exchange: str = "all_gather"  # graph modes: how a device reads the rows it does not hold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,7 +299,7 @@ def train_step(
   net: nn.Module, tx, mask_rate: Callable, shards, state: TrainState, batch, key, graphs
 ):
   """The one train step: BPR mini-batch loss and its terms, one optimizer update. Pure, and the
-  same for every mode: `net`'s layout says how the node table is held (model.Dense, or a device's
+  same for every mode: `net`'s layout says how the node table is held (cikgrec.Dense, or a device's
   row block, graph_parallel.RowSharded), `shards` (BatchShards or None) whether `batch` is a shard
   of the whole batch. The mask rate is `mask_rate(state.step)`. With shards, the whole batch's
   real-row count comes from a `psum`, so the shards' gradients and terms sum to the whole

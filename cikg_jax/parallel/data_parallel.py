@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cikg_jax import steps
+from cikg_jax.training import steps
 
 AXIS = "devices"
 
