@@ -1,7 +1,8 @@
 """Per-device memory of the graph-parallel train step (config.parallel.mode "graph" /
 "data_graph") for a graph of any size, without the graph: the step is compiled for abstract
 inputs (shapes, dtypes, shardings) on simulated CPU devices and XLA's buffer assignment reports
-the bytes per device (arguments, temporaries, outputs). Next to it, the formula of
+the bytes per device (arguments, temporaries, outputs), and the compiled program's collectives give
+the bytes each device receives per step (experiments/hlo_traffic.py). Next to them, the formula of
 docs/scaling.md.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python experiments/graph_memory.py \\
@@ -34,8 +35,9 @@ import numpy as np  # noqa: E402
 
 from cikg_jax.models import cikgrec  # noqa: E402
 from cikg_jax.parallel import graph_parallel as gp  # noqa: E402
-from cikg_jax.training import steps
+from cikg_jax.training import steps  # noqa: E402
 from configs import base  # noqa: E402
+from experiments import hlo_traffic  # noqa: E402
 
 GB = 1e9
 
@@ -203,6 +205,7 @@ def main(argv=None):
   batch["mask"] = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=batch_sharding)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
   compiled = step.lower(par.abstract_placed(template), batch, key, par.graphs).compile()
+  received = hlo_traffic.traffic(compiled.as_text(), args.devices)
   mem = compiled.memory_analysis()
   xla = {
     k: getattr(mem, f"{k}_size_in_bytes")
@@ -217,6 +220,14 @@ def main(argv=None):
     "sender_rows_per_layer": n_cols,
     "operator_edges": op_edges,
     "xla_per_device_GB": {k: round(v / GB, 3) for k, v in xla.items()},
+    # what one device receives per step (experiments/hlo_traffic.py), next to one all_gather of
+    # the whole (N, d) table, the unit the per-layer gather costs
+    "received_per_step_GB": {
+      "total": round(received["received_bytes"] / GB, 3),
+      **{k: round(v / GB, 3) for k, v in received["by_kind"].items()},
+    },
+    "collectives_per_step": received["count"],
+    "one_table_all_gather_GB": round(n_padded * d * 4 * (n_graph - 1) / n_graph / GB, 3),
     "formula_per_device_GB": {
       k: round(v / GB, 3)
       for k, v in formula(
