@@ -28,6 +28,12 @@ if __name__ == "__main__" and "--devices" in " ".join(sys.argv):  # before jax i
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n[0]}"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cikg_jax import runtime  # noqa: E402
+
+# XLA:CPU's memory-optimised scheduler, as training on a CPU uses (cikg_jax/runtime.py): the
+# default runs independent branches side by side and keeps more buffers alive at once.
+runtime.set_xla_cpu_flags()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
@@ -43,16 +49,16 @@ GB = 1e9
 
 
 def operator_edges(edges: int, nodes: int, ui_share: float, model_name: str):
-  """Directed edges of each distinct operator the model propagates over (graph.build_graphs,
-  paper views): LightGCN the CIKG with self loops; CIKGRec that, the CIKG without loops and the
-  three views (cf: user-item; interest: user-item + user-interest; kg: user-item + KG)."""
+  """Directed edges of each distinct operator the model propagates over (steps.make_graphs, paper
+  views): LightGCN the CIKG with self loops; CIKGRec that (its reconstruction, which drops edges,
+  uses the same operator) and the three views (cf: user-item; interest: user-item +
+  user-interest; kg: user-item + KG)."""
   ui = int(edges * ui_share)
   if model_name == "lightgcn":
     return {"cikg": edges + nodes}
   rest = edges - ui  # KG + user-interest, split evenly here
   return {
     "cikg": edges + nodes,
-    "cikg_no_loops": edges,
     "cf": ui,
     "interest": ui + rest // 2,
     "kg": ui + rest - rest // 2,
@@ -79,6 +85,26 @@ def formula(nodes, op_edges, dim, devices, batch, model_name, layers, backend):
     out["segment_messages"] = max(-(-e // devices) for e in op_edges.values()) * dim * 4
   out["total"] = sum(out.values())
   return out
+
+
+def distinct_bytes_per_device(tree, n_graph: int) -> int:
+  """Bytes one device holds of the arrays in `tree`, each distinct array (by identity) once:
+  leaves sharded over the "graph" axis count 1/n_graph of their size."""
+  seen, total = set(), 0
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if id(leaf) in seen or not hasattr(leaf, "shape"):
+      continue
+    seen.add(id(leaf))
+    size = int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    spec = getattr(getattr(leaf, "sharding", None), "spec", None)
+    sharded = (
+      spec is not None
+      and len(spec) > 0
+      and spec[0] is not None
+      and gp.GRAPH in (spec[0] if isinstance(spec[0], tuple) else (spec[0],))
+    )
+    total += size // n_graph if sharded else size
+  return total
 
 
 def main(argv=None):
@@ -179,10 +205,12 @@ def main(argv=None):
     )
 
   ops = {k: abstract_op(e) for k, e in op_edges.items()}
-  if args.model == "lightgcn":
-    ops = {"cikg": ops["cikg"]}
-  else:
+  if args.model == "cikgrec":  # the reconstruction drops edges of the CIKG with self loops
     ops["cikg_with_loops"] = ops["cikg"]
+  # as GraphParallel places them: receivers and pair ids only where the step reads them
+  needed = gp.edge_arrays_needed(net, ops)
+  lean = {id(op): op.replace(receivers=None, pair=None) for op in ops.values()}
+  ops = {k: op if id(op) in needed else lean[id(op)] for k, op in ops.items()}
   replicated = jax.sharding.NamedSharding(mesh, P())
   graphs = cikgrec.Graphs(
     ops=ops,
@@ -211,11 +239,16 @@ def main(argv=None):
     k: getattr(mem, f"{k}_size_in_bytes")
     for k in ("argument", "output", "alias", "temp", "generated_code")
   }
+  # XLA counts an array passed twice (the CIKG operator under two names) twice; a device holds it
+  # once
+  step_args = (par.abstract_placed(template), batch, key, par.graphs)
+  xla["argument_distinct"] = distinct_bytes_per_device(step_args, n_graph)
   # arguments and temporaries are live together; the donated state's outputs alias its inputs
-  xla["peak_estimate"] = xla["argument"] + xla["temp"] + xla["output"] - xla["alias"]
+  xla["peak_estimate"] = xla["argument_distinct"] + xla["temp"] + xla["output"] - xla["alias"]
   result = {
     "args": vars(args),
     "mesh": shape,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "halo_rows_per_peer": halo,
     "sender_rows_per_layer": n_cols,
     "operator_edges": op_edges,
@@ -237,7 +270,6 @@ def main(argv=None):
   }
   print(json.dumps(result, indent=1))
   if args.out:
-    from cikg_jax import runtime
     from cikg_jax.training import rundir
     from experiments import runner
 
