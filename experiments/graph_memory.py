@@ -107,6 +107,35 @@ def distinct_bytes_per_device(tree, n_graph: int) -> int:
   return total
 
 
+TABLE_HEADER = (
+  "| model | devices | exchange | `model.remat` | rows received per layer | received per step "
+  "| arguments | temporaries | peak per device |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def table(records, commit: str) -> str:
+  """The docs/scaling.md table of the records of one commit (JSON lines of --out)."""
+  rows = [TABLE_HEADER]
+  for r in records:
+    if r.get("commit") != commit:
+      continue
+    a, xla = r["args"], r["xla_per_device_GB"]
+    n_graph = a["devices"] // a["data_devices"]
+    h = r["halo_rows_per_peer"]
+    if h:
+      exchange, per_layer = f"halo, H = {a['halo']:g} B", n_graph * h
+    else:
+      exchange, per_layer = "all_gather", r["sender_rows_per_layer"] * (n_graph - 1) // n_graph
+    received = r["received_per_step_GB"]["total"]
+    rows.append(
+      f"| {'CIKGRec' if a['model'] == 'cikgrec' else 'LightGCN'} | {a['devices']} | {exchange} "
+      f"| {'on' if a.get('remat') else '-'} | {per_layer / 1e6:.2f}M | {received:.1f} GB "
+      f"| {xla['argument_distinct']:.1f} GB | {xla['temp']:.1f} GB "
+      f"| **{xla['peak_estimate']:.1f} GB** |"
+    )
+  return "\n".join(rows)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -139,7 +168,20 @@ def main(argv=None):
     "experiments/partition_report.py measures it); 0: the all_gather",
   )
   p.add_argument("--out", default="", help="append the result as one JSON line to this file")
+  p.add_argument(
+    "--table",
+    default="",
+    help="print the markdown table of this file's records of --commit (default: the newest "
+    "record's commit) and compile nothing",
+  )
+  p.add_argument("--commit", default="")
   args = p.parse_args(argv)
+  if args.table:
+    with open(args.table) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    text = table(records, args.commit or records[-1]["commit"])
+    print(text)
+    return text
   n, d = args.nodes, args.dim
   c = base.get_config()
   n_users, n_items = int(n * args.users_share), int(n * args.items_share)
