@@ -1,7 +1,8 @@
 """Per-device memory of the graph-parallel train step (config.parallel.mode "graph" /
 "data_graph") for a graph of any size, without the graph: the step is compiled for abstract
 inputs (shapes, dtypes, shardings) on simulated CPU devices and XLA's buffer assignment reports
-the bytes per device (arguments, temporaries, outputs). Next to it, the formula of
+the bytes per device (arguments, temporaries, outputs), and the compiled program's collectives give
+the bytes each device receives per step (experiments/hlo_traffic.py). Next to them, the formula of
 docs/scaling.md.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python experiments/graph_memory.py \\
@@ -27,6 +28,12 @@ if __name__ == "__main__" and "--devices" in " ".join(sys.argv):  # before jax i
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n[0]}"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cikg_jax import runtime  # noqa: E402
+
+# XLA:CPU's memory-optimised scheduler, as training on a CPU uses (cikg_jax/runtime.py): the
+# default runs independent branches side by side and keeps more buffers alive at once.
+runtime.set_xla_cpu_flags()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
@@ -34,23 +41,24 @@ import numpy as np  # noqa: E402
 
 from cikg_jax.models import cikgrec  # noqa: E402
 from cikg_jax.parallel import graph_parallel as gp  # noqa: E402
-from cikg_jax.training import steps
+from cikg_jax.training import steps  # noqa: E402
 from configs import base  # noqa: E402
+from experiments import hlo_traffic  # noqa: E402
 
 GB = 1e9
 
 
 def operator_edges(edges: int, nodes: int, ui_share: float, model_name: str):
-  """Directed edges of each distinct operator the model propagates over (graph.build_graphs,
-  paper views): LightGCN the CIKG with self loops; CIKGRec that, the CIKG without loops and the
-  three views (cf: user-item; interest: user-item + user-interest; kg: user-item + KG)."""
+  """Directed edges of each distinct operator the model propagates over (steps.make_graphs, paper
+  views): LightGCN the CIKG with self loops; CIKGRec that (its reconstruction, which drops edges,
+  uses the same operator) and the three views (cf: user-item; interest: user-item +
+  user-interest; kg: user-item + KG)."""
   ui = int(edges * ui_share)
   if model_name == "lightgcn":
     return {"cikg": edges + nodes}
   rest = edges - ui  # KG + user-interest, split evenly here
   return {
     "cikg": edges + nodes,
-    "cikg_no_loops": edges,
     "cf": ui,
     "interest": ui + rest // 2,
     "kg": ui + rest - rest // 2,
@@ -77,6 +85,55 @@ def formula(nodes, op_edges, dim, devices, batch, model_name, layers, backend):
     out["segment_messages"] = max(-(-e // devices) for e in op_edges.values()) * dim * 4
   out["total"] = sum(out.values())
   return out
+
+
+def distinct_bytes_per_device(tree, n_graph: int) -> int:
+  """Bytes one device holds of the arrays in `tree`, each distinct array (by identity) once:
+  leaves sharded over the "graph" axis count 1/n_graph of their size."""
+  seen, total = set(), 0
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if id(leaf) in seen or not hasattr(leaf, "shape"):
+      continue
+    seen.add(id(leaf))
+    size = int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    spec = getattr(getattr(leaf, "sharding", None), "spec", None)
+    sharded = (
+      spec is not None
+      and len(spec) > 0
+      and spec[0] is not None
+      and gp.GRAPH in (spec[0] if isinstance(spec[0], tuple) else (spec[0],))
+    )
+    total += size // n_graph if sharded else size
+  return total
+
+
+TABLE_HEADER = (
+  "| model | devices | exchange | `model.remat` | rows received per layer | received per step "
+  "| arguments | temporaries | peak per device |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def table(records, commit: str) -> str:
+  """The docs/scaling.md table of the records of one commit (JSON lines of --out)."""
+  rows = [TABLE_HEADER]
+  for r in records:
+    if r.get("commit") != commit:
+      continue
+    a, xla = r["args"], r["xla_per_device_GB"]
+    n_graph = a["devices"] // a["data_devices"]
+    h = r["halo_rows_per_peer"]
+    if h:
+      exchange, per_layer = f"halo, H = {a['halo']:g} B", n_graph * h
+    else:
+      exchange, per_layer = "all_gather", r["sender_rows_per_layer"] * (n_graph - 1) // n_graph
+    received = r["received_per_step_GB"]["total"]
+    rows.append(
+      f"| {'CIKGRec' if a['model'] == 'cikgrec' else 'LightGCN'} | {a['devices']} | {exchange} "
+      f"| {'on' if a.get('remat') else '-'} | {per_layer / 1e6:.2f}M | {received:.1f} GB "
+      f"| {xla['argument_distinct']:.1f} GB | {xla['temp']:.1f} GB "
+      f"| **{xla['peak_estimate']:.1f} GB** |"
+    )
+  return "\n".join(rows)
 
 
 def main(argv=None):
@@ -111,7 +168,20 @@ def main(argv=None):
     "experiments/partition_report.py measures it); 0: the all_gather",
   )
   p.add_argument("--out", default="", help="append the result as one JSON line to this file")
+  p.add_argument(
+    "--table",
+    default="",
+    help="print the markdown table of this file's records of --commit (default: the newest "
+    "record's commit) and compile nothing",
+  )
+  p.add_argument("--commit", default="")
   args = p.parse_args(argv)
+  if args.table:
+    with open(args.table) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    text = table(records, args.commit or records[-1]["commit"])
+    print(text)
+    return text
   n, d = args.nodes, args.dim
   c = base.get_config()
   n_users, n_items = int(n * args.users_share), int(n * args.items_share)
@@ -177,10 +247,12 @@ def main(argv=None):
     )
 
   ops = {k: abstract_op(e) for k, e in op_edges.items()}
-  if args.model == "lightgcn":
-    ops = {"cikg": ops["cikg"]}
-  else:
+  if args.model == "cikgrec":  # the reconstruction drops edges of the CIKG with self loops
     ops["cikg_with_loops"] = ops["cikg"]
+  # as GraphParallel places them: receivers and pair ids only where the step reads them
+  needed = gp.edge_arrays_needed(net, ops)
+  lean = {id(op): op.replace(receivers=None, pair=None) for op in ops.values()}
+  ops = {k: op if id(op) in needed else lean[id(op)] for k, op in ops.items()}
   replicated = jax.sharding.NamedSharding(mesh, P())
   graphs = cikgrec.Graphs(
     ops=ops,
@@ -203,20 +275,34 @@ def main(argv=None):
   batch["mask"] = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=batch_sharding)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
   compiled = step.lower(par.abstract_placed(template), batch, key, par.graphs).compile()
+  received = hlo_traffic.traffic(compiled.as_text(), args.devices)
   mem = compiled.memory_analysis()
   xla = {
     k: getattr(mem, f"{k}_size_in_bytes")
     for k in ("argument", "output", "alias", "temp", "generated_code")
   }
+  # XLA counts an array passed twice (the CIKG operator under two names) twice; a device holds it
+  # once
+  step_args = (par.abstract_placed(template), batch, key, par.graphs)
+  xla["argument_distinct"] = distinct_bytes_per_device(step_args, n_graph)
   # arguments and temporaries are live together; the donated state's outputs alias its inputs
-  xla["peak_estimate"] = xla["argument"] + xla["temp"] + xla["output"] - xla["alias"]
+  xla["peak_estimate"] = xla["argument_distinct"] + xla["temp"] + xla["output"] - xla["alias"]
   result = {
     "args": vars(args),
     "mesh": shape,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "halo_rows_per_peer": halo,
     "sender_rows_per_layer": n_cols,
     "operator_edges": op_edges,
     "xla_per_device_GB": {k: round(v / GB, 3) for k, v in xla.items()},
+    # what one device receives per step (experiments/hlo_traffic.py), next to one all_gather of
+    # the whole (N, d) table, the unit the per-layer gather costs
+    "received_per_step_GB": {
+      "total": round(received["received_bytes"] / GB, 3),
+      **{k: round(v / GB, 3) for k, v in received["by_kind"].items()},
+    },
+    "collectives_per_step": received["count"],
+    "one_table_all_gather_GB": round(n_padded * d * 4 * (n_graph - 1) / n_graph / GB, 3),
     "formula_per_device_GB": {
       k: round(v / GB, 3)
       for k, v in formula(
@@ -226,7 +312,6 @@ def main(argv=None):
   }
   print(json.dumps(result, indent=1))
   if args.out:
-    from cikg_jax import runtime
     from cikg_jax.training import rundir
     from experiments import runner
 

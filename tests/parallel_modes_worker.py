@@ -125,8 +125,14 @@ def sharding_layout(c):
   for name, op in par.graphs.ops.items():
     dense = graphs.ops[name].graph
     shards = []
+    # operators placed without receivers and pairs (nothing in the step reads them): their
+    # layout is checked on the same cut made in host memory
+    full = gp.shard_operator(graphs.ops[name], op.n_devices) if op.receivers is None else None
     for field in ("senders", "receivers", "pair", "weight"):
       arr = getattr(op, field)
+      if arr is None:
+        shards.append(list(np.asarray(getattr(full, field)).reshape(op.n_devices, -1)))
+        continue
       by_device = sorted(arr.addressable_shards, key=lambda s: s.index[0].start)
       shards.append([np.asarray(s.data) for s in by_device])
     devices = {str(s.device) for s in op.senders.addressable_shards}
@@ -150,6 +156,7 @@ def sharding_layout(c):
       "devices": len(devices),
       "receivers_in_block": blocks_ok,
       "same_edges_in_order": edges == want,
+      "placed_without_receivers": op.receivers is None and op.pair is None,
     }
   state = par.place(steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, c.kge.use))
   table = state.params["node_embedding"]["embedding"]

@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -99,3 +100,18 @@ def test_zero_rows_have_finite_gradients():
   np.testing.assert_allclose(
     np.asarray(losses.l2_normalize(jnp.array([[3.0, 4.0]]))), [[0.6, 0.8]], rtol=1e-6
   )
+
+
+def test_l2_normalize_keeping_output_equals_autodiff():
+  """Same values; the gradient from (output, inverse norms) equals autodiff's, a zero row (the
+  clamped norm) included."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(6, 5)).astype(np.float32)
+  x[2] = 0.0
+  g = rng.normal(size=(6, 5)).astype(np.float32)
+  for fn in (losses.l2_normalize, losses.l2_normalize_keeping_output):
+    assert np.array_equal(np.asarray(fn(x)), np.asarray(losses.l2_normalize(x)))
+  want = jax.grad(lambda v: jnp.sum(losses.l2_normalize(v) * g))(x)
+  got = jax.grad(lambda v: jnp.sum(losses.l2_normalize_keeping_output(v) * g))(x)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(got)[2], g[2] * 1e12)  # d z = r d x where clamped

@@ -68,6 +68,7 @@ def test_uir_loss_against_numpy(setup, edge_drop):
   ds, c, gs, graphs, params = setup
   c.uir.edge_drop = edge_drop
   c.uir.replace_rate = 0.5
+  graphs = steps.make_graphs(gs, ds, c)  # the reconstruction's graph depends on edge_drop
   key, rate = jax.random.PRNGKey(7), jnp.float32(0.67)
   net = steps.create_model(c, ds)  # the module's fields now carry edge_drop and replace_rate
   assert (net.reconstruction.edge_drop, net.reconstruction.replace_rate) == (edge_drop, 0.5)

@@ -123,6 +123,10 @@ def test_graph_mode_devices_hold_only_their_edges_and_rows(quick):
     assert sum(op["real_per_shard"]) == op["n_edges"], name
     assert len(set(op["shard_lengths"])) == 1, name  # padded to one length
     assert op["shard_lengths"][0] == max(op["real_per_shard"]) < op["n_edges"], name
+  # the views' products (bcsr, no dropout) read no receivers or pairs: they are not placed; the
+  # CIKG's are, for the reconstruction's edge dropout (gp.edge_arrays_needed)
+  lean = sorted(name for name, op in s["ops"].items() if op["placed_without_receivers"])
+  assert lean == ["cf", "interest", "kg"]
   rows = s["n_padded"] // 4
   assert s["table_global"][0] == s["n_padded"] and s["table_devices"] == 4
   assert s["table_shards"] == [[rows, s["table_global"][1]]] * 4

@@ -231,10 +231,11 @@ class CIKGRec(LightGCN):
   contrastive: Contrastive = Contrastive()
   reconstruction: Reconstruction = Reconstruction()
   transe: TransE = TransE()
-  # Rematerialise the contrastive views' and the reconstruction's propagations in the backward
-  # pass (jax.checkpoint, config.model.remat): for layouts whose backward pass keeps per-layer
-  # inputs (the graph modes' gathered layer inputs); costs one more forward propagation of each.
-  # On one device the layers are linear and keep no layer output, so it saves nothing there
+  # Memory over recomputation (config.model.remat): the contrastive views' and the
+  # reconstruction's propagations are rematerialised in the backward pass (jax.checkpoint), and
+  # the views are normalised by l2_normalize_keeping_output, so that only their normalised
+  # copies outlive the forward pass. Values are the same; gradients equal to float rounding.
+  # It pays in the graph modes at scale (docs/scaling.md); on one device it saves little
   # (tests/test_remat.py).
   remat: bool = False
 
@@ -331,7 +332,9 @@ class CIKGRec(LightGCN):
     """(user term, item term): the batch's users against all users of the interest view, its
     positive items against all item/entity/interest rows of the KG view."""
     lay = self.layout
-    z1, z2, z3 = map(losses.l2_normalize, self.view_embeddings(graphs, key))
+    # with remat the views' unnormalised copies are not kept for the backward pass either
+    normalize = losses.l2_normalize_keeping_output if self.remat else losses.l2_normalize
+    z1, z2, z3 = map(normalize, self.view_embeddings(graphs, key))
     users, pos, mask = batch["users"], batch["pos"], batch["mask"]
     nu, tau, chunk = self.n_users, self.contrastive.tau, self.contrastive.chunk
     user_term = lay.info_nce(lay.take(z1, users), z2, 0, nu, users, mask, tau, n_rows, chunk)

@@ -12,6 +12,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from cikg_jax.graphs import propagation as prop
+
 
 def _masked_mean(values, mask, count=None):
   denominator = jnp.sum(mask) if count is None else count
@@ -35,6 +37,32 @@ def l2_normalize(x, eps: float = 1e-12):
   NaN, and a NaN crosses even zero-weight edges in the backward propagation: a masked interest
   node whose edges were all dropped decodes to an exact zero row.)"""
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def l2_normalize_keeping_output(x, eps: float = 1e-12):
+  """l2_normalize whose backward pass keeps only its output and the rows' inverse norms, not its
+  input: for an (N, d) table whose normalised copy is kept anyway (InfoNCE's candidates), the
+  unnormalised one can be freed after the forward pass. Same values; gradients equal autodiff's
+  to float rounding (the formula r (g - z (z . g)) is evaluated instead)."""
+  return l2_normalize(x, eps)
+
+
+def _l2_normalize_fwd(x, eps):
+  squares = jnp.sum(x * x, axis=-1, keepdims=True)
+  r = jax.lax.rsqrt(jnp.maximum(squares, eps * eps))
+  z = x * r
+  # where the norm is clamped at eps, r is a constant: d z = r d x
+  return z, (z, r, squares >= eps * eps)
+
+
+def _l2_normalize_bwd(eps, res, g):
+  z, r, unclamped = res
+  radial = jnp.where(unclamped, jnp.sum(g * z, axis=-1, keepdims=True), 0.0)
+  return (r * (g - z * radial),)
+
+
+l2_normalize_keeping_output.defvjp(_l2_normalize_fwd, _l2_normalize_bwd)
 
 
 def scaled_cosine_error(pred, target, row_mask, gamma: float):
@@ -194,55 +222,77 @@ def info_nce_from_sums(total, anchors, positives, mask, tau: float, count=None):
   return _masked_mean(jnp.log(total) + shift - pos, mask, count)
 
 
-def _candidate_chunks(x, chunk: int):
-  """x's rows as (n_chunks, chunk, ...) blocks, zero-padded."""
-  n = x.shape[0]
+def _chunk_starts(n: int, chunk: int):
+  """(chunk, number of chunks, start of chunk i, rows of chunk i counted before it): chunks of
+  `chunk` rows read in place; the last starts at n - chunk, so it may overlap the one before,
+  and its overlapping rows are masked out (no padded copy of the candidates is made)."""
   chunk = max(1, min(chunk, n))
   n_chunks = -(-n // chunk)
-  pad = [(0, n_chunks * chunk - n)] + [(0, 0)] * (x.ndim - 1)
-  return jnp.pad(x, pad).reshape(n_chunks, chunk, *x.shape[1:])
+
+  def start(i):
+    return jnp.minimum(i * chunk, n - chunk)
+
+  def fresh(i):  # 0/1 per row of chunk i: not already counted by an earlier chunk
+    return (start(i) + jnp.arange(chunk) >= i * chunk).astype(jnp.float32)
+
+  return chunk, n_chunks, start, fresh
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def chunked_exp_sum(scaled_anchors, candidates, weights, shift: float, chunk: int):
   """sum_c weights[c] * exp(scaled_anchors . candidates[c] - shift) for every anchor, computed
   (batch x chunk) logits at a time; the backward pass recomputes each chunk's logits instead of
-  keeping them. With unit-vector inputs and shift = 1/tau every term is at most 1, so the chunks'
-  sums add up without a running maximum. `weights` (0/1: which rows are candidates) get no
-  gradient."""
-  total, _ = _exp_sum_scan(scaled_anchors, candidates, weights, shift, chunk)
-  return total
+  keeping them, and accumulates the candidates' gradient in place. With unit-vector inputs and
+  shift = 1/tau every term is at most 1, so the chunks' sums add up without a running maximum.
+  `weights` (0/1: which rows are candidates) get no gradient."""
+  return _exp_sum_scan(scaled_anchors, candidates, weights, shift, chunk)
+
+
+def _chunk(candidates, weights, i, chunk, start, fresh):
+  s = start(i)
+  c = jax.lax.dynamic_slice_in_dim(candidates, s, chunk)
+  w = jax.lax.dynamic_slice_in_dim(weights, s, chunk) * fresh(i)
+  return s, c, w
 
 
 def _exp_sum_scan(scaled_anchors, candidates, weights, shift, chunk):
-  rows, w = _candidate_chunks(candidates, chunk), _candidate_chunks(weights, chunk)
-  part = lambda c, wc: jnp.sum(jnp.exp(scaled_anchors @ c.T - shift) * wc[None, :], axis=1)
+  chunk, n_chunks, start, fresh = _chunk_starts(candidates.shape[0], chunk)
+
+  def part(i):
+    _, c, w = _chunk(candidates, weights, i, chunk, start, fresh)
+    return jnp.sum(jnp.exp(scaled_anchors @ c.T - shift) * w[None, :], axis=1)
+
   # The first chunk starts the carry (not zeros): inside shard_map the carry then has the type
   # (varying over the mesh axes or not) of every later chunk's sum.
-  return jax.lax.scan(lambda t, blk: (t + part(*blk), None), part(rows[0], w[0]), (rows[1:], w[1:]))
+  return jax.lax.fori_loop(1, n_chunks, lambda i, t: t + part(i), part(0))
 
 
 def _chunked_exp_sum_fwd(scaled_anchors, candidates, weights, shift, chunk):
-  total, _ = _exp_sum_scan(scaled_anchors, candidates, weights, shift, chunk)
+  total = _exp_sum_scan(scaled_anchors, candidates, weights, shift, chunk)
   return total, (scaled_anchors, candidates, weights)
 
 
 def _chunked_exp_sum_bwd(shift, chunk, res, g):
   scaled_anchors, candidates, weights = res
-  rows, w = _candidate_chunks(candidates, chunk), _candidate_chunks(weights, chunk)
+  chunk, n_chunks, start, fresh = _chunk_starts(candidates.shape[0], chunk)
 
-  def grads(c, wc):
-    p = jnp.exp(scaled_anchors @ c.T - shift) * wc[None, :] * g[:, None]
-    return p @ c, p.T @ scaled_anchors
+  def grads(i):
+    s, c, w = _chunk(candidates, weights, i, chunk, start, fresh)
+    p = jnp.exp(scaled_anchors @ c.T - shift) * w[None, :] * g[:, None]
+    return s, p @ c, p.T @ scaled_anchors
 
-  def one_chunk(d_anchors, blk):
-    d_a, d_c = grads(*blk)
-    return d_anchors + d_a, d_c
+  def one_chunk(i, carry):
+    d_anchors, d_candidates = carry
+    s, d_a, d_c = grads(i)
+    old = jax.lax.dynamic_slice_in_dim(d_candidates, s, chunk)
+    return d_anchors + d_a, jax.lax.dynamic_update_slice_in_dim(d_candidates, old + d_c, s, 0)
 
-  first_a, first_c = grads(rows[0], w[0])  # starts the carry, as in _exp_sum_scan
-  d_anchors, d_rows = jax.lax.scan(one_chunk, first_a, (rows[1:], w[1:]))
-  d_rows = jnp.concatenate([first_c[None], d_rows])
-  d_candidates = d_rows.reshape(-1, candidates.shape[1])[: candidates.shape[0]]
+  # The first chunk starts both carries, as in _exp_sum_scan (its rows are written into a table
+  # of zeros typed as the candidates vary).
+  s0, first_a, first_c = grads(0)
+  zeros = prop.as_varying(jnp.zeros_like(candidates), prop.varying_axes(first_c))
+  d_candidates = jax.lax.dynamic_update_slice_in_dim(zeros, first_c, s0, 0)
+  d_anchors, d_candidates = jax.lax.fori_loop(1, n_chunks, one_chunk, (first_a, d_candidates))
   return d_anchors, d_candidates, None
 
 

@@ -123,7 +123,8 @@ def make_graphs(graphs, ds, config, on_device: Optional[bool] = None):
     return baselines.MODELS[name].make_graphs(graphs, ds, config)
   needed = ["cikg"]
   if name == "cikgrec" and config.uir.weight > 0:
-    needed += ["cikg_with_loops", "cikg_no_loops"]
+    # the reconstruction's graph: with self loops when it drops edges, else without (uir_loss)
+    needed.append("cikg_with_loops" if config.uir.edge_drop > 0 else "cikg_no_loops")
   if name == "cikgrec" and config.cl.weight > 0:
     needed += list(cikgrec.CL_VIEWS)
   built = {}  # aliased graphs (e.g. cikg is cikg_with_loops) share one operator
