@@ -39,8 +39,9 @@ def get_config(dataset: str = "dbbook2014"):
   c.model.edge_dropout = 0.0
   c.model.message_dropout = 0.0
   c.model.backend = "auto"  # "bcsr" (fast on CPU), "segment" (gather + segment_sum), "auto"
-  # Recompute the contrastive views' and the reconstruction's layers in the backward pass instead
-  # of keeping them (jax.checkpoint): for graphs whose layer outputs do not fit; same values.
+  # Memory over recomputation: the contrastive views' and the reconstruction's layers recomputed
+  # in the backward pass (jax.checkpoint), only the views' normalised rows kept; for graphs whose
+  # activations do not fit (docs/scaling.md). Same values, gradients equal to float rounding.
   c.model.remat = False
 
   c.train = ml_collections.ConfigDict()

@@ -30,9 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cikg_jax import runtime  # noqa: E402
 
-# XLA:CPU's memory-optimised scheduler, as training on a CPU uses (cikg_jax/runtime.py): the
-# default runs independent branches side by side and keeps more buffers alive at once.
-runtime.set_xla_cpu_flags()
+if __name__ == "__main__":
+  # XLA:CPU's memory-optimised scheduler, as training on a CPU uses (cikg_jax/runtime.py): the
+  # default runs independent branches side by side and keeps more buffers alive at once.
+  runtime.set_xla_cpu_flags()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -108,30 +109,39 @@ def distinct_bytes_per_device(tree, n_graph: int) -> int:
 
 
 TABLE_HEADER = (
-  "| model | devices | exchange | `model.remat` | rows received per layer | received per step "
-  "| arguments | temporaries | peak per device |\n|---|---|---|---|---|---|---|---|---|"
+  "| model | backend | devices (mesh) | batch | exchange | `cl.chunk` | `model.remat` "
+  "| rows received per layer | received per step | arguments | temporaries | peak per device "
+  "| formula |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
-def table(records, commit: str) -> str:
-  """The docs/scaling.md table of the records of one commit (JSON lines of --out)."""
+def table(records, commits) -> str:
+  """The docs/scaling.md table of the records (JSON lines of --out) made at `commits`."""
   rows = [TABLE_HEADER]
   for r in records:
-    if r.get("commit") != commit:
+    if r.get("commit") not in commits:
       continue
     a, xla = r["args"], r["xla_per_device_GB"]
     n_graph = a["devices"] // a["data_devices"]
+    mesh = str(a["devices"])
+    if a["data_devices"] > 1:
+      mesh += f" ({a['data_devices']} data x {n_graph} graph)"
     h = r["halo_rows_per_peer"]
     if h:
       exchange, per_layer = f"halo, H = {a['halo']:g} B", n_graph * h
     else:
       exchange, per_layer = "all_gather", r["sender_rows_per_layer"] * (n_graph - 1) // n_graph
-    received = r["received_per_step_GB"]["total"]
+    cikgrec_only = lambda v: v if a["model"] == "cikgrec" else "-"
+    # the formula (docs/scaling.md) is that of the all_gather without cl.chunk and remat
+    plain = not h and not a["cl_chunk"] and not a["remat"]
+    formula_gb = f"{r['formula_per_device_GB']['total']:.1f} GB" if plain else "-"
     rows.append(
-      f"| {'CIKGRec' if a['model'] == 'cikgrec' else 'LightGCN'} | {a['devices']} | {exchange} "
-      f"| {'on' if a.get('remat') else '-'} | {per_layer / 1e6:.2f}M | {received:.1f} GB "
-      f"| {xla['argument_distinct']:.1f} GB | {xla['temp']:.1f} GB "
-      f"| **{xla['peak_estimate']:.1f} GB** |"
+      f"| {'CIKGRec' if a['model'] == 'cikgrec' else 'LightGCN'} | {a['backend']} | {mesh} "
+      f"| {a['batch']} | {exchange} | {cikgrec_only(a['cl_chunk'] or '-')} "
+      f"| {cikgrec_only('on' if a['remat'] else '-')} | {per_layer / 1e6:.2f}M "
+      f"| {r['received_per_step_GB']['total']:.1f} GB | {xla['argument_distinct']:.1f} GB "
+      f"| {xla['temp']:.1f} GB | **{xla['peak_estimate']:.1f} GB** "
+      f"| {formula_gb} |"
     )
   return "\n".join(rows)
 
@@ -174,12 +184,12 @@ def main(argv=None):
     help="print the markdown table of this file's records of --commit (default: the newest "
     "record's commit) and compile nothing",
   )
-  p.add_argument("--commit", default="")
+  p.add_argument("--commit", default="", help="comma-separated commits of --table's rows")
   args = p.parse_args(argv)
   if args.table:
     with open(args.table) as f:
       records = [json.loads(line) for line in f if line.strip()]
-    text = table(records, args.commit or records[-1]["commit"])
+    text = table(records, set((args.commit or records[-1]["commit"]).split(",")))
     print(text)
     return text
   n, d = args.nodes, args.dim
