@@ -324,9 +324,41 @@ def mesh_shape(mode: str, n_devices: int, data_devices: int = 0) -> Dict[str, in
 
 
 def make_mesh(shape: Dict[str, int], devices=None) -> Mesh:
-  devices = jax.local_devices() if devices is None else devices
+  """A mesh of `shape` over `devices` (default: this process's devices; with several processes,
+  the same number of each process's devices, process by process)."""
   n = math.prod(shape.values())
+  if devices is None:
+    if jax.process_count() == 1:
+      devices = jax.local_devices()
+    else:
+      per = n // jax.process_count()
+      by_process = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+      devices = [
+        d
+        for p in range(jax.process_count())
+        for d in [x for x in by_process if x.process_index == p][:per]
+      ]
   return Mesh(np.asarray(devices[:n]).reshape(tuple(shape.values())), tuple(shape))
+
+
+def put_global(x, sharding: NamedSharding):
+  """Host array `x`, the same on every process, as a global array of `sharding`: each process
+  places only its devices' parts (one process: jax.device_put)."""
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(x) -> np.ndarray:
+  """A global array's whole value as a host array on every process."""
+  if jax.process_count() == 1 or x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _is_table(path) -> bool:
@@ -399,13 +431,11 @@ class GraphParallel:
         sharded = shard_operator(op, self.n_graph, self.exchange)
         if id(op) not in needed:
           sharded = sharded.replace(receivers=None, pair=None)
-        built[id(op)] = jax.tree_util.tree_map(
-          lambda a: jax.device_put(a, self.sharding(P(GRAPH))), sharded
-        )
+        built[id(op)] = jax.tree_util.tree_map(lambda a: put_global(a, self.sharding(P(GRAPH))), sharded)
       ops[name] = built[id(op)]
     rows = graphs.interest_rows
     if not isinstance(rows, jax.ShapeDtypeStruct):
-      rows = jax.device_put(np.asarray(rows), self.sharding(P()))
+      rows = put_global(rows, self.sharding(P()))
     return graphs.replace(ops=ops, interest_rows=rows)
 
   def specs(self, tree):
@@ -424,8 +454,8 @@ class GraphParallel:
       x = np.asarray(x)
       if _is_table(path):
         x = np.pad(x, [(0, self.layout.n_padded - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
-        return jax.device_put(x, self._table_sharding())
-      return jax.device_put(x, self.sharding(P()))
+        return put_global(x, self._table_sharding())
+      return put_global(x, self.sharding(P()))
 
     return jax.tree_util.tree_map_with_path(put, tree)
 
@@ -444,7 +474,7 @@ class GraphParallel:
     """The mesh's state -> host (numpy) arrays of the single-device shapes."""
 
     def get(path, x):
-      x = np.asarray(jax.device_get(x))
+      x = to_host(x)
       return x[: self.net.n_nodes] if _is_table(path) else x
 
     return jax.tree_util.tree_map_with_path(get, tree)
@@ -457,7 +487,7 @@ class GraphParallel:
           f"batch of {np.shape(v)[0]} rows does not split over {self.n_data} data devices; "
           "choose a batch size divisible by parallel.data_devices"
         )
-    return {k: jax.device_put(np.asarray(v), self.sharding(spec)) for k, v in batch.items()}
+    return {k: put_global(v, self.sharding(spec)) for k, v in batch.items()}
 
   def _batch_spec(self):
     return P(DATA) if self.data else P()
@@ -502,6 +532,8 @@ class GraphParallel:
 
     def embed(params, graphs):
       out = propagated(self.place(params), graphs)
+      if jax.process_count() > 1:  # every process evaluates the whole table, as in mode "data"
+        out = to_host(out)
       return out[:nu], out[nu : nu + ni]
 
     return embed

@@ -237,14 +237,11 @@ def make_trainer(net, graphs, settings: steps.StepSettings, tx, kge_tx, samplers
   data x graph mesh with the row-sharded layout (graph_parallel.py). `samplers`: make_samplers."""
   mode, requested, data_devices, exchange = settings.parallel
   n_devices = data_parallel.num_devices(requested)  # this process's
-  if mode != "data" and distributed.process_count() > 1:
-    raise ValueError(
-      f"parallel.mode={mode!r} runs in one process; several processes run mode 'data'"
-    )
   if mode != "data":
     from cikg_jax.parallel import graph_parallel as gp
 
-    shape = gp.mesh_shape(mode, n_devices, data_devices)
+    # one mesh over every process's devices; each process feeds the whole batch
+    shape = gp.mesh_shape(mode, n_devices * distributed.process_count(), data_devices)
     par = gp.GraphParallel(net, graphs, gp.make_mesh(shape), exchange)
     template = gp.state_template(net, tx, kge_tx, settings.use_kge)
     step = par.make_train_step(tx, settings.mask_rate, template)
@@ -369,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     same_run = lambda: distributed.fingerprint(config, rundir.data_digest(ds))
     distributed.agree(None, "setup", same_run)  # every process: the same config and data
     if parallel_settings.mode != "data":  # graph modes: whole tables on the host
-      held.enter_context(jax.default_device(jax.devices("cpu")[0]))
+      held.enter_context(jax.default_device(jax.local_devices(backend="cpu")[0]))
     return _train(effective, workdir, ds, net, graphs, t_setup, parallel_settings)
 
 
