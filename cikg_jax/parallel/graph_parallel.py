@@ -431,7 +431,9 @@ class GraphParallel:
         sharded = shard_operator(op, self.n_graph, self.exchange)
         if id(op) not in needed:
           sharded = sharded.replace(receivers=None, pair=None)
-        built[id(op)] = jax.tree_util.tree_map(lambda a: put_global(a, self.sharding(P(GRAPH))), sharded)
+        built[id(op)] = jax.tree_util.tree_map(
+          lambda a: put_global(a, self.sharding(P(GRAPH))), sharded
+        )
       ops[name] = built[id(op)]
     rows = graphs.interest_rows
     if not isinstance(rows, jax.ShapeDtypeStruct):
