@@ -79,6 +79,11 @@ def get_config(dataset: str = "dbbook2014"):
   # "auto" (the halo where it moves fewer rows than the all_gather: graphs with locality; on the
   # paper's small-world CIKGs it does not, docs/scaling.md)
   c.parallel.exchange = "all_gather"
+  # graph modes: the order of the table's rows, chosen once from the graph and stored with the run
+  # (node_order.npz): "identity" (node ids), "balanced" (about E/D edges per block), "rcm"
+  # (neighbours together: a small halo where the graph has locality), "degree" (hubs first);
+  # cikg_jax/graphs/partition.py, experiments/partition_report.py
+  c.parallel.node_order = "identity"
   # Several processes (hosts) in one run: cikg_jax/parallel/distributed.py, README "Several processes and
   # hosts". Unset values come from the cluster environment (Slurm, Open MPI); one process needs none.
   c.parallel.coordinator_address = (

@@ -4,6 +4,7 @@ prints one line `RESULT {json}`. argv: TMP PART, PART "quick" (the default suite
 "full" (the slow ones)."""
 
 import json
+import os
 import sys
 import time
 
@@ -49,7 +50,7 @@ def batch_for(ds, rng, n=256, real=200):
   }
 
 
-def compare_step(c, meshes, optimizers=("sgd",), exchange="all_gather"):
+def compare_step(c, meshes, optimizers=("sgd",), exchange="all_gather", node_order="identity"):
   """One train step of every mesh against the single-device step: the logged terms, and the
   parameter change (with SGD at lr 1, the gradient itself; with Adam, its first update)."""
   ds, c, net, graphs = steps.setup(c)
@@ -67,7 +68,7 @@ def compare_step(c, meshes, optimizers=("sgd",), exchange="all_gather"):
     change1 = [a - b for a, b in zip(leaves(one.params), leaves(s0.params))]
     for name in meshes:
       t = time.perf_counter()
-      par = gp.GraphParallel(net, graphs, gp.make_mesh(MESHES[name]), exchange)
+      par = gp.GraphParallel(net, graphs, gp.make_mesh(MESHES[name]), exchange, node_order)
       template = gp.state_template(net, tx, kge_tx, c.kge.use)
       step = par.make_train_step(tx, steps.epoch_schedule(rates, 1), template)
       s, terms = step(par.place(s0), par.shard_batch(batch), key, par.graphs)
@@ -84,7 +85,7 @@ def compare_step(c, meshes, optimizers=("sgd",), exchange="all_gather"):
   return out
 
 
-def compare_kge(c, meshes):
+def compare_kge(c, meshes, node_order="identity"):
   """The TransE step with SGD at lr 1 (its change is the gradient) against one device."""
   ds, c, net, graphs = steps.setup(c)
   tx, kge_tx = steps.make_optimizers(c)[0], optax.sgd(1.0)
@@ -100,7 +101,7 @@ def compare_kge(c, meshes):
   change1 = [a - b for a, b in zip(leaves(one.params), leaves(s0.params))]
   out = {}
   for name in meshes:
-    par = gp.GraphParallel(net, graphs, gp.make_mesh(MESHES[name]))
+    par = gp.GraphParallel(net, graphs, gp.make_mesh(MESHES[name]), node_order=node_order)
     step = par.make_kge_step(kge_tx, gp.state_template(net, tx, kge_tx, True))
     s, m = step(par.place(s0), par.shard_batch(kb))
     change = [a - b for a, b in zip(leaves(par.host_view(s).params), leaves(s0.params))]
@@ -191,13 +192,14 @@ def training(tmp, runs):
   """2 epochs of the tiny config (TransE included) per mode; a graph-mode run resumed from its
   epoch-0 checkpoint."""
   out = {}
-  for name, (mode, n, data_devices) in runs.items():
+  for name, (mode, n, data_devices, *order) in runs.items():
     c = config(tmp)
     c.train.max_epochs = 2
     c.parallel.mode, c.parallel.num_devices, c.parallel.data_devices = mode, n, data_devices
+    c.parallel.node_order = order[0] if order else "identity"
     t = time.perf_counter()
     workdir = f"{tmp}/run_{name}"
-    if name == "graph2_resumed":
+    if name.endswith("_resumed"):
       c.train.max_epochs = 1
       train.train_and_evaluate(c, workdir)
       c.train.max_epochs = 2
@@ -205,6 +207,7 @@ def training(tmp, runs):
     with open(f"{workdir}/metrics.jsonl") as f:
       lines = [json.loads(ln) for ln in f]
     out[name] = {
+      "stored_order": os.path.exists(f"{workdir}/node_order.npz"),
       "test": res["test"],
       "parallel": res["parallel"],
       "compilations": res["train_step_compilations"],
@@ -229,6 +232,17 @@ def main(tmp, part):
     out["step_halo"] = compare_step(
       config(tmp, dropout=True), ["graph3", "data2xgraph2"], ("sgd",), exchange="halo"
     )
+    # rows placed in a node order (graph_parallel.NodeOrder): lookups, draws, InfoNCE ranges
+    out["step_order"] = compare_step(
+      config(tmp, dropout=True), ["graph3"], ("sgd",), node_order="rcm"
+    )
+    out["step_order"] |= {
+      f"{k}+halo+chunk": v
+      for k, v in compare_step(
+        chunked, ["data2xgraph2"], ("sgd",), exchange="halo", node_order="balanced"
+      ).items()
+    }
+    out["kge_order"] = compare_kge(config(tmp), ["graph3"], node_order="rcm")
   else:
     out["step_segment"] = compare_step(config(tmp, backend="segment", dropout=True), list(MESHES))
     out["step_bcsr"] = compare_step(
@@ -252,6 +266,8 @@ def main(tmp, part):
         "data1xgraph4": ("data_graph", 4, 1),
         "data4xgraph1": ("data_graph", 4, 4),
         "graph2_resumed": ("graph", 2, 0),
+        "graph3_rcm": ("graph", 3, 0, "rcm"),
+        "data2xgraph2_balanced_resumed": ("data_graph", 4, 2, "balanced"),
       },
     )
   print("RESULT " + json.dumps(out))

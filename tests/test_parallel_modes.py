@@ -113,6 +113,15 @@ def test_graph_modes_kge_step_equals_single_device(quick):
   _check_kge(quick["kge"])
 
 
+def test_graph_modes_in_a_node_order_equal_single_device(quick):
+  """The table's rows placed in an RCM or a balanced order (parallel.node_order): batch rows,
+  interest rows and TransE triples looked up through the order, each node's dropout and noise
+  draws and its InfoNCE range by node id, with the halo exchange and chunked InfoNCE too."""
+  assert set(quick["step_order"]) == {"graph3/sgd", "data2xgraph2/sgd+halo+chunk"}
+  _check_steps(quick["step_order"])
+  _check_kge(quick["kge_order"])
+
+
 def test_graph_mode_devices_hold_only_their_edges_and_rows(quick):
   s = quick["sharding"]
   assert s["graphs_on_host"]  # setup put no whole graph on a device
@@ -171,8 +180,9 @@ def test_graph_modes_two_epochs_match_single_device(full):
   runs = full["train"]
   one = runs.pop("single")
   assert one["parallel"] == {"mode": "data", "mesh": None}
-  assert len(runs) == 8
+  assert len(runs) == 10
   for name, r in runs.items():
+    assert r["stored_order"] == ("rcm" in name or "balanced" in name), name
     assert r["compilations"] == 1, name
     assert [ln["epoch"] for ln in r["lines"]] == [0, 1], name
     for a, b in zip(one["lines"], r["lines"]):
@@ -184,20 +194,22 @@ def test_graph_modes_two_epochs_match_single_device(full):
   assert runs["data2xgraph2"]["parallel"] == {
     "mode": "data_graph",
     "mesh": {"data": 2, "graph": 2},
+    "node_order": "identity",
   }
+  assert runs["graph3_rcm"]["parallel"]["node_order"] == "rcm"
 
 
 # ---- in this process: config, resume, random draws, unsupported models --------------------------
 def test_parallel_settings_defaults_and_the_old_key():
   c = base.get_config()
-  assert steps.parallel_settings(c) == ("data", 1, 0, "all_gather")
+  assert steps.parallel_settings(c) == ("data", 1, 0, "all_gather", "identity")
   old = base.get_config()
   del old.parallel
-  assert steps.parallel_settings(old) == ("data", 1, 0, "all_gather")
+  assert steps.parallel_settings(old) == ("data", 1, 0, "all_gather", "identity")
   old.train.num_devices = 4  # a config from before config.parallel
-  assert steps.parallel_settings(old) == ("data", 4, 0, "all_gather")
+  assert steps.parallel_settings(old) == ("data", 4, 0, "all_gather", "identity")
   c.train.num_devices = 4  # an old config file on today's base: the old key still counts
-  assert steps.parallel_settings(c) == ("data", 4, 0, "all_gather")
+  assert steps.parallel_settings(c) == ("data", 4, 0, "all_gather", "identity")
   c.parallel.num_devices = 2
   with pytest.raises(ValueError, match="old name of parallel.num_devices"):
     steps.parallel_settings(c)
@@ -264,6 +276,47 @@ def test_graph_mode_refuses_the_baselines(tmp_path):
   with pytest.raises(ValueError, match="support .*not SimGCL.*parallel.mode=data"):
     settings = steps.step_settings(c, ds)
     train.make_trainer(net, graphs, settings, tx, kge_tx, train.make_samplers(c, ds, False))
+
+
+def test_node_order_is_chosen_once_and_stored_with_the_run(tmp_path):
+  """A graph-mode run in an RCM order stores the order (node_order.npz) and its blocks' edges,
+  halo and padding (partition.json); a resumed run reads the stored order, not a new choice; a
+  file of another graph or another order's name is refused in one line naming it."""
+  from cikg_jax.graphs import partition
+
+  c = tiny.get_config()
+  c.synthetic_dir = str(tmp_path / "data")
+  c.train.max_epochs, c.train.plot = 1, False
+  c.parallel.mode, c.parallel.node_order = "graph", "rcm"
+  workdir = str(tmp_path / "run")
+  res = train.train_and_evaluate(c, workdir)
+  assert res["parallel"] == {"mode": "graph", "mesh": {"graph": 1}, "node_order": "rcm"}
+  _, c, _, graphs = steps.setup(c)
+  path = os.path.join(workdir, gp.NodeOrder.FILE)
+  stored = gp.NodeOrder.load(path, graphs.n_nodes)
+  g = graphs.ops["cikg"].graph
+  want = partition.node_order(g.senders, g.receivers, graphs.n_nodes, "rcm")
+  assert stored.method == "rcm" and not stored.is_identity
+  np.testing.assert_array_equal(stored.order, want)
+  with open(os.path.join(workdir, "partition.json")) as f:
+    report = json.load(f)
+  assert report["node_order"] == "rcm" and report["operator"] == "cikg"
+  assert sum(report["blocks"]["edges"]) == len(g.senders)
+  assert report["blocks"]["nodes"] == [graphs.n_nodes] and report["blocks"]["halo"] == [0]
+
+  other = gp.NodeOrder("rcm", 1, want[::-1].copy())  # what an older library might have chosen
+  other.save(path)
+  again = gp.NodeOrder.for_run(workdir, graphs, "rcm", 1, write=True)
+  np.testing.assert_array_equal(again.order, want[::-1])
+  with pytest.raises(ValueError, match=r"node_order.npz: the run was placed in node order 'rcm'"):
+    gp.NodeOrder.for_run(workdir, graphs, "balanced", 1, write=True)
+  gp.NodeOrder("rcm", 1, np.arange(graphs.n_nodes - 1)).save(path)
+  with pytest.raises(ValueError, match=r"node_order.npz: .*not a permutation of this graph's"):
+    gp.NodeOrder.for_run(workdir, graphs, "rcm", 1, write=True)
+  with open(path, "wb") as f:
+    f.write(b"not numpy")
+  with pytest.raises(ValueError, match=r"node_order.npz: not a node order file"):
+    gp.NodeOrder.for_run(workdir, graphs, "rcm", 1, write=True)
 
 
 def test_graph_mode_keeps_whole_graphs_off_the_devices(tmp_path):

@@ -34,7 +34,7 @@ def test_block_stats_match_brute_force():
   rng = np.random.default_rng(0)
   senders, receivers, n = _two_communities(rng)
   for method in partition.ORDERS:
-    order = partition.node_order(senders, receivers, n, method)
+    order = partition.node_order(senders, receivers, n, method, n_blocks=4)
     assert sorted(order.tolist()) == list(range(n))
     for bounds in (
       partition.equal_row_bounds(n, 4),
@@ -92,10 +92,33 @@ def test_orders_are_deterministic_and_checked():
   rng = np.random.default_rng(2)
   senders, receivers, n = _two_communities(rng, n=60, inner=200, across=5)
   for method in partition.ORDERS:
-    a = partition.node_order(senders, receivers, n, method)
-    b = partition.node_order(senders, receivers, n, method)
+    a = partition.node_order(senders, receivers, n, method, n_blocks=3)
+    b = partition.node_order(senders, receivers, n, method, n_blocks=3)
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="unknown node order 'metis'"):
     partition.node_order(senders, receivers, n, "metis")
   with pytest.raises(ValueError, match="n_blocks must be at least 1"):
     partition.edge_balanced_bounds(np.arange(n), receivers, n, 0)
+  with pytest.raises(ValueError, match='"balanced" needs n_blocks >= 1'):
+    partition.node_order(senders, receivers, n, "balanced")
+
+
+def test_balanced_order_balances_equal_row_blocks():
+  """The graph modes cut the table into equal row blocks: the "balanced" order fills them so
+  that each receives about E / D edges (three stars plus a ring: in id order the hubs' block gets
+  1.9 times the mean), and each block keeps exactly its equal_row_bounds rows."""
+  n, d = 403, 4
+  ring = np.arange(n)
+  hubs = np.repeat([0, 1, 2], 60)
+  senders = np.concatenate([np.arange(3, 183), ring])
+  receivers = np.concatenate([hubs, (ring + 1) % n])
+  bounds = partition.equal_row_bounds(n, d)
+  stats = {}
+  for method in ("identity", "balanced"):
+    order = partition.node_order(senders, receivers, n, method, n_blocks=d)
+    stats[method] = partition.block_stats(senders, receivers, order, bounds)
+  assert stats["identity"]["edge_imbalance"] > 1.9
+  assert stats["balanced"]["nodes"] == np.diff(bounds).tolist()
+  # the best equal-row blocks can do: one hub (61 edges) and 100 ring nodes (1 each) in three
+  # blocks of 101 rows, 100 ring nodes in the last: 161 edges at most (the mean is 145.75)
+  assert sorted(stats["balanced"]["edges"]) == [100, 161, 161, 161]

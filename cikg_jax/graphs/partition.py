@@ -11,8 +11,12 @@ E/D balances the edges.
   bounds = edge_balanced_bounds(order, receivers, n, 8)   # 9 cut points into `order`
   stats = block_stats(senders, receivers, order, bounds)  # edges, halo, padding per block
 
-Orders: "identity" (ids as given), "degree" (descending degree: the hubs first), "rcm" (reverse Cuthill-McKee on the symmetrised graph, scipy's: a bandwidth-reducing BFS
-order, so most edges join rows of one block or of its neighbours). All are deterministic.
+Orders: "identity" (ids as given), "degree" (descending degree: the hubs first), "rcm" (reverse
+Cuthill-McKee on the symmetrised graph, scipy's: a bandwidth-reducing BFS order, so most edges
+join rows of one block or of its neighbours), "balanced" (for `n_blocks` blocks of equal rows, as
+the graph modes cut the table: the nodes dealt by descending in-degree, each to the block with the
+fewest edges so far that has room, so every block receives about E/D edges). All are
+deterministic. The graph modes take one as `parallel.node_order` (graph_parallel.NodeOrder).
 """
 
 from __future__ import annotations
@@ -21,16 +25,23 @@ from typing import Dict, List
 
 import numpy as np
 
-ORDERS = ("identity", "degree", "rcm")
+ORDERS = ("identity", "degree", "rcm", "balanced")
 
 
-def node_order(senders: np.ndarray, receivers: np.ndarray, n: int, method: str) -> np.ndarray:
-  """A permutation of range(n): order[k] is the node placed at position k."""
+def node_order(
+  senders: np.ndarray, receivers: np.ndarray, n: int, method: str, n_blocks: int = 0
+) -> np.ndarray:
+  """A permutation of range(n): order[k] is the node placed at position k. `n_blocks`: the
+  equal-row blocks "balanced" balances (the others ignore it)."""
   if method not in ORDERS:
     raise ValueError(f"unknown node order {method!r}; choose from {ORDERS}")
   senders, receivers = np.asarray(senders, np.int64), np.asarray(receivers, np.int64)
   if method == "identity":
     return np.arange(n, dtype=np.int64)
+  if method == "balanced":
+    if n_blocks < 1:
+      raise ValueError(f'node order "balanced" needs n_blocks >= 1, got {n_blocks}')
+    return _balanced_order(np.bincount(receivers, minlength=n), n_blocks)
   degree = np.bincount(receivers, minlength=n) + np.bincount(senders, minlength=n)
   if method == "degree":
     return np.argsort(-degree, kind="stable").astype(np.int64)
@@ -40,6 +51,26 @@ def node_order(senders: np.ndarray, receivers: np.ndarray, n: int, method: str) 
   a = sp.coo_matrix((np.ones(len(senders), np.int8), (receivers, senders)), shape=(n, n)).tocsr()
   sym = (a + a.T).tocsr()
   return np.asarray(csgraph.reverse_cuthill_mckee(sym, symmetric_mode=True), np.int64)
+
+
+def _balanced_order(in_degree: np.ndarray, n_blocks: int) -> np.ndarray:
+  """Greedy largest-first assignment of nodes to the equal_row_bounds blocks (each block's
+  capacity its rows), then the blocks' nodes in ascending id order, block after block."""
+  import heapq
+
+  n = len(in_degree)
+  capacity = np.diff(equal_row_bounds(n, n_blocks))
+  heap = [(0, k) for k in range(n_blocks) if capacity[k] > 0]
+  heapq.heapify(heap)
+  block = np.empty(n, np.int64)
+  left = capacity.copy()
+  for node in np.argsort(-in_degree, kind="stable"):
+    edges, k = heapq.heappop(heap)
+    block[node] = k
+    left[k] -= 1
+    if left[k] > 0:
+      heapq.heappush(heap, (edges + int(in_degree[node]), k))
+  return np.lexsort((np.arange(n), block)).astype(np.int64)
 
 
 def edge_balanced_bounds(

@@ -23,6 +23,13 @@ counter-based, element i of a draw of any shape is a function of (key, i) (propa
 so each device draws only its rows or its edges' pairs and gets the values the single-device draw
 has.
 
+Node order (config.parallel.node_order, `NodeOrder`). The row blocks cut the table in the order
+of a permutation chosen once at set-up from the graph (cikg_jax/graphs/partition.py: "identity",
+"balanced" edges per block, "rcm" locality, "degree") and stored with the run: table row p holds
+node order[p]. Parameters, checkpoints, batches and every loss keep the node ids; only the placed
+table, the operators' row ids and the layout's lookups (`NodeRows`) are in row order, so a run is
+the same run in any order, up to float summation order.
+
 Gradients: the loss is replicated over "graph" (every collective above ends in a psum) and, with a
 "data" axis, psum'd over it inside the loss (steps.BatchShards; under pmap the shard gradients
 are psum'd after autodiff instead). Under shard_map's `check_vma` the gradient of such a loss is
@@ -33,7 +40,9 @@ gradients arrive summed (no extra psum; see docs/method.md §7 for the trap). Ad
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
+import os
 from typing import Dict, Optional
 
 import flax.struct
@@ -45,9 +54,10 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from cikg_jax.graphs import halo as halo_lib
+from cikg_jax.graphs import partition
 from cikg_jax.graphs import propagation as prop
 from cikg_jax.models import cikgrec, losses
-from cikg_jax.training import steps
+from cikg_jax.training import rundir, steps
 
 GRAPH, DATA = "graph", "data"  # mesh axis names
 PAD_PAIR = -2  # pair id of a padding edge (-1: an added self loop, never dropped)
@@ -97,8 +107,16 @@ def padded_rows(n_nodes: int, n_devices: int) -> int:
 EXCHANGES = ("all_gather", "halo", "auto")
 
 
-def shard_operator(op: prop.Operator, n_devices: int, exchange: str = "all_gather"):
+def shard_operator(
+  op: prop.Operator,
+  n_devices: int,
+  exchange: str = "all_gather",
+  position: Optional[np.ndarray] = None,
+):
   """Cuts `op` (host or device arrays) into `n_devices` receiver blocks, in host memory.
+
+  position: node i's table row (a NodeOrder's); None: the node ids. Edges keep their order
+  within each receiver (a stable sort), so each row sums its messages in the same order.
 
   exchange: how a layer's input reaches the blocks: "all_gather" (every row to every device),
   "halo" (each block receives only the remote rows its edges read, cikg_jax/graphs/halo.py), "auto"
@@ -110,6 +128,10 @@ def shard_operator(op: prop.Operator, n_devices: int, exchange: str = "all_gathe
   receivers = np.asarray(g.receivers).astype(np.int64)
   weight = np.asarray(g.edges["weight"]).astype(np.float32)
   pair = np.asarray(g.edges["pair"]).astype(np.int32)
+  if position is not None:
+    senders, receivers = position[senders].astype(np.int32), position[receivers]
+    by_row = np.argsort(receivers, kind="stable")
+    senders, receivers, weight, pair = (a[by_row] for a in (senders, receivers, weight, pair))
   n, d = op.n_nodes, n_devices
   n_padded = padded_rows(n, d)
   b = n_padded // d
@@ -196,13 +218,24 @@ def index_2x32(row, width: int, col):
 
 
 # ---- the row-sharded layout (cikgrec.Dense's interface inside shard_map) --------------------------
+@flax.struct.dataclass
+class NodeRows:
+  """A node order inside shard_map: `position[i]`, the table row of node i (replicated), and
+  `node[r]`, the node at row r of this device's block (a padding row: its row index, >= N)."""
+
+  position: jnp.ndarray
+  node: jnp.ndarray
+
+
 @dataclasses.dataclass(frozen=True)
 class RowSharded:
   """This device's block of rows of every node-table-shaped array, inside shard_map over a mesh
-  with a "graph" axis of `n_devices` (cikgrec.Dense is the single-device version)."""
+  with a "graph" axis of `n_devices` (cikgrec.Dense is the single-device version). `rows`: the
+  node order's lookups, bound inside the step (None: row r holds node r)."""
 
   n_nodes: int
   n_devices: int
+  rows: Optional[NodeRows] = dataclasses.field(default=None, compare=False, hash=False)
 
   @property
   def n_padded(self) -> int:
@@ -219,21 +252,31 @@ class RowSharded:
   def first_row(self):
     return lax.axis_index(GRAPH) * self.block
 
+  def row_of(self, ids):
+    """The table rows of node ids."""
+    return ids if self.rows is None else self.rows.position[ids]
+
+  def nodes_here(self, n_rows: int):
+    """The node ids of this block's rows (padding rows: ids >= N)."""
+    if self.rows is None:
+      return self.first_row() + jnp.arange(n_rows)
+    return self.rows.node
+
   def take(self, x, ids):
     """x[ids] of the whole array: each device its own rows, the rest zeros, summed."""
-    local = ids - self.first_row()
+    local = self.row_of(ids) - self.first_row()
     mine = (local >= 0) & (local < self.block)
     rows = x[jnp.clip(local, 0, self.block - 1)]
     rows = jnp.where(mine.reshape(mine.shape + (1,) * (rows.ndim - 1)), rows, 0)
     return lax.psum(rows, GRAPH)
 
   def put(self, x, ids, values):
-    local = ids - self.first_row()
+    local = self.row_of(ids) - self.first_row()
     mine = (local >= 0) & (local < self.block)
     return x.at[jnp.where(mine, local, self.block)].set(values, mode="drop")
 
   def uniform(self, key, x):
-    rows = self.first_row() + jnp.arange(x.shape[0])
+    rows = self.nodes_here(x.shape[0])  # a node's draws wherever its row is
     width = math.prod(x.shape[1:])
     cols = jnp.arange(width)
     hi, lo = index_2x32(rows[:, None], width, cols[None, :])
@@ -285,7 +328,7 @@ class RowSharded:
     anchor's denominator, psum'd (the same constant shift 1/tau); over chunks of `chunk` rows of
     the block when it is positive (memory batch x chunk, not batch x block)."""
     hi = self.n_nodes if hi is None else hi
-    rows = self.first_row() + jnp.arange(table.shape[0])
+    rows = self.nodes_here(table.shape[0])
     candidate = (rows >= lo) & (rows < hi)
     shift = 1.0 / tau
     if chunk:
@@ -397,21 +440,124 @@ def edge_arrays_needed(net, ops) -> set:
   return {id(ops[n]) for n in names if n in ops}
 
 
+@dataclasses.dataclass(frozen=True)
+class NodeOrder:
+  """The node order a graph-mode run places its table in: `order[p]` is the node at table row p
+  (partition.node_order's permutation, of the graph's largest operator, for `n_blocks` blocks).
+  Chosen once at set-up and stored with the run (`save`, `load`): a resumed run uses the stored
+  order, whatever the library would choose now."""
+
+  method: str
+  n_blocks: int
+  order: np.ndarray
+
+  FILE = "node_order.npz"
+
+  @classmethod
+  def choose(cls, graphs: cikgrec.Graphs, method: str, n_blocks: int) -> "NodeOrder":
+    ops = [op for op in graphs.ops.values() if not isinstance(op, ShardedOperator)]
+    if method == "identity" or not ops:
+      return cls(method, n_blocks, np.arange(graphs.n_nodes, dtype=np.int64))
+    largest = max(ops, key=lambda op: int(np.shape(op.graph.senders)[0]))
+    g = largest.graph
+    order = partition.node_order(
+      np.asarray(g.senders), np.asarray(g.receivers), largest.n_nodes, method, n_blocks
+    )
+    return cls(method, n_blocks, order)
+
+  @property
+  def is_identity(self) -> bool:
+    return bool(np.array_equal(self.order, np.arange(len(self.order))))
+
+  @property
+  def position(self) -> np.ndarray:
+    """position[i]: the table row of node i."""
+    position = np.empty_like(self.order)
+    position[self.order] = np.arange(len(self.order))
+    return position
+
+  def save(self, path: str) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, method=self.method, n_blocks=self.n_blocks, order=self.order)
+    rundir.write_atomic(path, buffer.getvalue())
+
+  @classmethod
+  def load(cls, path: str, n_nodes: int) -> "NodeOrder":
+    try:
+      with np.load(path) as z:
+        method, n_blocks, order = str(z["method"]), int(z["n_blocks"]), z["order"]
+    except (OSError, ValueError, KeyError) as e:
+      raise ValueError(f"{path}: not a node order file ({e})") from e
+    if not np.array_equal(np.sort(order), np.arange(n_nodes)):
+      raise ValueError(
+        f"{path}: holds an order of {len(order)} nodes that is not a permutation of this "
+        f"graph's {n_nodes} nodes; the run directory belongs to other data"
+      )
+    return cls(method, n_blocks, order.astype(np.int64))
+
+  @classmethod
+  def for_run(cls, workdir, graphs, method: str, n_blocks: int, write: bool) -> "NodeOrder":
+    """The run's stored order, or (a new run) the one chosen now, stored when `write`."""
+    path = os.path.join(workdir, cls.FILE) if workdir else None
+    if path and os.path.exists(path):
+      stored = cls.load(path, graphs.n_nodes)
+      if stored.method != method:
+        raise ValueError(
+          f"{path}: the run was placed in node order {stored.method!r}, the config asks for "
+          f"{method!r}; set parallel.node_order={stored.method} or use another workdir"
+        )
+      return stored
+    chosen = cls.choose(graphs, method, n_blocks)
+    if path and write and method != "identity":
+      chosen.save(path)
+    return chosen
+
+
+class _RowsBound:
+  """A jitted step called with the node rows appended; `_cache_size` as the jitted function's
+  (the loop counts compilations)."""
+
+  def __init__(self, jitted, rows):
+    self.jitted, self.rows = jitted, rows
+
+  def __call__(self, *args):
+    return self.jitted(*args, self.rows)
+
+  def _cache_size(self):
+    return self.jitted._cache_size()
+
+
 class GraphParallel:
   """A model's sharded graphs, placement of its state and its steps on a "graph" or
-  "data" x "graph" mesh (module docstring)."""
+  "data" x "graph" mesh (module docstring). `node_order`: a NodeOrder, or the name of one to
+  choose now."""
 
-  def __init__(self, net, graphs: cikgrec.Graphs, mesh: Mesh, exchange: str = "all_gather"):
+  def __init__(
+    self,
+    net,
+    graphs: cikgrec.Graphs,
+    mesh: Mesh,
+    exchange: str = "all_gather",
+    node_order="identity",
+  ):
     check_supported(net, graphs)
     check_random_bits()
     self.net, self.mesh, self.exchange = net, mesh, exchange
     self.data = DATA in mesh.axis_names
     self.n_graph = mesh.shape[GRAPH]
     self.n_data = mesh.shape[DATA] if self.data else 1
+    if isinstance(node_order, str):
+      node_order = NodeOrder.choose(graphs, node_order, self.n_graph)
+    self.node_order = node_order
+    # None where rows hold the nodes in id order: the step is then the one without lookups
+    self.order = None if node_order.is_identity else node_order.order
+    self.position = None if self.order is None else node_order.position
     self.layout = RowSharded(net.n_nodes, self.n_graph)
     self.local = net.clone(layout=self.layout)
+    self.node_rows = None if self.order is None else self._place_node_rows()
     # the batch split over "data": the loss summed inside autodiff (steps.BatchShards)
     self.shards = steps.BatchShards(DATA, reduce_in_loss=True) if self.data else None
+    self.host_graphs = graphs
     self.graphs = self._place_graphs(graphs)
     self.graph_specs = graphs_specs(self.graphs)
 
@@ -428,7 +574,7 @@ class GraphParallel:
       if isinstance(op, ShardedOperator):
         built[id(op)] = op
       elif id(op) not in built:
-        sharded = shard_operator(op, self.n_graph, self.exchange)
+        sharded = shard_operator(op, self.n_graph, self.exchange, self.position)
         if id(op) not in needed:
           sharded = sharded.replace(receivers=None, pair=None)
         built[id(op)] = jax.tree_util.tree_map(
@@ -440,6 +586,56 @@ class GraphParallel:
       rows = put_global(rows, self.sharding(P()))
     return graphs.replace(ops=ops, interest_rows=rows)
 
+  def partition_report(self) -> Dict:
+    """The row blocks of the largest graph in this node order: nodes, edges, halo (the distinct
+    remote senders a block reads) and padding per block (partition.block_stats), and the halo
+    each placed operator pads its exchange to (0: it all_gathers)."""
+    ops = {k: op for k, op in self.host_graphs.ops.items() if not isinstance(op, ShardedOperator)}
+    out = {
+      "node_order": self.node_order.method,
+      "devices": self.n_graph,
+      "nodes": self.net.n_nodes,
+      "exchange_halo": {k: int(op.halo) for k, op in self.graphs.ops.items()},
+    }
+    if not ops:
+      return out
+    name = max(ops, key=lambda k: int(np.shape(ops[k].graph.senders)[0]))
+    g = ops[name].graph
+    bounds = partition.equal_row_bounds(self.net.n_nodes, self.n_graph)
+    stats = partition.block_stats(
+      np.asarray(g.senders), np.asarray(g.receivers), self.node_order.order, bounds
+    )
+    return out | {"operator": name, "blocks": stats}
+
+  def _place_node_rows(self) -> NodeRows:
+    n_padded = self.layout.n_padded
+    node = np.arange(n_padded, dtype=np.int32)
+    node[: len(self.order)] = self.order
+    return NodeRows(
+      position=put_global(self.position.astype(np.int32), self.sharding(P())),
+      node=put_global(node, self._table_sharding()),
+    )
+
+  def _bound(self, rows):
+    """The row-sharded model with the node order's lookups (traced arrays) bound."""
+    if rows is None:
+      return self.local
+    return self.local.clone(layout=dataclasses.replace(self.layout, rows=rows))
+
+  def _with_rows(self, fn, in_specs, out_specs):
+    """jit(shard_map(fn)) called without the node rows: fn(*args, rows) gets them bound, placed
+    once (no rows in id order: fn(*args, None), the program without lookups)."""
+    if self.node_rows is None:
+      mapped = jax.shard_map(
+        lambda *a: fn(*a, None), mesh=self.mesh, in_specs=in_specs, out_specs=out_specs
+      )
+      return jax.jit(mapped, donate_argnums=0)
+    rows_specs = NodeRows(position=P(), node=P(GRAPH))
+    mapped = jax.shard_map(
+      fn, mesh=self.mesh, in_specs=in_specs + (rows_specs,), out_specs=out_specs
+    )
+    return _RowsBound(jax.jit(mapped, donate_argnums=0), self.node_rows)
+
   def specs(self, tree):
     """P("graph") for the table-shaped leaves, P() (replicated) for the rest."""
     return jax.tree_util.tree_map_with_path(lambda p, _: P(GRAPH) if _is_table(p) else P(), tree)
@@ -450,11 +646,14 @@ class GraphParallel:
     return self.sharding(P(GRAPH) if self.n_graph > 1 else P())
 
   def place(self, tree):
-    """Host state (or params) -> the mesh: table leaves padded to Np rows and split by rows."""
+    """Host state (or params) -> the mesh: table leaves in row order, padded to Np rows and
+    split by rows."""
 
     def put(path, x):
       x = np.asarray(x)
       if _is_table(path):
+        if self.order is not None:
+          x = x[self.order]
         x = np.pad(x, [(0, self.layout.n_padded - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
         return put_global(x, self._table_sharding())
       return put_global(x, self.sharding(P()))
@@ -477,7 +676,12 @@ class GraphParallel:
 
     def get(path, x):
       x = to_host(x)
-      return x[: self.net.n_nodes] if _is_table(path) else x
+      if not _is_table(path):
+        return x
+      x = x[: self.net.n_nodes]
+      if self.order is not None:
+        x = x[self.position]  # node i's row
+      return x
 
     return jax.tree_util.tree_map_with_path(get, tree)
 
@@ -499,41 +703,43 @@ class GraphParallel:
     """steps.train_step under shard_map: (state, batch, key, graphs) -> (state, terms), the
     state and graphs as placed here (`place`, `self.graphs`)."""
     state_specs = self.specs(state_template)
-    fn = jax.shard_map(
-      steps.make_train_step(self.local, tx, mask_rate, self.shards),
-      mesh=self.mesh,
-      in_specs=(state_specs, self._batch_spec(), P(), self.graph_specs),
-      out_specs=(state_specs, P()),
+
+    def step(state, batch, key, graphs, rows):
+      return steps.make_train_step(self._bound(rows), tx, mask_rate, self.shards)(
+        state, batch, key, graphs
+      )
+
+    return self._with_rows(
+      step, (state_specs, self._batch_spec(), P(), self.graph_specs), (state_specs, P())
     )
-    return jax.jit(fn, donate_argnums=0)
 
   def make_kge_step(self, kge_tx, state_template):
     """steps.kge_step under shard_map; the triple batch split over "data"."""
     state_specs = self.specs(state_template)
-    fn = jax.shard_map(
-      steps.make_kge_step(self.local, kge_tx, self.shards),
-      mesh=self.mesh,
-      in_specs=(state_specs, self._batch_spec()),
-      out_specs=(state_specs, P()),
-    )
-    return jax.jit(fn, donate_argnums=0)
+
+    def step(state, batch, rows):
+      return steps.make_kge_step(self._bound(rows), kge_tx, self.shards)(state, batch)
+
+    return self._with_rows(step, (state_specs, self._batch_spec()), (state_specs, P()))
 
   def make_embed_fn(self):
     """(host params, placed graphs) -> (users, items): the propagated table computed on the mesh
     (each device its rows), as steps.make_embed_fn computes it on one device."""
     local, nu, ni = self.local, self.net.n_users, self.net.n_items
+    position = None if self.position is None else jnp.asarray(self.position, jnp.int32)
 
     @jax.jit
-    def propagated(params, graphs):
-      return jax.shard_map(
+    def propagated(params, graphs, position):
+      out = jax.shard_map(
         lambda p, g: local.apply({"params": p}, g, method="propagated"),
         mesh=self.mesh,
         in_specs=(self.specs(params), self.graph_specs),
         out_specs=P(GRAPH),
       )(params, graphs)
+      return out if position is None else out[position]  # node i's row, in id order
 
     def embed(params, graphs):
-      out = propagated(self.place(params), graphs)
+      out = propagated(self.place(params), graphs, position)
       if jax.process_count() > 1:  # every process evaluates the whole table, as in mode "data"
         out = to_host(out)
       return out[:nu], out[nu : nu + ni]

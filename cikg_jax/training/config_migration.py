@@ -17,6 +17,7 @@ ADDED_KEYS = {
   "parallel.data_devices": 0,
   "cl.chunk": 0,
   "parallel.exchange": "all_gather",
+  "parallel.node_order": "identity",
 }
 # Keys that moved (old name -> new name): a config holding the old one reads under the new name.
 MOVED_KEYS = {"train.num_devices": "parallel.num_devices"}

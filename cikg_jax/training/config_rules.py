@@ -118,6 +118,7 @@ RULES: Dict[str, Rule] = {
   "parallel.num_devices": COUNT,
   "parallel.data_devices": COUNT,
   "parallel.exchange": _one_of("all_gather", "halo", "auto"),
+  "parallel.node_order": _one_of("identity", "balanced", "rcm", "degree"),
   "parallel.coordinator_address": _str,
   "parallel.num_processes": COUNT,
   "parallel.process_id": _int(-1),

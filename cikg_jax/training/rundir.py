@@ -68,6 +68,8 @@ RUN_FILES = (
   "results.json",
   "curves.png",
   "config.json",
+  "node_order.npz",  # graph modes: the table's row order (graph_parallel.NodeOrder)
+  "partition.json",
   IDENTITY_FILE,
 )
 _FRESH_HINT = (
@@ -174,16 +176,17 @@ def _naming(path: str) -> Iterator[None]:
     ) from e
 
 
-def write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text) -> None:
   """Whole new content or the old one, never a mix (temp file, fsync, os.replace, fsync of the
-  directory)."""
+  directory). `text`: str, or bytes written as they are."""
   path = os.fspath(path)
   d = os.path.dirname(os.path.abspath(path))
+  binary = isinstance(text, bytes)
   with _naming(path):
     fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
       ordinary_mode(fd)
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
+      with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -45,7 +45,7 @@ PARALLEL_MODES = ("data", "graph", "data_graph")  # config.parallel.mode (README
 
 
 def parallel_settings(config) -> "ParallelSettings":
-  """(mode, requested device count, requested "data" axis size, exchange) of a config:
+  """(mode, requested device count, requested "data" axis size, exchange, node order) of a config:
   `config.parallel`,
   or for configs from before it, `train.num_devices` (data parallelism). Missing keys take the
   values that reproduce runs from before them (config_migration.ADDED_KEYS)."""
@@ -66,6 +66,7 @@ def parallel_settings(config) -> "ParallelSettings":
     int(flat["parallel.num_devices"]),
     int(flat["parallel.data_devices"]),
     str(flat["parallel.exchange"]),
+    str(flat["parallel.node_order"]),
   )
 
 
@@ -254,6 +255,7 @@ class ParallelSettings(NamedTuple):
   num_devices: int  # requested; 0: every local device
   data_devices: int  # requested size of the "data" axis in "data_graph"; 0: chosen
   exchange: str = "all_gather"  # graph modes: how a device reads the rows it does not hold
+  node_order: str = "identity"  # graph modes: the table's row order (graph_parallel.NodeOrder)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -210,6 +210,8 @@ class Trainer:
   n_devices: int  # data-parallel devices over all processes
   embed: Any = None  # (params, graphs) -> (users, items); None: steps.make_embed_fn
   mesh: Optional[Dict[str, int]] = None  # graph modes: {axis: size}
+  # graph modes: the node order's name and its blocks' edges, halo and padding (partition.json)
+  partition: Optional[Dict[str, Any]] = None
   # (state, graphs, epoch) -> the graphs of the epoch's steps, for models whose graph changes once
   # per epoch (KGAT's attention); None: the same graphs every epoch.
   epoch_graphs: Any = None
@@ -231,18 +233,26 @@ def make_samplers(config, ds, use_kge: bool) -> Dict[str, Any]:
   )
 
 
-def make_trainer(net, graphs, settings: steps.StepSettings, tx, kge_tx, samplers) -> Trainer:
+def make_trainer(
+  net, graphs, settings: steps.StepSettings, tx, kge_tx, samplers, workdir: Optional[str] = None
+) -> Trainer:
   """The one train step and TransE step (steps.py) wrapped for the settings' parallel mode:
   jax.jit on one device, jax.pmap data parallelism ("data"), or jax.shard_map over a graph /
-  data x graph mesh with the row-sharded layout (graph_parallel.py). `samplers`: make_samplers."""
-  mode, requested, data_devices, exchange = settings.parallel
+  data x graph mesh with the row-sharded layout (graph_parallel.py). `samplers`: make_samplers.
+  `workdir`: the run's directory, which holds a graph mode's node order (None: chosen, not
+  stored)."""
+  mode, requested, data_devices, exchange, node_order = settings.parallel
   n_devices = data_parallel.num_devices(requested)  # this process's
   if mode != "data":
     from cikg_jax.parallel import graph_parallel as gp
 
     # one mesh over every process's devices; each process feeds the whole batch
     shape = gp.mesh_shape(mode, n_devices * distributed.process_count(), data_devices)
-    par = gp.GraphParallel(net, graphs, gp.make_mesh(shape), exchange)
+    gp.check_supported(net, graphs)
+    order = gp.NodeOrder.for_run(
+      workdir, graphs, node_order, shape[gp.GRAPH], write=distributed.is_primary()
+    )
+    par = gp.GraphParallel(net, graphs, gp.make_mesh(shape), exchange, order)
     template = gp.state_template(net, tx, kge_tx, settings.use_kge)
     step = par.make_train_step(tx, settings.mask_rate, template)
     return Trainer(
@@ -255,6 +265,7 @@ def make_trainer(net, graphs, settings: steps.StepSettings, tx, kge_tx, samplers
       n_devices=shape.get(gp.DATA, 1),
       embed=par.make_embed_fn(),
       mesh=shape,
+      partition=par.partition_report(),
       **samplers,
     )
   if n_devices > 1 or distributed.process_count() > 1:
@@ -287,6 +298,15 @@ def make_trainer(net, graphs, settings: steps.StepSettings, tx, kge_tx, samplers
     n_devices=1,
     epoch_graphs=_epoch_graphs(net, same),
     **samplers,
+  )
+
+
+def _partition_summary(p: Dict[str, Any]) -> str:
+  blocks = p["blocks"]
+  return (
+    f"node order {p['node_order']}, {p['devices']} blocks of {p['operator']}: edges "
+    f"{min(blocks['edges'])}-{max(blocks['edges'])} (max / mean {blocks['edge_imbalance']:.2f}), "
+    f"largest halo {blocks['halo_max']} of {p['nodes']} rows, padding {max(blocks['padding'])}"
   )
 
 
@@ -512,8 +532,11 @@ def _train(config, workdir: str, ds, net, graphs, t_setup: float, parallel) -> D
   settings = steps.step_settings(config, ds, parallel)
   tx, kge_tx = steps.make_optimizers(config)
   trainer = make_trainer(
-    net, graphs, settings, tx, kge_tx, make_samplers(config, ds, settings.use_kge)
+    net, graphs, settings, tx, kge_tx, make_samplers(config, ds, settings.use_kge), workdir
   )
+  if trainer.partition is not None and distributed.is_primary():
+    rundir.write_json(os.path.join(workdir, "partition.json"), trainer.partition)
+    log.info("graph blocks: %s", _partition_summary(trainer.partition))
   record = results_settings(config)
 
   eval_sets = make_eval_sets(ds, run.eval_chunk)
@@ -727,7 +750,8 @@ def write_results(
     "devices": [str(d) for d in jax.devices()],
     "data_parallel_devices": trainer.n_devices,
     "processes": distributed.process_count(),
-    "parallel": {"mode": parallel_mode, "mesh": trainer.mesh},
+    "parallel": {"mode": parallel_mode, "mesh": trainer.mesh}
+    | ({} if trainer.partition is None else {"node_order": trainer.partition["node_order"]}),
     "n_params": steps.param_count(best_params),
   }
   if distributed.is_primary():
