@@ -1,9 +1,12 @@
 """Per-block edges, halo and padding of a dataset's CIKG cut into row blocks for D devices, for
-each node order and cut of cikg_jax/graphs/partition.py: what an exchange of only the needed sender rows
-would send per layer (the halo) against the whole-table gather the graph modes do today (N rows).
+each node order and cut of cikg_jax/graphs/partition.py: what an exchange of only the needed sender
+rows sends per layer (the halo, parallel.exchange=halo) against the all_gather of the whole table
+(N rows). The graph modes cut equal rows in the order parallel.node_order names.
 
   python experiments/partition_report.py --config=configs/dbbook2014.py --devices=8
   python experiments/partition_report.py --config=configs/synthetic_large.py:0.01 --devices=8,32
+  python experiments/partition_report.py --config=configs/dbbook2014.py --devices=8,32 \
+    --out=experiments/results/partition/dbbook2014.jsonl
 
 Prints one JSON line per (order, cut, devices) and a table. On dbbook2014's CIKG (14k nodes,
 small-world: users, books and a dense KG) no order brings the largest halo below about half the
@@ -32,6 +35,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/dbbook2014.py", "Dataset config.")
 flags.DEFINE_list("devices", ["8"], "Device counts (row blocks).")
 flags.DEFINE_list("orders", list(partition.ORDERS), "Node orders.")
+flags.DEFINE_string(
+  "out", "", "Append the JSON rows to this file (e.g. experiments/results/partition/)."
+)
 
 
 def main(argv):
@@ -41,11 +47,11 @@ def main(argv):
   g = graph_lib.build_graphs(ds, views=c.views, add_self_loops=False)["cikg_no_loops"]
   senders, receivers, n = np.asarray(g.senders), np.asarray(g.receivers), int(g.n_node[0])
   rows = []
-  for method in FLAGS.orders:
-    t0 = time.perf_counter()
-    order = partition.node_order(senders, receivers, n, method)
-    seconds = time.perf_counter() - t0
-    for d in map(int, FLAGS.devices):
+  for d in map(int, FLAGS.devices):
+    for method in FLAGS.orders:
+      t0 = time.perf_counter()
+      order = partition.node_order(senders, receivers, n, method, n_blocks=d)
+      seconds = time.perf_counter() - t0
       for cut, bounds in (
         ("equal_rows", partition.equal_row_bounds(n, d)),
         ("balanced_edges", partition.edge_balanced_bounds(order, receivers, n, d)),
@@ -68,7 +74,10 @@ def main(argv):
           commit=runner.git_commit(),
         )
         rows.append(row)
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)
+        if FLAGS.out:
+          with open(FLAGS.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
   print("\n| order | cut | D | max edges / mean | largest halo (rows) | halo / N | padding |")
   print("|---|---|---|---|---|---|---|")
   for r in rows:
