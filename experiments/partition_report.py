@@ -70,6 +70,8 @@ def main(argv):
           halo_max=s["halo_max"],
           halo_max_over_n=round(s["halo_max"] / n, 4),
           padding_max=max(s["padding"]),
+          # H as graph_memory.py --halo takes it: the exchange's rows per peer over a block's rows
+          halo_per_peer_over_block=round(s["halo_per_peer_max"] / -(-n // d), 4),
           blocks=s,
           commit=runner.git_commit(),
         )
@@ -78,12 +80,15 @@ def main(argv):
         if FLAGS.out:
           with open(FLAGS.out, "a") as f:
             f.write(json.dumps(row) + "\n")
-  print("\n| order | cut | D | max edges / mean | largest halo (rows) | halo / N | padding |")
-  print("|---|---|---|---|---|---|---|")
+  print(
+    "\n| order | cut | D | max edges / mean | largest halo (rows) | halo / N | H / B | padding |"
+  )
+  print("|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(
       f"| {r['order']} | {r['cut']} | {r['devices']} | {r['edge_imbalance']:.2f} | "
-      f"{r['halo_max']} | {r['halo_max_over_n']:.3f} | {r['padding_max']} |"
+      f"{r['halo_max']} | {r['halo_max_over_n']:.3f} | {r['halo_per_peer_over_block']:.3f} | "
+      f"{r['padding_max']} |"
     )
 
 

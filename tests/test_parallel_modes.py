@@ -303,6 +303,14 @@ def test_node_order_is_chosen_once_and_stored_with_the_run(tmp_path):
   assert report["node_order"] == "rcm" and report["operator"] == "cikg"
   assert sum(report["blocks"]["edges"]) == len(g.senders)
   assert report["blocks"]["nodes"] == [graphs.n_nodes] and report["blocks"]["halo"] == [0]
+  # the report's rows per peer are what the halo exchange pads to, in any order
+  for method in partition.ORDERS:
+    three = gp.NodeOrder.choose(graphs, method, 3)
+    cut = gp.shard_operator(graphs.ops["cikg"], 3, "halo", three.position)
+    stats = partition.block_stats(
+      g.senders, g.receivers, three.order, partition.equal_row_bounds(graphs.n_nodes, 3)
+    )
+    assert cut.halo == stats["halo_per_peer_max"] > 0, method
 
   other = gp.NodeOrder("rcm", 1, want[::-1].copy())  # what an older library might have chosen
   other.save(path)

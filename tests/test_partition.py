@@ -13,7 +13,8 @@ def _brute_stats(senders, receivers, owner, n_blocks):
     edges[owner[r]] += 1
     if owner[s] != owner[r]:
       halo[owner[r]].add(s)
-  return edges, [len(h) for h in halo]
+  per_peer = max(sum(owner[s] == k for s in h) for h in halo for k in range(n_blocks))
+  return edges, [len(h) for h in halo], per_peer
 
 
 def _two_communities(rng, n=200, inner=1500, across=20):
@@ -42,8 +43,9 @@ def test_block_stats_match_brute_force():
     ):
       stats = partition.block_stats(senders, receivers, order, bounds)
       owner = partition.block_of(order, bounds)
-      edges, halo = _brute_stats(senders, receivers, owner, 4)
+      edges, halo, per_peer = _brute_stats(senders, receivers, owner, 4)
       assert stats["edges"] == edges and stats["halo"] == halo
+      assert stats["halo_per_peer_max"] == per_peer
       assert sum(stats["nodes"]) == n and sum(stats["edges"]) == len(receivers)
       assert stats["padding"] == [max(stats["nodes"]) - k for k in stats["nodes"]]
 

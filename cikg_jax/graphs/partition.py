@@ -119,6 +119,11 @@ def block_stats(
   remote = owner[senders] != dest
   pairs = np.unique(dest[remote] * (len(order) + 1) + senders[remote])
   halo = np.bincount(pairs // (len(order) + 1), minlength=n_blocks)
+  # per (receiving block, owning block): what the halo exchange pads every peer's buffer to
+  peer = np.bincount(
+    (pairs // (len(order) + 1)) * n_blocks + owner[pairs % (len(order) + 1)],
+    minlength=n_blocks * n_blocks,
+  )
   return {
     "nodes": nodes.tolist(),
     "edges": edges.tolist(),
@@ -128,4 +133,5 @@ def block_stats(
     "edge_imbalance": float(edges.max() / max(edges.mean(), 1e-12)),
     "halo_total": int(halo.sum()),
     "halo_max": int(halo.max()),
+    "halo_per_peer_max": int(peer.max()),
   }
