@@ -10,8 +10,10 @@ docs/scaling.md.
 
 `--edges` counts the CIKG's directed edges without self loops (2 per undirected pair);
 `--ui_share` is the share of its pairs that are user-item pairs (the contrastive views are built
-from them). Edges are assumed spread evenly over the receiver blocks (a power-law graph's largest
-block is larger: every device holds as many edges as the largest). XLA:CPU's buffer assignment is
+from them). Edges are spread evenly over the receiver blocks, as `parallel.node_order=balanced`
+spreads them (in id order a power-law graph's largest block is 2.5-3 times the mean, and every
+device holds as many edges as the largest). `--halo=h` takes the rows per peer a partition needs
+as a share of a block (experiments/partition_report.py measures it). XLA:CPU's buffer assignment is
 an estimate of a GPU's (other fusions, no cuSPARSE workspace); the formula is the same on both.
 """
 
