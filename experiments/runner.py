@@ -90,8 +90,9 @@ class Run:
 
 
 def git_commit() -> str:
-  """HEAD, with `+dirty` when tracked files differ from it (results then say so); CIKG_COMMIT
-  names it where the tree is a copy without .git (a device machine)."""
+  """HEAD, with `+dirty` when tracked files other than result files (experiments/results/, which
+  runs append to) differ from it (results then say so); CIKG_COMMIT names it where the tree is a
+  copy without .git (a device machine)."""
   if os.environ.get("CIKG_COMMIT"):
     return os.environ["CIKG_COMMIT"]
   try:
@@ -99,7 +100,7 @@ def git_commit() -> str:
       ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
     dirty = subprocess.run(
-      ["git", "status", "--porcelain", "--untracked-files=no"],
+      ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!experiments/results"],
       cwd=ROOT,
       capture_output=True,
       text=True,

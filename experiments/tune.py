@@ -293,20 +293,37 @@ def load_study(dataset: str, model: str, tuning_dir: str, min_epochs_: int):
   import optuna
 
   name = f"{dataset}__{model}"
-  return optuna.create_study(
+  study = optuna.create_study(
     study_name=name,
     storage=storage_for(os.path.join(tuning_dir, f"{name}.journal")),
     direction="maximize",
-    sampler=optuna.samplers.TPESampler(seed=SAMPLER_SEED, n_startup_trials=5),
     pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min_epochs_),
     load_if_exists=True,
   )
+  # Seeded by the trials so far: a resumed study draws on, instead of replaying the proposals of
+  # its first invocation (the same seed would propose the same random start-up points again).
+  study.sampler = optuna.samplers.TPESampler(
+    seed=SAMPLER_SEED + len(study.trials), n_startup_trials=5
+  )
+  return study
+
+
+def settled(study, states) -> list:
+  """The study's trials in `states`, a configuration tried more than once counted once (its
+  first trial): equal budgets count distinct configurations."""
+  seen, out = set(), []
+  for t in study.trials:
+    key = json.dumps(_params(t), sort_keys=True)
+    if t.state in states and key not in seen:
+      seen.add(key)
+      out.append(t)
+  return out
 
 
 def counted(study) -> int:
   from optuna.trial import TrialState
 
-  return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+  return len(settled(study, (TrialState.COMPLETE, TrialState.PRUNED)))
 
 
 def _params(trial) -> dict:
@@ -329,8 +346,8 @@ def requeue_interrupted(study, log) -> None:
       study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
       log(f"{study.study_name}: trial {t.number} was interrupted")
   trials = study.get_trials(deepcopy=False)
-  settled = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)
-  done = [_params(t) for t in trials if t.state in settled]
+  kept = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)
+  done = [_params(t) for t in trials if t.state in kept]
   failures: Dict[str, List] = {}
   for t in trials:
     if t.state == TrialState.FAIL and t.params not in done:
@@ -415,8 +432,9 @@ def tune(
 def summarize(study) -> Dict[str, object]:
   from optuna.trial import TrialState
 
-  complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-  pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+  counted_trials = settled(study, (TrialState.COMPLETE, TrialState.PRUNED))
+  complete = [t for t in counted_trials if t.state == TrialState.COMPLETE]
+  pruned = [t for t in counted_trials if t.state == TrialState.PRUNED]
   failed = [t for t in study.trials if t.state == TrialState.FAIL]
   out: Dict[str, object] = {
     "study": study.study_name,
@@ -461,7 +479,8 @@ def report(tuning_dir: str, out_path: str = "") -> str:
     rows.setdefault(dataset, []).append(dict(summarize(study), model=model))
   lines = [
     "Tuning studies (experiments/tune.py): the score is validation Recall@50 + NDCG@50 at the "
-    "best epoch; the spread is over complete trials; the published configuration is trial 0.",
+    "best epoch; the spread is over complete trials; the published configuration is trial 0; "
+    "a configuration tried twice counts once.",
     "",
   ]
   for dataset, models in rows.items():

@@ -163,3 +163,56 @@ def test_failed_trials_are_queued_again_at_most_twice_and_settled_ones_never():
   assert any("failed 3 times" in line for line in lines)
   tune.requeue_interrupted(study, lines.append)  # queued once, not twice
   assert sum(t.state == TrialState.WAITING for t in study.trials) == 1
+
+
+def test_a_resumed_study_draws_new_points_and_repeats_count_once(tmp_path):
+  """Each invocation seeds the sampler by the trials so far: with one seed for every invocation,
+  a study resumed during its random start-up proposed its first points again. A configuration
+  tried twice (as happened so) counts once towards the budget and in the summary."""
+  from optuna.distributions import FloatDistribution
+  from optuna.trial import create_trial
+
+  def first_proposal():
+    study = tune.load_study("synthetic", "lightgcn", str(tmp_path), 1)
+    trial = study.ask()
+    lr = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    study.tell(trial, 0.5)
+    return lr
+
+  a, b = first_proposal(), first_proposal()
+  assert a != b
+  study = tune.load_study("synthetic", "lightgcn", str(tmp_path), 1)
+  assert tune.counted(study) == 2
+  dist = {"lr": FloatDistribution(1e-4, 1e-2, log=True)}
+  study.add_trial(create_trial(params={"lr": a}, distributions=dist, value=0.9))  # a repeat
+  study.add_trial(create_trial(params={"lr": b}, distributions=dist, state=TrialState.PRUNED))
+  assert tune.counted(study) == 2
+  summary = tune.summarize(study)
+  assert (summary["complete"], summary["pruned"]) == (2, 0)
+  assert summary["best_value"] == 0.5  # the repeat's value is not a trial of its own
+
+
+def test_result_files_do_not_make_the_tree_dirty(tmp_path):
+  """git_commit marks a tree dirty for code, not for the result files runs append to."""
+  import shutil
+
+  repo = tmp_path / "repo"
+  (repo / "experiments" / "results").mkdir(parents=True)
+  for args in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"]):
+    subprocess.run(["git", *args], cwd=repo, check=True)
+  (repo / "code.py").write_text("x = 1\n")
+  (repo / "experiments" / "results" / "rows.jsonl").write_text("{}\n")
+  subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+  subprocess.run(["git", "commit", "-qm", "c"], cwd=repo, check=True)
+  shutil.copy(runner.__file__, repo / "experiments" / "runner.py")
+  run = lambda: subprocess.run(
+    [sys.executable, "-c", "import runner; print(runner.git_commit())"],
+    cwd=repo / "experiments",
+    capture_output=True,
+    text=True,
+    env={k: v for k, v in os.environ.items() if k != "CIKG_COMMIT"},
+  ).stdout.strip()
+  (repo / "experiments" / "results" / "rows.jsonl").write_text("{}\n{}\n")
+  assert not run().endswith("+dirty")
+  (repo / "code.py").write_text("x = 2\n")
+  assert run().endswith("+dirty")
