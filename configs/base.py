@@ -77,7 +77,9 @@ def get_config(dataset: str = "dbbook2014"):
   # graph modes: how a propagation layer's sender rows reach each row block: "all_gather" (all
   # rows to every device), "halo" (only the remote rows a block's edges read, cikg_jax/graphs/halo.py),
   # "auto" (the halo where it moves fewer rows than the all_gather: graphs with locality; on the
-  # paper's small-world CIKGs it does not, docs/scaling.md)
+  # paper's small-world CIKGs it does not, docs/scaling.md), "ring" (the owners' blocks passed
+  # round the devices one at a time: the all_gather's traffic in B rows of memory, for large
+  # graphs without locality; bcsr backend)
   c.parallel.exchange = "all_gather"
   # graph modes: the order of the table's rows, chosen once from the graph and stored with the run
   # (node_order.npz): "identity" (node ids), "balanced" (about E/D edges per block), "rcm"

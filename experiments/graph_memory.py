@@ -129,13 +129,15 @@ def table(records, commits) -> str:
     if a["data_devices"] > 1:
       mesh += f" ({a['data_devices']} data x {n_graph} graph)"
     h = r["halo_rows_per_peer"]
-    if h:
+    if a.get("ring"):
+      exchange, per_layer = "ring", r["sender_rows_per_layer"] * (n_graph - 1) // n_graph
+    elif h:
       exchange, per_layer = f"halo, H = {a['halo']:g} B", n_graph * h
     else:
       exchange, per_layer = "all_gather", r["sender_rows_per_layer"] * (n_graph - 1) // n_graph
     cikgrec_only = lambda v: v if a["model"] == "cikgrec" else "-"
     # the formula (docs/scaling.md) is that of the all_gather without cl.chunk and remat
-    plain = not h and not a["cl_chunk"] and not a["remat"]
+    plain = not h and not a.get("ring") and not a["cl_chunk"] and not a["remat"]
     formula_gb = f"{r['formula_per_device_GB']['total']:.1f} GB" if plain else "-"
     rows.append(
       f"| {'CIKGRec' if a['model'] == 'cikgrec' else 'LightGCN'} | {a['backend']} | {mesh} "
@@ -178,6 +180,12 @@ def main(argv=None):
     help="the halo exchange (config parallel.exchange=halo) with H = halo x B rows received "
     "from each peer (the largest per-peer halo of a partition, as a share of a block's B rows; "
     "experiments/partition_report.py measures it); 0: the all_gather",
+  )
+  p.add_argument(
+    "--ring",
+    action="store_true",
+    help="the ring exchange (config parallel.exchange=ring): each owner's block passed round the "
+    "devices, one block of B rows in flight",
   )
   p.add_argument("--out", default="", help="append the result as one JSON line to this file")
   p.add_argument(
@@ -236,10 +244,32 @@ def main(argv=None):
   halo = max(1, int(round(args.halo * block))) if args.halo > 0 else 0
   n_cols = block + n_graph * halo if halo else n_padded  # the rows a block's senders index
 
+  if args.ring and halo:
+    raise SystemExit("error: --ring and --halo are two exchanges; pick one")
+
   def abstract_op(e):
     per = -(-e // n_graph)
     arr = lambda size, dtype: jax.ShapeDtypeStruct((size,), dtype, sharding=graph_sharding)
     i32 = jnp.int32
+    if args.ring:  # D sub-blocks of E / D^2 edges, each with the CSR arrays of a B x B matrix
+      sub = -(-per // n_graph)
+      return gp.ShardedOperator(
+        send=None,
+        senders=arr(n_graph * n_graph * sub, i32),
+        receivers=arr(n_graph * n_graph * sub, i32),
+        weight=arr(n_graph * n_graph * sub, jnp.float32),
+        pair=arr(n_graph * n_graph * sub, i32),
+        indptr=arr(n_graph * n_graph * (block + 1), i32),
+        t_indptr=arr(n_graph * n_graph * (block + 1), i32),
+        t_indices=arr(n_graph * n_graph * sub, i32),
+        t_perm=arr(n_graph * n_graph * sub, i32),
+        n_nodes=n,
+        n_padded=n_padded,
+        n_devices=n_graph,
+        n_pairs=e // 2,
+        n_edges=e,
+        ring=True,
+      )
     return gp.ShardedOperator(
       send=arr(n_graph * n_graph * halo, i32) if halo else None,
       halo=halo,

@@ -192,11 +192,11 @@ def training(tmp, runs):
   """2 epochs of the tiny config (TransE included) per mode; a graph-mode run resumed from its
   epoch-0 checkpoint."""
   out = {}
-  for name, (mode, n, data_devices, *order) in runs.items():
+  for name, (mode, n, data_devices, *layout) in runs.items():
     c = config(tmp)
     c.train.max_epochs = 2
     c.parallel.mode, c.parallel.num_devices, c.parallel.data_devices = mode, n, data_devices
-    c.parallel.node_order = order[0] if order else "identity"
+    c.parallel.node_order, c.parallel.exchange = layout + ["identity", "all_gather"][len(layout) :]
     t = time.perf_counter()
     workdir = f"{tmp}/run_{name}"
     if name.endswith("_resumed"):
@@ -243,6 +243,7 @@ def main(tmp, part):
       ).items()
     }
     out["kge_order"] = compare_kge(config(tmp), ["graph3"], node_order="rcm")
+    out["step_ring"] = compare_step(config(tmp, dropout=True), ["graph3"], exchange="ring")
   else:
     out["step_segment"] = compare_step(config(tmp, backend="segment", dropout=True), list(MESHES))
     out["step_bcsr"] = compare_step(
@@ -253,6 +254,14 @@ def main(tmp, part):
     out["step_lightgcn"] = compare_step(config(tmp, model="lightgcn"), ["graph2", "data2xgraph2"])
     out["step_halo_segment"] = compare_step(
       config(tmp, backend="segment", dropout=True), ["graph4"], exchange="halo"
+    )
+    ring = config(tmp, dropout=True)
+    ring.cl.chunk = 50
+    out["step_ring_more"] = compare_step(
+      ring, ["graph2", "data2xgraph2"], exchange="ring", node_order="balanced"
+    )
+    out["step_ring_more"] |= compare_step(
+      config(tmp, model="lightgcn"), ["graph4"], exchange="ring"
     )
     out["train"] = training(
       tmp,
@@ -268,6 +277,7 @@ def main(tmp, part):
         "graph2_resumed": ("graph", 2, 0),
         "graph3_rcm": ("graph", 3, 0, "rcm"),
         "data2xgraph2_balanced_resumed": ("data_graph", 4, 2, "balanced"),
+        "graph4_ring": ("graph", 4, 0, "identity", "ring"),
       },
     )
   print("RESULT " + json.dumps(out))

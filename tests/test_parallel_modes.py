@@ -122,6 +122,22 @@ def test_graph_modes_in_a_node_order_equal_single_device(quick):
   _check_kge(quick["kge_order"])
 
 
+def test_graph_modes_ring_exchange_equals_single_device(quick):
+  """parallel.exchange=ring: each block multiplies the owners' blocks as they pass round the
+  devices, and its custom backward pass returns A^T g round the other way; with dropout's degree
+  draws, on 3 devices (padded rows)."""
+  assert set(quick["step_ring"]) == {"graph3/sgd"}
+  _check_steps(quick["step_ring"])
+
+
+@pytest.mark.slow
+def test_graph_modes_ring_exchange_other_meshes(full):
+  """The ring on 2 devices, a 2 x 2 data x graph mesh in the balanced order with chunked InfoNCE,
+  and LightGCN on 4 devices."""
+  assert set(full["step_ring_more"]) == {"graph2/sgd", "data2xgraph2/sgd", "graph4/sgd"}
+  _check_steps(full["step_ring_more"])
+
+
 def test_graph_mode_devices_hold_only_their_edges_and_rows(quick):
   s = quick["sharding"]
   assert s["graphs_on_host"]  # setup put no whole graph on a device
@@ -180,7 +196,7 @@ def test_graph_modes_two_epochs_match_single_device(full):
   runs = full["train"]
   one = runs.pop("single")
   assert one["parallel"] == {"mode": "data", "mesh": None}
-  assert len(runs) == 10
+  assert len(runs) == 11
   for name, r in runs.items():
     assert r["stored_order"] == ("rcm" in name or "balanced" in name), name
     assert r["compilations"] == 1, name

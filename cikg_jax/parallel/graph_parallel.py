@@ -40,6 +40,7 @@ gradients arrive summed (no extra psum; see docs/method.md §7 for the trap). Ad
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -90,6 +91,10 @@ class ShardedOperator:
   n_pairs: int = flax.struct.field(pytree_node=False)
   n_edges: int = flax.struct.field(pytree_node=False)  # real edges of the whole graph
   halo: int = flax.struct.field(pytree_node=False, default=0)  # H; 0 with the all_gather
+  # ring exchange: a block's edges in D sub-blocks by sender block (sub-block p at
+  # [p * P, (p + 1) * P) of the block, P = edges_per_device / D), each with its own CSR side arrays
+  # (B x B), multiplied as the owners' rows pass by (ring_spmm)
+  ring: bool = flax.struct.field(pytree_node=False, default=False)
 
   @property
   def weights(self) -> jnp.ndarray:
@@ -104,7 +109,7 @@ def padded_rows(n_nodes: int, n_devices: int) -> int:
   return -(-n_nodes // n_devices) * n_devices
 
 
-EXCHANGES = ("all_gather", "halo", "auto")
+EXCHANGES = ("all_gather", "halo", "auto", "ring")
 
 
 def shard_operator(
@@ -120,7 +125,9 @@ def shard_operator(
 
   exchange: how a layer's input reaches the blocks: "all_gather" (every row to every device),
   "halo" (each block receives only the remote rows its edges read, cikg_jax/graphs/halo.py), "auto"
-  (the halo where its buffer, B + D*H rows, is smaller than the Np rows of the all_gather)."""
+  (the halo where its buffer, B + D*H rows, is smaller than the Np rows of the all_gather), "ring"
+  (the owners' blocks passed round the devices one at a time, `ring_spmm`: the traffic of the
+  all_gather in a buffer of B rows)."""
   if exchange not in EXCHANGES:
     raise ValueError(f"unknown exchange {exchange!r}; choose from {EXCHANGES}")
   g = op.graph
@@ -136,6 +143,8 @@ def shard_operator(
   n_padded = padded_rows(n, d)
   b = n_padded // d
   bounds = np.searchsorted(receivers, np.arange(d + 1) * b)  # receivers are sorted
+  if exchange == "ring":
+    return _ring_operator(op, senders, receivers, weight, pair, bounds, d, b)
   per = max(1, int(np.max(np.diff(bounds))))
   plan = None
   if exchange != "all_gather":
@@ -143,7 +152,9 @@ def shard_operator(
     if exchange == "auto" and b + d * plan["halo"] >= n_padded:
       plan = None
   n_cols = n_padded if plan is None else b + d * plan["halo"]
-  fields = [f for f in ShardedOperator.__dataclass_fields__ if f[0] != "n" and f != "halo"]
+  fields = [
+    f for f in ShardedOperator.__dataclass_fields__ if f[0] != "n" and f not in ("halo", "ring")
+  ]
   out = {k: [] for k in fields if k != "send"}
   for k in range(d):
     lo, hi = bounds[k], bounds[k + 1]
@@ -169,6 +180,108 @@ def shard_operator(
     n_edges=len(senders),
     halo=0 if plan is None else plan["halo"],
   )
+
+
+def _ring_operator(op, senders, receivers, weight, pair, bounds, d: int, b: int):
+  """shard_operator's cut for the ring exchange: block k's edges split by sender block p, each
+  sub-block padded to the longest (sender p * B, receiver B - 1, weight 0) with the CSR side arrays
+  of its B x B matrix. Senders stay global ids (dropout gathers the senders' degrees)."""
+  subs = []
+  for k in range(d):
+    s, r = senders[bounds[k] : bounds[k + 1]], receivers[bounds[k] : bounds[k + 1]] - k * b
+    w, pr = weight[bounds[k] : bounds[k + 1]], pair[bounds[k] : bounds[k + 1]]
+    owner = s // b
+    for p in range(d):
+      mine = owner == p  # a stable selection: receivers stay sorted
+      subs.append((p, s[mine], r[mine], w[mine], pr[mine]))
+  per = max(1, max(len(sub[1]) for sub in subs))
+  out = {k: [] for k in ("senders", "receivers", "weight", "pair")}
+  out.update({k: [] for k in ("indptr", "t_indptr", "t_indices", "t_perm")})
+  for p, s, r, w, pr in subs:
+    pad = per - len(s)
+    s = np.concatenate([s, np.full(pad, p * b)]).astype(np.int32)
+    r = np.concatenate([r, np.full(pad, b - 1)]).astype(np.int32)
+    out["senders"].append(s)
+    out["receivers"].append(r)
+    out["weight"].append(np.concatenate([w, np.zeros(pad, np.float32)]))
+    out["pair"].append(np.concatenate([pr, np.full(pad, PAD_PAIR, np.int32)]))
+    csr = prop.csr_arrays(s - p * b, r, b, b)
+    for name in ("indptr", "t_indptr", "t_indices", "t_perm"):
+      out[name].append(getattr(csr, name))
+  return ShardedOperator(
+    **{k: np.concatenate(v) for k, v in out.items()},
+    send=None,
+    n_nodes=op.n_nodes,
+    n_padded=d * b,
+    n_devices=d,
+    n_pairs=op.n_pairs,
+    n_edges=len(senders),
+    ring=True,
+  )
+
+
+def ring_spmm(op: ShardedOperator, weights, x):
+  """This block's rows of A_w @ x under the ring exchange: D steps, at step s the block of
+  device k + s (mod D) is here, multiplied by its sub-block, then passed to device k - 1. The
+  backward pass sends an accumulator of A^T g the other way round, which arrives at its owner
+  after D - 1 steps. One block of B rows is in flight at a time: the all_gather's traffic, in
+  memory B x d instead of Np x d (a graph without locality, where the halo is near the table)."""
+  args = (weights, x, op.senders, op.indptr, op.t_indices, op.t_indptr, op.t_perm)
+  axes = frozenset().union(*map(prop.varying_axes, args))
+  return _ring(op.n_devices, axes, prop.varying_axes(x), *args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _ring(n_devices, axes, x_axes, data, x, senders, indptr, t_indices, t_indptr, t_perm):
+  d = n_devices
+  k = lax.axis_index(GRAPH)
+  data, senders, indptr = (a.reshape(d, -1) for a in (data, senders, indptr))
+  block = x.shape[0]
+  to_previous = [(j, (j - 1) % d) for j in range(d)]
+
+  def product(s, held):
+    p = (k + s) % d
+    row = lambda a: lax.dynamic_index_in_dim(a, p, keepdims=False)
+    local = row(senders) - p * block
+    return prop.as_varying(prop._csr_matmul(row(data), local, row(indptr), held), axes)
+
+  def step(s, carry):
+    held, acc = carry
+    held = lax.ppermute(held, GRAPH, to_previous)
+    return held, acc + product(s, held)
+
+  held = prop.as_varying(x, axes)
+  _, acc = lax.fori_loop(1, d, step, (held, product(0, held)))
+  return acc
+
+
+def _ring_fwd(n_devices, axes, x_axes, data, x, senders, indptr, t_indices, t_indptr, t_perm):
+  out = _ring(n_devices, axes, x_axes, data, x, senders, indptr, t_indices, t_indptr, t_perm)
+  return out, (data, t_indices, t_indptr, t_perm)
+
+
+def _ring_bwd(n_devices, axes, x_axes, res, g):
+  d = n_devices
+  k = lax.axis_index(GRAPH)
+  data, t_indices, t_indptr, t_perm = (a.reshape(d, -1) for a in res)
+  to_next = [(j, (j + 1) % d) for j in range(d)]
+  g = prop.as_varying(g, axes)
+
+  def product(s):  # A[k, t]^T g for the block t = k - 1 - s, whose accumulator is here
+    t = (k - 1 - s) % d
+    row = lambda a: lax.dynamic_index_in_dim(a, t, keepdims=False)
+    w = row(data)[row(t_perm)]
+    return prop.as_varying(prop._csr_matmul(w, row(t_indices), row(t_indptr), g), axes)
+
+  def step(s, acc):
+    return lax.ppermute(acc, GRAPH, to_next) + product(s)
+
+  acc = lax.fori_loop(1, d, step, product(0))
+  # The edge weights are fixed by the graph and the dropout mask, never learned: no cotangent.
+  return (None, prop.as_varying(acc, x_axes), None, None, None, None, None)
+
+
+_ring.defvjp(_ring_fwd, _ring_bwd)
 
 
 @jax.custom_vjp
@@ -292,7 +405,8 @@ class RowSharded:
     draw = prop.uniform_at(prop.key_words(key), jnp.zeros_like(pair), jnp.maximum(pair, 0))
     keep = draw < (1.0 - rate)
     w = jnp.where(pair == -1, True, jnp.where(pair >= 0, keep, False)).astype(jnp.float32)
-    deg = jax.ops.segment_sum(w, op.receivers, self.block, indices_are_sorted=True)
+    # ring: sorted within each sender sub-block only
+    deg = jax.ops.segment_sum(w, op.receivers, self.block, indices_are_sorted=not op.ring)
     inv_sqrt = jnp.where(deg > 0, lax.rsqrt(jnp.maximum(deg, 1e-12)), 0.0)
     return w * self.sender_rows(op, inv_sqrt)[op.senders] * inv_sqrt[op.receivers]
 
@@ -318,6 +432,11 @@ class RowSharded:
     if not isinstance(op, ShardedOperator):
       raise ValueError("graph-parallel propagation needs a ShardedOperator (shard_graphs)")
     w = op.weight if weights is None else weights
+    if op.ring:
+      if backend != "bcsr":
+        raise ValueError("parallel.exchange=ring needs model.backend=bcsr")
+      step = lambda e: ring_spmm(op, w, e)
+      return prop.layer_mean(step, _gradient_summed_here(x), num_layers, perturb)
     step = lambda e: self.spmm(op, w, self.sender_rows(op, e), backend)
     return prop.layer_mean(step, _gradient_summed_here(x), num_layers, perturb)
 
