@@ -338,17 +338,25 @@ def test_incomplete_settings_are_a_clear_error(calls, settings, message):
 def test_graph_modes_two_processes_equal_one_process_with_as_many_devices(tmp_path, mode):
   """One mesh over both processes' devices (2 + 2) against one process with 4: the same metrics
   every epoch (psums over processes add in another order: float rounding), the same test metrics
-  and final parameters to rounding; a rerun after a stop at epoch 0 continues exactly."""
+  and final parameters to rounding; a rerun after a stop at epoch 0 continues exactly. The graph
+  mode places its rows in the balanced node order, which every process computes alike and the
+  resumed run reads back from the run directory."""
   data = str(tmp_path / "data")
-  flags = [f"--config.parallel.mode={mode}", "--config.train.max_epochs=2"]
+  order = "balanced" if mode == "graph" else "identity"
+  flags = [
+    f"--config.parallel.mode={mode}",
+    "--config.train.max_epochs=2",
+    f"--config.parallel.node_order={order}",
+  ]
   one, two, resumed = (str(tmp_path / n) for n in ("one", "two", "resumed"))
   _ok(_launch(one, data, 1, 4, *flags))
   _ok(_launch(two, data, 2, 2, *flags))
-  _ok(_launch(resumed, data, 2, 2, *flags[:1], "--config.train.max_epochs=1"))
+  _ok(_launch(resumed, data, 2, 2, flags[0], flags[2], "--config.train.max_epochs=1"))
   _ok(_launch(resumed, data, 2, 2, *flags))
   r1, r2 = _results(one), _results(two)
   mesh = {"graph": 4} if mode == "graph" else {"data": 2, "graph": 2}
-  assert r1["parallel"] == r2["parallel"] == {"mode": mode, "mesh": mesh}
+  assert r1["parallel"] == r2["parallel"] == {"mode": mode, "mesh": mesh, "node_order": order}
+  assert os.path.exists(os.path.join(resumed, "node_order.npz")) == (order != "identity")
   assert (r1["processes"], r2["processes"]) == (1, 2)
   assert r2["best_epoch"] == r1["best_epoch"] and r2["epochs_run"] == 2
   for split in ("valid", "test"):
