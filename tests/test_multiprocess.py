@@ -338,9 +338,10 @@ def test_incomplete_settings_are_a_clear_error(calls, settings, message):
 def test_graph_modes_two_processes_equal_one_process_with_as_many_devices(tmp_path, mode):
   """One mesh over both processes' devices (2 + 2) against one process with 4: the same metrics
   every epoch (psums over processes add in another order: float rounding), the same test metrics
-  and final parameters to rounding; a rerun after a stop at epoch 0 continues exactly. The graph
-  mode places its rows in the balanced node order, which every process computes alike and the
-  resumed run reads back from the run directory."""
+  and final parameters to rounding; a rerun after a stop at epoch 0 continues exactly (to the last
+  bit's summation order in the balanced order, below). The graph mode places its rows in the
+  balanced node order, which every process computes alike and the resumed run reads back from the
+  run directory."""
   data = str(tmp_path / "data")
   order = "balanced" if mode == "graph" else "identity"
   flags = [
@@ -374,8 +375,16 @@ def test_graph_modes_two_processes_equal_one_process_with_as_many_devices(tmp_pa
     # Adam's update where a gradient is near 0 carries the rounding further (measured: 3 of
     # 18,944 table entries 2e-6 apart after 2 epochs)
     np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-5)
-  c, d = _lines(two), _lines(resumed)  # the same processes, interrupted or not: exact
+  c, d = _lines(two), _lines(resumed)  # the same processes, interrupted or not
   for x, y in zip(c, d):
-    assert {k: v for k, v in x.items() if k not in TIMING} == {
-      k: v for k, v in y.items() if k not in TIMING
-    }
+    x, y = ({k: v for k, v in z.items() if k not in TIMING} for z in (x, y))
+    if order == "identity":
+      assert x == y  # exact
+    else:
+      # In the balanced order every block holds users, so the psum of the InfoNCE denominators
+      # adds four non-zero parts across the two processes, in an order the CPU collectives do
+      # not fix: two launches of the same run differ in the last bit (observed: cl_user 1 ulp
+      # apart in epoch 0, before any resume). In id order the other parts are zeros.
+      assert set(x) == set(y)
+      for key, value in x.items():
+        assert y[key] == pytest.approx(value, rel=1e-6, abs=1e-12), (x["epoch"], key)
