@@ -559,6 +559,13 @@ def edge_arrays_needed(net, ops) -> set:
   return {id(ops[n]) for n in names if n in ops}
 
 
+def largest_operator(ops) -> Optional[str]:
+  """The name of the host operator with the most edges (the one a node order is chosen from and
+  reported on); None where every operator is already cut."""
+  host = {k: op for k, op in ops.items() if not isinstance(op, ShardedOperator)}
+  return max(host, key=lambda k: int(np.shape(host[k].graph.senders)[0])) if host else None
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeOrder:
   """The node order a graph-mode run places its table in: `order[p]` is the node at table row p
@@ -574,10 +581,10 @@ class NodeOrder:
 
   @classmethod
   def choose(cls, graphs: cikgrec.Graphs, method: str, n_blocks: int) -> "NodeOrder":
-    ops = [op for op in graphs.ops.values() if not isinstance(op, ShardedOperator)]
-    if method == "identity" or not ops:
+    name = largest_operator(graphs.ops)
+    if method == "identity" or name is None:
       return cls(method, n_blocks, np.arange(graphs.n_nodes, dtype=np.int64))
-    largest = max(ops, key=lambda op: int(np.shape(op.graph.senders)[0]))
+    largest = graphs.ops[name]
     g = largest.graph
     order = partition.node_order(
       np.asarray(g.senders), np.asarray(g.receivers), largest.n_nodes, method, n_blocks
@@ -709,17 +716,16 @@ class GraphParallel:
     """The row blocks of the largest graph in this node order: nodes, edges, halo (the distinct
     remote senders a block reads) and padding per block (partition.block_stats), and the halo
     each placed operator pads its exchange to (0: it all_gathers)."""
-    ops = {k: op for k, op in self.host_graphs.ops.items() if not isinstance(op, ShardedOperator)}
+    name = largest_operator(self.host_graphs.ops)
     out = {
       "node_order": self.node_order.method,
       "devices": self.n_graph,
       "nodes": self.net.n_nodes,
       "exchange_halo": {k: int(op.halo) for k, op in self.graphs.ops.items()},
     }
-    if not ops:
+    if name is None:
       return out
-    name = max(ops, key=lambda k: int(np.shape(ops[k].graph.senders)[0]))
-    g = ops[name].graph
+    g = self.host_graphs.ops[name].graph
     bounds = partition.equal_row_bounds(self.net.n_nodes, self.n_graph)
     stats = partition.block_stats(
       np.asarray(g.senders), np.asarray(g.receivers), self.node_order.order, bounds
