@@ -749,6 +749,36 @@ def test_cli_with_every_checkpoint_step_damaged_ends_in_one_line(runs, tmp_path)
   _only_log_lines_before_the_error(p.stderr)
 
 
+def test_failed_restore_hides_asyncio_reports_of_its_unawaited_reads(caplog):
+  """A damaged step fails one TensorStore read while others are still pending; the task whose
+  exception nobody awaits is reported by asyncio's logger when collected. Inside the restore
+  guard that report is dropped; outside it, and for anything else asyncio logs, it is not."""
+  import asyncio
+  import gc
+
+  async def read():
+    raise ValueError("damaged chunk")
+
+  def leave_unretrieved_task():
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(read())
+    loop.run_until_complete(asyncio.sleep(0))  # runs the task; nobody retrieves its exception
+    loop.close()
+    del task
+    gc.collect()
+
+  caplog.set_level(logging.ERROR, logger="asyncio")
+  with ckpt._quiet_coroutines():
+    leave_unretrieved_task()
+    logging.getLogger("asyncio").error("an unrelated asyncio error")
+  assert [r.getMessage() for r in caplog.records] == ["an unrelated asyncio error"]
+  caplog.clear()
+  leave_unretrieved_task()
+  assert [r.getMessage().partition("\n")[0] for r in caplog.records] == [
+    "Task exception was never retrieved"
+  ]
+
+
 def _only_log_lines_before_the_error(stderr):
   """Before the error line only the run's own log lines (absl's I/W prefix, their indented
   continuation lines): no traceback, no library's report of the same failure."""

@@ -138,19 +138,32 @@ def _restore_step(mgr, step, state_like, params_like):
 def _quiet_coroutines():
   """A failed restore leaves TensorStore read coroutines that raise when garbage-collected, each
   printing a long "Exception ignored in: <coroutine ...>" dump (at exit, after the run's last
-  line). The failure is already reported in one line: they are collected here, silently."""
+  line), and asyncio tasks whose exception nobody awaited, which asyncio's logger reports with the
+  same dump ("Task exception was never retrieved"). The failure is already reported in one line:
+  both are collected here, silently."""
   default = sys.unraisablehook
 
   def hook(unraisable):
     if not inspect.iscoroutine(unraisable.object):
       default(unraisable)
 
+  asyncio_log = logging.getLogger("asyncio")
+  unretrieved = _UnretrievedTaskFilter()
   sys.unraisablehook = hook
+  asyncio_log.addFilter(unretrieved)
   try:
     yield
   finally:
     gc.collect()
+    asyncio_log.removeFilter(unretrieved)
     sys.unraisablehook = default
+
+
+class _UnretrievedTaskFilter(logging.Filter):
+  """Drops asyncio's "... exception was never retrieved" records (and nothing else)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().partition("\n")[0].endswith("exception was never retrieved")
 
 
 def _why(e: BaseException) -> str:
