@@ -301,7 +301,10 @@ def quick(runs: Sequence[Run], keep_datasets: bool = False) -> List[Run]:
     if r.variant in seen or r.dataset == "ml1m":
       continue
     seen.add(r.variant)
-    flags = [f for f in r.flags if not f.startswith("--config.interest_file=")]
+    # the named files (interests, KGAT's pretrained rows) belong to the real dataset
+    flags = [
+      f for f in r.flags if not f.startswith(("--config.interest_file=", "--config.kgat.pretrain="))
+    ]
     out.append(
       dataclasses.replace(r, dataset="synthetic", flags=tuple(flags) + QUICK_FLAGS, seed=2024)
     )
@@ -316,7 +319,9 @@ def study_runs(studies: Sequence[str], datasets, seeds) -> List[Tuple[str, Run]]
   return out
 
 
-def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
+def main(
+  studies: Sequence[str], argv=None, doc: str = "", seeds: Sequence[int] = SEEDS
+) -> Dict[str, int]:
   """The command line of every study script and of grid.py. A study module lists its runs with
   `runs(datasets, seeds)` and may make their inputs with `prepare(datasets, data_dir)`, called
   before training (not for --quick or --list)."""
@@ -335,7 +340,7 @@ def main(studies: Sequence[str], argv=None, doc: str = "") -> Dict[str, int]:
     help=f"comma-separated dataset names: the paper's or any the trainer loads from the data "
     f"folder (default {','.join(DATASETS)})",
   )
-  p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+  p.add_argument("--seeds", default=",".join(map(str, seeds)))
   p.add_argument(
     "--quick",
     action="store_true",

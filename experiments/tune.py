@@ -48,6 +48,7 @@ from experiments import runner  # noqa: E402
 logger = logging.getLogger("cikg_jax.experiments.tune")
 
 TUNING = os.path.join(runner.RESULTS, "tuning")
+RUNS = os.path.join(runner.ROOT, "runs", "tune")  # the trials' work directories
 MODELS = ("lightgcn", "simgcl", "kgat", "cikgrec")
 TRIALS = 20
 SAMPLER_SEED = 2024
@@ -103,6 +104,34 @@ def pretrain_run(dataset: str) -> runner.Run:
     ("--config.model.num_layers=0", "--config.selection=valid", "--config.train.plot=False"),
     runner.SEEDS[0],
   )
+
+
+def pretrain_dir(dataset: str, runs_dir: str = RUNS) -> str:
+  """The BPR-MF run's work directory, relative to the repository root (a --config flag value)."""
+  return os.path.relpath(os.path.join(runs_dir, pretrain_run(dataset).name), runner.ROOT)
+
+
+def train_pretrain_run(
+  dataset: str,
+  runs_dir: str = RUNS,
+  tuning_dir: str = TUNING,
+  extra: Sequence[str] = (),
+  log: Callable[[str], None] = logger.info,
+) -> None:
+  """Trains the BPR-MF run of `pretrain_run` unless its work directory holds its results."""
+  run = pretrain_run(dataset)
+  if os.path.exists(os.path.join(runs_dir, run.name, "results.json")):
+    return
+  log(f"training the pretraining run {run.name} first")
+  counts = runner.run_grid(
+    [("pretrain", run)],
+    results_dir=os.path.join(tuning_dir, "pretrain"),
+    runs_dir=runs_dir,
+    extra=extra,
+    log=log,
+  )
+  if counts["failed"]:
+    raise SystemExit(f"error: {run.name} failed; see {runs_dir}/{run.name}/log.txt")
 
 
 def published(model: str, dataset: str) -> Dict[str, object]:
@@ -207,14 +236,12 @@ class Objective:
 
     params = suggest(trial, self.model)
     pid = params_id(params)
-    pretrain_dir = os.path.relpath(
-      os.path.join(self.runs_dir, pretrain_run(self.dataset).name), runner.ROOT
-    )
     run = runner.Run(
       self.dataset,
       f"{self.model}-tune-{pid}",
       self.model,
-      tuple(config_flags(self.model, params, pretrain_dir)) + ("--config.selection=valid",),
+      tuple(config_flags(self.model, params, pretrain_dir(self.dataset, self.runs_dir)))
+      + ("--config.selection=valid",),
       runner.SEEDS[0],
     )
     workdir = os.path.join(self.runs_dir, run.name)
@@ -396,18 +423,7 @@ def tune(
     study = load_study(dataset, model, tuning_dir, min_epochs(model, dataset))
     requeue_interrupted(study, log)
     if "pretrain" in SEARCH_SPACES[model]:
-      run = pretrain_run(dataset)
-      if not os.path.exists(os.path.join(runs_dir, run.name, "results.json")):
-        log(f"[{name}] training the pretraining run {run.name} first")
-        counts = runner.run_grid(
-          [("pretrain", run)],
-          results_dir=os.path.join(tuning_dir, "pretrain"),
-          runs_dir=runs_dir,
-          extra=extra,
-          log=log,
-        )
-        if counts["failed"]:
-          raise SystemExit(f"error: {run.name} failed; see {runs_dir}/{run.name}/log.txt")
+      train_pretrain_run(dataset, runs_dir, tuning_dir, extra, lambda s: log(f"[{name}] {s}"))
     first = published(model, dataset)
     if not study.trials and first:
       study.enqueue_trial(first, user_attrs={"published": True})
@@ -460,6 +476,22 @@ def summarize(study) -> Dict[str, object]:
       published_value=published_trial.value if published_trial else None,
     )
   return out
+
+
+def tuned(dataset: str, model: str, tuning_dir: str = "", trials: int = 0):
+  """The best complete trial's parameters of a finished study (`trials`, default TRIALS,
+  counted; `tuning_dir` default TUNING), else None."""
+  import optuna
+
+  tuning_dir, trials = tuning_dir or TUNING, trials or TRIALS
+  path = os.path.join(tuning_dir, f"{dataset}__{model}.journal")
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return None
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  study = optuna.load_study(study_name=f"{dataset}__{model}", storage=storage_for(path))
+  if counted(study) < trials:
+    return None
+  return summarize(study).get("best_params")
 
 
 def report(tuning_dir: str, out_path: str = "") -> str:
@@ -522,7 +554,7 @@ def main(argv=None) -> int:
   p.add_argument("--quick", action="store_true", help="tiny synthetic data, 3 trials of 4 epochs")
   p.add_argument("--report", action="store_true", help="print the tables, run nothing")
   p.add_argument("--tuning_dir", default="")
-  p.add_argument("--runs_dir", default=os.path.join(runner.ROOT, "runs", "tune"))
+  p.add_argument("--runs_dir", default=RUNS)
   p.add_argument("--deadline_seconds", type=float, default=0.0, help="wall-time budget")
   p.add_argument("--extra", default="", help="extra --config.x=y flags for every trial")
   args = p.parse_args(argv)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cikg_jax.training import rundir
-from experiments import main_table, render, runner, user_knowledge
+from experiments import main_table, render, runner, tuned_table, user_knowledge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -268,7 +268,7 @@ def test_every_study_runs_in_quick_mode(tmp_path):
       "experiments/grid.py",
       "--quick",
       "--studies",
-      "main_table,user_knowledge,ablations,schedules,kappa",
+      "main_table,user_knowledge,ablations,schedules,kappa,tuned_table",
       "--parallel",
       "2",
       "--runs-dir",
@@ -293,6 +293,10 @@ def test_every_study_runs_in_quick_mode(tmp_path):
     for f in os.listdir(tmp_path / "results" / "main_table")
   }
   assert models == {"cikgrec", "lightgcn", "simgcl", "kgat"}
+  # the tuned configurations of the committed studies, on the synthetic data
+  tuned = os.listdir(tmp_path / "results" / "tuned_table")
+  want = {r.variant for r in runner.quick(tuned_table.runs(runner.DATASETS, [2024]))}
+  assert {f.split("__")[1] for f in tuned} == want, tuned
 
 
 def _import_fixture_dataset(data_dir):

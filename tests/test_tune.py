@@ -216,3 +216,62 @@ def test_result_files_do_not_make_the_tree_dirty(tmp_path):
   assert not run().endswith("+dirty")
   (repo / "code.py").write_text("x = 2\n")
   assert run().endswith("+dirty")
+
+
+def _finished_study(tuning_dir, dataset, model, points):
+  """A journal whose trials are `points`: (params, value or None for pruned)."""
+  from optuna.distributions import CategoricalDistribution, FloatDistribution
+  from optuna.trial import create_trial
+
+  study = tune.load_study(dataset, model, str(tuning_dir), 1)
+  for params, value in points:
+    dist = {
+      k: CategoricalDistribution(tune.SEARCH_SPACES[model][k][2])
+      if tune.SEARCH_SPACES[model][k][1] == "categorical"
+      else FloatDistribution(1e-6, 1e-1, log=True)
+      for k in params
+    }
+    state = TrialState.COMPLETE if value is not None else TrialState.PRUNED
+    study.add_trial(create_trial(params=params, distributions=dist, value=value, state=state))
+
+
+def test_tuned_is_the_best_complete_trial_of_a_finished_study_only(tmp_path):
+  points = [({"lr": 1e-3, "l2": 1e-5}, 0.4), ({"lr": 2e-3, "l2": 1e-5}, 0.6)]
+  _finished_study(tmp_path, "dbbook2014", "simgcl", points + [({"lr": 3e-3, "l2": 1e-4}, None)])
+  assert tune.tuned("dbbook2014", "simgcl", str(tmp_path), trials=4) is None  # 3 counted
+  assert tune.tuned("dbbook2014", "simgcl", str(tmp_path), trials=3) == {"lr": 2e-3, "l2": 1e-5}
+  assert tune.tuned("dbbook2014", "lightgcn", str(tmp_path), trials=1) is None  # no journal
+
+
+def test_tuned_table_runs_name_their_configuration(tmp_path, monkeypatch):
+  """Five seeds of each finished study's best configuration, the variant named by it (a better
+  configuration found later makes other runs); KGAT's pretraining flag names the tuner's BPR-MF
+  run; unfinished studies are left out; render keeps only the current configurations' rows."""
+  from experiments import render, tuned_table
+
+  kgat = {"lr": 1e-3, "l2": 1e-5, "layers": "(64,32)", "pretrain": True}
+  _finished_study(tmp_path, "dbbook2014", "kgat", [(kgat, 0.5)])
+  _finished_study(tmp_path, "dbbook2014", "lightgcn", [({"lr": 1e-3, "l2": 1e-5}, 0.5)])
+  monkeypatch.setattr(tune, "TUNING", str(tmp_path))
+  monkeypatch.setattr(tune, "TRIALS", 1)
+  runs = tuned_table.runs(["dbbook2014"], tuned_table.SEEDS)
+  assert sorted({r.seed for r in runs}) == sorted(tuned_table.SEEDS) and len(runs) == 10
+  by_model = {r.model: r for r in runs if r.seed == 2024}
+  assert set(by_model) == {"kgat", "lightgcn"}  # CIKGRec and SimGCL: no finished study here
+  k = by_model["kgat"]
+  assert k.variant == f"kgat-tuned{tune.params_id(kgat)}-valid"
+  assert "--config.kgat.pretrain=runs/tune/dbbook2014__bprmf-pretrain__s2024" in k.flags
+  assert {
+    "--config.train.lr=0.001",
+    "--config.kge.lr=0.001",
+    "--config.kgat.layers=(64,32)",
+  } <= set(k.flags)
+  assert "--config.selection=valid" in k.flags
+  quick = runner.quick([k])[0]  # the pretrained rows belong to the real dataset
+  assert quick.dataset == "synthetic"
+  assert not any(f.startswith("--config.kgat.pretrain=") for f in quick.flags)
+  rows = [
+    {"_dataset": "dbbook2014", "_variant": k.variant},
+    {"_dataset": "dbbook2014", "_variant": "kgat-tuned0123456789-valid"},  # an earlier best
+  ]
+  assert render.current_tuned(rows, ["dbbook2014"]) == rows[:1]
