@@ -11,6 +11,7 @@ import threading
 
 from cikg_jax import runtime
 
+runtime.stop_with_parent()
 if not runtime.nvidia_gpu_visible():
   runtime.set_xla_cpu_flags()  # before JAX creates its CPU client (cikg_jax/runtime.py)
 

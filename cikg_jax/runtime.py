@@ -32,6 +32,26 @@ _done = False
 XLA_CPU_FLAGS = {"--xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
+# Set by experiments/runner.py and experiments/tune.py to their PID for the runs they start.
+STOP_WITH_PID = "CIKG_STOP_WITH_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent() -> None:
+  """A training started by an experiment runner or the tuner (STOP_WITH_PID set to its PID) is
+  sent SIGTERM when that process dies (Linux prctl PR_SET_PDEATHSIG), so that a killed tuner
+  leaves no training behind that still holds the run's directory when the tuner resumes it. The
+  variable is removed: processes this run starts do not inherit it."""
+  pid = os.environ.pop(STOP_WITH_PID, None)
+  if not pid or platform.system() != "Linux":
+    return
+  import signal
+
+  ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+  if os.getppid() != int(pid):  # it died before the line above took effect
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def nvidia_gpu_visible() -> bool:
   """An NVIDIA device node exists: the CPU scheduler flag is then left out, since it was measured
   and tested only with the CPU jaxlib (an unknown XLA flag aborts XLA at start-up)."""

@@ -12,7 +12,9 @@ same command line over several studies):
 
 Runs are named `<dataset>__<variant>__s<seed>`. The same run (same name, same command) needed by two
 studies is trained once: a result found in another study's folder is copied. An interrupted run
-resumes from its checkpoints when the script is started again (the CLI resumes its work directory).
+resumes from its checkpoints when the script is started again (the CLI resumes its work directory);
+a run stops when the runner that started it dies, even by kill -9, so none is left holding its
+directory.
 Result files are written whole or not at all (cikg_jax.training.rundir), and a study's result folder is
 locked while a runner fills it, so a second runner on it is refused instead of training the same
 runs twice. Progress goes to the log (stderr); the counts by outcome are the result (stdout).
@@ -110,6 +112,31 @@ def git_commit() -> str:
     return os.environ.get("CIKG_COMMIT", "unknown")
 
 
+def child_env() -> Dict[str, str]:
+  """The environment of a run this process starts: unbuffered output, and this PID as the one
+  whose death stops the run (cikg_jax.runtime.stop_with_parent)."""
+  from cikg_jax import runtime
+
+  return dict(os.environ, PYTHONUNBUFFERED="1", **{runtime.STOP_WITH_PID: str(os.getpid())})
+
+
+def wait_for_workdir(workdir: str, timeout: float = 300.0, log=logger.info) -> None:
+  """Returns once no training holds `workdir` (one of a killed runner, being stopped), or after
+  `timeout` seconds (the training CLI then names the holder)."""
+  t0, said = time.time(), False
+  while True:
+    try:
+      with rundir.hold(workdir, holder="training", hint=""):
+        return
+    except rundir.RunError:
+      if time.time() - t0 > timeout:
+        return
+      if not said:
+        log(f"waiting for the training that holds {workdir} to stop")
+        said = True
+      time.sleep(1.0)
+
+
 def _portable(cmd: Sequence[str], workdir: str) -> str:
   """The command as a user would type it (python, repo-relative paths)."""
   out = ["python"] + list(cmd[1:])
@@ -187,7 +214,7 @@ def _run_grid_locked(
   study_runs, *, results_dir, runs_dir, parallel, machine, extra, deadline, min_run_seconds, log
 ) -> Dict[str, int]:
   label = ",".join(dict.fromkeys(s for s, _ in study_runs))
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  env = child_env()
   commit = git_commit()
   counts = {"done": 0, "skipped": 0, "copied": 0, "failed": 0, "paused": 0, "not_started": 0}
   pending: List[Run] = []
@@ -270,6 +297,7 @@ def _run_grid_locked(
       break
     wd = os.path.join(runs_dir, r.name)
     os.makedirs(wd, exist_ok=True)
+    wait_for_workdir(wd, log=log)
     budget = [f"--config.train.max_seconds={left - 10:.0f}"] if deadline else []
     cmd = r.command(wd, list(extra) + budget)
     logf = open(os.path.join(wd, "log.txt"), "a")

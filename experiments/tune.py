@@ -253,7 +253,8 @@ class Objective:
     trial.set_user_attr("machine", f"{platform.node()} ({os.cpu_count()} cpu)")
     self.log(f"trial {trial.number}: {run.name} {json.dumps(params, default=str)}")
     t0 = time.time()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = runner.child_env()
+    runner.wait_for_workdir(workdir, log=self.log)
     with open(os.path.join(workdir, "log.txt"), "a") as logf:
       proc = subprocess.Popen(
         cmd, cwd=runner.ROOT, stdout=logf, stderr=logf, env=env, start_new_session=True

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,6 +108,64 @@ def test_a_second_runner_on_a_study_is_refused_before_training(tmp_path):
       runner.run_grid([("s", r)], results_dir=results, runs_dir=runs_dir, log=lambda s: None)
   assert not os.path.exists(os.path.join(runs_dir, r.name))  # nothing was trained
   assert runner.run_grid([("s", r)], results_dir=results, runs_dir=runs_dir)["done"] == 1
+
+
+def test_runner_waits_for_a_training_still_holding_the_run_directory(tmp_path):
+  """A training of a killed runner may still hold its directory while it stops: the next runner
+  waits for it instead of starting a training the lock refuses (a failed run)."""
+  results, runs_dir = str(tmp_path / "results"), str(tmp_path / "runs")
+  r = FakeRun("toy", "m-valid", "cikgrec", (), 1)
+  wd = os.path.join(runs_dir, r.name)
+  os.makedirs(wd)
+  hold = (
+    "import sys, time; from cikg_jax.training import rundir\n"
+    "with rundir.locked(sys.argv[1]):\n  print('held', flush=True); time.sleep(3)"
+  )
+  holder = subprocess.Popen(
+    [sys.executable, "-c", hold, wd], cwd=ROOT, stdout=subprocess.PIPE, text=True
+  )
+  assert holder.stdout.readline() == "held\n"
+  lines = []
+  counts = runner.run_grid([("s", r)], results_dir=results, runs_dir=runs_dir, log=lines.append)
+  assert holder.poll() == 0  # it had stopped before the run started
+  assert counts["done"] == 1 and counts["failed"] == 0
+  assert any(f"waiting for the training that holds {wd} to stop" in x for x in lines)
+
+
+def test_a_run_stops_when_the_process_that_started_it_dies(tmp_path):
+  """runner.child_env names the starting process; cikg_jax.runtime.stop_with_parent (the training
+  CLI's first step) then ends the run with that process, so a killed runner or tuner leaves no
+  training behind. Without the variable the child outlives its parent, as any process does."""
+  child = (
+    "import sys, time; from cikg_jax import runtime; runtime.stop_with_parent()\n"
+    "print('ready', flush=True); time.sleep(60)"
+  )
+  parent = (
+    "import os, subprocess, sys; from experiments import runner\n"
+    "env = runner.child_env() if sys.argv[2] == 'stop' else dict(os.environ)\n"
+    "p = subprocess.Popen([sys.executable, '-c', sys.argv[1]], env=env, stdout=subprocess.PIPE,"
+    " text=True, start_new_session=True)\n"
+    "assert p.stdout.readline() == 'ready\\n'\n"
+    "print(p.pid, flush=True); p.stdout.close(); import time; time.sleep(60)"
+  )
+
+  def child_alive_after_parent_killed(mode):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen(
+      [sys.executable, "-c", parent, child, mode], cwd=ROOT, env=env, stdout=subprocess.PIPE
+    )
+    pid = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
+    for _ in range(50):
+      if not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]:
+        return False
+      time.sleep(0.1)
+    os.kill(pid, 9)
+    return True
+
+  assert not child_alive_after_parent_killed("stop")
+  assert child_alive_after_parent_killed("plain")
 
 
 def test_runner_progress_goes_to_the_log_not_stdout(tmp_path, capsys, caplog):

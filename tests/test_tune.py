@@ -86,8 +86,10 @@ def _study(tuning_dir, name="synthetic__lightgcn"):
 
 @pytest.mark.slow
 def test_tuner_resumes_after_a_kill_inside_a_trial(tmp_path):
-  """Kill -9 of the tuner while trial 0 trains: the rerun marks it failed, runs its parameters
-  again in the same work directory (the training resumes there) and completes the budget."""
+  """Kill -9 of the tuner while trial 0 trains: the training stops with it (without that, it
+  trained on and held the directory, and the retry failed on the lock); the rerun marks the trial
+  failed, runs its parameters again in the same work directory (the training resumes there) and
+  completes the budget."""
   tuning, runs = tmp_path / "tuning", tmp_path / "runs"
   cmd = [
     sys.executable,
@@ -97,7 +99,7 @@ def test_tuner_resumes_after_a_kill_inside_a_trial(tmp_path):
     "--trials=2",
     f"--tuning_dir={tuning}",
     f"--runs_dir={runs}",
-    "--extra=--config.train.max_epochs=12 --config.train.min_epochs=1 "
+    "--extra=--config.train.max_epochs=60 --config.train.min_epochs=1 "
     "--config.train.checkpoint_every_seconds=0 --config.train.patience=100",
   ]
   env = dict(os.environ, PYTHONPATH=ROOT)
@@ -113,6 +115,10 @@ def test_tuner_resumes_after_a_kill_inside_a_trial(tmp_path):
   assert metrics is not None, "trial 0 did not start"
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
+  # its training (a session of its own) stops with it: nothing holds the trial's directory
+  runner.wait_for_workdir(str(metrics.parent), timeout=2)
+  with rundir.hold(str(metrics.parent), holder="training", hint=""):
+    pass
   first = [t for t in _study(str(tuning)).trials]
   assert [t.state for t in first] == [TrialState.RUNNING]
   subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600)
@@ -123,7 +129,7 @@ def test_tuner_resumes_after_a_kill_inside_a_trial(tmp_path):
   assert retried[0].state == TrialState.COMPLETE
   assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
   lines = [json.loads(x) for x in metrics.read_text().splitlines()]
-  assert [x["epoch"] for x in lines] == list(range(12))  # resumed: every epoch once
+  assert [x["epoch"] for x in lines] == list(range(60))  # resumed: every epoch once
   assert retried[0].value == max(x["selection_score"] for x in lines)
   text = tune.report(str(tuning))
   assert "| lightgcn | 2 / 0 / 1 |" in text
