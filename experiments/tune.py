@@ -4,6 +4,7 @@ validation curve), every trial a training run of the shared runner, selected on 
   python experiments/tune.py --models=lightgcn --datasets=dbbook2014 --trials=20
   python experiments/tune.py --report          # the per-dataset tables from the stored studies
   python experiments/tune.py --quick           # tiny synthetic data, 3 trials of 4 epochs
+  python experiments/tune.py --models=kgat --parallel=8   # 8 trials at once (a GPU)
 
 Each (dataset, model) is one Optuna study stored in a journal file,
 experiments/results/tuning/<dataset>__<model>.journal (JSON lines: every trial's parameters, its
@@ -410,9 +411,11 @@ def tune(
   runs_dir: str,
   extra: Sequence[str] = (),
   deadline: float = 0.0,
+  parallel: int = 1,
   log: Callable[[str], None] = logger.info,
 ) -> Optional[int]:
-  """Runs the study until `trials` trials are complete or pruned; returns the number counted."""
+  """Runs the study until `trials` trials are complete or pruned, `parallel` at a time (a GPU
+  trains several at once); returns the number counted."""
   import optuna
   from optuna.trial import TrialState
 
@@ -433,14 +436,16 @@ def tune(
       if deadline and time.time() > deadline:
         log(f"[{name}] deadline: {counted(study)}/{trials} trials counted; rerun to continue")
         return counted(study)
+      n = max(1, min(parallel, trials - counted(study)))
+      before = len(study.trials)
       try:
-        study.optimize(objective, n_trials=1, catch=(RuntimeError,))
+        study.optimize(objective, n_trials=n, n_jobs=n, catch=(RuntimeError,))
       except DeadlineReached:
         log(f"[{name}] deadline inside a trial; it resumes when the script is run again")
         return counted(study)
-      last = study.trials[-1]
-      if last.state == TrialState.FAIL:
-        log(f"[{name}] trial {last.number} failed; stopping (see its log)")
+      failed = [t.number for t in study.trials[before:] if t.state == TrialState.FAIL]
+      if failed:
+        log(f"[{name}] trial(s) {failed} failed; stopping (see their logs)")
         return counted(study)
     log(f"[{name}] {counted(study)} trials counted")
     return counted(study)
@@ -558,6 +563,9 @@ def main(argv=None) -> int:
   p.add_argument("--runs_dir", default=RUNS)
   p.add_argument("--deadline_seconds", type=float, default=0.0, help="wall-time budget")
   p.add_argument("--extra", default="", help="extra --config.x=y flags for every trial")
+  p.add_argument(
+    "--parallel", type=int, default=1, help="trials of a study at once (a GPU fits several)"
+  )
   args = p.parse_args(argv)
   logs.to_stderr()
   tuning_dir = args.tuning_dir or TUNING
@@ -584,6 +592,7 @@ def main(argv=None) -> int:
           runs_dir=args.runs_dir,
           extra=extra,
           deadline=deadline,
+          parallel=args.parallel,
         )
       except rundir.RunError as e:
         raise SystemExit(f"error: {e}") from None

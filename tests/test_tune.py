@@ -135,6 +135,30 @@ def test_tuner_resumes_after_a_kill_inside_a_trial(tmp_path):
   assert "| lightgcn | 2 / 0 / 1 |" in text
 
 
+@pytest.mark.slow
+def test_parallel_trials_train_at_the_same_time_and_fill_the_budget(tmp_path):
+  tuning, runs = tmp_path / "tuning", tmp_path / "runs"
+  cmd = [
+    sys.executable,
+    "experiments/tune.py",
+    "--models=lightgcn",
+    "--datasets=synthetic",
+    "--trials=3",
+    "--parallel=2",
+    f"--tuning_dir={tuning}",
+    f"--runs_dir={runs}",
+    "--extra=--config.train.max_epochs=6 --config.train.min_epochs=1 --config.train.patience=100",
+  ]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600)
+  trials = _study(str(tuning)).trials
+  assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # 2 at once, then the last 1
+  first, second = trials[0], trials[1]
+  assert first.datetime_start < second.datetime_complete
+  assert second.datetime_start < first.datetime_complete  # they overlapped
+  assert len({t.user_attrs["run"] for t in trials}) == 3
+
+
 def test_quick_mode_uses_the_shared_runner_commands(tmp_path):
   run = runner.Run("synthetic", "lightgcn-tune-x", "lightgcn", ("--config.train.lr=0.01",))
   assert run.command("W")[2:4] == ["cikg_jax.main", "--config=configs/lightgcn.py:synthetic"]
