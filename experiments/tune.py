@@ -484,37 +484,56 @@ def summarize(study) -> Dict[str, object]:
   return out
 
 
+BEST_FILE = "best.json"  # next to the journals: each study's trials counted and best trial
+
+
 def tuned(dataset: str, model: str, tuning_dir: str = "", trials: int = 0):
   """The best complete trial's parameters of a finished study (`trials`, default TRIALS,
-  counted; `tuning_dir` default TUNING), else None."""
-  import optuna
-
+  counted; `tuning_dir` default TUNING), else None. Read from the studies' BEST_FILE, which
+  `report` writes from the journals (so the final runs need no Optuna, e.g. on a GPU machine)."""
   tuning_dir, trials = tuning_dir or TUNING, trials or TRIALS
-  path = os.path.join(tuning_dir, f"{dataset}__{model}.journal")
-  if not os.path.exists(path) or os.path.getsize(path) == 0:
+  path = os.path.join(tuning_dir, BEST_FILE)
+  if not os.path.exists(path):
     return None
-  optuna.logging.set_verbosity(optuna.logging.WARNING)
-  study = optuna.load_study(study_name=f"{dataset}__{model}", storage=storage_for(path))
-  if counted(study) < trials:
+  with open(path, encoding="utf-8") as f:
+    study = json.load(f).get(f"{dataset}__{model}")
+  if not study or study["counted"] < trials or "best_params" not in study:
     return None
-  return summarize(study).get("best_params")
+  return study["best_params"]
 
 
-def report(tuning_dir: str, out_path: str = "") -> str:
-  """Markdown: a table per dataset (trials, best trial, its config, the spread of the trials)."""
+def summaries(tuning_dir: str) -> Dict[str, Dict[str, object]]:
+  """{<dataset>__<model>: summarize(study)} of the journals in `tuning_dir`."""
   import glob
 
   import optuna
 
   optuna.logging.set_verbosity(optuna.logging.WARNING)
-  rows: Dict[str, List[Dict[str, object]]] = {}
+  out = {}
   for path in sorted(glob.glob(os.path.join(tuning_dir, "*.journal"))):
     if os.path.getsize(path) == 0:  # locked by a tuner that stopped before creating its study
       continue
     name = os.path.basename(path)[: -len(".journal")]
     study = optuna.load_study(study_name=name, storage=storage_for(path))
+    out[name] = dict(summarize(study), counted=counted(study))
+  return out
+
+
+def best_file_text(studies: Dict[str, Dict[str, object]]) -> str:
+  """BEST_FILE's content: per study the trials counted and its best complete trial."""
+  keys = ("counted", "best_trial", "best_value", "best_params", "best_commit")
+  out = {name: {k: s[k] for k in keys if k in s} for name, s in sorted(studies.items())}
+  return json.dumps(out, indent=1, sort_keys=True, default=str) + "\n"
+
+
+def report(tuning_dir: str, out_path: str = "") -> str:
+  """Markdown: a table per dataset (trials, best trial, its config, the spread of the trials).
+  With `out_path` it is written there, and BEST_FILE next to it."""
+  studies = summaries(tuning_dir)
+  rows: Dict[str, List[Dict[str, object]]] = {}
+  for name, summary in studies.items():
     dataset, model = name.split("__")
-    rows.setdefault(dataset, []).append(dict(summarize(study), model=model))
+    rows.setdefault(dataset, []).append(dict(summary, model=model))
   lines = [
     "Tuning studies (experiments/tune.py): the score is validation Recall@50 + NDCG@50 at the "
     "best epoch; the spread is over complete trials; the published configuration is trial 0; "
@@ -549,6 +568,7 @@ def report(tuning_dir: str, out_path: str = "") -> str:
   text = "\n".join(lines)
   if out_path:
     rundir.write_atomic(out_path, text + "\n")
+    rundir.write_atomic(os.path.join(os.path.dirname(out_path), BEST_FILE), best_file_text(studies))
   return text
 
 

@@ -6,7 +6,8 @@ selected on validation only), five seeds, the epoch selected on validation.
   python experiments/tuned_table.py --list      # the runs, their state and commands
 
 A model enters a dataset's table once its study has tune.TRIALS counted trials (until then it is
-left out, and said so in the log). A run's variant names its configuration,
+left out, and said so in the log); the configurations are read from
+experiments/results/tuning/best.json (`tune.py --report` writes it from the journals). A run's variant names its configuration,
 `<model>-tuned<id>-valid` with id = tune.params_id of the parameters, so a study that later finds a
 better configuration makes new runs instead of mixing two configurations under one name. KGAT's
 configurations with pretraining load the tuner's BPR-MF run (tune.pretrain_run: seed 2024 on the

@@ -268,6 +268,8 @@ def _finished_study(tuning_dir, dataset, model, points):
 def test_tuned_is_the_best_complete_trial_of_a_finished_study_only(tmp_path):
   points = [({"lr": 1e-3, "l2": 1e-5}, 0.4), ({"lr": 2e-3, "l2": 1e-5}, 0.6)]
   _finished_study(tmp_path, "dbbook2014", "simgcl", points + [({"lr": 3e-3, "l2": 1e-4}, None)])
+  assert tune.tuned("dbbook2014", "simgcl", str(tmp_path), trials=3) is None  # no report yet
+  tune.report(str(tmp_path), str(tmp_path / "summary.md"))  # writes best.json beside it
   assert tune.tuned("dbbook2014", "simgcl", str(tmp_path), trials=4) is None  # 3 counted
   assert tune.tuned("dbbook2014", "simgcl", str(tmp_path), trials=3) == {"lr": 2e-3, "l2": 1e-5}
   assert tune.tuned("dbbook2014", "lightgcn", str(tmp_path), trials=1) is None  # no journal
@@ -282,6 +284,7 @@ def test_tuned_table_runs_name_their_configuration(tmp_path, monkeypatch):
   kgat = {"lr": 1e-3, "l2": 1e-5, "layers": "(64,32)", "pretrain": True}
   _finished_study(tmp_path, "dbbook2014", "kgat", [(kgat, 0.5)])
   _finished_study(tmp_path, "dbbook2014", "lightgcn", [({"lr": 1e-3, "l2": 1e-5}, 0.5)])
+  tune.report(str(tmp_path), str(tmp_path / "summary.md"))
   monkeypatch.setattr(tune, "TUNING", str(tmp_path))
   monkeypatch.setattr(tune, "TRIALS", 1)
   runs = tuned_table.runs(["dbbook2014"], tuned_table.SEEDS)
@@ -305,3 +308,10 @@ def test_tuned_table_runs_name_their_configuration(tmp_path, monkeypatch):
     {"_dataset": "dbbook2014", "_variant": "kgat-tuned0123456789-valid"},  # an earlier best
   ]
   assert render.current_tuned(rows, ["dbbook2014"]) == rows[:1]
+
+
+def test_committed_best_configurations_are_those_of_the_committed_journals():
+  """experiments/results/tuning/best.json (what the tuned table reads, without Optuna) is
+  regenerated with the summary by `tune.py --report`; a stale copy fails here."""
+  with open(os.path.join(tune.TUNING, tune.BEST_FILE), encoding="utf-8") as f:
+    assert f.read() == tune.best_file_text(tune.summaries(tune.TUNING))
