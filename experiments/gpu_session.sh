@@ -6,6 +6,8 @@
 #   mkdir -p .gpudata && cp -r ../shared/data/{dbbook2014,book-crossing} .gpudata/
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml_collections==1.1.0 jraph==0.0.6.dev0
 #   device run: CIKG_COMMIT=<sha> STUDIES=... BUDGET=480 PARALLEL=14 bash experiments/gpu_session.sh
+#   the tuned main table (its configurations come from experiments/results/tuning/best.json, no
+#   Optuna needed there): STUDIES=tuned_table SEEDS=2024,1,2,3,4
 # What comes back: $OUT/results.tgz (experiments/results/<study>/*.json of the finished runs),
 # $OUT/grid.log, $OUT/env.txt. Unpack with: tar xzf results.tgz -C experiments/
 set -u
