@@ -632,6 +632,27 @@ def current_tuned(rows, datasets) -> List[Dict]:
   return [r for r in rows if (r["_dataset"], r["_variant"]) in want]
 
 
+def untuned(datasets) -> List[str]:
+  """The tuned table's note of the models whose tuning study is not finished (so not in it)."""
+  from experiments import tune, tuned_table
+
+  out = [
+    f"{d} {MODEL_NAMES[m]}"
+    for d in datasets
+    for m in tuned_table.MODELS
+    if tune.tuned(d, m) is None
+  ]
+  if not out:
+    return []
+  return [
+    "Not in the table until their tuning study has its "
+    f"{tune.TRIALS} trials ([tuning summary](../experiments/results/tuning/summary.md)): "
+    + "; ".join(out)
+    + ".",
+    "",
+  ]
+
+
 def section(results_dir: str = RESULTS, plots: bool = True, root: str = "..") -> str:
   """The generated tables between the results markers; `root` is the repository root relative to
   the page they go in (links to the plot)."""
@@ -657,7 +678,7 @@ def section(results_dir: str = RESULTS, plots: bool = True, root: str = "..") ->
     (
       "tuned_table",
       "Main table, tuned configurations",
-      lambda r: main_table(current_tuned(r, datasets), datasets, "valid"),
+      lambda r: main_table(current_tuned(r, datasets), datasets, "valid") + untuned(datasets),
     ),
     (
       "user_knowledge",
