@@ -28,14 +28,14 @@ MODELS = ("cikgrec", "lightgcn", "simgcl", "kgat")  # CIKGRec first, as the tabl
 logger = logging.getLogger("cikg_jax.experiments.tuned_table")
 
 
-def tuned_configs(datasets):
+def tuned_configs(datasets, log=logger.info):
   """{(dataset, model): best parameters} of the finished studies."""
   out = {}
   for d in datasets:
     for m in MODELS:
       params = tune.tuned(d, m)
       if params is None:
-        logger.info(f"[tuned_table] {d} {m}: tuning study not finished; left out")
+        log(f"[tuned_table] {d} {m}: tuning study not finished; left out")
       else:
         out[d, m] = params
   return out
@@ -59,7 +59,7 @@ def runs(datasets, seeds):
 def prepare(datasets, data_dir):
   """The BPR-MF runs that tuned KGAT configurations with pretraining start from."""
   del data_dir
-  for (d, _), params in tuned_configs(datasets).items():
+  for (d, _), params in tuned_configs(datasets, log=lambda _: None).items():
     if params.get("pretrain"):
       tune.train_pretrain_run(d)
 
