@@ -84,6 +84,20 @@ def _study(tuning_dir, name="synthetic__lightgcn"):
   )
 
 
+def _tiny_tuner(tmp_path, trials: str, extra: str):
+  """The tuner's command for LightGCN on the tiny synthetic data, studies and runs in tmp_path."""
+  return [
+    sys.executable,
+    "experiments/tune.py",
+    "--models=lightgcn",
+    "--datasets=synthetic",
+    trials,
+    f"--tuning_dir={tmp_path / 'tuning'}",
+    f"--runs_dir={tmp_path / 'runs'}",
+    f"--extra={extra} --config.train.min_epochs=1 --config.train.patience=100",
+  ]
+
+
 @pytest.mark.slow
 def test_tuner_resumes_after_a_kill_inside_a_trial(tmp_path):
   """Kill -9 of the tuner while trial 0 trains: the training stops with it (without that, it
@@ -91,17 +105,9 @@ def test_tuner_resumes_after_a_kill_inside_a_trial(tmp_path):
   failed, runs its parameters again in the same work directory (the training resumes there) and
   completes the budget."""
   tuning, runs = tmp_path / "tuning", tmp_path / "runs"
-  cmd = [
-    sys.executable,
-    "experiments/tune.py",
-    "--models=lightgcn",
-    "--datasets=synthetic",
-    "--trials=2",
-    f"--tuning_dir={tuning}",
-    f"--runs_dir={runs}",
-    "--extra=--config.train.max_epochs=60 --config.train.min_epochs=1 "
-    "--config.train.checkpoint_every_seconds=0 --config.train.patience=100",
-  ]
+  cmd = _tiny_tuner(
+    tmp_path, "--trials=2", "--config.train.max_epochs=60 --config.train.checkpoint_every_seconds=0"
+  )
   env = dict(os.environ, PYTHONPATH=ROOT)
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
   deadline = time.time() + 300
@@ -137,18 +143,8 @@ def test_tuner_resumes_after_a_kill_inside_a_trial(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_trials_train_at_the_same_time_and_fill_the_budget(tmp_path):
-  tuning, runs = tmp_path / "tuning", tmp_path / "runs"
-  cmd = [
-    sys.executable,
-    "experiments/tune.py",
-    "--models=lightgcn",
-    "--datasets=synthetic",
-    "--trials=3",
-    "--parallel=2",
-    f"--tuning_dir={tuning}",
-    f"--runs_dir={runs}",
-    "--extra=--config.train.max_epochs=6 --config.train.min_epochs=1 --config.train.patience=100",
-  ]
+  tuning = tmp_path / "tuning"
+  cmd = _tiny_tuner(tmp_path, "--trials=3", "--config.train.max_epochs=6") + ["--parallel=2"]
   env = dict(os.environ, PYTHONPATH=ROOT)
   subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600)
   trials = _study(str(tuning)).trials
