@@ -48,8 +48,11 @@ def stop_with_parent() -> None:
   import signal
 
   ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-  if os.getppid() != int(pid):  # it died before the line above took effect
-    os.kill(os.getpid(), signal.SIGTERM)
+  if os.getppid() != int(pid):  # it died before the line above, or the variable is stray
+    raise SystemExit(
+      f"error: {STOP_WITH_PID}={pid} names no parent of this run (the runner that started it "
+      "has ended, or the variable was set by hand: unset it)"
+    )
 
 
 def nvidia_gpu_visible() -> bool:

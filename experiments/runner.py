@@ -57,6 +57,9 @@ MODEL_CONFIG = {
   "kgat": "configs/kgat.py",
 }
 QUICK_FLAGS = ("--config.train.max_epochs=2", "--config.train.plot=False")
+# Dropped in smoke mode: KGAT's pretrained rows come from a run smoke mode does not train (on the
+# synthetic data a dataset's interest file is dropped too: it belongs to that dataset).
+NOT_IN_QUICK = ("--config.kgat.pretrain=",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,14 +293,14 @@ def _run_grid_locked(
       if len(running) < parallel:
         break
       time.sleep(0.5)
+    wd = os.path.join(runs_dir, r.name)
+    os.makedirs(wd, exist_ok=True)
+    wait_for_workdir(wd, log=log)  # before the time left is taken: the wait may be long
     left = deadline - time.time() if deadline else 0.0
     if deadline and left < min_run_seconds:
       counts["not_started"] = len(pending) - i
       log(f"[{study}] deadline: {len(pending) - i} runs not started")
       break
-    wd = os.path.join(runs_dir, r.name)
-    os.makedirs(wd, exist_ok=True)
-    wait_for_workdir(wd, log=log)
     budget = [f"--config.train.max_seconds={left - 10:.0f}"] if deadline else []
     cmd = r.command(wd, list(extra) + budget)
     logf = open(os.path.join(wd, "log.txt"), "a")
@@ -322,17 +325,15 @@ def quick(runs: Sequence[Run], keep_datasets: bool = False) -> List[Run]:
     for r in runs:
       if (r.dataset, r.variant) not in seen:
         seen.add((r.dataset, r.variant))
-        out.append(dataclasses.replace(r, flags=tuple(r.flags) + QUICK_FLAGS, seed=r.seed))
+        flags = [f for f in r.flags if not f.startswith(NOT_IN_QUICK)]
+        out.append(dataclasses.replace(r, flags=tuple(flags) + QUICK_FLAGS, seed=r.seed))
     return out
   seen, out = set(), []
   for r in runs:
     if r.variant in seen or r.dataset == "ml1m":
       continue
     seen.add(r.variant)
-    # the named files (interests, KGAT's pretrained rows) belong to the real dataset
-    flags = [
-      f for f in r.flags if not f.startswith(("--config.interest_file=", "--config.kgat.pretrain="))
-    ]
+    flags = [f for f in r.flags if not f.startswith(NOT_IN_QUICK + ("--config.interest_file=",))]
     out.append(
       dataclasses.replace(r, dataset="synthetic", flags=tuple(flags) + QUICK_FLAGS, seed=2024)
     )

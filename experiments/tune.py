@@ -37,6 +37,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -277,7 +278,7 @@ class Objective:
           reported = max(reported, len(curve))  # a resumed run may rewrite its log
           if done:
             break
-          if self.deadline and time.time() > self.deadline:
+          if (self.deadline and time.time() > self.deadline) or STOPPING.is_set():
             raise DeadlineReached()
           time.sleep(2.0)
       finally:
@@ -308,7 +309,32 @@ class Objective:
 
 
 class DeadlineReached(Exception):
-  """The invocation's wall-time budget is spent; the running trial is resumed next time."""
+  """The invocation's wall-time budget is spent (or the tuner was interrupted); the running trial
+  is resumed next time."""
+
+
+# Set when the tuner is interrupted: trials running in worker threads (--parallel), which the
+# KeyboardInterrupt does not reach, stop their trainings and end.
+STOPPING = threading.Event()
+
+
+@contextlib.contextmanager
+def _stopping_on_interrupt():
+  """Ctrl-C sets STOPPING before the KeyboardInterrupt, so that the thread pool of a parallel
+  batch, which waits for its trials on the way out, is not kept waiting for whole trainings."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def interrupt(signum, frame):
+    STOPPING.set()
+    raise KeyboardInterrupt
+
+  previous = signal.signal(signal.SIGINT, interrupt)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def storage_for(path: str):
@@ -437,13 +463,19 @@ def tune(
         log(f"[{name}] deadline: {counted(study)}/{trials} trials counted; rerun to continue")
         return counted(study)
       n = max(1, min(parallel, trials - counted(study)))
-      before = len(study.trials)
+      failed_before = {t.number for t in study.trials if t.state == TrialState.FAIL}
       try:
-        study.optimize(objective, n_trials=n, n_jobs=n, catch=(RuntimeError,))
+        with _stopping_on_interrupt():
+          study.optimize(objective, n_trials=n, n_jobs=n, catch=(RuntimeError,))
       except DeadlineReached:
         log(f"[{name}] deadline inside a trial; it resumes when the script is run again")
         return counted(study)
-      failed = [t.number for t in study.trials[before:] if t.state == TrialState.FAIL]
+      # queued trials (the published one, retries) are older than the batch: compare by state
+      failed = [
+        t.number
+        for t in study.trials
+        if t.state == TrialState.FAIL and t.number not in failed_before
+      ]
       if failed:
         log(f"[{name}] trial(s) {failed} failed; stopping (see their logs)")
         return counted(study)
@@ -599,25 +631,25 @@ def main(argv=None) -> int:
     print(report(tuning_dir, os.path.join(tuning_dir, "summary.md") if not args.quick else ""))
     return 0
   deadline = time.time() + args.deadline_seconds if args.deadline_seconds else 0.0
-  for dataset in datasets:
-    for model in args.models.split(","):
-      if model not in SEARCH_SPACES:
-        raise SystemExit(f"error: --models: unknown model {model!r} (one of {', '.join(MODELS)})")
-      try:
-        tune(
-          dataset,
-          model,
-          trials=trials,
-          tuning_dir=tuning_dir,
-          runs_dir=args.runs_dir,
-          extra=extra,
-          deadline=deadline,
-          parallel=args.parallel,
-        )
-      except rundir.RunError as e:
-        raise SystemExit(f"error: {e}") from None
-      if deadline and time.time() > deadline:
-        return 0
+  studies = [(d, m) for d in datasets for m in args.models.split(",")]
+  for dataset, model in studies:
+    if deadline and time.time() > deadline:
+      break  # the summary below still records the trials so far
+    if model not in SEARCH_SPACES:
+      raise SystemExit(f"error: --models: unknown model {model!r} (one of {', '.join(MODELS)})")
+    try:
+      tune(
+        dataset,
+        model,
+        trials=trials,
+        tuning_dir=tuning_dir,
+        runs_dir=args.runs_dir,
+        extra=extra,
+        deadline=deadline,
+        parallel=args.parallel,
+      )
+    except rundir.RunError as e:
+      raise SystemExit(f"error: {e}") from None
   report(tuning_dir, os.path.join(tuning_dir, "summary.md") if not args.quick else "")
   return 0
 

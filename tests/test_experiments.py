@@ -166,6 +166,16 @@ def test_a_run_stops_when_the_process_that_started_it_dies(tmp_path):
 
   assert not child_alive_after_parent_killed("stop")
   assert child_alive_after_parent_killed("plain")
+  # a stray variable (naming no parent of the run) ends the run with one line, not silently
+  stray = subprocess.run(
+    [sys.executable, "-c", "from cikg_jax import runtime; runtime.stop_with_parent()"],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT, CIKG_STOP_WITH_PID="1"),
+    capture_output=True,
+    text=True,
+  )
+  assert stray.returncode == 1
+  assert stray.stderr.startswith("error: CIKG_STOP_WITH_PID=1 names no parent of this run")
 
 
 def test_runner_progress_goes_to_the_log_not_stdout(tmp_path, capsys, caplog):

@@ -296,9 +296,12 @@ def test_tuned_table_runs_name_their_configuration(tmp_path, monkeypatch):
     "--config.kgat.layers=(64,32)",
   } <= set(k.flags)
   assert "--config.selection=valid" in k.flags
-  quick = runner.quick([k])[0]  # the pretrained rows belong to the real dataset
+  quick = runner.quick([k])[0]  # smoke mode does not train the BPR-MF run
   assert quick.dataset == "synthetic"
   assert not any(f.startswith("--config.kgat.pretrain=") for f in quick.flags)
+  own = runner.quick([k], keep_datasets=True)[0]
+  assert own.dataset == "dbbook2014"
+  assert not any(f.startswith("--config.kgat.pretrain=") for f in own.flags)
   rows = [
     {"_dataset": "dbbook2014", "_variant": k.variant},
     {"_dataset": "dbbook2014", "_variant": "kgat-tuned0123456789-valid"},  # an earlier best
@@ -311,3 +314,31 @@ def test_committed_best_configurations_are_those_of_the_committed_journals():
   regenerated with the summary by `tune.py --report`; a stale copy fails here."""
   with open(os.path.join(tune.TUNING, tune.BEST_FILE), encoding="utf-8") as f:
     assert f.read() == tune.best_file_text(tune.summaries(tune.TUNING))
+
+
+def test_a_failed_queued_trial_stops_the_tuner(tmp_path, monkeypatch):
+  """The published configuration and retries are queued before a batch starts: their failure
+  must stop the tuner as a new trial's does (not be skipped while it samples on)."""
+
+  class Failing:
+    def __init__(self, *args):
+      pass
+
+    def __call__(self, trial):
+      raise RuntimeError("the run failed")
+
+  study = tune.load_study("synthetic", "lightgcn", str(tmp_path), 1)
+  study.enqueue_trial({"lr": 1e-3, "l2": 1e-5, "num_layers": 2})
+  monkeypatch.setattr(tune, "Objective", Failing)
+  lines = []
+  tune.tune(
+    "synthetic",
+    "lightgcn",
+    trials=3,
+    tuning_dir=str(tmp_path),
+    runs_dir=str(tmp_path / "runs"),
+    log=lines.append,
+  )
+  trials = _study(str(tmp_path)).trials
+  assert [t.state for t in trials] == [TrialState.FAIL]
+  assert any("trial(s) [0] failed; stopping" in x for x in lines), lines
