@@ -64,6 +64,12 @@ def get_config(dataset: str = "dbbook2014"):
   # XLA:GPU's deterministic ops (no atomic scatter-adds): the same seed gives the same run on a GPU,
   # as on the CPU, where it changes nothing. False trades that for the GPU's fastest kernels.
   c.train.deterministic = True
+  # The train step as one program per loss part (BPR + L2, contrastive, reconstruction), each
+  # adding its gradient into one donated buffer, then the update: the step's peak memory is the
+  # largest part's instead of the whole loss's (docs/scaling.md). CIKGRec, on one device or in
+  # the graph modes. Same terms; gradients equal to float rounding; slower (the parts do not
+  # share work).
+  c.train.split_step = False
 
   # Several devices (README "Several devices"): "data" (pmap: state and graphs replicated, batch
   # split), "graph" (shard_map: edges and node table split by node-row blocks), "data_graph" (a

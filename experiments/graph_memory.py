@@ -117,6 +117,23 @@ TABLE_HEADER = (
 )
 
 
+def xla_memory(program, args, n_graph: int, n_devices: int):
+  """XLA's buffer assignment per device of one compiled program for abstract `args`, and the
+  bytes a device receives through its collectives (experiments/hlo_traffic.py)."""
+  compiled = program.lower(*args).compile()
+  mem = compiled.memory_analysis()
+  xla = {
+    k: getattr(mem, f"{k}_size_in_bytes")
+    for k in ("argument", "output", "alias", "temp", "generated_code")
+  }
+  # XLA counts an array passed twice (the CIKG operator under two names) twice; a device holds it
+  # once
+  xla["argument_distinct"] = distinct_bytes_per_device(args, n_graph)
+  # arguments and temporaries are live together; donated inputs' outputs alias them
+  xla["peak_estimate"] = xla["argument_distinct"] + xla["temp"] + xla["output"] - xla["alias"]
+  return xla, hlo_traffic.traffic(compiled.as_text(), n_devices)
+
+
 def table(records, commits) -> str:
   """The docs/scaling.md table of the records (JSON lines of --out) made at `commits`."""
   rows = [TABLE_HEADER]
@@ -136,11 +153,14 @@ def table(records, commits) -> str:
     else:
       exchange, per_layer = "all_gather", r["sender_rows_per_layer"] * (n_graph - 1) // n_graph
     cikgrec_only = lambda v: v if a["model"] == "cikgrec" else "-"
+    model = "CIKGRec" if a["model"] == "cikgrec" else "LightGCN"
+    if a.get("split_step"):
+      model += " (split step)"
     # the formula (docs/scaling.md) is that of the all_gather without cl.chunk and remat
     plain = not h and not a.get("ring") and not a["cl_chunk"] and not a["remat"]
     formula_gb = f"{r['formula_per_device_GB']['total']:.1f} GB" if plain else "-"
     rows.append(
-      f"| {'CIKGRec' if a['model'] == 'cikgrec' else 'LightGCN'} | {a['backend']} | {mesh} "
+      f"| {model} | {a['backend']} | {mesh} "
       f"| {a['batch']} | {exchange} | {cikgrec_only(a['cl_chunk'] or '-')} "
       f"| {cikgrec_only('on' if a['remat'] else '-')} | {per_layer / 1e6:.2f}M "
       f"| {r['received_per_step_GB']['total']:.1f} GB | {xla['argument_distinct']:.1f} GB "
@@ -186,6 +206,12 @@ def main(argv=None):
     action="store_true",
     help="the ring exchange (config parallel.exchange=ring): each owner's block passed round the "
     "devices, one block of B rows in flight",
+  )
+  p.add_argument(
+    "--split_step",
+    action="store_true",
+    help="CIKGRec: a program per loss part and one for the update (config train.split_step); "
+    "the peak is the largest program's",
   )
   p.add_argument("--out", default="", help="append the result as one JSON line to this file")
   p.add_argument(
@@ -307,7 +333,11 @@ def main(argv=None):
   tx, kge_tx = steps.make_optimizers(c)
   use_kge = args.model == "cikgrec"
   template = gp.state_template(net, tx, kge_tx, use_kge)
-  step = par.make_train_step(tx, steps.epoch_schedule(np.full(2, 0.1, np.float32), 1), template)
+  schedule = steps.epoch_schedule(np.full(2, 0.1, np.float32), 1)
+  if args.split_step:
+    step = par.make_split_train_step(tx, schedule, template)
+  else:
+    step = par.make_train_step(tx, schedule, template)
   batch_sharding = jax.sharding.NamedSharding(mesh, P(gp.DATA) if par.data else P())
   b = args.batch
   batch = {
@@ -316,19 +346,24 @@ def main(argv=None):
   }
   batch["mask"] = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=batch_sharding)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
-  compiled = step.lower(par.abstract_placed(template), batch, key, par.graphs).compile()
-  received = hlo_traffic.traffic(compiled.as_text(), args.devices)
-  mem = compiled.memory_analysis()
-  xla = {
-    k: getattr(mem, f"{k}_size_in_bytes")
-    for k in ("argument", "output", "alias", "temp", "generated_code")
-  }
-  # XLA counts an array passed twice (the CIKG operator under two names) twice; a device holds it
-  # once
-  step_args = (par.abstract_placed(template), batch, key, par.graphs)
-  xla["argument_distinct"] = distinct_bytes_per_device(step_args, n_graph)
-  # arguments and temporaries are live together; the donated state's outputs alias its inputs
-  xla["peak_estimate"] = xla["argument_distinct"] + xla["temp"] + xla["output"] - xla["alias"]
+  state = par.abstract_placed(template)
+  step_args = (state, batch, key, par.graphs)
+  if args.split_step:  # the part programs (the later ones add into the gradient), the update
+    grads = par.abstract_placed(template.params)
+    *parts, update = step.programs
+    programs = [(p, step_args + ((grads,) if i else ())) for i, p in enumerate(parts)]
+    programs.append((update, (state, grads)))
+  else:
+    programs = [(step, step_args)]
+  per_program = [xla_memory(p, a, n_graph, args.devices) for p, a in programs]
+  # the step's peak: its largest program's; traffic: all of them
+  xla = dict(max(per_program, key=lambda m: m[0]["peak_estimate"])[0])
+  received = {"received_bytes": 0, "by_kind": {}, "count": {}}
+  for _, r in per_program:
+    received["received_bytes"] += r["received_bytes"]
+    for field in ("by_kind", "count"):
+      for k, v in r[field].items():
+        received[field][k] = received[field].get(k, 0) + v
   result = {
     "args": vars(args),
     "mesh": shape,
@@ -337,6 +372,7 @@ def main(argv=None):
     "sender_rows_per_layer": n_cols,
     "operator_edges": op_edges,
     "xla_per_device_GB": {k: round(v / GB, 3) for k, v in xla.items()},
+    "programs_peak_GB": [round(m["peak_estimate"] / GB, 3) for m, _ in per_program],
     # what one device receives per step (experiments/hlo_traffic.py), next to one all_gather of
     # the whole (N, d) table, the unit the per-layer gather costs
     "received_per_step_GB": {

@@ -50,9 +50,12 @@ def batch_for(ds, rng, n=256, real=200):
   }
 
 
-def compare_step(c, meshes, optimizers=("sgd",), exchange="all_gather", node_order="identity"):
+def compare_step(
+  c, meshes, optimizers=("sgd",), exchange="all_gather", node_order="identity", split=False
+):
   """One train step of every mesh against the single-device step: the logged terms, and the
-  parameter change (with SGD at lr 1, the gradient itself; with Adam, its first update)."""
+  parameter change (with SGD at lr 1, the gradient itself; with Adam, its first update). `split`:
+  the mesh runs the split step (a program per loss part, config.train.split_step)."""
   ds, c, net, graphs = steps.setup(c)
   _, kge_tx = steps.make_optimizers(c)
   rates = np.full(3, 0.4, np.float32)
@@ -70,7 +73,8 @@ def compare_step(c, meshes, optimizers=("sgd",), exchange="all_gather", node_ord
       t = time.perf_counter()
       par = gp.GraphParallel(net, graphs, gp.make_mesh(MESHES[name]), exchange, node_order)
       template = gp.state_template(net, tx, kge_tx, c.kge.use)
-      step = par.make_train_step(tx, steps.epoch_schedule(rates, 1), template)
+      make = par.make_split_train_step if split else par.make_train_step
+      step = make(tx, steps.epoch_schedule(rates, 1), template)
       s, terms = step(par.place(s0), par.shard_batch(batch), key, par.graphs)
       s = par.host_view(s)
       change = [a - b for a, b in zip(leaves(s.params), leaves(s0.params))]
@@ -244,6 +248,13 @@ def main(tmp, part):
     }
     out["kge_order"] = compare_kge(config(tmp), ["graph3"], node_order="rcm")
     out["step_ring"] = compare_step(config(tmp, dropout=True), ["graph3"], exchange="ring")
+    out["step_split"] = compare_step(config(tmp, dropout=True), ["data2xgraph2"], split=True)
+    out["step_split"] |= {
+      f"{k}+ring": v
+      for k, v in compare_step(
+        config(tmp, dropout=True), ["graph3"], exchange="ring", split=True
+      ).items()
+    }
   else:
     out["step_segment"] = compare_step(config(tmp, backend="segment", dropout=True), list(MESHES))
     out["step_bcsr"] = compare_step(

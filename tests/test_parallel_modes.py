@@ -130,6 +130,16 @@ def test_graph_modes_ring_exchange_equals_single_device(quick):
   _check_steps(quick["step_ring"])
 
 
+def test_graph_modes_split_step_equals_single_device(quick):
+  """config.train.split_step: a program per loss part adding into one donated gradient, then the
+  update, on a data x graph mesh and with the ring on 3 devices, against one device's whole
+  step."""
+  assert set(quick["step_split"]) == {"data2xgraph2/sgd", "graph3/sgd+ring"}
+  for r in quick["step_split"].values():
+    assert set(TERMS) <= set(r["terms"])
+  _check_steps(quick["step_split"])
+
+
 @pytest.mark.slow
 def test_graph_modes_ring_exchange_other_meshes(full):
   """The ring on 2 devices, a 2 x 2 data x graph mesh in the balanced order with chunked InfoNCE,

@@ -342,22 +342,37 @@ class CIKGRec(LightGCN):
     return user_term, item_term
 
   # ---- the objectives ---------------------------------------------------------------------
-  def loss(self, graphs: Graphs, batch, key, mask_rate=None, n_rows=None, share=1.0):
-    """L = L_rec + L_CL + L_UIR for one mini-batch; returns (loss, terms)."""
+  def loss_parts(self) -> Tuple[str, ...]:
+    """The loss's independent parts (each with its own PRNG key): BPR + L2 ("rec"), the
+    contrastive term ("cl") and the reconstruction ("uir"), those with a weight."""
+    return (
+      ("rec",)
+      + (("cl",) if self.contrastive.weight > 0 else ())
+      + (("uir",) if self.reconstruction.weight > 0 else ())
+    )
+
+  def loss(self, graphs: Graphs, batch, key, mask_rate=None, n_rows=None, share=1.0, parts=None):
+    """L = L_rec + L_CL + L_UIR for one mini-batch; returns (loss, terms). `parts`: a subset of
+    `loss_parts()` (the split step's programs, steps.gradient_part_step), their terms and sum
+    with the same keys and values as in the whole loss."""
     k_edge, k_msg, k_cl, k_uir = jax.random.split(key, 4)
-    terms = self.bpr_terms(graphs, batch, k_edge, k_msg, n_rows)
-    loss = terms["bpr"] + terms["reg"]
-    if self.contrastive.weight > 0:
-      user_term, item_term = self.cl_loss(graphs, batch, k_cl, n_rows)
-      terms["cl_user"], terms["cl_item"] = user_term, item_term
-      terms["cl"] = self.contrastive.weight * (user_term + item_term)
-      loss = loss + terms["cl"]
-    if self.reconstruction.weight > 0:
-      err, n_masked = self.uir_loss(graphs, k_uir, mask_rate)
-      # UIR does not depend on the batch: each of n data-parallel shards carries 1/n of it.
-      terms["uir"] = self.reconstruction.weight * err * share
-      terms["uir_masked_rows"] = n_masked.astype(jnp.float32) * share
-      loss = loss + terms["uir"]
+    loss, terms = None, {}
+    for part in self.loss_parts() if parts is None else parts:
+      if part == "rec":
+        terms.update(self.bpr_terms(graphs, batch, k_edge, k_msg, n_rows))
+        value = terms["bpr"] + terms["reg"]
+      elif part == "cl":
+        user_term, item_term = self.cl_loss(graphs, batch, k_cl, n_rows)
+        terms["cl_user"], terms["cl_item"] = user_term, item_term
+        value = terms["cl"] = self.contrastive.weight * (user_term + item_term)
+      elif part == "uir":
+        err, n_masked = self.uir_loss(graphs, k_uir, mask_rate)
+        # UIR does not depend on the batch: each of n data-parallel shards carries 1/n of it.
+        value = terms["uir"] = self.reconstruction.weight * err * share
+        terms["uir_masked_rows"] = n_masked.astype(jnp.float32) * share
+      else:
+        raise ValueError(f"unknown loss part {part!r}; the parts are {self.loss_parts()}")
+      loss = value if loss is None else loss + value
     terms["loss"] = loss
     return loss, terms
 

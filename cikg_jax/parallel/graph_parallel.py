@@ -747,19 +747,20 @@ class GraphParallel:
       return self.local
     return self.local.clone(layout=dataclasses.replace(self.layout, rows=rows))
 
-  def _with_rows(self, fn, in_specs, out_specs):
+  def _with_rows(self, fn, in_specs, out_specs, donate=(0,)):
     """jit(shard_map(fn)) called without the node rows: fn(*args, rows) gets them bound, placed
-    once (no rows in id order: fn(*args, None), the program without lookups)."""
+    once (no rows in id order: fn(*args, None), the program without lookups). `donate`: the
+    donated arguments (default the state)."""
     if self.node_rows is None:
       mapped = jax.shard_map(
         lambda *a: fn(*a, None), mesh=self.mesh, in_specs=in_specs, out_specs=out_specs
       )
-      return jax.jit(mapped, donate_argnums=0)
+      return jax.jit(mapped, donate_argnums=donate)
     rows_specs = NodeRows(position=P(), node=P(GRAPH))
     mapped = jax.shard_map(
       fn, mesh=self.mesh, in_specs=in_specs + (rows_specs,), out_specs=out_specs
     )
-    return _RowsBound(jax.jit(mapped, donate_argnums=0), self.node_rows)
+    return _RowsBound(jax.jit(mapped, donate_argnums=donate), self.node_rows)
 
   def specs(self, tree):
     """P("graph") for the table-shaped leaves, P() (replicated) for the rest."""
@@ -836,6 +837,33 @@ class GraphParallel:
 
     return self._with_rows(
       step, (state_specs, self._batch_spec(), P(), self.graph_specs), (state_specs, P())
+    )
+
+  def make_split_train_step(self, tx, mask_rate, state_template):
+    """steps.split_train_step under shard_map: a program per loss part (its gradient added into
+    the donated accumulator, in the parameters' layout) and one for the update, so that the
+    step's peak memory is the largest part's (config.train.split_step)."""
+    state_specs = self.specs(state_template)
+    grad_specs = self.specs(state_template.params)
+    step_specs = (state_specs, self._batch_spec(), P(), self.graph_specs)
+
+    def part_program(part, first):
+      def fn(state, batch, key, graphs, *rest):
+        acc, rows = (None, rest[0]) if first else rest
+        return steps.gradient_part_step(
+          self._bound(rows), mask_rate, self.shards, part, state, batch, key, graphs, acc
+        )
+
+      in_specs = step_specs if first else step_specs + (grad_specs,)
+      return self._with_rows(fn, in_specs, (grad_specs, P()), donate=() if first else (4,))
+
+    def update(state, grads, rows):
+      del rows
+      return steps.apply_gradients(tx, state, grads)
+
+    parts = [part_program(p, i == 0) for i, p in enumerate(steps.loss_parts(self.net))]
+    return steps.split_train_step(
+      parts, self._with_rows(update, (state_specs, grad_specs), state_specs)
     )
 
   def make_kge_step(self, kge_tx, state_template):

@@ -113,6 +113,7 @@ RULES: Dict[str, Rule] = {
   "train.resume": _bool,
   "train.plot": _bool,
   "train.deterministic": _bool,
+  "train.split_step": _bool,
   "train.num_devices": COUNT,  # the old place of parallel.num_devices
   "parallel.mode": _one_of("data", "graph", "data_graph"),
   "parallel.num_devices": COUNT,
@@ -187,6 +188,8 @@ def check(config) -> None:
     _fail("uir.p0", p0, f"<= uir.pmax ({pmax})")
   if p0 == 0 and flat.get("uir.schedule") == "exp":
     _fail("uir.p0", p0, "> 0 under uir.schedule='exp' (it grows p0 geometrically)")
+  if flat.get("train.split_step") and flat.get("model.name", "cikgrec") != "cikgrec":
+    _fail("train.split_step", True, "False for model.name other than 'cikgrec' (one loss part)")
   n, pid = flat.get("parallel.num_processes"), flat.get("parallel.process_id")
   if n and pid is not None and pid >= n:
     _fail("parallel.process_id", pid, f"-1 or below parallel.num_processes ({n})")

@@ -51,6 +51,7 @@ RESUMABLE_KEYS = frozenset(
     "train.plot",
     "train.deterministic",  # summation order on a GPU only
     "model.remat",  # where layer outputs live, not what they are
+    "train.split_step",  # how many programs compute the gradient, not what it is
     "train.checkpoint",
     "train.checkpoint_every_seconds",
     "train.resume",

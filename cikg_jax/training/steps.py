@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import logging
 import os
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import flax.struct
@@ -266,6 +266,7 @@ class StepSettings:
   steps_per_epoch: int
   mask_rate: Callable  # optax-style schedule: train step -> interest mask rate
   use_kge: bool
+  split_step: bool = False  # one program per loss part (split_train_step)
 
 
 def step_settings(config, ds, parallel: Optional[ParallelSettings] = None) -> StepSettings:
@@ -276,6 +277,7 @@ def step_settings(config, ds, parallel: Optional[ParallelSettings] = None) -> St
     steps_per_epoch=steps_per_epoch,
     mask_rate=epoch_schedule(mask_rates(config), steps_per_epoch),
     use_kge=bool(config.kge.use),
+    split_step=bool(config.train.get("split_step", False)),
   )
 
 
@@ -298,31 +300,83 @@ class BatchShards:
     return tree if self.reduce_in_loss else reduce(tree, self.axis)
 
 
-def train_step(
-  net: nn.Module, tx, mask_rate: Callable, shards, state: TrainState, batch, key, graphs
+def loss_and_gradients(
+  net: nn.Module, mask_rate: Callable, shards, state: TrainState, batch, key, graphs, parts=None
 ):
-  """The one train step: BPR mini-batch loss and its terms, one optimizer update. Pure, and the
-  same for every mode: `net`'s layout says how the node table is held (cikgrec.Dense, or a device's
-  row block, graph_parallel.RowSharded), `shards` (BatchShards or None) whether `batch` is a shard
-  of the whole batch. The mask rate is `mask_rate(state.step)`. With shards, the whole batch's
-  real-row count comes from a `psum`, so the shards' gradients and terms sum to the whole
-  batch's."""
+  """The mini-batch loss's gradients and terms, the same for every mode: `net`'s layout says how
+  the node table is held (cikgrec.Dense, or a device's row block, graph_parallel.RowSharded),
+  `shards` (BatchShards or None) whether `batch` is a shard of the whole batch. The mask rate is
+  `mask_rate(state.step)`. With shards, the whole batch's real-row count comes from a `psum`, so
+  the shards' gradients and terms sum to the whole batch's. `parts`: only these of the model's
+  loss parts (None: the whole loss)."""
   n_rows, share = None, 1.0
   if shards is not None:
     n_rows = lax.psum(jnp.sum(batch["mask"]), shards.axis)
     share = 1.0 / lax.psum(1, shards.axis)
   rate = mask_rate(state.step)
+  which = {} if parts is None else {"parts": parts}
 
   def loss_fn(params):
-    out = net.apply({"params": params}, graphs, batch, key, rate, n_rows, share, method="loss")
+    out = net.apply(
+      {"params": params}, graphs, batch, key, rate, n_rows, share, method="loss", **which
+    )
     return out if shards is None else shards.in_loss(out, lax.psum)
 
   (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   if shards is not None:
     grads, terms = shards.after_grad((grads, terms), lax.psum)
+  return grads, terms
+
+
+def apply_gradients(tx, state: TrainState, grads) -> TrainState:
+  """One optimizer update of the parameters from the loss's gradients."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), terms
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+
+
+def train_step(
+  net: nn.Module, tx, mask_rate: Callable, shards, state: TrainState, batch, key, graphs
+):
+  """The one train step: BPR mini-batch loss and its terms (`loss_and_gradients`), one
+  optimizer update. Pure, and the same for every mode."""
+  grads, terms = loss_and_gradients(net, mask_rate, shards, state, batch, key, graphs)
+  return apply_gradients(tx, state, grads), terms
+
+
+def gradient_part_step(
+  net: nn.Module, mask_rate: Callable, shards, part: str, state, batch, key, graphs, acc=None
+):
+  """The split step's program for one loss part: its gradients added to `acc` (the parts before
+  it; None for the first) and its terms. The parts' programs, then `apply_gradients`, make one
+  train step whose peak memory is the largest part's instead of the whole loss's
+  (config.train.split_step): the same terms; the gradient summed part by part, equal to the
+  whole step's to float rounding."""
+  grads, terms = loss_and_gradients(net, mask_rate, shards, state, batch, key, graphs, (part,))
+  if acc is not None:
+    grads = jax.tree_util.tree_map(jnp.add, acc, grads)
+  return grads, terms
+
+
+def split_train_step(part_steps: Sequence[Callable], update_step: Callable) -> Callable:
+  """(state, batch, key, graphs) -> (state, terms) from wrapped (jit / shard_map) programs: each
+  of `part_steps` (`gradient_part_step` of one part, the first without the accumulator) adds
+  its part's gradient, `update_step` (`apply_gradients`) applies their sum. The terms are merged
+  and the loss summed in the order of the whole loss, so they equal the whole step's."""
+
+  def step(state, batch, key, graphs):
+    acc, terms = None, {}
+    for i, part_step in enumerate(part_steps):
+      args = (state, batch, key, graphs) + ((acc,) if i else ())
+      acc, part_terms = part_step(*args)
+      loss = part_terms["loss"] if i == 0 else terms["loss"] + part_terms["loss"]
+      terms = {**terms, **part_terms, "loss": loss}
+    return update_step(state, acc), terms
+
+  # the most compilations of one program (train.py counts the step's compilations)
+  step._cache_size = lambda: max(p._cache_size() for p in (*part_steps, update_step))
+  step.programs = (*part_steps, update_step)  # for memory reports (experiments/graph_memory.py)
+  return step
 
 
 def kge_step(net: nn.Module, kge_tx, shards, state: TrainState, batch):
@@ -347,6 +401,26 @@ def make_train_step(
   """`train_step` as (state, batch, key, graphs) -> (state, terms), for a mode to wrap (jax.jit
   here and in the benchmarks, jax.pmap in parallel.py, jax.shard_map in graph_parallel.py)."""
   return functools.partial(train_step, net, tx, mask_rate, shards)
+
+
+def loss_parts(net: nn.Module) -> Tuple[str, ...]:
+  """The model's independent loss parts (CIKGRec: rec, cl, uir); one part for the others."""
+  return net.loss_parts() if hasattr(net, "loss_parts") else ("rec",)
+
+
+def make_split_train_step(
+  net: nn.Module, tx, mask_rate: Callable, shards: Optional[BatchShards] = None
+) -> Callable:
+  """`split_train_step` on one device: a jitted program per loss part (the accumulated gradient
+  donated) and one for the update (the state donated)."""
+  parts = [
+    jax.jit(
+      functools.partial(gradient_part_step, net, mask_rate, shards, part),
+      donate_argnums=(4,) if i else (),
+    )
+    for i, part in enumerate(loss_parts(net))
+  ]
+  return split_train_step(parts, jax.jit(functools.partial(apply_gradients, tx), donate_argnums=0))
 
 
 def make_kge_step(net: nn.Module, kge_tx, shards: Optional[BatchShards] = None) -> Callable:

@@ -254,7 +254,10 @@ def make_trainer(
     )
     par = gp.GraphParallel(net, graphs, gp.make_mesh(shape), exchange, order)
     template = gp.state_template(net, tx, kge_tx, settings.use_kge)
-    step = par.make_train_step(tx, settings.mask_rate, template)
+    if settings.split_step:
+      step = par.make_split_train_step(tx, settings.mask_rate, template)
+    else:
+      step = par.make_train_step(tx, settings.mask_rate, template)
     return Trainer(
       train_step=step,
       graphs=par.graphs,
@@ -269,6 +272,11 @@ def make_trainer(
       **samplers,
     )
   if n_devices > 1 or distributed.process_count() > 1:
+    if settings.split_step:
+      raise ValueError(
+        "train.split_step runs on one device or in the graph modes (parallel.mode=graph or "
+        "data_graph), not in data-parallel mode across several devices"
+      )
     train_step, kge_step = data_parallel.make_steps(
       net, tx, kge_tx, settings.mask_rate, settings.use_kge
     )
@@ -287,7 +295,11 @@ def make_trainer(
     )
   same = lambda tree: tree
   return Trainer(
-    train_step=jax.jit(steps.make_train_step(net, tx, settings.mask_rate), donate_argnums=0),
+    train_step=(
+      steps.make_split_train_step(net, tx, settings.mask_rate)
+      if settings.split_step
+      else jax.jit(steps.make_train_step(net, tx, settings.mask_rate), donate_argnums=0)
+    ),
     kge_step=(
       jax.jit(steps.make_kge_step(net, kge_tx), donate_argnums=0) if settings.use_kge else None
     ),
