@@ -85,7 +85,8 @@ def get_config(dataset: str = "dbbook2014"):
   # "auto" (the halo where it moves fewer rows than the all_gather: graphs with locality; on the
   # paper's small-world CIKGs it does not, docs/scaling.md), "ring" (the owners' blocks passed
   # round the devices one at a time: the all_gather's traffic in B rows of memory, for large
-  # graphs without locality; bcsr backend)
+  # graphs without locality; bcsr backend), "halo_rounds" (the halo's rows, one owner's per
+  # ppermute round: the halo's traffic in H rows of memory; bcsr backend)
   c.parallel.exchange = "all_gather"
   # graph modes: the order of the table's rows, chosen once from the graph and stored with the run
   # (node_order.npz): "identity" (node ids), "balanced" (about E/D edges per block), "rcm"

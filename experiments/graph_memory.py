@@ -148,6 +148,8 @@ def table(records, commits) -> str:
     h = r["halo_rows_per_peer"]
     if a.get("ring"):
       exchange, per_layer = "ring", r["sender_rows_per_layer"] * (n_graph - 1) // n_graph
+    elif a.get("rounds"):
+      exchange, per_layer = f"halo rounds, H = {a['halo']:g} B", (n_graph - 1) * h
     elif h:
       exchange, per_layer = f"halo, H = {a['halo']:g} B", n_graph * h
     else:
@@ -206,6 +208,12 @@ def main(argv=None):
     action="store_true",
     help="the ring exchange (config parallel.exchange=ring): each owner's block passed round the "
     "devices, one block of B rows in flight",
+  )
+  p.add_argument(
+    "--rounds",
+    action="store_true",
+    help="with --halo: the halo rounds (config parallel.exchange=halo_rounds), each owner's H "
+    "rows received in its own ppermute round, one round's rows in flight",
   )
   p.add_argument(
     "--split_step",
@@ -272,11 +280,33 @@ def main(argv=None):
 
   if args.ring and halo:
     raise SystemExit("error: --ring and --halo are two exchanges; pick one")
+  if args.rounds and not halo:
+    raise SystemExit("error: --rounds exchanges the halo in rounds: give --halo too")
 
   def abstract_op(e):
     per = -(-e // n_graph)
     arr = lambda size, dtype: jax.ShapeDtypeStruct((size,), dtype, sharding=graph_sharding)
     i32 = jnp.int32
+    if args.rounds:  # the ring's sub-blocks, each reading the H rows its owner sends
+      sub = -(-per // n_graph)
+      return gp.ShardedOperator(
+        send=arr(n_graph * n_graph * halo, i32),
+        halo=halo,
+        senders=arr(n_graph * n_graph * sub, i32),
+        receivers=arr(n_graph * n_graph * sub, i32),
+        weight=arr(n_graph * n_graph * sub, jnp.float32),
+        pair=arr(n_graph * n_graph * sub, i32),
+        indptr=arr(n_graph * n_graph * (block + 1), i32),
+        t_indptr=arr(n_graph * n_graph * (block + 1), i32),
+        t_indices=arr(n_graph * n_graph * sub, i32),
+        t_perm=arr(n_graph * n_graph * sub, i32),
+        n_nodes=n,
+        n_padded=n_padded,
+        n_devices=n_graph,
+        n_pairs=e // 2,
+        n_edges=e,
+        rounds=True,
+      )
     if args.ring:  # D sub-blocks of E / D^2 edges, each with the CSR arrays of a B x B matrix
       sub = -(-per // n_graph)
       return gp.ShardedOperator(

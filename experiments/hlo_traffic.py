@@ -6,7 +6,8 @@ Per collective, with G devices in its replica group and S the bytes of its per-d
 all-gather and all-to-all receive S (G-1)/G (the other devices' parts), reduce-scatter
 S (G-1) (one part from each other device), a ring all-reduce 2 S (G-1)/G, collective-permute S.
 These are the bytes over the links, not their timing; a loop with no known trip count is counted
-once and reported in `unknown_trip_counts`.
+once and reported in `unknown_trip_counts`; a conditional runs one of its branches, and the one
+that receives most is counted.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def _parse(hlo: str):
   """({computation: [(kind, result bytes, group size)]}, {computation: [(callee, factor)]},
   entry name, loops without a known trip count)."""
   collectives: Dict[str, List[Tuple[str, int, str]]] = defaultdict(list)
-  calls: Dict[str, List[Tuple[str, int]]] = defaultdict(list)
+  # (callee, factor), or (tuple of branch computations, 1) for a conditional
+  calls: Dict[str, List[Tuple[object, int]]] = defaultdict(list)
   entry, current, unknown = None, None, 0
   for line in hlo.splitlines():
     m = _COMPUTATION.match(line)
@@ -92,8 +94,7 @@ def _parse(hlo: str):
       calls[current].append((callee, trip if role in ("body", "condition") else 1))
     b = _BRANCHES.search(line)
     if b:
-      for callee in re.findall(r"%([\w.\-]+)", b.group(1)):
-        calls[current].append((callee, 1))  # every branch counted: an upper bound
+      calls[current].append((tuple(re.findall(r"%([\w.\-]+)", b.group(1))), 1))
   return collectives, calls, entry, unknown
 
 
@@ -103,23 +104,29 @@ def traffic(hlo: str, n_devices: int) -> Dict[str, object]:
   collectives, calls, entry, unknown = _parse(hlo)
   if entry is None:
     raise ValueError("no ENTRY computation in the HLO text")
-  times: Dict[str, int] = defaultdict(int)
 
-  def visit(name: str, factor: int, path: Tuple[str, ...]):
+  def cost(name: str, path: Tuple[str, ...]):
+    """(bytes by kind, calls by kind) of one execution of computation `name`."""
+    by_kind: Dict[str, float] = defaultdict(float)
+    count: Dict[str, int] = defaultdict(int)
     if name in path:  # HLO has no recursion; guard against a misparse
-      return
-    times[name] += factor
+      return by_kind, count
+    for kind, size, line in collectives.get(name, ()):
+      by_kind[kind] += received_bytes(kind, size, group_size(line, n_devices))
+      count[kind] += 1
     for callee, k in calls.get(name, ()):
-      visit(callee, factor * k, path + (name,))
+      if isinstance(callee, tuple):  # a conditional: the branch that receives most
+        costs = [cost(c, path + (name,)) for c in callee] or [({}, {})]
+        sub_bytes, sub_count = max(costs, key=lambda c: sum(c[0].values()))
+      else:
+        sub_bytes, sub_count = cost(callee, path + (name,))
+      for kind, v in sub_bytes.items():
+        by_kind[kind] += k * v
+      for kind, v in sub_count.items():
+        count[kind] += k * v
+    return by_kind, count
 
-  visit(entry, 1, ())
-  by_kind: Dict[str, float] = defaultdict(float)
-  count: Dict[str, int] = defaultdict(int)
-  for name, found in collectives.items():
-    for kind, size, line in found:
-      n = times.get(name, 0)
-      by_kind[kind] += n * received_bytes(kind, size, group_size(line, n_devices))
-      count[kind] += n
+  by_kind, count = cost(entry, ())
   return {
     "received_bytes": float(sum(by_kind.values())),
     "by_kind": dict(by_kind),

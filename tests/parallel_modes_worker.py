@@ -248,6 +248,15 @@ def main(tmp, part):
     }
     out["kge_order"] = compare_kge(config(tmp), ["graph3"], node_order="rcm")
     out["step_ring"] = compare_step(config(tmp, dropout=True), ["graph3"], exchange="ring")
+    out["step_halo_rounds"] = compare_step(
+      config(tmp, dropout=True), ["graph3"], exchange="halo_rounds"
+    )
+    out["step_halo_rounds"] |= {
+      f"{k}+balanced+chunk": v
+      for k, v in compare_step(
+        chunked, ["data2xgraph2"], exchange="halo_rounds", node_order="balanced"
+      ).items()
+    }
     out["step_split"] = compare_step(config(tmp, dropout=True), ["data2xgraph2"], split=True)
     out["step_split"] |= {
       f"{k}+ring": v
@@ -289,6 +298,7 @@ def main(tmp, part):
         "graph3_rcm": ("graph", 3, 0, "rcm"),
         "data2xgraph2_balanced_resumed": ("data_graph", 4, 2, "balanced"),
         "graph4_ring": ("graph", 4, 0, "identity", "ring"),
+        "graph4_balanced_halo_rounds": ("graph", 4, 0, "balanced", "halo_rounds"),
       },
     )
   print("RESULT " + json.dumps(out))

@@ -92,3 +92,23 @@ def test_compiled_shard_map_program():
     "all-to-all": 3 * block * 3 / 4,  # 3 trips of the scan
     "all-reduce": 2 * block * 3 / 4,
   }
+
+
+def test_a_conditional_counts_the_branch_that_receives_most():
+  """One branch of a conditional runs: a loop of 3 trips around a two-branch conditional (an
+  all-reduce of 16 floats, a collective-permute of 8) counts 3 all-reduces, not both kinds."""
+  hlo = HLO.replace(
+    "branch_computations={%branch}", "branch_computations={%branch, %small}"
+  ).replace(
+    "ENTRY %main",
+    "%small (q: f32[8]) -> f32[8] {\n"
+    "  ROOT %cp = f32[8]{0} collective-permute(%q), channel_id=5, "
+    "source_target_pairs={{0,1},{1,2},{2,3},{3,0}}\n}\n\nENTRY %main",
+  )
+  got = hlo_traffic.traffic(hlo, 4)
+  assert got["count"] == {"all-gather": 1, "all-to-all": 10, "all-reduce": 1}
+  assert got["by_kind"]["all-reduce"] == 2 * 16 * 4 * 3 / 4
+  smaller = hlo.replace("%ar = f32[16]{0} all-reduce", "%ar = f32[1]{0} all-reduce")
+  got = hlo_traffic.traffic(smaller, 4)
+  assert got["count"] == {"all-gather": 1, "all-to-all": 10, "collective-permute": 1}
+  assert got["by_kind"]["collective-permute"] == 8 * 4

@@ -130,6 +130,17 @@ def test_graph_modes_ring_exchange_equals_single_device(quick):
   _check_steps(quick["step_ring"])
 
 
+def test_graph_modes_halo_rounds_equal_single_device(quick):
+  """parallel.exchange=halo_rounds: each owner's halo rows for a block arrive in their own
+  ppermute round and are multiplied by their sub-block; the custom backward pass returns their
+  cotangents the same way. On 3 devices (padded rows) and, in the balanced order (a halo below
+  the block) with chunked InfoNCE, on a 2 x 2 mesh."""
+  assert set(quick["step_halo_rounds"]) == {"graph3/sgd", "data2xgraph2/sgd+balanced+chunk"}
+  for r in quick["step_halo_rounds"].values():
+    assert r["halo"] and all(h > 0 for h in r["halo"].values()), r["halo"]
+  _check_steps(quick["step_halo_rounds"])
+
+
 def test_graph_modes_split_step_equals_single_device(quick):
   """config.train.split_step: a program per loss part adding into one donated gradient, then the
   update, on a data x graph mesh and with the ring on 3 devices, against one device's whole
@@ -206,7 +217,7 @@ def test_graph_modes_two_epochs_match_single_device(full):
   runs = full["train"]
   one = runs.pop("single")
   assert one["parallel"] == {"mode": "data", "mesh": None}
-  assert len(runs) == 11
+  assert len(runs) == 12
   for name, r in runs.items():
     assert r["stored_order"] == ("rcm" in name or "balanced" in name), name
     assert r["compilations"] == 1, name

@@ -95,6 +95,10 @@ class ShardedOperator:
   # [p * P, (p + 1) * P) of the block, P = edges_per_device / D), each with its own CSR side arrays
   # (B x B), multiplied as the owners' rows pass by (ring_spmm)
   ring: bool = flax.struct.field(pytree_node=False, default=False)
+  # halo rounds: the ring's sub-blocks by sender block, each reading only the H rows of its owner
+  # that the block needs (the halo plan's lists, `send`), received in D - 1 ppermute rounds
+  # (halo_rounds_spmm); senders are positions in the halo buffer, as with the halo exchange
+  rounds: bool = flax.struct.field(pytree_node=False, default=False)
 
   @property
   def weights(self) -> jnp.ndarray:
@@ -109,7 +113,7 @@ def padded_rows(n_nodes: int, n_devices: int) -> int:
   return -(-n_nodes // n_devices) * n_devices
 
 
-EXCHANGES = ("all_gather", "halo", "auto", "ring")
+EXCHANGES = ("all_gather", "halo", "auto", "ring", "halo_rounds")
 
 
 def shard_operator(
@@ -127,7 +131,8 @@ def shard_operator(
   "halo" (each block receives only the remote rows its edges read, cikg_jax/graphs/halo.py), "auto"
   (the halo where its buffer, B + D*H rows, is smaller than the Np rows of the all_gather), "ring"
   (the owners' blocks passed round the devices one at a time, `ring_spmm`: the traffic of the
-  all_gather in a buffer of B rows)."""
+  all_gather in a buffer of B rows), "halo_rounds" (each owner's halo rows for this block, one
+  owner per ppermute round, `halo_rounds_spmm`: the halo's traffic in a buffer of H rows)."""
   if exchange not in EXCHANGES:
     raise ValueError(f"unknown exchange {exchange!r}; choose from {EXCHANGES}")
   g = op.graph
@@ -151,9 +156,13 @@ def shard_operator(
     plan = halo_lib.plan([senders[bounds[k] : bounds[k + 1]] for k in range(d)], d, b)
     if exchange == "auto" and b + d * plan["halo"] >= n_padded:
       plan = None
+  if exchange == "halo_rounds":
+    return _rounds_operator(op, plan, receivers, weight, pair, bounds, d, b)
   n_cols = n_padded if plan is None else b + d * plan["halo"]
   fields = [
-    f for f in ShardedOperator.__dataclass_fields__ if f[0] != "n" and f not in ("halo", "ring")
+    f
+    for f in ShardedOperator.__dataclass_fields__
+    if f[0] != "n" and f not in ("halo", "ring", "rounds")
   ]
   out = {k: [] for k in fields if k != "send"}
   for k in range(d):
@@ -218,6 +227,138 @@ def _ring_operator(op, senders, receivers, weight, pair, bounds, d: int, b: int)
     n_edges=len(senders),
     ring=True,
   )
+
+
+def _rounds_operator(op, plan, receivers, weight, pair, bounds, d: int, b: int):
+  """shard_operator's cut for the halo rounds: block k's edges split by the owner p of their
+  sender, as the ring's, each sub-block's columns the sender's place in the rows p sends k (its
+  own rows: the local ids), with the CSR side arrays of a B x B matrix (a remote sub-block uses
+  its first H columns). `senders` are the halo exchange's buffer positions (the dropout's degree
+  exchange reads them); padding edges read column 0 with weight 0."""
+  h = plan["halo"]
+  subs = []
+  for k in range(d):
+    s = plan["halo_senders"][k].astype(np.int64)
+    r = receivers[bounds[k] : bounds[k + 1]] - k * b
+    w, pr = weight[bounds[k] : bounds[k + 1]], pair[bounds[k] : bounds[k + 1]]
+    owner = np.where(s < b, k, (s - b) // h)
+    for p in range(d):
+      mine = owner == p  # a stable selection: receivers stay sorted
+      first = 0 if p == k else b + p * h  # the sub-block's first buffer position
+      subs.append((first, s[mine], r[mine], w[mine], pr[mine]))
+  per = max(1, max(len(sub[1]) for sub in subs))
+  out = {k: [] for k in ("senders", "receivers", "weight", "pair")}
+  out.update({k: [] for k in ("indptr", "t_indptr", "t_indices", "t_perm")})
+  for first, s, r, w, pr in subs:
+    pad = per - len(s)
+    s = np.concatenate([s, np.full(pad, first)]).astype(np.int32)
+    r = np.concatenate([r, np.full(pad, b - 1)]).astype(np.int32)
+    out["senders"].append(s)
+    out["receivers"].append(r)
+    out["weight"].append(np.concatenate([w, np.zeros(pad, np.float32)]))
+    out["pair"].append(np.concatenate([pr, np.full(pad, PAD_PAIR, np.int32)]))
+    csr = prop.csr_arrays(s - first, r, b, b)
+    for name in ("indptr", "t_indptr", "t_indices", "t_perm"):
+      out[name].append(getattr(csr, name))
+  return ShardedOperator(
+    **{k: np.concatenate(v) for k, v in out.items()},
+    send=plan["send"].reshape(-1),
+    n_nodes=op.n_nodes,
+    n_padded=d * b,
+    n_devices=d,
+    n_pairs=op.n_pairs,
+    n_edges=int(bounds[-1]),
+    halo=h,
+    rounds=True,
+  )
+
+
+def halo_rounds_spmm(op: ShardedOperator, weights, x):
+  """This block's rows of A_w @ x under the halo rounds: its own sub-block times its rows, then
+  in round s = 1 .. D-1 the H rows device k + s (mod D) owns and this block reads arrive (each
+  device sends device k - s the rows it needs, one `ppermute`) and are multiplied by their
+  sub-block. The backward pass returns each round's A^T g for the H rows to their owner the same
+  way, without keeping the received rows. The halo exchange's traffic, in a buffer of H rows
+  instead of B + D*H."""
+  args = (weights, x, op.senders, op.send, op.indptr, op.t_indices, op.t_indptr, op.t_perm)
+  axes = frozenset().union(*map(prop.varying_axes, args))
+  return _rounds(op.n_devices, op.halo, axes, prop.varying_axes(x), *args)
+
+
+def _round_offsets(k, p, d: int, block: int, halo: int):
+  """Buffer position of the first row owner p sends block k (0: k's own rows)."""
+  return jnp.where(p == k, 0, block + p * halo)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _rounds(
+  n_devices, halo, axes, x_axes, data, x, senders, send, indptr, t_indices, t_indptr, t_perm
+):
+  d = n_devices
+  k = lax.axis_index(GRAPH)
+  data, senders, indptr = (a.reshape(d, -1) for a in (data, senders, indptr))
+  block = x.shape[0]
+
+  def product(p, held):
+    row = lambda a: lax.dynamic_index_in_dim(a, p, keepdims=False)
+    columns = row(senders) - _round_offsets(k, p, d, block, halo)
+    return prop.as_varying(prop._csr_matmul(row(data), columns, row(indptr), held), axes)
+
+  x = prop.as_varying(x, axes)
+
+  def round_(s, acc):
+    # every device sends device j - s its rows that j reads; this one receives from k + s
+    rows = x[lax.dynamic_slice_in_dim(send, ((k - s) % d) * halo, halo)]
+    return acc + product((k + s) % d, _shifted(rows, s, d, -1))
+
+  return lax.fori_loop(1, d, round_, product(k, x))
+
+
+def _shifted(x, s, d: int, sign: int):
+  """x of device j sent to device j + sign * s (mod D): one static ppermute per shift, chosen by
+  the loop's round s (a loop keeps one round's buffers alive, which the unrolled rounds did not)."""
+  shifts = [
+    functools.partial(
+      lax.ppermute, axis_name=GRAPH, perm=[(j, (j + sign * t) % d) for j in range(d)]
+    )
+    for t in range(1, d)
+  ]
+  return lax.switch(s - 1, shifts, x)
+
+
+def _rounds_fwd(n_devices, halo, axes, x_axes, data, x, senders, send, *csr):
+  out = _rounds(n_devices, halo, axes, x_axes, data, x, senders, send, *csr)
+  indptr, t_indices, t_indptr, t_perm = csr
+  return out, (data, send, t_indices, t_indptr, t_perm)
+
+
+def _rounds_bwd(n_devices, halo, axes, x_axes, res, g):
+  d = n_devices
+  k = lax.axis_index(GRAPH)
+  data, send, t_indices, t_indptr, t_perm = res
+  data, t_indices, t_indptr, t_perm = (
+    a.reshape(d, -1) for a in (data, t_indices, t_indptr, t_perm)
+  )
+  g = prop.as_varying(g, axes)
+
+  def product(p, n_cols):  # A[k, p]^T g: the cotangent of the first n_cols rows p sent here
+    row = lambda a: lax.dynamic_index_in_dim(a, p, keepdims=False)
+    w = row(data)[row(t_perm)]
+    indptr = row(t_indptr)[: n_cols + 1]
+    return prop.as_varying(prop._csr_matmul(w, row(t_indices), indptr, g), axes)
+
+  def round_(s, acc):
+    # the cotangent of the rows received in round s goes back to their owner k + s; this
+    # device gets that of the rows it sent device k - s, and adds it onto them
+    back = _shifted(product((k + s) % d, halo), s, d, 1)
+    return acc.at[lax.dynamic_slice_in_dim(send, ((k - s) % d) * halo, halo)].add(back)
+
+  acc = lax.fori_loop(1, d, round_, product(k, g.shape[0]))
+  # The edge weights are fixed by the graph and the dropout mask, never learned: no cotangent.
+  return (None, prop.as_varying(acc, x_axes), None, None, None, None, None, None)
+
+
+_rounds.defvjp(_rounds_fwd, _rounds_bwd)
 
 
 def ring_spmm(op: ShardedOperator, weights, x):
@@ -406,7 +547,8 @@ class RowSharded:
     keep = draw < (1.0 - rate)
     w = jnp.where(pair == -1, True, jnp.where(pair >= 0, keep, False)).astype(jnp.float32)
     # ring: sorted within each sender sub-block only
-    deg = jax.ops.segment_sum(w, op.receivers, self.block, indices_are_sorted=not op.ring)
+    sorted_rows = not (op.ring or op.rounds)
+    deg = jax.ops.segment_sum(w, op.receivers, self.block, indices_are_sorted=sorted_rows)
     inv_sqrt = jnp.where(deg > 0, lax.rsqrt(jnp.maximum(deg, 1e-12)), 0.0)
     return w * self.sender_rows(op, inv_sqrt)[op.senders] * inv_sqrt[op.receivers]
 
@@ -436,6 +578,11 @@ class RowSharded:
       if backend != "bcsr":
         raise ValueError("parallel.exchange=ring needs model.backend=bcsr")
       step = lambda e: ring_spmm(op, w, e)
+      return prop.layer_mean(step, _gradient_summed_here(x), num_layers, perturb)
+    if op.rounds:
+      if backend != "bcsr":
+        raise ValueError("parallel.exchange=halo_rounds needs model.backend=bcsr")
+      step = lambda e: halo_rounds_spmm(op, w, e)
       return prop.layer_mean(step, _gradient_summed_here(x), num_layers, perturb)
     step = lambda e: self.spmm(op, w, self.sender_rows(op, e), backend)
     return prop.layer_mean(step, _gradient_summed_here(x), num_layers, perturb)

@@ -118,7 +118,7 @@ RULES: Dict[str, Rule] = {
   "parallel.mode": _one_of("data", "graph", "data_graph"),
   "parallel.num_devices": COUNT,
   "parallel.data_devices": COUNT,
-  "parallel.exchange": _one_of("all_gather", "halo", "auto", "ring"),
+  "parallel.exchange": _one_of("all_gather", "halo", "auto", "ring", "halo_rounds"),
   "parallel.node_order": _one_of("identity", "balanced", "rcm", "degree"),
   "parallel.coordinator_address": _str,
   "parallel.num_processes": COUNT,
