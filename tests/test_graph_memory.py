@@ -22,7 +22,7 @@ def test_scaling_doc_tables_are_the_committed_records():
   with open(RECORDS) as f:
     records = [json.loads(line) for line in f if line.strip()]
   found = MARKED.findall(doc)
-  assert len(found) == 4
+  assert len(found) == 5
   for commits, text in found:
     want = graph_memory.table(records, set(commits.split(",")))
     assert text == want, f"docs/scaling.md table of {commits} differs from {RECORDS}"
