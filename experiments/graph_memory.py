@@ -287,11 +287,13 @@ def main(argv=None):
     per = -(-e // n_graph)
     arr = lambda size, dtype: jax.ShapeDtypeStruct((size,), dtype, sharding=graph_sharding)
     i32 = jnp.int32
-    if args.rounds:  # the ring's sub-blocks, each reading the H rows its owner sends
+    if args.ring or args.rounds:
+      # D sub-blocks of E / D^2 edges, each with the CSR arrays of a B x B matrix; with the halo
+      # rounds each reads the H rows its owner sends
       sub = -(-per // n_graph)
       return gp.ShardedOperator(
-        send=arr(n_graph * n_graph * halo, i32),
-        halo=halo,
+        send=arr(n_graph * n_graph * halo, i32) if args.rounds else None,
+        halo=halo if args.rounds else 0,
         senders=arr(n_graph * n_graph * sub, i32),
         receivers=arr(n_graph * n_graph * sub, i32),
         weight=arr(n_graph * n_graph * sub, jnp.float32),
@@ -305,26 +307,8 @@ def main(argv=None):
         n_devices=n_graph,
         n_pairs=e // 2,
         n_edges=e,
-        rounds=True,
-      )
-    if args.ring:  # D sub-blocks of E / D^2 edges, each with the CSR arrays of a B x B matrix
-      sub = -(-per // n_graph)
-      return gp.ShardedOperator(
-        send=None,
-        senders=arr(n_graph * n_graph * sub, i32),
-        receivers=arr(n_graph * n_graph * sub, i32),
-        weight=arr(n_graph * n_graph * sub, jnp.float32),
-        pair=arr(n_graph * n_graph * sub, i32),
-        indptr=arr(n_graph * n_graph * (block + 1), i32),
-        t_indptr=arr(n_graph * n_graph * (block + 1), i32),
-        t_indices=arr(n_graph * n_graph * sub, i32),
-        t_perm=arr(n_graph * n_graph * sub, i32),
-        n_nodes=n,
-        n_padded=n_padded,
-        n_devices=n_graph,
-        n_pairs=e // 2,
-        n_edges=e,
-        ring=True,
+        ring=bool(args.ring),
+        rounds=bool(args.rounds),
       )
     return gp.ShardedOperator(
       send=arr(n_graph * n_graph * halo, i32) if halo else None,

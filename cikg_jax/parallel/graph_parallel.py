@@ -191,6 +191,27 @@ def shard_operator(
   )
 
 
+def _sub_block_arrays(subs, b: int):
+  """The edge and CSR arrays of sub-blocks (first sender, senders, receivers, weights, pairs),
+  each padded to the longest (sender `first`, receiver B - 1, weight 0), with the CSR side
+  arrays of its B x B matrix of columns sender - first."""
+  per = max(1, max(len(sub[1]) for sub in subs))
+  out = {k: [] for k in ("senders", "receivers", "weight", "pair")}
+  out.update({k: [] for k in ("indptr", "t_indptr", "t_indices", "t_perm")})
+  for first, s, r, w, pr in subs:
+    pad = per - len(s)
+    s = np.concatenate([s, np.full(pad, first)]).astype(np.int32)
+    r = np.concatenate([r, np.full(pad, b - 1)]).astype(np.int32)
+    out["senders"].append(s)
+    out["receivers"].append(r)
+    out["weight"].append(np.concatenate([w, np.zeros(pad, np.float32)]))
+    out["pair"].append(np.concatenate([pr, np.full(pad, PAD_PAIR, np.int32)]))
+    csr = prop.csr_arrays(s - first, r, b, b)
+    for name in ("indptr", "t_indptr", "t_indices", "t_perm"):
+      out[name].append(getattr(csr, name))
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def _ring_operator(op, senders, receivers, weight, pair, bounds, d: int, b: int):
   """shard_operator's cut for the ring exchange: block k's edges split by sender block p, each
   sub-block padded to the longest (sender p * B, receiver B - 1, weight 0) with the CSR side arrays
@@ -202,23 +223,9 @@ def _ring_operator(op, senders, receivers, weight, pair, bounds, d: int, b: int)
     owner = s // b
     for p in range(d):
       mine = owner == p  # a stable selection: receivers stay sorted
-      subs.append((p, s[mine], r[mine], w[mine], pr[mine]))
-  per = max(1, max(len(sub[1]) for sub in subs))
-  out = {k: [] for k in ("senders", "receivers", "weight", "pair")}
-  out.update({k: [] for k in ("indptr", "t_indptr", "t_indices", "t_perm")})
-  for p, s, r, w, pr in subs:
-    pad = per - len(s)
-    s = np.concatenate([s, np.full(pad, p * b)]).astype(np.int32)
-    r = np.concatenate([r, np.full(pad, b - 1)]).astype(np.int32)
-    out["senders"].append(s)
-    out["receivers"].append(r)
-    out["weight"].append(np.concatenate([w, np.zeros(pad, np.float32)]))
-    out["pair"].append(np.concatenate([pr, np.full(pad, PAD_PAIR, np.int32)]))
-    csr = prop.csr_arrays(s - p * b, r, b, b)
-    for name in ("indptr", "t_indptr", "t_indices", "t_perm"):
-      out[name].append(getattr(csr, name))
+      subs.append((p * b, s[mine], r[mine], w[mine], pr[mine]))
   return ShardedOperator(
-    **{k: np.concatenate(v) for k, v in out.items()},
+    **_sub_block_arrays(subs, b),
     send=None,
     n_nodes=op.n_nodes,
     n_padded=d * b,
@@ -246,22 +253,8 @@ def _rounds_operator(op, plan, receivers, weight, pair, bounds, d: int, b: int):
       mine = owner == p  # a stable selection: receivers stay sorted
       first = 0 if p == k else b + p * h  # the sub-block's first buffer position
       subs.append((first, s[mine], r[mine], w[mine], pr[mine]))
-  per = max(1, max(len(sub[1]) for sub in subs))
-  out = {k: [] for k in ("senders", "receivers", "weight", "pair")}
-  out.update({k: [] for k in ("indptr", "t_indptr", "t_indices", "t_perm")})
-  for first, s, r, w, pr in subs:
-    pad = per - len(s)
-    s = np.concatenate([s, np.full(pad, first)]).astype(np.int32)
-    r = np.concatenate([r, np.full(pad, b - 1)]).astype(np.int32)
-    out["senders"].append(s)
-    out["receivers"].append(r)
-    out["weight"].append(np.concatenate([w, np.zeros(pad, np.float32)]))
-    out["pair"].append(np.concatenate([pr, np.full(pad, PAD_PAIR, np.int32)]))
-    csr = prop.csr_arrays(s - first, r, b, b)
-    for name in ("indptr", "t_indptr", "t_indices", "t_perm"):
-      out[name].append(getattr(csr, name))
   return ShardedOperator(
-    **{k: np.concatenate(v) for k, v in out.items()},
+    **_sub_block_arrays(subs, b),
     send=plan["send"].reshape(-1),
     n_nodes=op.n_nodes,
     n_padded=d * b,
