@@ -1,7 +1,7 @@
 """config.train.split_step (steps.split_train_step): one program per loss part, each adding its
 gradient into one donated buffer, then the update. Against the whole step on one device: the
-terms are computed by the same operations in the same order (equal to float rounding; observed
-equal), the gradient is summed part by part instead of inside one autodiff pass (equal to float
+terms are computed by the same operations in the same order, in other programs (equal to
+float rounding), the gradient is summed part by part instead of inside one autodiff pass (equal to float
 rounding); 2-epoch runs give the same metrics to float rounding. The graph modes' split step is
 checked against one device in tests/test_parallel_modes.py."""
 
