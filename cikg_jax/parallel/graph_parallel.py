@@ -278,7 +278,7 @@ def halo_rounds_spmm(op: ShardedOperator, weights, x):
   return _rounds(op.n_devices, op.halo, axes, prop.varying_axes(x), *args)
 
 
-def _round_offsets(k, p, d: int, block: int, halo: int):
+def _round_offsets(k, p, block: int, halo: int):
   """Buffer position of the first row owner p sends block k (0: k's own rows)."""
   return jnp.where(p == k, 0, block + p * halo)
 
@@ -294,7 +294,7 @@ def _rounds(
 
   def product(p, held):
     row = lambda a: lax.dynamic_index_in_dim(a, p, keepdims=False)
-    columns = row(senders) - _round_offsets(k, p, d, block, halo)
+    columns = row(senders) - _round_offsets(k, p, block, halo)
     return prop.as_varying(prop._csr_matmul(row(data), columns, row(indptr), held), axes)
 
   x = prop.as_varying(x, axes)
