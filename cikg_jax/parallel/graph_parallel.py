@@ -567,17 +567,14 @@ class RowSharded:
     if not isinstance(op, ShardedOperator):
       raise ValueError("graph-parallel propagation needs a ShardedOperator (shard_graphs)")
     w = op.weight if weights is None else weights
-    if op.ring:
+    if op.ring or op.rounds:  # the exchange multiplies the sub-blocks as the rows arrive
       if backend != "bcsr":
-        raise ValueError("parallel.exchange=ring needs model.backend=bcsr")
-      step = lambda e: ring_spmm(op, w, e)
-      return prop.layer_mean(step, _gradient_summed_here(x), num_layers, perturb)
-    if op.rounds:
-      if backend != "bcsr":
-        raise ValueError("parallel.exchange=halo_rounds needs model.backend=bcsr")
-      step = lambda e: halo_rounds_spmm(op, w, e)
-      return prop.layer_mean(step, _gradient_summed_here(x), num_layers, perturb)
-    step = lambda e: self.spmm(op, w, self.sender_rows(op, e), backend)
+        name = "ring" if op.ring else "halo_rounds"
+        raise ValueError(f"parallel.exchange={name} needs model.backend=bcsr")
+      spmm = ring_spmm if op.ring else halo_rounds_spmm
+      step = lambda e: spmm(op, w, e)
+    else:
+      step = lambda e: self.spmm(op, w, self.sender_rows(op, e), backend)
     return prop.layer_mean(step, _gradient_summed_here(x), num_layers, perturb)
 
   def info_nce(
