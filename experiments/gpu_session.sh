@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
-# One device-tool call on a GPU machine: the study grid as one queue, many runs sharing the GPU.
+# One command on a GPU machine without network: up to three steps, many runs sharing the GPU.
 #
-# Prepared here, run there (the device tool copies the working tree; the datasets and the two pure
-# Python wheels its image lacks travel as carried, git-ignored folders):
+# Prepared here, run there (the machine gets a copy of the working tree; the datasets and the
+# wheels its image lacks travel as git-ignored folders):
 #   mkdir -p .gpudata && cp -r ../shared/data/{dbbook2014,book-crossing} .gpudata/
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml_collections==1.1.0 jraph==0.0.6.dev0
-#   device run: CIKG_COMMIT=<sha> STUDIES=... BUDGET=480 PARALLEL=14 bash experiments/gpu_session.sh
-#   the tuned main table (its configurations come from experiments/results/tuning/best.json, no
-#   Optuna needed there): STUDIES=tuned_table SEEDS=2024,1,2,3,4
-# What comes back: $OUT/results.tgz (experiments/results/<study>/*.json of the finished runs),
-# $OUT/grid.log, $OUT/env.txt. Unpack with: tar xzf results.tgz -C experiments/
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform any -d .whl \
+#     ml_collections jraph optuna alembic SQLAlchemy greenlet colorlog Mako MarkupSafe PyYAML \
+#     tqdm typing_extensions pytest pluggy iniconfig   # versions: constraints.txt
+#   CIKG_COMMIT=<sha> STEPS=repro,grid STUDIES=... BUDGET=540 PARALLEL=16 \
+#     bash experiments/gpu_session.sh
+# Steps (STEPS, in this order; BUDGET seconds in all):
+#   repro  tests/test_reproducibility.py on the GPU, then experiments/reproducibility.py
+#          (CIKGRec, REPRO_DATASET, REPRO_EPOCHS epochs, deterministic mode on and off);
+#   grid   the studies of STUDIES (experiments/grid.py) for DATASETS and SEEDS, ONLY filtering;
+#          the tuned main table: STUDIES=tuned_table SEEDS=2024,1,2,3,4;
+#   tune   experiments/tune.py for each model of TUNE_MODELS and dataset of DATASETS at once,
+#          TUNE_PARALLEL trials each; the journals are copied to $OUT/tuning first and written there.
+# What comes back: $OUT/results.tgz (experiments/results/ of the finished runs: unpack with
+# tar xzf results.tgz -C experiments/), $OUT/tuning/*.journal, $OUT/*.log, $OUT/env.txt.
 set -u
-OUT=${OUT:-/tmp/out}; BUDGET=${BUDGET:-480}; PARALLEL=${PARALLEL:-14}; MINRUN=${MINRUN:-150}
-STUDIES=${STUDIES:-user_knowledge,main_table,ablations}; SEEDS=${SEEDS:-2024,1,2}
-DATASETS=${DATASETS:-dbbook2014,book-crossing}; ONLY=${ONLY:-}
+T0=$(date +%s)
+OUT=${OUT:-/tmp/out}; BUDGET=${BUDGET:-540}; PARALLEL=${PARALLEL:-14}; MINRUN=${MINRUN:-150}
+STEPS=${STEPS:-grid}; STUDIES=${STUDIES:-user_knowledge,main_table,ablations}
+SEEDS=${SEEDS:-2024,1,2}; DATASETS=${DATASETS:-dbbook2014,book-crossing}; ONLY=${ONLY:-}
+REPRO_DATASET=${REPRO_DATASET:-dbbook2014}; REPRO_EPOCHS=${REPRO_EPOCHS:-8}
+TUNE_MODELS=${TUNE_MODELS:-kgat}; TUNE_PARALLEL=${TUNE_PARALLEL:-8}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false CIKG_DATA_DIR=${CIKG_DATA_DIR:-$PWD/.gpudata}
 mkdir -p "$OUT" /tmp/runs /tmp/results
 cp -r experiments/results/. /tmp/results/   # finished runs are found and skipped
-if ! python3 -c "import ml_collections, jraph" 2>/dev/null; then
+if ! python3 -c "import ml_collections, jraph, optuna, pytest" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 fi
@@ -26,9 +38,47 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 (nvidia-smi -L; python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())") > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 jaxv=$(python3 -c "import jax; print(jax.__version__)")
-python3 experiments/grid.py --studies "$STUDIES" --datasets "$DATASETS" --seeds "$SEEDS" --order study \
-  ${ONLY:+--only "$ONLY"} --parallel "$PARALLEL" --deadline_seconds "$BUDGET" --min_run_seconds "$MINRUN" \
-  --machine "1x $gpu (device tool), jax $jaxv, up to $PARALLEL runs sharing the GPU" \
-  --runs_dir /tmp/runs --results_dir /tmp/results 2>&1 | tee "$OUT/grid.log"
+# the results so far, every 30 s: a command stopped by its time limit still returns them
+(while sleep 30; do tar czf "$OUT/results.tmp.tgz" -C /tmp results && mv "$OUT/results.tmp.tgz" "$OUT/results.tgz"; done) &
+SNAPSHOT=$!
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+
+if has repro; then  # the test and the script at once
+  (timeout $(( $(left) / 2 )) python3 -m pytest -q -p no:cacheprovider tests/test_reproducibility.py;
+    echo "pytest exit $?") > "$OUT/repro_test.log" 2>&1 &
+  TEST=$!
+  timeout $(( $(left) / 2 )) python3 experiments/reproducibility.py --dataset "$REPRO_DATASET" \
+    --epochs "$REPRO_EPOCHS" --backends segment,bcsr --results_dir /tmp/results \
+    --runs_dir /tmp/runs/reproducibility \
+    --machine "1x $gpu, jax $jaxv, its 8 runs sharing the GPU" 2>&1 | tee "$OUT/repro.log"
+  wait $TEST
+  cat "$OUT/repro_test.log"
+fi
+if has tune; then
+  mkdir -p "$OUT/tuning"; TUNERS=""
+  cp experiments/results/tuning/*.journal "$OUT/tuning/" 2>/dev/null
+  for d in ${DATASETS//,/ }; do
+    for m in ${TUNE_MODELS//,/ }; do
+      python3 experiments/tune.py --models "$m" --datasets "$d" --parallel "$TUNE_PARALLEL" \
+        --deadline_seconds $(( $(left) - 30 )) --tuning_dir "$OUT/tuning" --runs_dir /tmp/runs/tune \
+        --machine "1x $gpu, jax $jaxv, trials of several studies sharing the GPU" \
+        > "$OUT/tune_${d}_${m}.log" 2>&1 &
+      TUNERS="$TUNERS $!"
+    done
+  done
+  if ! has grid; then wait $TUNERS; fi
+fi
+if has grid; then
+  python3 experiments/grid.py --studies "$STUDIES" --datasets "$DATASETS" --seeds "$SEEDS" --order study \
+    ${ONLY:+--only "$ONLY"} --parallel "$PARALLEL" --deadline_seconds $(( $(left) - 20 )) \
+    --min_run_seconds "$MINRUN" \
+    --machine "1x $gpu, jax $jaxv, up to $PARALLEL runs sharing the GPU" \
+    --runs_dir /tmp/runs --results_dir /tmp/results 2>&1 | tee "$OUT/grid.log"
+  if has tune; then wait $TUNERS; fi
+fi
+(cd /tmp/runs/tune 2>/dev/null && tar czf "$OUT/pretrain_runs.tgz" ./*bprmf-pretrain* 2>/dev/null)
+kill $SNAPSHOT 2>/dev/null
 tar czf "$OUT/results.tgz" -C /tmp results
 (cd /tmp/runs && tail -n 3 */log.txt) > "$OUT/run_tails.txt" 2>&1
+echo "done in $(( $(date +%s) - T0 )) s"

@@ -115,6 +115,11 @@ def git_commit() -> str:
     return os.environ.get("CIKG_COMMIT", "unknown")
 
 
+def default_machine() -> str:
+  """The machine a record names when the user did not describe it: host name and CPU count."""
+  return f"{platform.node()} ({os.cpu_count()} cpu)"
+
+
 def child_env() -> Dict[str, str]:
   """The environment of a run this process starts: unbuffered output, and this PID as the one
   whose death stops the run (cikg_jax.runtime.stop_with_parent)."""
@@ -188,7 +193,7 @@ def run_grid(
   `deadline` (time.time() value, 0 = none): each run gets the time left as its wall-time budget,
   and no run starts with less than `min_run_seconds` left; a run stopped by that budget is
   resumable and is not recorded."""
-  machine = machine or f"{platform.node()} ({os.cpu_count()} cpu)"
+  machine = machine or default_machine()
   with contextlib.ExitStack() as held:
     for study in dict.fromkeys(s for s, _ in study_runs):
       folder = os.path.join(results_dir, study)

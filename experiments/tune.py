@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -229,7 +228,9 @@ class Objective:
     extra: Sequence[str],
     deadline: float,
     log: Callable[[str], None],
+    machine: str = "",
   ):
+    self.machine = machine or runner.default_machine()
     self.model, self.dataset = model, dataset
     self.runs_dir, self.extra, self.deadline, self.log = runs_dir, list(extra), deadline, log
 
@@ -252,7 +253,7 @@ class Objective:
     trial.set_user_attr("run", run.name)
     trial.set_user_attr("command", runner._portable(cmd, workdir))
     trial.set_user_attr("commit", runner.git_commit())
-    trial.set_user_attr("machine", f"{platform.node()} ({os.cpu_count()} cpu)")
+    trial.set_user_attr("machine", self.machine)
     self.log(f"trial {trial.number}: {run.name} {json.dumps(params, default=str)}")
     t0 = time.time()
     env = runner.child_env()
@@ -438,6 +439,7 @@ def tune(
   extra: Sequence[str] = (),
   deadline: float = 0.0,
   parallel: int = 1,
+  machine: str = "",
   log: Callable[[str], None] = logger.info,
 ) -> Optional[int]:
   """Runs the study until `trials` trials are complete or pruned, `parallel` at a time (a GPU
@@ -457,7 +459,9 @@ def tune(
     first = published(model, dataset)
     if not study.trials and first:
       study.enqueue_trial(first, user_attrs={"published": True})
-    objective = Objective(model, dataset, runs_dir, extra, deadline, lambda s: log(f"[{name}] {s}"))
+    objective = Objective(
+      model, dataset, runs_dir, extra, deadline, lambda s: log(f"[{name}] {s}"), machine
+    )
     while counted(study) < trials:
       if deadline and time.time() > deadline:
         log(f"[{name}] deadline: {counted(study)}/{trials} trials counted; rerun to continue")
@@ -618,6 +622,7 @@ def main(argv=None) -> int:
   p.add_argument(
     "--parallel", type=int, default=1, help="trials of a study at once (a GPU fits several)"
   )
+  p.add_argument("--machine", default="", help="where the trials run (recorded in each)")
   args = p.parse_args(argv)
   logs.to_stderr()
   tuning_dir = args.tuning_dir or TUNING
@@ -647,6 +652,7 @@ def main(argv=None) -> int:
         extra=extra,
         deadline=deadline,
         parallel=args.parallel,
+        machine=args.machine,
       )
     except rundir.RunError as e:
       raise SystemExit(f"error: {e}") from None
