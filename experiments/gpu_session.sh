@@ -45,10 +45,10 @@ left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 
 if has repro; then  # the test and the script at once
-  (timeout $(( $(left) / 2 )) python3 -m pytest -q -p no:cacheprovider tests/test_reproducibility.py;
+  (timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_reproducibility.py;
     echo "pytest exit $?") > "$OUT/repro_test.log" 2>&1 &
   TEST=$!
-  timeout $(( $(left) / 2 )) python3 experiments/reproducibility.py --dataset "$REPRO_DATASET" \
+  timeout 180 python3 experiments/reproducibility.py --dataset "$REPRO_DATASET" \
     --epochs "$REPRO_EPOCHS" --backends segment,bcsr --results_dir /tmp/results \
     --runs_dir /tmp/runs/reproducibility \
     --machine "1x $gpu, jax $jaxv, its 8 runs sharing the GPU" 2>&1 | tee "$OUT/repro.log"
