@@ -11,8 +11,9 @@
 #   CIKG_COMMIT=<sha> STEPS=repro,grid STUDIES=... BUDGET=540 PARALLEL=16 \
 #     bash experiments/gpu_session.sh
 # Steps (STEPS, in this order; BUDGET seconds in all):
-#   repro  tests/test_reproducibility.py on the GPU, then experiments/reproducibility.py
-#          (CIKGRec, REPRO_DATASET, REPRO_EPOCHS epochs, deterministic mode on and off);
+#   repro_test  tests/test_reproducibility.py on the GPU, beside the next step;
+#   repro  experiments/reproducibility.py: CIKGRec on REPRO_DATASET, REPRO_EPOCHS epochs, two runs
+#          of each of REPRO_MODES (<model.backend>:<deterministic on|off>), at most REPRO_SECONDS;
 #   grid   the studies of STUDIES (experiments/grid.py) for DATASETS and SEEDS, ONLY filtering;
 #          the tuned main table: STUDIES=tuned_table SEEDS=2024,1,2,3,4;
 #   tune   experiments/tune.py for each model of TUNE_MODELS and dataset of DATASETS at once,
@@ -24,7 +25,8 @@ T0=$(date +%s)
 OUT=${OUT:-/tmp/out}; BUDGET=${BUDGET:-540}; PARALLEL=${PARALLEL:-14}; MINRUN=${MINRUN:-150}
 STEPS=${STEPS:-grid}; STUDIES=${STUDIES:-user_knowledge,main_table,ablations}
 SEEDS=${SEEDS:-2024,1,2}; DATASETS=${DATASETS:-dbbook2014,book-crossing}; ONLY=${ONLY:-}
-REPRO_DATASET=${REPRO_DATASET:-dbbook2014}; REPRO_EPOCHS=${REPRO_EPOCHS:-8}
+REPRO_DATASET=${REPRO_DATASET:-dbbook2014}; REPRO_EPOCHS=${REPRO_EPOCHS:-8}; REPRO_SECONDS=${REPRO_SECONDS:-300}
+REPRO_MODES=${REPRO_MODES:-segment:off,segment:on,bcsr:off,bcsr:on}
 TUNE_MODELS=${TUNE_MODELS:-kgat}; TUNE_PARALLEL=${TUNE_PARALLEL:-8}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false CIKG_DATA_DIR=${CIKG_DATA_DIR:-$PWD/.gpudata}
 mkdir -p "$OUT" /tmp/runs /tmp/results
@@ -44,17 +46,22 @@ SNAPSHOT=$!
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 
-if has repro; then  # the test and the script at once
+if has repro_test; then  # beside the next step
   (timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_reproducibility.py;
     echo "pytest exit $?") > "$OUT/repro_test.log" 2>&1 &
   TEST=$!
-  timeout 180 python3 experiments/reproducibility.py --dataset "$REPRO_DATASET" \
-    --epochs "$REPRO_EPOCHS" --backends segment,bcsr --results_dir /tmp/results \
-    --runs_dir /tmp/runs/reproducibility \
-    --machine "1x $gpu, jax $jaxv, its 8 runs sharing the GPU" 2>&1 | tee "$OUT/repro.log"
-  wait $TEST
-  cat "$OUT/repro_test.log"
 fi
+if has repro; then
+  timeout "$REPRO_SECONDS" python3 experiments/reproducibility.py --dataset "$REPRO_DATASET" \
+    --epochs "$REPRO_EPOCHS" --modes "$REPRO_MODES" --results_dir /tmp/results \
+    --runs_dir /tmp/runs/reproducibility \
+    --machine "1x $gpu, jax $jaxv, its runs sharing the GPU" 2>&1 | tee "$OUT/repro.log"
+  for d in /tmp/runs/reproducibility/*/; do  # the logs, also of runs the time limit stopped
+    mkdir -p "$OUT/repro_runs/$(basename "$d")"
+    cp "$d"/{metrics.jsonl,results.json,log.txt} "$OUT/repro_runs/$(basename "$d")/" 2>/dev/null
+  done
+fi
+if has repro_test; then wait $TEST; cat "$OUT/repro_test.log"; fi
 if has tune; then
   mkdir -p "$OUT/tuning"; TUNERS=""
   cp experiments/results/tuning/*.journal "$OUT/tuning/" 2>/dev/null

@@ -4,7 +4,7 @@ records, per propagation backend (model.backend: gather + segment_sum, or the CS
 the repeats of each mode log identical metrics, how far apart they are, and each mode's epoch time.
 
   python experiments/reproducibility.py --dataset dbbook2014 --model cikgrec --epochs 8 \
-    --backends segment,bcsr
+    --modes segment:off,segment:on,bcsr:off,bcsr:on
   python experiments/reproducibility.py --quick      # tiny synthetic data, 2 epochs
 
 Every run is the training CLI in its own process (experiments/runner.py); all runs start at once,
@@ -68,7 +68,11 @@ def main(argv=None) -> int:
   p.add_argument("--model", default="cikgrec", help="cikgrec or " + ", ".join(runner.MODEL_CONFIG))
   p.add_argument("--epochs", type=int, default=8)
   p.add_argument("--repeats", type=int, default=2, help="runs per mode")
-  p.add_argument("--backends", default="auto", help="comma-separated model.backend values")
+  p.add_argument(
+    "--modes",
+    default="auto:on,auto:off",
+    help="comma-separated <model.backend>:<on|off> (train.deterministic), e.g. bcsr:on,segment:off",
+  )
   p.add_argument("--seed", type=int, default=2024)
   p.add_argument("--machine", default="", help="where it is measured (recorded)")
   p.add_argument("--runs_dir", default=os.path.join(runner.ROOT, "runs", STUDY))
@@ -79,7 +83,12 @@ def main(argv=None) -> int:
     args.dataset, args.epochs = "synthetic", 2
   if args.model != "cikgrec" and args.model not in runner.MODEL_CONFIG:
     raise SystemExit(f"error: --model: unknown model {args.model!r}")
-  modes = [(b, det) for b in args.backends.split(",") for det in (True, False)]
+  modes = []
+  for mode in args.modes.split(","):
+    b, _, det = mode.partition(":")
+    if det not in ("on", "off"):
+      raise SystemExit(f"error: --modes: {mode!r} is not <backend>:<on|off>")
+    modes.append((b, det == "on"))
   runs = {}
   for b, det in modes:
     for r in range(args.repeats):
@@ -128,9 +137,9 @@ def main(argv=None) -> int:
     repeats=args.repeats,
     platform=platform,
     devices=results[0]["devices"],
-    # each mode's epoch time over that of the first backend without the deterministic mode
+    # each mode's epoch time over that of the first mode
     epoch_time_ratio={
-      f"{b}, deterministic={det}": median(b, det) / median(modes[0][0], False) for b, det in modes
+      f"{b}, deterministic={det}": median(b, det) / median(*modes[0]) for b, det in modes
     },
     runs_at_once=len(runs),
     wall_seconds=time.time() - t0,

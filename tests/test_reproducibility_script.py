@@ -41,7 +41,7 @@ def test_quick_mode_finds_cpu_runs_identical(tmp_path):
       sys.executable,
       "experiments/reproducibility.py",
       "--quick",
-      "--backends=segment,bcsr",
+      "--modes=segment:off,segment:on,bcsr:on,bcsr:off",
       f"--runs_dir={tmp_path / 'runs'}",
       f"--results_dir={tmp_path / 'results'}",
     ],
