@@ -162,6 +162,12 @@ def main(argv):
   runtime.keep_freed_memory()  # no page faults on the CPU step's large buffers (cikg_jax/runtime.py)
   # one seed, one run on a GPU too (config.train.deterministic); before any device is touched
   runtime.set_xla_gpu_deterministic(bool(FLAGS.config.train.get("deterministic", True)))
+  if runtime.xla_gpu_deterministic_requested() and FLAGS.config.model.get("backend") == "segment":
+    logging.warning(
+      "model.backend=segment in XLA:GPU's deterministic mode: its scatter-add is very slow "
+      "(minutes per CIKGRec epoch on an H200); model.backend=auto or bcsr is deterministic and "
+      "fast there, or set --config.train.deterministic=False"
+    )
   try:
     config_rules.check(FLAGS.config)  # every value, before anything is allocated or written
   except config_rules.ConfigError as e:

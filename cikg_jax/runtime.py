@@ -73,10 +73,21 @@ def set_xla_cpu_flags(flags=None) -> str:
   return os.environ["XLA_FLAGS"]
 
 
-# XLA:GPU's deterministic mode: scatter-adds (segment_sum's backward and forward) without atomics
-# and autotuning that picks the same kernels every run, so one seed gives one run on a GPU as it
-# does on the CPU (whose kernels are deterministic already).
+# XLA:GPU's deterministic mode: scatter-adds without atomics and autotuning that picks the same
+# kernels every run, so one seed gives one run on a GPU as it does on the CPU (whose kernels are
+# deterministic already). Its scatter-add is far slower than the atomic one: a gather +
+# segment_sum propagation under it trained CIKGRec at one epoch in minutes on an H200, so
+# model.backend=auto propagates with the CSR product there (propagation.default_backend), which
+# ran identical repeats (experiments/results/reproducibility/, docs/results.md).
 XLA_GPU_DETERMINISTIC_FLAGS = {"--xla_gpu_deterministic_ops": "true"}
+
+
+def xla_gpu_deterministic_requested() -> bool:
+  """XLA_FLAGS asks XLA:GPU for its deterministic ops (set_xla_gpu_deterministic, or the user)."""
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  return any(
+    f.lower() in ("--xla_gpu_deterministic_ops=true", "--xla_gpu_deterministic_ops") for f in flags
+  )
 
 
 def set_xla_gpu_deterministic(on: bool) -> str:

@@ -62,7 +62,9 @@ def get_config(dataset: str = "dbbook2014"):
   c.train.resume = True
   c.train.plot = True
   # XLA:GPU's deterministic ops (no atomic scatter-adds): the same seed gives the same run on a GPU,
-  # as on the CPU, where it changes nothing. False trades that for the GPU's fastest kernels.
+  # as on the CPU, where it changes nothing; model.backend=auto then propagates with the CSR
+  # product (XLA's deterministic scatter-add makes segment_sum very slow). False trades that for
+  # the GPU's fastest kernels (docs/results.md, "One seed, one run").
   c.train.deterministic = True
   # The train step as one program per loss part (BPR + L2, contrastive, reconstruction), each
   # adding its gradient into one donated buffer, then the update: the step's peak memory is the

@@ -619,6 +619,45 @@ def efficiency_table(rows, datasets) -> List[str]:
   return out + [""]
 
 
+def reproducibility_table(results_dir: str) -> List[str]:
+  """experiments/reproducibility.py's records: per machine and mode, whether two runs of one seed
+  logged identical values, their largest difference, and the epoch times."""
+  files = sorted(glob.glob(os.path.join(results_dir, "reproducibility", "*.json")))
+  if not files:
+    return ["No results yet: `python experiments/reproducibility.py`.", ""]
+  out = [
+    "Two runs of one seed per mode, all of a record's runs at once on its machine "
+    "(`python experiments/reproducibility.py`; every logged loss term and metric compared):",
+    "",
+    "| dataset | model | machine | propagation | XLA deterministic ops | repeats identical "
+    "| largest difference | s / epoch | commit |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for f in files:
+    rec = json.load(open(f))
+    modes = [k for k in rec if ", deterministic=" in k]
+    for mode in modes:
+      m = rec[mode]
+      if "first_epoch_seconds" in m:
+        secs = (
+          f"{np.median(m['epoch_seconds_median']):.2f} after a first epoch of "
+          f"{np.median(m['first_epoch_seconds']):.1f}"
+        )
+      else:  # the trainer's median over all epochs, the first's compilation included
+        secs = (
+          f"{np.median(m['epoch_seconds_median']):.1f} ({rec['epochs']} epochs, compiling included)"
+        )
+      diff = m["max_abs_diff"]
+      out.append(
+        f"| {rec['dataset']} | {MODEL_NAMES.get(rec['model'], rec['model'])} | "
+        f"{machine_label(rec['machine'])} | {m['propagation_backend']} | "
+        f"{'on' if mode.endswith('True') else 'off'} | {'yes' if m['identical'] else 'no'} | "
+        f"{'0' if diff == 0 else f'{diff:.1e}'}{'' if diff == 0 else ' (' + m['where'] + ')'} | "
+        f"{secs} | {str(rec['commit'])[:12]} |"
+      )
+  return out + [""]
+
+
 # the seeds a study's table expects, where not the default three
 STUDY_SEEDS = {"schedules": (2024,), "kappa": (2024,)}
 
@@ -724,6 +763,7 @@ def section(results_dir: str = RESULTS, plots: bool = True, root: str = "..") ->
       own = getattr(__import__(f"experiments.{study}", fromlist=["runs"]), "SEEDS", seeds)
       m = missing(study, rows, datasets, STUDY_SEEDS.get(study, own))
       out += [provenance(rows).replace("{study}", study)] + ([m] if m else []) + [""]
+  out += ["## One seed, one run", ""] + reproducibility_table(results_dir)
   # The single-seed files directly under experiments/results/ (legacy_table) record no code
   # commit, so they stay out of the tables (experiments/results/LEGACY.md).
   out.append(END)

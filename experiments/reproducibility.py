@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +45,16 @@ def _numbers(record: Dict) -> Dict[str, float]:
 def read_log(workdir: str) -> List[Dict[str, float]]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [_numbers(json.loads(line)) for line in f if line.strip()]
+
+
+def _epoch_seconds(workdir: str) -> List[float]:
+  """Each epoch's training time (train_seconds of metrics.jsonl; evaluation not included)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [float(json.loads(line)["train_seconds"]) for line in f if line.strip()]
+
+
+def _median(xs: Sequence[float]) -> float:
+  return float(statistics.median(xs)) if xs else math.nan
 
 
 def compare(logs: Sequence[List[Dict[str, float]]]) -> Dict[str, object]:
@@ -127,17 +138,17 @@ def main(argv=None) -> int:
     out[f"{b}, deterministic={det}"] = {
       "propagation_backend": results[0]["backend"],
       **compare([read_log(w) for w in workdirs]),
-      "epoch_seconds_median": [r.get("epoch_seconds_median") for r in results],
+      # per run: the first epoch (compilation included), and the median of the others
+      "first_epoch_seconds": [_epoch_seconds(w)[0] for w in workdirs],
+      "epoch_seconds_median": [_median(_epoch_seconds(w)[1:]) for w in workdirs],
     }
-  median = lambda b, det: sorted(out[f"{b}, deterministic={det}"]["epoch_seconds_median"])[
-    args.repeats // 2
-  ]
+  median = lambda b, det: _median(out[f"{b}, deterministic={det}"]["epoch_seconds_median"])
   out.update(
     epochs=args.epochs,
     repeats=args.repeats,
     platform=platform,
     devices=results[0]["devices"],
-    # each mode's epoch time over that of the first mode
+    # each mode's epoch time (after the first epoch) over that of the first mode
     epoch_time_ratio={
       f"{b}, deterministic={det}": median(b, det) / median(*modes[0]) for b, det in modes
     },

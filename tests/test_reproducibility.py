@@ -37,3 +37,20 @@ def test_gpu_deterministic_flag_only_where_a_gpu_is(monkeypatch):
   assert os.environ["XLA_FLAGS"] == "--xla_foo=1 --xla_gpu_deterministic_ops=true"
   monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")  # the user's choice wins
   assert runtime.set_xla_gpu_deterministic(True) == "--xla_gpu_deterministic_ops=false"
+
+
+def test_auto_backend_is_the_csr_product_on_a_gpu_in_deterministic_mode(monkeypatch):
+  from cikg_jax.graphs import propagation
+
+  monkeypatch.setattr(propagation.jax, "default_backend", lambda: "gpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
+  assert not runtime.xla_gpu_deterministic_requested()
+  assert propagation.resolve_backend("auto") == "segment"
+  monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1 --xla_gpu_deterministic_ops=true")
+  assert runtime.xla_gpu_deterministic_requested()
+  assert propagation.resolve_backend("auto") == "bcsr"
+  assert propagation.resolve_backend("segment") == "segment"  # an explicit choice stands
+  monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")
+  assert propagation.resolve_backend("auto") == "segment"
+  monkeypatch.setattr(propagation.jax, "default_backend", lambda: "cpu")
+  assert propagation.resolve_backend("auto") == "bcsr"

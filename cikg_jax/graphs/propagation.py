@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
+from cikg_jax import runtime
+
 BACKENDS = ("segment", "bcsr")
 
 
@@ -332,8 +334,12 @@ def propagate(
 
 
 def default_backend() -> str:
-  """bcsr on CPU (native kernel), gather + segment_sum elsewhere."""
-  return "bcsr" if jax.default_backend() == "cpu" else "segment"
+  """bcsr on CPU (native kernel) and on a GPU in XLA's deterministic mode (whose scatter-add makes
+  segment_sum very slow: cikg_jax/runtime.py); gather + segment_sum elsewhere (atomic scatter-add,
+  the fastest on a GPU, not bitwise reproducible)."""
+  if jax.default_backend() == "cpu" or runtime.xla_gpu_deterministic_requested():
+    return "bcsr"
+  return "segment"
 
 
 def resolve_backend(backend: str) -> str:
