@@ -651,7 +651,9 @@ def reproducibility_table(results_dir: str) -> List[str]:
       out.append(
         f"| {rec['dataset']} | {MODEL_NAMES.get(rec['model'], rec['model'])} | "
         f"{machine_label(rec['machine'])} | {m['propagation_backend']} | "
-        f"{'on' if mode.endswith('True') else 'off'} | {'yes' if m['identical'] else 'no'} | "
+        f"{'on' if mode.endswith('True') else 'off'}"
+        f"{' (no effect on a CPU)' if rec.get('platform') == 'cpu' else ''} | "
+        f"{'yes' if m['identical'] else 'no'} | "
         f"{'0' if diff == 0 else f'{diff:.1e}'}{'' if diff == 0 else ' (' + m['where'] + ')'} | "
         f"{secs} | {str(rec['commit'])[:12]} |"
       )
