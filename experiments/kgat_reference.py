@@ -203,7 +203,8 @@ def main(argv=None) -> int:
         stderr=ol,
         env=runner.child_env(),
       )
-      ref.wait(), ours.wait()
+      ref.wait()
+      ours.wait()
   rec = {
     "dataset": args.dataset,
     "seed": args.seed,
