@@ -14,19 +14,21 @@
 #   repro_test  tests/test_reproducibility.py on the GPU, beside the next step;
 #   repro  experiments/reproducibility.py: CIKGRec on REPRO_DATASET, REPRO_EPOCHS epochs, two runs
 #          of each of REPRO_MODES (<model.backend>:<deterministic on|off>), at most REPRO_SECONDS;
+#          then REPRO_EXPANDER_MODES (if set) with XLA's scatter determinism expander on;
 #   grid   the studies of STUDIES (experiments/grid.py) for DATASETS and SEEDS, ONLY filtering;
 #          the tuned main table: STUDIES=tuned_table SEEDS=2024,1,2,3,4;
 #   tune   experiments/tune.py for each model of TUNE_MODELS and dataset of DATASETS at once,
 #          TUNE_PARALLEL trials each; the journals are copied to $OUT/tuning first and written there.
 # What comes back: $OUT/results.tgz (experiments/results/ of the finished runs: unpack with
-# tar xzf results.tgz -C experiments/), $OUT/tuning/*.journal, $OUT/*.log, $OUT/env.txt.
+# tar xzf results.tgz -C experiments/), $OUT/repro_runs.tgz (the repeated runs' logs),
+# $OUT/tuning/*.journal, $OUT/*.log, $OUT/env.txt.
 set -u
 T0=$(date +%s)
 OUT=${OUT:-/tmp/out}; BUDGET=${BUDGET:-540}; PARALLEL=${PARALLEL:-14}; MINRUN=${MINRUN:-150}
 STEPS=${STEPS:-grid}; STUDIES=${STUDIES:-user_knowledge,main_table,ablations}
 SEEDS=${SEEDS:-2024,1,2}; DATASETS=${DATASETS:-dbbook2014,book-crossing}; ONLY=${ONLY:-}
 REPRO_DATASET=${REPRO_DATASET:-dbbook2014}; REPRO_EPOCHS=${REPRO_EPOCHS:-8}; REPRO_SECONDS=${REPRO_SECONDS:-300}
-REPRO_MODES=${REPRO_MODES:-segment:off,segment:on,bcsr:off,bcsr:on}
+REPRO_MODES=${REPRO_MODES:-segment:off,segment:on,bcsr:off,bcsr:on}; REPRO_EXPANDER_MODES=${REPRO_EXPANDER_MODES:-}
 TUNE_MODELS=${TUNE_MODELS:-kgat}; TUNE_PARALLEL=${TUNE_PARALLEL:-8}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false CIKG_DATA_DIR=${CIKG_DATA_DIR:-$PWD/.gpudata}
 mkdir -p "$OUT" /tmp/runs /tmp/results
@@ -56,10 +58,15 @@ if has repro; then
     --epochs "$REPRO_EPOCHS" --modes "$REPRO_MODES" --results_dir /tmp/results \
     --runs_dir /tmp/runs/reproducibility \
     --machine "1x $gpu, jax $jaxv, its runs sharing the GPU" 2>&1 | tee "$OUT/repro.log"
-  for d in /tmp/runs/reproducibility/*/; do  # the logs, also of runs the time limit stopped
-    mkdir -p "$OUT/repro_runs/$(basename "$d")"
-    cp "$d"/{metrics.jsonl,results.json,log.txt} "$OUT/repro_runs/$(basename "$d")/" 2>/dev/null
-  done
+  if [ -n "$REPRO_EXPANDER_MODES" ]; then  # the same with XLA's scatter determinism expander
+    XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_scatter_determinism_expander=true" \
+    timeout "$REPRO_SECONDS" python3 experiments/reproducibility.py --dataset "$REPRO_DATASET" \
+      --epochs "$REPRO_EPOCHS" --modes "$REPRO_EXPANDER_MODES" --tag expander \
+      --results_dir /tmp/results --runs_dir /tmp/runs/reproducibility_expander \
+      --machine "1x $gpu, jax $jaxv, its runs sharing the GPU" 2>&1 | tee "$OUT/repro_expander.log"
+  fi
+  # the runs' logs, also of runs the time limit stopped, as one file
+  (cd /tmp/runs && tar czf "$OUT/repro_runs.tgz" reproducibility*/*/{metrics.jsonl,results.json,log.txt} 2>/dev/null)
 fi
 if has repro_test; then wait $TEST; cat "$OUT/repro_test.log"; fi
 if has tune; then

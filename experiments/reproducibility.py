@@ -8,7 +8,10 @@ the repeats of each mode log identical metrics, how far apart they are, and each
   python experiments/reproducibility.py --quick      # tiny synthetic data, 2 epochs
 
 Every run is the training CLI in its own process (experiments/runner.py); all runs start at once,
-so the epoch times of the modes are measured under the same load. The result is
+so the epoch times of the modes are measured under the same load. XLA_FLAGS of the environment
+reach every run and are recorded, e.g. XLA's scatter determinism expander (a prefix-scan
+deterministic scatter, off by default in recent XLA, where the deterministic scatter is a
+sequential loop): XLA_FLAGS=--xla_gpu_enable_scatter_determinism_expander=true --tag=expander. The result is
 experiments/results/reproducibility/<dataset>__<model>__<backend>.json.
 """
 
@@ -89,6 +92,7 @@ def main(argv=None) -> int:
   p.add_argument("--runs_dir", default=os.path.join(runner.ROOT, "runs", STUDY))
   p.add_argument("--results_dir", default=runner.RESULTS)
   p.add_argument("--quick", action="store_true", help="tiny synthetic data, 2 epochs")
+  p.add_argument("--tag", default="", help="appended to the result's file name (e.g. the flags)")
   args = p.parse_args(argv)
   if args.quick:
     args.dataset, args.epochs = "synthetic", 2
@@ -156,9 +160,14 @@ def main(argv=None) -> int:
     wall_seconds=time.time() - t0,
     commit=runner.git_commit(),
     machine=args.machine or runner.default_machine(),
+    # the user's XLA flags (the runs add the deterministic mode's own: cikg_jax/runtime.py)
+    xla_flags=os.environ.get("XLA_FLAGS", ""),
     command=" ".join(["python", "experiments/reproducibility.py", *(argv or sys.argv[1:])]),
   )
-  path = os.path.join(args.results_dir, STUDY, f"{args.dataset}__{args.model}__{platform}.json")
+  tag = f"__{args.tag}" if args.tag else ""
+  path = os.path.join(
+    args.results_dir, STUDY, f"{args.dataset}__{args.model}__{platform}{tag}.json"
+  )
   os.makedirs(os.path.dirname(path), exist_ok=True)
   rundir.write_atomic(path, json.dumps(out, indent=1, default=str) + "\n")
   print(json.dumps(out, indent=1, default=str))
