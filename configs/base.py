@@ -47,6 +47,10 @@ def get_config(dataset: str = "dbbook2014"):
   c.train = ml_collections.ConfigDict()
   c.train.lr = 8e-4
   c.train.batch_size = 1024
+  # How an epoch's BPR batches are drawn: "interactions" (every training pair once, shuffled: the
+  # release's and LightGCN's) or "users" (len(train) // batch + 1 batches of distinct users drawn
+  # uniformly, one positive and one negative each: KGAT's loader; sampling.user_uniform_epoch).
+  c.train.cf_sampling = "interactions"
   c.train.max_epochs = 2000
   c.train.patience = 10
   # Early stopping may not end a run before this many epochs: LightGCN's selection metric dips for

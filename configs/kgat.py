@@ -14,6 +14,9 @@ BPR weight 1. Dataset values (epochs, evaluation) are the dataset config's;
 `synthetic` keeps the tiny config's dimension, lr and batch sizes, with layers [32, 16].
 
 Trained as the original code trains it (Model/Main.py, Model/utility/loader_kgat.py):
+- CF batches: n_train // 1024 + 1 per epoch, each of 1024 distinct users drawn uniformly, one of
+  the user's items and a negative item each (its `_generate_train_cf_batch`; train.cf_sampling
+  "users"), so every user weighs the same in an epoch however many items they have;
 - the attention A_in starts as the per-relation random-walk normalised adjacency (1 / deg_r(h),
   its default adj_type 'si') and is refreshed once per epoch, after TransR, from the parameters;
   no BPR gradient flows through it (baselines.KGAT.epoch_graphs);
@@ -60,6 +63,7 @@ def get_config(dataset: str = "dbbook2014"):
     layers=(64, 32, 16), relation_dim=64, mess_dropout=0.1, negative_slope=0.2, pretrain=""
   )
   c.train.patience = 50  # the original's 5 evaluations, one every 10 epochs
+  c.train.cf_sampling = "users"  # the original's CF batches (its _generate_train_cf_batch)
   if dataset == "synthetic":
     c.kgat.layers, c.kgat.relation_dim = (32, 16), 32
   else:

@@ -459,6 +459,9 @@ def test_simgcl_trains_on_synthetic(tmp_path):
 
 
 def test_kgat_trains_on_synthetic(tmp_path):
+  # its own CF batches (user-uniform, sampling.user_uniform_epoch), every other model's stay
+  assert kgat_config.get_config("dbbook2014").train.cf_sampling == "users"
+  assert lightgcn_config.get_config("dbbook2014").train.cf_sampling == "interactions"
   res, lines = _run(tmp_path, kgat_config, "kgat", 4)
   assert {"bpr", "kge"} <= set(lines[0])
   for key in ("loss", "bpr", "kge"):

@@ -157,6 +157,36 @@ def test_bpr_epoch_visits_every_interaction_once():
   assert got == sorted(map(tuple, pairs.tolist()))
 
 
+def test_user_uniform_epoch_draws_distinct_users_uniformly_as_kgat_does():
+  """KGAT's CF batches: n // batch + 1 batches of distinct users (only users with items), each
+  user equally likely however many items they have, a positive of theirs and a negative each."""
+  # user 0 has 20 items, users 1..9 one each, user 10 none: 29 pairs
+  pairs = np.array([(0, i) for i in range(20)] + [(u, u) for u in range(1, 10)])
+  sampler = sampling.NegativeSampler(pairs, 11, 30)
+  counts = np.zeros(11)
+  for seed in range(300):
+    ep = sampling.user_uniform_epoch(pairs, sampler, 4, np.random.default_rng(seed))
+    assert ep["users"].shape == (29 // 4 + 1, 4) == (8, 4)
+    assert (ep["mask"] == 1).all()
+    assert all(len(set(row)) == 4 for row in ep["users"].tolist())  # distinct within a batch
+    positives = set(map(tuple, pairs.tolist()))
+    u, i, j = (ep[k].reshape(-1).tolist() for k in ("users", "pos", "neg"))
+    assert all((a, b) in positives for a, b in zip(u, i))
+    assert not any((a, b) in positives for a, b in zip(u, j))
+    counts += np.bincount(ep["users"].reshape(-1), minlength=11)
+  assert counts[10] == 0
+  share = counts[:10] / counts.sum()  # each of the 10 users ~1/10 (bpr_epoch: user 0 20/29)
+  assert np.allclose(share, 0.1, atol=0.01), share
+  more = sampling.user_uniform_epoch(pairs, sampler, 16, np.random.default_rng(0))
+  assert more["users"].shape == (2, 16)  # more than the 10 users: drawn with replacement
+  assert (
+    sampling.cf_batches("users", 29, 4) == 8 and sampling.cf_batches("interactions", 29, 4) == 8
+  )
+  assert (
+    sampling.cf_batches("users", 28, 4) == 8 and sampling.cf_batches("interactions", 28, 4) == 7
+  )
+
+
 def test_synthetic_dataset_round_trips_through_the_loader(tmp_path):
   d = synthetic.ensure(str(tmp_path), n_users=40, n_items=30)
   ds = dataset_lib.load_dataset(d, "synthetic")

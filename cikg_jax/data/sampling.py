@@ -69,6 +69,50 @@ def bpr_epoch(
   }
 
 
+def user_uniform_epoch(
+  train_pairs: np.ndarray, sampler: NegativeSampler, batch_size: int, rng: np.random.Generator
+) -> Dict[str, np.ndarray]:
+  """KGAT's CF batches (its loader's `_generate_train_cf_batch`): len(train) // batch_size + 1
+  batches, each of `batch_size` distinct users drawn uniformly among those with training items
+  (with replacement where there are fewer users than that), one of the user's items drawn
+  uniformly and one negative each. Every user weighs the same, however many items they have
+  (bpr_epoch weighs users by their interactions)."""
+  order = np.argsort(train_pairs[:, 0], kind="stable")
+  users_sorted = train_pairs[order, 0]
+  items_sorted = train_pairs[order, 1]
+  have, start, count = np.unique(users_sorted, return_index=True, return_counts=True)
+  n_batches = user_uniform_batches(len(train_pairs), batch_size)
+  if batch_size <= len(have):
+    keys = rng.random((n_batches, len(have)))
+    rows = np.argpartition(keys, batch_size - 1, axis=1)[:, :batch_size]
+  else:
+    rows = rng.integers(len(have), size=(n_batches, batch_size))
+  users = have[rows]
+  pos = items_sorted[start[rows] + (rng.random(rows.shape) * count[rows]).astype(np.int64)]
+  neg = sampler.sample(users.reshape(-1), rng).reshape(users.shape)
+  return {
+    "users": users.astype(np.int32),
+    "pos": pos.astype(np.int32),
+    "neg": neg.astype(np.int32),
+    "mask": np.ones(users.shape, np.float32),
+  }
+
+
+def user_uniform_batches(n_pairs: int, batch_size: int) -> int:
+  """Mini-batches per epoch of user_uniform_epoch (KGAT's n_train // batch_size + 1)."""
+  return n_pairs // batch_size + 1
+
+
+CF_EPOCHS = {"interactions": bpr_epoch, "users": user_uniform_epoch}
+
+
+def cf_batches(mode: str, n_pairs: int, batch_size: int) -> int:
+  """Mini-batches per epoch of the CF sampling `mode` (config.train.cf_sampling)."""
+  if mode == "users":
+    return user_uniform_batches(n_pairs, batch_size)
+  return num_batches(n_pairs, batch_size)
+
+
 def kge_relation_count(ds, views: str) -> int:
   """Relation rows TransE needs: paper: KG relations + `interact`; release: KG relations, their
   inverses, `interact` and `be-interacted`."""

@@ -19,6 +19,7 @@ ADDED_KEYS = {
   "parallel.exchange": "all_gather",
   "parallel.node_order": "identity",
   "train.split_step": False,
+  "train.cf_sampling": "interactions",
 }
 # Keys that moved (old name -> new name): a config holding the old one reads under the new name.
 MOVED_KEYS = {"train.num_devices": "parallel.num_devices"}

@@ -102,6 +102,7 @@ RULES: Dict[str, Rule] = {
   "model.remat": _bool,
   "train.lr": POSITIVE_NUMBER,
   "train.batch_size": POSITIVE,
+  "train.cf_sampling": _one_of("interactions", "users"),
   "train.max_epochs": POSITIVE,
   "train.patience": POSITIVE,
   "train.min_epochs": COUNT,

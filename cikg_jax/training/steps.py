@@ -271,7 +271,9 @@ class StepSettings:
 
 def step_settings(config, ds, parallel: Optional[ParallelSettings] = None) -> StepSettings:
   """The typed settings of an (effective) config for data `ds`."""
-  steps_per_epoch = sampling.num_batches(len(ds.train), config.train.batch_size)
+  steps_per_epoch = sampling.cf_batches(
+    config.train.get("cf_sampling", "interactions"), len(ds.train), config.train.batch_size
+  )
   return StepSettings(
     parallel=parallel_settings(config) if parallel is None else parallel,
     steps_per_epoch=steps_per_epoch,

@@ -87,6 +87,7 @@ class LoopSettings:
 
   seed: int
   batch_size: int
+  cf_sampling: str  # "interactions" (sampling.bpr_epoch) or "users" (KGAT's)
   max_epochs: int
   min_epochs: int
   patience: int  # epochs without a better selection score before stopping
@@ -105,6 +106,7 @@ def loop_settings(config) -> LoopSettings:
   return LoopSettings(
     seed=int(config.seed),
     batch_size=int(t.batch_size),
+    cf_sampling=str(t.get("cf_sampling", "interactions")),
     max_epochs=int(t.max_epochs),
     min_epochs=int(t.min_epochs),
     patience=int(t.patience),
@@ -344,7 +346,7 @@ def run_epoch(
   if trainer.epoch_graphs is not None:
     graphs = trainer.epoch_graphs(state, graphs, epoch)
   epoch_key = jax.random.fold_in(root_key, epoch + 1)
-  batches = sampling.bpr_epoch(
+  batches = sampling.CF_EPOCHS[settings.cf_sampling](
     ds.train, trainer.sampler, settings.batch_size, sampling.epoch_rng(settings.seed, epoch)
   )
   step_terms = []
