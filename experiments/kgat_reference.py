@@ -144,7 +144,8 @@ def markdown(rec: Dict) -> str:
     f"Epochs run: reference {rec['reference']['epochs_run']}, ours {rec['ours']['epochs_run']} "
     f"(median training seconds per epoch {med(rec['reference']['epoch_seconds']):.1f} and "
     f"{med(rec['ours']['epoch_seconds']):.1f}; machine: {rec['machine']}). Commit {rec['commit']}; "
-    f"reference {rec['reference_source']}.",
+    f"reference {rec['reference_source']}."
+    + (f" Ours: {rec['ours_note']}." if "ours_note" in rec else ""),
     "",
   ]
   return "\n".join(lines)
@@ -164,6 +165,8 @@ def main(argv=None) -> int:
   p.add_argument("--reference_log", default="")
   p.add_argument("--ours_workdir", default="")
   p.add_argument("--machine", default="")
+  p.add_argument("--tag", default="", help="appended to the result's file name")
+  p.add_argument("--ours_note", default="", help="what distinguishes our run (recorded)")
   p.add_argument("--results_dir", default=runner.RESULTS)
   args = p.parse_args(argv)
   ref_log = args.reference_log or os.path.join(args.work_dir, "reference.log")
@@ -219,7 +222,9 @@ def main(argv=None) -> int:
     "machine": args.machine or runner.default_machine(),
   }
   rec["comparison"] = compare(rec["reference"], rec["ours"])
-  out = os.path.join(args.results_dir, STUDY, args.dataset)
+  if args.ours_note:
+    rec["ours_note"] = args.ours_note
+  out = os.path.join(args.results_dir, STUDY, args.dataset + (f"__{args.tag}" if args.tag else ""))
   os.makedirs(os.path.dirname(out), exist_ok=True)
   rundir.write_atomic(out + ".json", json.dumps(rec, indent=1) + "\n")
   rundir.write_atomic(out + ".md", markdown(rec))
