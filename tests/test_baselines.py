@@ -407,6 +407,19 @@ def test_simgcl_init_params_match_flax_init(toy):
   assert_init_params_match_flax(net, key, g, batch, key, method="loss")
 
 
+def test_kgat_initialisers_have_the_originals_bounds():
+  """tf.contrib xavier: limit sqrt(6 / (fan_in + fan_out)), a 3-d shape's leading dimension
+  multiplied into both fans; users and entities as two tables."""
+  key = jax.random.PRNGKey(0)
+  w = np.asarray(baselines.W_R_INIT(key, (30, 64, 64), jnp.float32))
+  bound = np.sqrt(6 / (2 * 30 * 64))
+  assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound
+  table = np.asarray(baselines.kgat_node_init(500)(key, (3500, 64), jnp.float32))
+  for rows, n in ((table[:500], 500), (table[500:], 3000)):
+    b = np.sqrt(6 / (n + 64))
+    assert np.abs(rows).max() <= b and np.abs(rows).max() > 0.99 * b
+
+
 def test_kgat_init_params_match_flax_init(toy):
   """KGAT's __call__ (attention + bi-interaction layers) touches every parameter."""
   ds, c = toy, _kgat_config()

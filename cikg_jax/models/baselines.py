@@ -321,7 +321,9 @@ class KGAT(nn.Module):
 
   def setup(self):
     n_rel = 2 * self.n_relations  # every relation and its inverse
-    self.node_embedding = nn.Embed(self.n_nodes, self.embed_dim, embedding_init=xavier)
+    self.node_embedding = nn.Embed(
+      self.n_nodes, self.embed_dim, embedding_init=kgat_node_init(self.n_users)
+    )
     self.relation_embedding = nn.Embed(n_rel, self.relation_dim, embedding_init=xavier)
     self.w_r = self.param("w_r", W_R_INIT, (n_rel, self.embed_dim, self.relation_dim))
     self.aggregators = [BiInteraction(f, self.negative_slope) for f in self.layers]
@@ -332,7 +334,9 @@ class KGAT(nn.Module):
     dim, k_dim, n_rel = self.embed_dim, self.relation_dim, 2 * self.n_relations
     k_emb, k_rel, k_w, k_layers = jax.random.split(key, 4)
     params = {
-      "node_embedding": {"embedding": xavier(k_emb, (self.n_nodes, dim), jnp.float32)},
+      "node_embedding": {
+        "embedding": kgat_node_init(self.n_users)(k_emb, (self.n_nodes, dim), jnp.float32)
+      },
       "relation_embedding": {"embedding": xavier(k_rel, (n_rel, k_dim), jnp.float32)},
       "w_r": W_R_INIT(k_w, (n_rel, dim, k_dim), jnp.float32),
     }
@@ -423,7 +427,25 @@ class KGAT(nn.Module):
     return losses.transr_loss(emb[h], relation[r], emb[t], emb[neg], self.w_r[r], self.kge_l2)
 
 
-W_R_INIT = nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
+# The original's initialisers (tf.contrib.layers.xavier_initializer, Model/KGAT.py _build_weights):
+# Glorot-uniform with TensorFlow's fans, which multiply a 3-d shape's leading dimensions into both
+# fans: trans_W [n_relations, emb, kge] has the bound sqrt(6 / (2 n_relations emb)) (jax's
+# variance_scaling without batch_axis computes the same fans); user_embed [n_users, emb] and
+# entity_embed [n_entities, emb] are two tables, each with its own bound.
+W_R_INIT = nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1)
+
+
+def kgat_node_init(n_users: int):
+  """The node table as the original's two: user rows Glorot-uniform over (n_users, dim), the other
+  rows (items and entities; here also the unused interest rows) over their own count."""
+
+  def init(key, shape, dtype=jnp.float32):
+    k_users, k_rest = jax.random.split(key)
+    users = xavier(k_users, (n_users, shape[1]), dtype)
+    rest = xavier(k_rest, (shape[0] - n_users, shape[1]), dtype)
+    return jnp.concatenate([users, rest])
+
+  return init
 
 
 def create_kgat(config, ds, common) -> KGAT:
