@@ -14,7 +14,7 @@ L2 1e-5 (CF and TransR), batches 1024 / 2048, Adam lr 1e-3 (its default is 1e-4;
 and TransR heads drawn uniformly, as the original's loader draws them. Where the reference departs
 from the original TensorFlow code, ours keeps the original's: LeakyReLU slope 0.2 (the reference
 uses torch's default 0.01) and the original's Glorot bounds for W_r (torch's fans for a 3-d tensor
-make the reference's smaller). The reference evaluates every 10th epoch; ours every epoch (its
+give the reference other bounds). The reference evaluates every 10th epoch; ours every epoch (its
 curve is read at the same epochs). The reference needs one change to run on
 Python >= 3.11: `random.sample` of a dict's keys -> of `list(...)` (data_loader/loader_base.py,
 applied by --patch). Writes experiments/results/kgat_reference/<dataset>.{json,md}.
