@@ -4,20 +4,21 @@ wheel, 2.1.0, does not import beside the CPU torch 2.13 here), both trained on t
 and evaluated on test.txt with the same settings, and their test curves compared epoch by epoch.
 
   python experiments/kgat_reference.py --reference=/path/to/KGAT-pytorch --dataset=dbbook2014 \
-    --max_seconds=4500 --reference_python=/path/to/torch-venv/bin/python
+    --patch --as_original --reference_python=/path/to/torch-venv/bin/python --max_seconds=4500
   python experiments/kgat_reference.py --compare_only --reference_log=... --ours_workdir=...
 
 Settings, both sides: embedding and relation dimension 64, layers [64, 32, 16], message dropout
 0.1, bi-interaction, random-walk normalised attention start refreshed once per epoch after TransR,
 L2 1e-5 (CF and TransR), batches 1024 / 2048, Adam lr 1e-3 (its default is 1e-4; ours is RecBole's
 1e-3, configs/kgat.py), no pretraining, seed 2024; CF batches of distinct users drawn uniformly
-and TransR heads drawn uniformly, as the original's loader draws them. Where the reference departs
-from the original TensorFlow code, ours keeps the original's: LeakyReLU slope 0.2 (the reference
-uses torch's default 0.01) and the original's Glorot bounds for W_r (torch's fans for a 3-d tensor
-give the reference other bounds). The reference evaluates every 10th epoch; ours every epoch (its
-curve is read at the same epochs). The reference needs one change to run on
-Python >= 3.11: `random.sample` of a dict's keys -> of `list(...)` (data_loader/loader_base.py,
-applied by --patch). Writes experiments/results/kgat_reference/<dataset>.{json,md}.
+and TransR heads drawn uniformly, as the original's loader draws them. The reference evaluates
+every 10th epoch; ours every epoch (its curve is read at the same epochs).
+
+The reference needs one change to run on Python >= 3.11 (`random.sample` of a dict's keys, PY311,
+applied by --patch). Where it departs from the original TensorFlow code, --as_original gives it
+the original's choices, which ours follows (AS_ORIGINAL): LeakyReLU slope 0.2 (torch's default is
+0.01) and tf.contrib's Glorot bounds for W_r and for the user and entity tables. Writes
+experiments/results/kgat_reference/<dataset>[__<tag>].{json,md}.
 """
 
 from __future__ import annotations
@@ -45,6 +46,52 @@ EPOCH_TIME = re.compile(r"CF \+ KG Training: Epoch (\d+) \| Total Time ([\d.]+)s
 MEAN_LOSS = re.compile(
   r"(CF|KG) Training: Epoch (\d+) Total Iter \d+ \| Total Time [\d.]+s \| Iter Mean Loss ([\d.]+)"
 )
+
+
+# (file, old, new): Python >= 3.11 refuses random.sample of a dict's keys
+PY311 = (
+  (
+    "data_loader/loader_base.py",
+    "exist_users = user_dict.keys()",
+    "exist_users = list(user_dict.keys())",
+  ),
+  (
+    "data_loader/loader_base.py",
+    "exist_heads = kg_dict.keys()",
+    "exist_heads = list(kg_dict.keys())",
+  ),
+)
+# where the port departs from the original TensorFlow code (Model/KGAT.py): tf.nn.leaky_relu's
+# slope 0.2, and tf.contrib's xavier_initializer, whose fans multiply a 3-d shape's leading
+# dimension in, on trans_W, and on the user and entity tables separately
+AS_ORIGINAL = (
+  ("model/KGAT.py", "self.activation = nn.LeakyReLU()", "self.activation = nn.LeakyReLU(0.2)"),
+  (
+    "model/KGAT.py",
+    "nn.init.xavier_uniform_(self.trans_M)",
+    "nn.init.uniform_(self.trans_M, -(6.0 / (self.n_relations * (self.embed_dim + "
+    "self.relation_dim))) ** 0.5, (6.0 / (self.n_relations * (self.embed_dim + "
+    "self.relation_dim))) ** 0.5)",
+  ),
+  (
+    "model/KGAT.py",
+    "            nn.init.xavier_uniform_(self.entity_user_embed.weight)",
+    "            nn.init.xavier_uniform_(self.entity_user_embed.weight[: self.n_entities])\n"
+    "            nn.init.xavier_uniform_(self.entity_user_embed.weight[self.n_entities :])",
+  ),
+)
+
+
+def patch(checkout: str, changes) -> None:
+  """Applies each (file, old, new) once; refuses a file that has neither (another version)."""
+  for name, old, new in changes:
+    path = os.path.join(checkout, name)
+    text = open(path).read()
+    if new in text:
+      continue
+    if text.count(old) != 1:
+      raise SystemExit(f"error: {path}: expected one {old!r} (another version of the reference?)")
+    open(path, "w").write(text.replace(old, new))
 
 
 def reference_command(python: str, dataset: str, seed: int) -> List[str]:
@@ -162,6 +209,11 @@ def main(argv=None) -> int:
   p.add_argument("--reference_python", default=sys.executable, help="a Python with torch")
   p.add_argument("--reference_source", default="LunaBlack/KGAT-pytorch 5d6ce2f")
   p.add_argument("--patch", action="store_true", help="apply the Python >= 3.11 change")
+  p.add_argument(
+    "--as_original",
+    action="store_true",
+    help="also the original's LeakyReLU slope and initialisers (AS_ORIGINAL)",
+  )
   p.add_argument("--seed", type=int, default=2024)
   p.add_argument("--max_seconds", type=float, default=4500.0, help="wall time of each side")
   p.add_argument("--work_dir", default=os.path.join(runner.ROOT, "runs", STUDY))
@@ -185,13 +237,8 @@ def main(argv=None) -> int:
     for name in ("train.txt", "test.txt", "kg_final.txt"):
       if not os.path.exists(os.path.join(data, name)):
         os.symlink(os.path.join(src, name), os.path.join(data, name))
-    if args.patch:
-      loader = os.path.join(args.reference, "data_loader", "loader_base.py")
-      text = open(loader).read()
-      for name in ("exist_users = user_dict.keys()", "exist_heads = kg_dict.keys()"):
-        lhs, rhs = name.split(" = ")
-        text = text.replace(name, f"{lhs} = list({rhs})")
-      open(loader, "w").write(text)
+    if args.patch or args.as_original:
+      patch(args.reference, PY311 + (AS_ORIGINAL if args.as_original else ()))
     os.makedirs(args.work_dir, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with open(ref_log, "w") as rl, open(os.path.join(args.work_dir, "ours.log"), "w") as ol:
