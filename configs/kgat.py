@@ -16,7 +16,8 @@ BPR weight 1. Dataset values (epochs, evaluation) are the dataset config's;
 Trained as the original code trains it (Model/Main.py, Model/utility/loader_kgat.py):
 - initialisers: Glorot-uniform with TensorFlow's fans (tf.contrib xavier_initializer), so W_r
   [n_relations, 64, 64] has the bound sqrt(6 / (2 * 64 * n_relations)), and the user and entity
-  rows are two tables with a bound each (baselines.W_R_INIT, kgat_node_init);
+  rows are two tables with a bound each, and the layers' biases are drawn like [1, out] weights
+  (baselines.W_R_INIT, kgat_node_init, kgat_bias_init);
 - CF batches: n_train // 1024 + 1 per epoch, each of 1024 distinct users drawn uniformly, one of
   the user's items and a negative item each (its `_generate_train_cf_batch`; train.cf_sampling
   "users"), so every user weighs the same in an epoch however many items they have;

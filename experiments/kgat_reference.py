@@ -17,7 +17,7 @@ every 10th epoch; ours every epoch (its curve is read at the same epochs).
 The reference needs one change to run on Python >= 3.11 (`random.sample` of a dict's keys, PY311,
 applied by --patch). Where it departs from the original TensorFlow code, --as_original gives it
 the original's choices, which ours follows (AS_ORIGINAL): LeakyReLU slope 0.2 (torch's default is
-0.01) and tf.contrib's Glorot bounds for W_r and for the user and entity tables. Writes
+0.01) and tf.contrib's Glorot bounds for W_r, the user and entity tables and the layers' biases. Writes
 experiments/results/kgat_reference/<dataset>[__<tag>].{json,md}.
 """
 
@@ -63,7 +63,8 @@ PY311 = (
 )
 # where the port departs from the original TensorFlow code (Model/KGAT.py): tf.nn.leaky_relu's
 # slope 0.2, and tf.contrib's xavier_initializer, whose fans multiply a 3-d shape's leading
-# dimension in, on trans_W, and on the user and entity tables separately
+# dimension in, on trans_W, on the user and entity tables separately, and on the biases b_gc,
+# b_bi (shape [1, out]; torch's default is U(+-1/sqrt(in)))
 AS_ORIGINAL = (
   ("model/KGAT.py", "self.activation = nn.LeakyReLU()", "self.activation = nn.LeakyReLU(0.2)"),
   (
@@ -72,6 +73,13 @@ AS_ORIGINAL = (
     "nn.init.uniform_(self.trans_M, -(6.0 / (self.n_relations * (self.embed_dim + "
     "self.relation_dim))) ** 0.5, (6.0 / (self.n_relations * (self.embed_dim + "
     "self.relation_dim))) ** 0.5)",
+  ),
+  (
+    "model/KGAT.py",
+    "            nn.init.xavier_uniform_(self.linear2.weight)",
+    "            nn.init.xavier_uniform_(self.linear2.weight)\n"
+    "            for b in (self.linear1.bias, self.linear2.bias):\n"
+    "                nn.init.uniform_(b, -(6.0 / (1 + out_dim)) ** 0.5, (6.0 / (1 + out_dim)) ** 0.5)",
   ),
   (
     "model/KGAT.py",

@@ -418,6 +418,10 @@ def test_kgat_initialisers_have_the_originals_bounds():
   for rows, n in ((table[:500], 500), (table[500:], 3000)):
     b = np.sqrt(6 / (n + 64))
     assert np.abs(rows).max() <= b and np.abs(rows).max() > 0.99 * b
+  biases = np.asarray(baselines.kgat_bias_init(key, (4000,), jnp.float32))
+  assert biases.shape == (4000,) and 0.99 * np.sqrt(6 / 4001) < np.abs(biases).max() <= np.sqrt(
+    6 / 4001
+  )
 
 
 def test_kgat_init_params_match_flax_init(toy):

@@ -293,7 +293,10 @@ class BiInteraction(nn.Module):
   @nn.compact
   def __call__(self, ego, side):
     dense = lambda name: nn.Dense(
-      self.features, kernel_init=nn.initializers.xavier_uniform(), name=name
+      self.features,
+      kernel_init=nn.initializers.xavier_uniform(),
+      bias_init=kgat_bias_init,
+      name=name,
     )
     act = lambda x: nn.leaky_relu(x, self.negative_slope)
     return act(dense("sum")(ego + side)) + act(dense("bi")(ego * side))
@@ -431,8 +434,14 @@ class KGAT(nn.Module):
 # Glorot-uniform with TensorFlow's fans, which multiply a 3-d shape's leading dimensions into both
 # fans: trans_W [n_relations, emb, kge] has the bound sqrt(6 / (2 n_relations emb)) (jax's
 # variance_scaling without batch_axis computes the same fans); user_embed [n_users, emb] and
-# entity_embed [n_entities, emb] are two tables, each with its own bound.
+# entity_embed [n_entities, emb] are two tables, each with its own bound; the layers' biases
+# b_gc, b_bi [1, out] are drawn as weights too (kgat_bias_init).
 W_R_INIT = nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1)
+
+
+def kgat_bias_init(key, shape, dtype=jnp.float32):
+  """The original's b_gc / b_bi: xavier_initializer([1, out]), i.e. U(+-sqrt(6 / (1 + out)))."""
+  return xavier(key, (1, *shape), dtype).reshape(shape)
 
 
 def kgat_node_init(n_users: int):
