@@ -35,6 +35,10 @@ Trained as the original code trains it (Model/Main.py, Model/utility/loader_kgat
   evaluated and the patience is those 50 epochs (train.patience).
 Whose value each is: embedding 64, layers [64, 32, 16], message dropout 0.1, L2 1e-5 (CF and
 TransR), batches 1024 / 2048, LeakyReLU 0.2, patience: the original's; lr 1e-3: RecBole's (above).
+Checked against an independent KGAT (LunaBlack/KGAT-pytorch given the original's slope and
+initialisers) on dbbook2014's split: equal settings, test curves epoch by epoch
+(experiments/kgat_reference.py, experiments/results/kgat_reference/); the CF batches, the
+initialisers and the biases above come from that comparison.
 What differs: the framework's node table also holds the (unused) interest rows; no node dropout
 (the original's default); validation selection on Recall@50 + NDCG@50 as every model here (the
 original stops on test Recall@20).
