@@ -240,8 +240,7 @@ def main(argv=None) -> int:
       raise SystemExit("error: --reference: the path of a KGAT-pytorch checkout is needed")
     data = os.path.join(args.reference, "datasets", args.dataset)
     os.makedirs(data, exist_ok=True)
-    data_root = os.environ.get("CIKG_DATA_DIR") or os.path.join(runner.ROOT, "..", "shared", "data")
-    src = os.path.join(os.path.abspath(data_root), args.dataset)
+    src = os.path.join(os.path.abspath(runner.data_root()), args.dataset)
     for name in ("train.txt", "test.txt", "kg_final.txt"):
       if not os.path.exists(os.path.join(data, name)):
         os.symlink(os.path.join(src, name), os.path.join(data, name))

@@ -18,9 +18,11 @@ experiments/results/reproducibility/<dataset>__<model>__<backend>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
       )
       workdir = os.path.join(args.runs_dir, run.name)
       if os.path.exists(workdir):  # a run that resumed would not be a repeat
-        subprocess.run(["rm", "-rf", workdir], check=True)
+        shutil.rmtree(workdir)
       os.makedirs(workdir)
       flags = [
         f"--config.train.max_epochs={args.epochs}",
@@ -125,12 +127,13 @@ def main(argv=None) -> int:
       runs[(b, det, r)] = (run.command(workdir, flags), workdir)
   t0 = time.time()
   procs = {}
-  for key, (cmd, workdir) in runs.items():
-    logf = open(os.path.join(workdir, "log.txt"), "w")
-    procs[key] = subprocess.Popen(
-      cmd, cwd=runner.ROOT, stdout=logf, stderr=logf, env=runner.child_env()
-    )
-  failed = [k for k, proc in procs.items() if proc.wait() != 0]
+  with contextlib.ExitStack() as logs:
+    for key, (cmd, workdir) in runs.items():
+      logf = logs.enter_context(open(os.path.join(workdir, "log.txt"), "w"))
+      procs[key] = subprocess.Popen(
+        cmd, cwd=runner.ROOT, stdout=logf, stderr=logf, env=runner.child_env()
+      )
+    failed = [k for k, proc in procs.items() if proc.wait() != 0]
   if failed:
     raise SystemExit(f"error: runs {failed} failed; logs under {args.runs_dir}")
   out: Dict[str, object] = {"dataset": args.dataset, "model": args.model, "seed": args.seed}

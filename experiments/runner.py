@@ -115,6 +115,11 @@ def git_commit() -> str:
     return os.environ.get("CIKG_COMMIT", "unknown")
 
 
+def data_root() -> str:
+  """The datasets' folder: CIKG_DATA_DIR, else ../shared/data beside the repository."""
+  return os.environ.get("CIKG_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data")
+
+
 def default_machine() -> str:
   """The machine a record names when the user did not describe it: host name and CPU count."""
   return f"{platform.node()} ({os.cpu_count()} cpu)"
@@ -434,7 +439,7 @@ def main(
       print(f"{state}  {s}  {r.name}  {' '.join(r.command('<workdir>')[2:])}")
     return {}
   if not args.quick:
-    data_dir = os.environ.get("CIKG_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data")
+    data_dir = data_root()
     for s in dict.fromkeys(s for s, _ in pairs):
       prepare = getattr(importlib.import_module(f"experiments.{s}"), "prepare", None)
       if prepare is not None:
