@@ -103,14 +103,13 @@ def user_uniform_batches(n_pairs: int, batch_size: int) -> int:
   return n_pairs // batch_size + 1
 
 
+# config.train.cf_sampling -> the epoch's batches (cf_batches: how many)
 CF_EPOCHS = {"interactions": bpr_epoch, "users": user_uniform_epoch}
 
 
 def cf_batches(mode: str, n_pairs: int, batch_size: int) -> int:
   """Mini-batches per epoch of the CF sampling `mode` (config.train.cf_sampling)."""
-  if mode == "users":
-    return user_uniform_batches(n_pairs, batch_size)
-  return num_batches(n_pairs, batch_size)
+  return {"interactions": num_batches, "users": user_uniform_batches}[mode](n_pairs, batch_size)
 
 
 def kge_relation_count(ds, views: str) -> int:
