@@ -76,6 +76,55 @@ def test_transe_against_numpy():
   assert float(got) == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.parametrize(
+  "groups",
+  [
+    [0, 2, 2, 1, 2, 0, 2, 2, 2, 2, 2],  # a group longer than a tile, an unused group (3)
+    [1] * 11,  # every row in one group: the most tiles a group can need
+    [3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1],  # every group partly filled
+    [0],
+  ],
+)
+def test_grouped_matmul_against_per_row_products(groups):
+  """x[i] @ w[group[i]] row by row in numpy (float64), values and gradients; tiles of 4 rows so
+  the cases above fill, split and pad tiles."""
+  rng = np.random.default_rng(len(groups))
+  group = np.asarray(groups)
+  x = rng.standard_normal((len(group), 3, 5))
+  w = rng.standard_normal((4, 5, 2))
+  ref = np.stack([x[i] @ w[g] for i, g in enumerate(group)])
+  f = lambda x, w: losses.grouped_matmul(x, w, jnp.asarray(group, jnp.int32), tile=4)
+  got = jax.jit(f)(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+  np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
+  # gradients of sum(out * c): dx[i] = c[i] @ w[g].T, dw[g] = sum over its rows x[i].T @ c[i]
+  c = rng.standard_normal(ref.shape)
+  dx, dw = jax.grad(lambda x, w: jnp.sum(f(x, w) * c), argnums=(0, 1))(
+    jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
+  )
+  ref_dx = np.stack([c[i] @ w[g].T for i, g in enumerate(group)])
+  ref_dw = np.zeros_like(w)
+  for i, g in enumerate(group):
+    ref_dw[g] += x[i].T @ c[i]
+  np.testing.assert_allclose(np.asarray(dx), ref_dx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dw), ref_dw, rtol=1e-5, atol=1e-5)
+
+
+def test_transr_against_numpy():
+  rng = np.random.default_rng(4)
+  h, r, t, tn = (rng.standard_normal((6, 4)) for _ in range(4))
+  w = rng.standard_normal((3, 4, 4))
+  rel = np.array([2, 0, 2, 2, 1, 0])
+  proj = lambda x: np.einsum("bd,bdk->bk", x, w[rel])
+  ph, pt, pn = proj(h), proj(t), proj(tn)
+  pos = ((ph + r - pt) ** 2).sum(1)
+  neg = ((ph + r - pn) ** 2).sum(1)
+  l2m = lambda x: np.mean((x**2).sum(1) / 2)
+  ref = np.mean(-np.log(_sigmoid(neg - pos))) + 1e-3 * (l2m(ph) + l2m(r) + l2m(pt) + l2m(pn))
+  args = (jnp.asarray(x, jnp.float32) for x in (h, r, t, tn, w))
+  got = losses.transr_loss(*args, jnp.asarray(rel, jnp.int32), l2=1e-3)
+  assert float(got) == pytest.approx(ref, rel=1e-5)
+
+
 def test_mask_rate_schedules():
   # exp: p0 * (pmax/p0)^(t/T), capped
   assert schedules.mask_rate(0, "exp", 0.05, 0.75, 150) == pytest.approx(0.05)

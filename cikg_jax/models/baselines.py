@@ -427,7 +427,7 @@ class KGAT(nn.Module):
     against their filtered corrupted tails."""
     emb, relation = self.node_embedding.embedding, self.relation_embedding.embedding
     h, r, t, neg = batch["head"], batch["relation"], batch["tail"], batch["neg_tail"]
-    return losses.transr_loss(emb[h], relation[r], emb[t], emb[neg], self.w_r[r], self.kge_l2)
+    return losses.transr_loss(emb[h], relation[r], emb[t], emb[neg], self.w_r, r, self.kge_l2)
 
 
 # The original's initialisers (tf.contrib.layers.xavier_initializer, Model/KGAT.py _build_weights):

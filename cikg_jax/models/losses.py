@@ -196,11 +196,42 @@ def transe_loss(h, r, t, t_neg, l2: float):
   return kg + l2 * (l2_mean(h) + l2_mean(r) + l2_mean(t) + l2_mean(t_neg))
 
 
-def transr_loss(h, r, t, t_neg, w_r, l2: float):
+def transr_loss(h, r, t, t_neg, w, relation, l2: float):
   """KGAT's TransR: TransE's loss and L2 on the entities projected into the relation space,
-  h W_r + r vs t W_r (w_r: one (d, k) matrix per row)."""
-  proj = lambda x: jnp.einsum("bd,bdk->bk", x, w_r)
-  return transe_loss(proj(h), r, proj(t), proj(t_neg), l2)
+  h W_r + r vs t W_r (w: the (n_relations, d, k) matrices, relation: each row's index)."""
+  proj = grouped_matmul(jnp.stack([h, t, t_neg], axis=1), w, relation)
+  return transe_loss(proj[:, 0], r, proj[:, 1], proj[:, 2], l2)
+
+
+GROUP_TILE = 32  # rows per tile of grouped_matmul (fastest of 16, 32, 64 at 2048 rows, 28 groups)
+
+
+def grouped_matmul(x, w, group, tile: int = GROUP_TILE):
+  """x[i] @ w[group[i]] for x (n, s, d), w (g, d, k), group (n,): (n, s, k).
+
+  Gathering one (d, k) matrix per row writes n * d * k floats and scatter-adds as many in the
+  backward pass (KGAT's TransR: 2048 x 64 x 64 per batch), which is most of a TransR step's time
+  on a CPU. Here the rows are sorted by group and cut into tiles of `tile` rows of one group,
+  padded, so the product is one batched GEMM over ceil(n / tile) + g tiles, each matrix gathered
+  once per tile. The same values as the per-row product up to float summation order."""
+  n, g = x.shape[0], w.shape[0]
+  n_tiles = -(-n // tile) + g
+  group = jnp.asarray(group)
+  order = jnp.argsort(group, stable=True)
+  sorted_group = group[order]
+  counts = jnp.bincount(group, length=g)
+  tiles = -(-counts // tile)
+  tile_end = jnp.cumsum(tiles)
+  local = jnp.arange(n) - (jnp.cumsum(counts) - counts)[sorted_group]
+  slot = ((tile_end - tiles)[sorted_group] + local // tile) * tile + local % tile
+  source = jnp.full(n_tiles * tile, n, order.dtype).at[slot].set(order)  # n: a zero row
+  tile_group = jnp.minimum(jnp.searchsorted(tile_end, jnp.arange(n_tiles), side="right"), g - 1)
+  rows = jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])[source]
+  rows = rows.reshape((n_tiles, tile) + x.shape[1:])
+  out = jnp.einsum("nbsd,ndk->nbsk", rows, w[tile_group]).reshape(
+    (n_tiles * tile,) + x.shape[1:-1] + (w.shape[2],)
+  )
+  return out[jnp.zeros(n, slot.dtype).at[order].set(slot)]
 
 
 def info_nce_chunked(anchors, candidates, positive_index, mask, tau: float, count=None, chunk=4096):
