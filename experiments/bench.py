@@ -5,6 +5,7 @@ model, vector extensions, cores, load averages, jax/jaxlib/torch versions).
 
   python experiments/bench.py --config=configs/dbbook2014.py [--config.model.backend=segment]
   python experiments/bench.py --config=configs/lightgcn.py:dbbook2014 --repeats=20
+  python experiments/bench.py --config=configs/kgat.py:dbbook2014 --compare   # TransR variants
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ flags.DEFINE_bool(
   False,
   "Also time, alternating in this process: the step with jax.random's rolled threefry draws and "
   "XLA's default scheduler, each of those changes alone, the step with autodiff's InfoNCE "
-  "(losses.FUSED_INFO_NCE=False), and the default step (the fused InfoNCE on CPU).",
+  "(losses.FUSED_INFO_NCE=False), and the default step (the fused InfoNCE on CPU); for a model "
+  "with TransR (KGAT), its step with one relation matrix gathered per row against "
+  "losses.grouped_matmul.",
 )
 
 flags.DEFINE_string(
@@ -110,9 +113,15 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   ds, config, net, graphs = steps.setup(config)
   tx, kge_tx = steps.make_optimizers(config)
   state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, config.kge.use)
-  sampler = sampling.NegativeSampler(ds.train, ds.n_users, ds.n_items)
-  batches = sampling.bpr_epoch(ds.train, sampler, config.train.batch_size, np.random.default_rng(0))
+  samplers = train.make_samplers(config, ds, config.kge.use)
+  cf_epoch = sampling.CF_EPOCHS[config.train.get("cf_sampling", "interactions")]
+  batches = cf_epoch(
+    ds.train, samplers["sampler"], config.train.batch_size, np.random.default_rng(0)
+  )
   batch = {k: v[0] for k, v in batches.items()}
+  epoch_graphs = steps.make_epoch_graphs_fn(net)
+  cikg = hasattr(graphs, "ops")  # CIKGRec's graphs (the baselines': their own)
+  step_graphs = graphs if epoch_graphs is None else epoch_graphs(state.params, graphs, 1)
   rate = np.full(1, 0.3, np.float32)  # the mask rate of every timed step
   step = jax.jit(steps.make_train_step(net, tx, steps.epoch_schedule(rate, 1)))
   key = jax.random.PRNGKey(1)
@@ -124,8 +133,8 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
     "info_nce": "fused" if losses.fused_info_nce() else "autodiff",
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "devices": [str(d) for d in jax.devices()],
+    "model": steps.model_name(config),
     "n_nodes": ds.n_nodes,
-    "cikg_edges": int(graphs.ops["cikg"].graph.n_edge[0]),
     "terms": [
       t
       for t, on in (
@@ -137,8 +146,10 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
       if on
     ],
   }
+  if cikg:
+    out["cikg_edges"] = int(graphs.ops["cikg"].graph.n_edge[0])
   out["step_seconds_median"] = _median_seconds(
-    lambda: step(state, batch, key, graphs)[1]["loss"], repeats
+    lambda: step(state, batch, key, step_graphs)[1]["loss"], repeats
   )
   if compare and config.cl.weight > 0:
     # Alternating rounds in this process, medians of the round medians. Each variant is compiled
@@ -168,13 +179,32 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   out["steps_per_epoch"] = int(batches["users"].shape[0])
   epoch = out["step_seconds_median"] * out["steps_per_epoch"]
   if config.kge.use:
-    kge_sampler = sampling.KGESampler(ds, config.views, config.kge.batch_size)
+    kge_sampler = samplers["kge_sampler"]
     n_kge = kge_sampler.steps
     kb = {k: v[0] for k, v in kge_sampler.epoch(config.seed, 0).items()}
     kge_step = jax.jit(steps.make_kge_step(net, kge_tx))
     out["kge_step_seconds_median"] = _median_seconds(lambda: kge_step(state, kb)[1]["kge"], repeats)
     out["kge_steps_per_epoch"] = n_kge
     epoch += out["kge_step_seconds_median"] * n_kge
+    if compare and "w_r" in state.params:  # TransR: relation-sorted tiles vs one matrix per row
+      variants = {
+        "per_row_matrices": _compiled_kge_step(net, kge_tx, state, kb, per_row=True),
+        "now": _compiled_kge_step(net, kge_tx, state, kb),
+      }
+      rounds = {k: [] for k in variants}
+      for _ in range(3):
+        for k, f in variants.items():
+          rounds[k].append(_median_seconds(lambda f=f: f(state, kb)[1]["kge"], repeats))
+      out["kge_step_rounds_seconds"] = rounds
+      out["kge_step_rounds_median"] = {k: statistics.median(v) for k, v in rounds.items()}
+      out["kge_step_speedup_over_per_row"] = (
+        out["kge_step_rounds_median"]["per_row_matrices"] / out["kge_step_rounds_median"]["now"]
+      )
+  if epoch_graphs is not None:
+    out["epoch_graphs_seconds_median"] = _median_seconds(
+      lambda: epoch_graphs(state.params, graphs, 1), repeats
+    )
+    epoch += out["epoch_graphs_seconds_median"]
   out["epoch_seconds_estimate"] = epoch
 
   eval_sets = train.make_eval_sets(ds, config.eval.chunk_size)
@@ -189,7 +219,7 @@ def bench(config, repeats: int, profile: bool, compare: bool = False):
   out["eval_split"] = split
   out["eval_users"] = int(eval_sets[split].valid.sum())
 
-  if profile:
+  if profile and cikg:  # the loss terms and propagation of CIKGRec's graphs
     prof = {}
     params = state.params
 
@@ -247,6 +277,22 @@ def _compiled_step(net, tx, rate, args, jax_random=False, fused=None, options=No
     return lowered.compile(options) if options else lowered.compile()
   finally:
     prop.uniform, losses.FUSED_INFO_NCE = saved
+
+
+def _per_row_matmul(x, w, group):
+  """grouped_matmul as it was first written: one (d, k) matrix gathered per row."""
+  return jnp.einsum("nsd,ndk->nsk", x, w[group])
+
+
+def _compiled_kge_step(net, kge_tx, state, kb, per_row=False):
+  """The TransE/TransR step compiled with losses.grouped_matmul, or with `per_row` products."""
+  saved = losses.grouped_matmul
+  try:
+    if per_row:
+      losses.grouped_matmul = _per_row_matmul  # read when the step is traced
+    return jax.jit(steps.make_kge_step(net, kge_tx)).lower(state, kb).compile()
+  finally:
+    losses.grouped_matmul = saved
 
 
 def _term_losses(net, batch, key):
