@@ -1,8 +1,8 @@
 """The speed changes keep the numerics: the unrolled threefry draws against jax.random (bit for
 bit, alone and in a whole train step), XLA's memory-optimised scheduler against the default (bit
 for bit), the fused InfoNCE pass (the CPU default) against autodiff of its formula and float64, the stacked view operator
-against three separate propagations (values, gradients, a short training run), and the allocator
-setting."""
+against three separate propagations (values, gradients, a short training run), the allocator
+setting, and TransR's relation-sorted tiles against one relation matrix per row (a train step)."""
 
 import json
 import os
@@ -472,3 +472,28 @@ def test_side_by_side_results_name_the_machine_and_the_release_torch(tmp_path):
   assert paired["info_nce"] == ("fused" if jax.default_backend() == "cpu" else "autodiff")
   assert paired["ratio_median_of_pairs"] > 0
   json.dumps(paired)
+
+
+def test_transr_step_with_tiles_equals_per_row_matrices(tmp_path):
+  """KGAT's TransR step (its sampler's first batch, Adam update included) with
+  losses.grouped_matmul and with one W_r gathered per row (bench.py's baseline variant): the same
+  loss and parameters to float rounding."""
+  from configs import kgat
+  from experiments import bench
+
+  c = kgat.get_config("synthetic")
+  c.synthetic_dir = str(tmp_path / "data")
+  ds, c, net, _ = steps.setup(c)
+  tx, kge_tx = steps.make_optimizers(c)
+  state = steps.create_train_state(jax.random.PRNGKey(0), net, tx, kge_tx, True)
+  kb = {k: v[0] for k, v in train.make_samplers(c, ds, True)["kge_sampler"].epoch(0, 0).items()}
+  assert len(np.unique(kb["relation"])) > 2  # several relations share the batch
+  tiles, loss_tiles = bench._compiled_kge_step(net, kge_tx, state, kb)(state, kb)
+  rows, loss_rows = bench._compiled_kge_step(net, kge_tx, state, kb, per_row=True)(state, kb)
+  np.testing.assert_allclose(float(loss_tiles["kge"]), float(loss_rows["kge"]), rtol=1e-6)
+  # Adam's first step divides by |g|: a near-zero gradient's rounding moves its row by up to
+  # ~lr, here by 1e-6 at most (its lr 5e-3 moves every trained entry by ~5e-3)
+  for a, b in zip(jax.tree_util.tree_leaves(tiles.params), jax.tree_util.tree_leaves(rows.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-6)
+  changed = np.asarray(tiles.params["w_r"]) != np.asarray(state.params["w_r"])
+  assert changed.any()  # the step trains W_r
