@@ -191,6 +191,38 @@ def provenance(rows) -> str:
   )
 
 
+def rerun_lines(rows, results_dir: str = RESULTS) -> List[str]:
+  """One line naming the reruns (experiments/rerun.py) of this table's rows: the commit and
+  machine of each rerun against the row's, and whether every reported number came out the same."""
+  runs = {r.get("run") for r in rows}
+  recs = []
+  for f in sorted(glob.glob(os.path.join(results_dir, "reruns", "*__at_*.json"))):
+    with open(f) as fh:
+      rec = json.load(fh)
+    if rec.get("run") in runs:
+      recs.append(rec)
+  if not recs:
+    return []
+  parts = []
+  for rec in recs:
+    same = (
+      f"identical in all {rec['compared']} reported numbers"
+      if rec["identical"]
+      else f"differs, by up to {rec['max_abs_diff']:.2g} ({rec['max_abs_diff_at']})"
+    )
+    parts.append(
+      f"{rec['run']} (made at {str(rec['original_commit'])[:12]}, "
+      f"{backend(str(rec.get('original_machine')))}) rerun at {str(rec['commit'])[:12]}"
+      f"{' (a tree with uncommitted changes)' if str(rec['commit']).endswith('+dirty') else ''} "
+      f"({backend(str(rec.get('machine')))}): {same}"
+    )
+  return [
+    "Reruns of these rows from their recorded commands (`python experiments/rerun.py`): "
+    + "; ".join(parts)
+    + "."
+  ]
+
+
 def missing(study: str, rows, datasets, seeds) -> str:
   mod = __import__(f"experiments.{study}", fromlist=["runs"])
   have = {(r["_dataset"], r["_variant"], r["_seed"]) for r in rows}
@@ -765,7 +797,8 @@ def section(results_dir: str = RESULTS, plots: bool = True, root: str = "..") ->
     if title not in ("Sparse users", "Efficiency"):
       own = getattr(__import__(f"experiments.{study}", fromlist=["runs"]), "SEEDS", seeds)
       m = missing(study, rows, datasets, STUDY_SEEDS.get(study, own))
-      out += [provenance(rows).replace("{study}", study)] + ([m] if m else []) + [""]
+      out += [provenance(rows).replace("{study}", study)] + ([m] if m else [])
+      out += rerun_lines(rows, results_dir) + [""]
   out += ["## One seed, one run", ""] + reproducibility_table(results_dir)
   # The single-seed files directly under experiments/results/ (legacy_table) record no code
   # commit, so they stay out of the tables (experiments/results/LEGACY.md).

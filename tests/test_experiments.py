@@ -421,3 +421,55 @@ def test_main_table_quick_trains_on_an_imported_dataset(tmp_path):
   assert json.loads(proc.stdout)["failed"] == 0, proc.stderr[-3000:]
   done = os.listdir(tmp_path / "results" / "main_table")
   assert len(done) == 8 and all(f.startswith("mydata__") for f in done), done
+
+
+_FAKE_RERUN_TRAIN = """
+import json, os, sys
+wd = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir=")][0]
+shift = float(os.environ.get("FAKE_SHIFT", "0"))
+os.makedirs(wd, exist_ok=True)
+res = {"best_epoch": 3, "epochs_run": 4, "valid": {"recall@20": 0.2},
+       "test": {"recall@20": 0.25 + shift, "ndcg@20": 0.1},
+       "test_groups": [{"group": 0, "recall@20": 0.2}], "train_seconds": 9.0}
+json.dump(res, open(os.path.join(wd, "results.json"), "w"))
+"""
+
+
+def test_rerun_compares_every_reported_number_and_records_once(tmp_path, monkeypatch):
+  from experiments import rerun
+
+  script = tmp_path / "fake_train.py"
+  script.write_text(_FAKE_RERUN_TRAIN)
+  original = {
+    "run": "toy__m-valid__s1",
+    "commit": "abc123",
+    "machine": "cpu: elsewhere",
+    "command": f"python {script} --workdir=<workdir> --config.seed=1",
+    "best_epoch": 3,
+    "epochs_run": 4,
+    "valid": {"recall@20": 0.2},
+    "test": {"recall@20": 0.25, "ndcg@20": 0.1},
+    "test_groups": [{"group": 0, "recall@20": 0.2}],
+    "train_seconds": 120.0,  # timings are not compared
+  }
+  path = tmp_path / "results" / "study" / "toy__m-valid__s1.json"
+  path.parent.mkdir(parents=True)
+  path.write_text(json.dumps(original))
+  args = ["--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs")]
+  [rec] = rerun.main([str(path), "--machine", "test box"] + args)
+  assert rec["identical"] and rec["compared"] == 7 and rec["max_abs_diff"] == 0
+  assert rec["original_commit"] == "abc123" and rec["machine"] == "test box"
+  assert rec["commit"] == runner.git_commit()
+  # recorded once per commit: a second call reads the record instead of training
+  monkeypatch.setenv("FAKE_SHIFT", "0.001")
+  [again] = rerun.main([str(path)] + args)
+  assert again == rec
+  # a rerun that moves one number is not identical, and says which
+  rec_path = rerun.record_path(str(tmp_path / "results"), original["run"], rec["commit"])
+  os.remove(rec_path)
+  [moved] = rerun.main([str(path)] + args + ["--runs_dir", str(tmp_path / "runs2")])
+  assert not moved["identical"] and moved["max_abs_diff_at"] == "test/recall@20"
+  assert moved["max_abs_diff"] == pytest.approx(0.001)
+  # and the renderer lists it under the table of the rows it reran
+  lines = render.rerun_lines([{"run": original["run"]}], str(tmp_path / "results"))
+  assert len(lines) == 1 and "differ" in lines[0] and "test/recall@20" in lines[0]
