@@ -212,8 +212,10 @@ def grouped_matmul(x, w, group, tile: int = GROUP_TILE):
   Gathering one (d, k) matrix per row writes n * d * k floats and scatter-adds as many in the
   backward pass (KGAT's TransR: 2048 x 64 x 64 per batch), which is most of a TransR step's time
   on a CPU. Here the rows are sorted by group and cut into tiles of `tile` rows of one group,
-  padded, so the product is one batched GEMM over ceil(n / tile) + g tiles, each matrix gathered
-  once per tile. The same values as the per-row product up to float summation order."""
+  zero-padded, so the product is one batched GEMM over ceil(n / tile) + g tiles, each matrix
+  gathered once per tile. Rows move to and from their slots as a permutation (unique indices), so
+  the backward pass moves them back with a gather and a unique-index scatter, without
+  accumulating. The same values as the per-row product up to float summation order."""
   n, g = x.shape[0], w.shape[0]
   n_tiles = -(-n // tile) + g
   group = jnp.asarray(group)
@@ -224,14 +226,14 @@ def grouped_matmul(x, w, group, tile: int = GROUP_TILE):
   tile_end = jnp.cumsum(tiles)
   local = jnp.arange(n) - (jnp.cumsum(counts) - counts)[sorted_group]
   slot = ((tile_end - tiles)[sorted_group] + local // tile) * tile + local % tile
-  source = jnp.full(n_tiles * tile, n, order.dtype).at[slot].set(order)  # n: a zero row
+  slot_of_row = jnp.zeros(n, slot.dtype).at[order].set(slot, unique_indices=True)
   tile_group = jnp.minimum(jnp.searchsorted(tile_end, jnp.arange(n_tiles), side="right"), g - 1)
-  rows = jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])[source]
-  rows = rows.reshape((n_tiles, tile) + x.shape[1:])
+  rows = jnp.zeros((n_tiles * tile,) + x.shape[1:], x.dtype)
+  rows = rows.at[slot_of_row].set(x, unique_indices=True).reshape((n_tiles, tile) + x.shape[1:])
   out = jnp.einsum("nbsd,ndk->nbsk", rows, w[tile_group]).reshape(
     (n_tiles * tile,) + x.shape[1:-1] + (w.shape[2],)
   )
-  return out[jnp.zeros(n, slot.dtype).at[order].set(slot)]
+  return out.at[slot_of_row].get(unique_indices=True)
 
 
 def info_nce_chunked(anchors, candidates, positive_index, mask, tau: float, count=None, chunk=4096):
