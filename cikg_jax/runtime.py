@@ -186,6 +186,16 @@ def loadavg():
     return None
 
 
+def cpus_usable() -> int:
+  """The CPUs this process may run on (its affinity, e.g. under taskset). XLA's CPU client sizes
+  its thread pool by it, and the pool splits some reductions: the same seed and code give the
+  same run only with the same count (docs/results.md, "One seed, one run")."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return os.cpu_count() or 1
+
+
 def machine(cpuinfo: str = "/proc/cpuinfo") -> dict:
   """What a speed figure was measured on: CPU model, the vector extensions it has of
   VECTOR_EXTENSIONS (the widest ones the kernels use), logical CPUs (all, and those this process
@@ -195,10 +205,6 @@ def machine(cpuinfo: str = "/proc/cpuinfo") -> dict:
   flags = set(info.get("flags", info.get("Features", "")).split())
   model = info.get("model name") or info.get("Model name") or platform.processor() or None
   exts = [x for x in VECTOR_EXTENSIONS if x in flags]
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except (AttributeError, OSError):
-    usable = os.cpu_count()
   return {
     "cpu_model": model,
     "cpu_class": cpu_class(model, exts),
@@ -209,7 +215,7 @@ def machine(cpuinfo: str = "/proc/cpuinfo") -> dict:
     or None,
     "vector_extensions": exts,
     "logical_cpus": os.cpu_count(),
-    "cpus_usable": usable,
+    "cpus_usable": cpus_usable(),
     "loadavg": loadavg(),
     "arch": platform.machine(),
     "jax": _version("jax"),

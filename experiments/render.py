@@ -210,11 +210,13 @@ def rerun_lines(rows, results_dir: str = RESULTS) -> List[str]:
       if rec["identical"]
       else f"differs, by up to {rec['max_abs_diff']:.2g} ({rec['max_abs_diff_at']})"
     )
+    cpus = lambda k: f"{k} usable CPU{'s' if k != 1 else ''}" if k else "usable CPUs not recorded"
     parts.append(
       f"{rec['run']} (made at {str(rec['original_commit'])[:12]}, "
-      f"{backend(str(rec.get('original_machine')))}) rerun at {str(rec['commit'])[:12]}"
+      f"{backend(str(rec.get('original_machine')))}, {cpus(rec.get('original_cpus_usable'))}) "
+      f"rerun at {str(rec['commit'])[:12]}"
       f"{' (a tree with uncommitted changes)' if str(rec['commit']).endswith('+dirty') else ''} "
-      f"({backend(str(rec.get('machine')))}): {same}"
+      f"({backend(str(rec.get('machine')))}, {cpus(rec.get('cpus_usable'))}): {same}"
     )
   return [
     "Reruns of these rows from their recorded commands (`python experiments/rerun.py`): "

@@ -1,16 +1,18 @@
 """Reruns committed results from their recorded commands with the current code on this machine and
 compares every number they report (best epoch, epochs run, the valid and test metrics, the
-sparsity groups' metrics): identical, or the largest difference and where. One record per rerun,
-experiments/results/reruns/<run>__at_<commit>.json; render.py lists them under the tables whose
-rows they rerun, so rows made at different commits can be shown to differ by nothing but their
-variant (a CPU run is deterministic: docs/results.md, "One seed, one run").
+sparsity groups' metrics): identical, or the largest difference and where. render.py lists the
+records under the tables whose rows they rerun, so rows made at different commits can be shown to
+differ by nothing but their variant: on a CPU the same code, seed and number of usable CPUs give
+the same run (docs/results.md, "One seed, one run"). One record per run, commit and CPU count:
+experiments/results/reruns/<run>__at_<commit>__<k>cpu.json, k the CPUs this process may use
+(`taskset -c 0 python experiments/rerun.py ...` for one), which XLA's thread pool follows.
 
   python experiments/rerun.py experiments/results/tuned_table/dbbook2014__*__s2024.json
   python experiments/rerun.py --list FILES    # what would run, and what is recorded
 
-A rerun of a run already rerun at this commit is skipped; an interrupted one resumes in its work
-directory (runs/rerun/<run>__at_<commit>). A tree with changes
-other than result files gets `-dirty` records, which the tables show as such.
+A rerun already recorded is skipped; an interrupted one resumes in its work directory
+(runs/rerun/<run>__at_<commit>__<k>cpu). A tree with changes other than result files gets
+`-dirty` records, which the tables show as such.
 """
 
 import argparse
@@ -25,7 +27,7 @@ from typing import Dict, List, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cikg_jax import logs  # noqa: E402
+from cikg_jax import logs, runtime  # noqa: E402
 from cikg_jax.training import rundir  # noqa: E402
 from experiments import runner  # noqa: E402
 
@@ -82,8 +84,9 @@ def short(commit: str) -> str:
   return commit[:12] + ("-dirty" if commit.endswith("+dirty") else "")
 
 
-def record_path(results_dir: str, run: str, commit: str) -> str:
-  return os.path.join(results_dir, STUDY, f"{run}__at_{short(commit)}.json")
+def record_path(results_dir: str, run: str, commit: str, cpus: int) -> str:
+  """One record per run, commit and CPU count (runtime.cpus_usable: it changes the numbers)."""
+  return os.path.join(results_dir, STUDY, f"{run}__at_{short(commit)}__{cpus}cpu.json")
 
 
 def rerun(path: str, results_dir: str, runs_dir: str, machine: str, log=logger.info) -> Dict:
@@ -93,13 +96,13 @@ def rerun(path: str, results_dir: str, runs_dir: str, machine: str, log=logger.i
   command, run = original.get("command"), original.get("run")
   if not command or not run or "<workdir>" not in command:
     raise SystemExit(f"error: {path}: no recorded command with a <workdir> (not a study result)")
-  commit = runner.git_commit()
-  out_path = record_path(results_dir, run, commit)
+  commit, cpus = runner.git_commit(), runtime.cpus_usable()
+  out_path = record_path(results_dir, run, commit, cpus)
   if os.path.exists(out_path):
     log(f"[rerun] {run}: rerun at {short(commit)} already recorded ({out_path})")
     with open(out_path) as f:
       return json.load(f)
-  workdir = os.path.join(runs_dir, f"{run}__at_{short(commit)}")
+  workdir = os.path.join(runs_dir, os.path.basename(out_path)[: -len(".json")])
   os.makedirs(workdir, exist_ok=True)
   argv = shlex.split(command.replace("<workdir>", workdir))
   argv[0] = sys.executable  # the recorded "python"
@@ -119,6 +122,8 @@ def rerun(path: str, results_dir: str, runs_dir: str, machine: str, log=logger.i
     "original_machine": original.get("machine"),
     "commit": commit,
     "machine": machine or runner.default_machine(),
+    "cpus_usable": cpus,
+    "original_cpus_usable": original.get("cpus_usable"),  # recorded since results carry it
     **compare(original, result),
     "best_epoch": result.get("best_epoch"),
     "original_best_epoch": original.get("best_epoch"),
@@ -148,7 +153,7 @@ def main(argv: Sequence[str] = None) -> List[Dict]:
     for f in args.files:
       with open(f) as fh:
         run = json.load(fh).get("run", "?")
-      done = os.path.exists(record_path(args.results_dir, run, commit))
+      done = os.path.exists(record_path(args.results_dir, run, commit, runtime.cpus_usable()))
       print(f"{'done' if done else 'todo'}  {run}  at {short(commit)}")
     return []
   return [rerun(f, args.results_dir, args.runs_dir, args.machine) for f in args.files]

@@ -465,7 +465,11 @@ def test_rerun_compares_every_reported_number_and_records_once(tmp_path, monkeyp
   [again] = rerun.main([str(path)] + args)
   assert again == rec
   # a rerun that moves one number is not identical, and says which
-  rec_path = rerun.record_path(str(tmp_path / "results"), original["run"], rec["commit"])
+  assert rec["cpus_usable"] == len(os.sched_getaffinity(0)) and rec["original_cpus_usable"] is None
+  rec_path = rerun.record_path(
+    str(tmp_path / "results"), original["run"], rec["commit"], rec["cpus_usable"]
+  )
+  assert os.path.exists(rec_path) and rec_path.endswith(f"__{rec['cpus_usable']}cpu.json")
   os.remove(rec_path)
   [moved] = rerun.main([str(path)] + args + ["--runs_dir", str(tmp_path / "runs2")])
   assert not moved["identical"] and moved["max_abs_diff_at"] == "test/recall@20"

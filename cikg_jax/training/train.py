@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from cikg_jax import evaluation
+from cikg_jax import evaluation, runtime
 from cikg_jax.data import sampling
 from cikg_jax.graphs import propagation as prop
 from cikg_jax.models import baselines
@@ -764,6 +764,7 @@ def write_results(
     "devices": [str(d) for d in jax.devices()],
     "data_parallel_devices": trainer.n_devices,
     "processes": distributed.process_count(),
+    "cpus_usable": runtime.cpus_usable(),
     "parallel": {"mode": parallel_mode, "mesh": trainer.mesh}
     | ({} if trainer.partition is None else {"node_order": trainer.partition["node_order"]}),
     "n_params": steps.param_count(best_params),
