@@ -15,6 +15,8 @@
 #   repro  experiments/reproducibility.py: CIKGRec on REPRO_DATASET, REPRO_EPOCHS epochs, two runs
 #          of each of REPRO_MODES (<model.backend>:<deterministic on|off>), at most REPRO_SECONDS;
 #          then REPRO_EXPANDER_MODES (if set) with XLA's scatter determinism expander on;
+#   bench  experiments/bench.py --compare on KGAT (REPRO_DATASET): its step times on this GPU, and
+#          TransR's relation-sorted tiles against one relation matrix per row;
 #   grid   the studies of STUDIES (experiments/grid.py) for DATASETS and SEEDS, ONLY filtering;
 #          the tuned main table: STUDIES=tuned_table SEEDS=2024,1,2,3,4;
 #   tune   experiments/tune.py for each model of TUNE_MODELS and dataset of DATASETS at once,
@@ -69,6 +71,10 @@ if has repro; then
   (cd /tmp/runs && tar czf "$OUT/repro_runs.tgz" reproducibility*/*/{metrics.jsonl,results.json,log.txt} 2>/dev/null)
 fi
 if has repro_test; then wait $TEST; cat "$OUT/repro_test.log"; fi
+if has bench; then  # KGAT's steps on this GPU; TransR's grouped products against one matrix per row
+  timeout 240 python3 experiments/bench.py --config=configs/kgat.py:"$REPRO_DATASET" --compare \
+    --repeats=20 > "$OUT/bench_kgat_compare.json" 2> "$OUT/bench_kgat_compare.log"
+fi
 if has tune; then
   mkdir -p "$OUT/tuning"; TUNERS=""
   cp experiments/results/tuning/*.journal "$OUT/tuning/" 2>/dev/null
