@@ -187,9 +187,9 @@ def loadavg():
 
 
 def cpus_usable() -> int:
-  """The CPUs this process may run on (its affinity, e.g. under taskset). XLA's CPU client sizes
-  its thread pool by it, and the pool splits some reductions: the same seed and code give the
-  same run only with the same count (docs/results.md, "One seed, one run")."""
+  """The CPUs this process may run on (its affinity, e.g. under taskset). XLA's CPU thread pool
+  follows it, and reruns of one seed with the same code differed between one and two usable CPUs
+  (docs/results.md, "How much a rerun moves"): results record it."""
   try:
     return len(os.sched_getaffinity(0))
   except (AttributeError, OSError):

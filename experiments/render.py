@@ -203,6 +203,7 @@ def rerun_lines(rows, results_dir: str = RESULTS) -> List[str]:
       recs.append(rec)
   if not recs:
     return []
+  cpus = lambda k: f"{k} usable CPU{'s' if k != 1 else ''}" if k else "usable CPUs not recorded"
   parts = []
   for rec in recs:
     same = (
@@ -210,7 +211,6 @@ def rerun_lines(rows, results_dir: str = RESULTS) -> List[str]:
       if rec["identical"]
       else f"differs, by up to {rec['max_abs_diff']:.2g} ({rec['max_abs_diff_at']})"
     )
-    cpus = lambda k: f"{k} usable CPU{'s' if k != 1 else ''}" if k else "usable CPUs not recorded"
     parts.append(
       f"{rec['run']} (made at {str(rec['original_commit'])[:12]}, "
       f"{backend(str(rec.get('original_machine')))}, {cpus(rec.get('original_cpus_usable'))}) "
