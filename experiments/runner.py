@@ -121,8 +121,11 @@ def data_root() -> str:
 
 
 def default_machine() -> str:
-  """The machine a record names when the user did not describe it: host name and CPU count."""
-  return f"{platform.node()} ({os.cpu_count()} cpu)"
+  """The machine a record names when the user did not describe it: host name, CPU count and the
+  CPUs this process may use (a run under taskset sees fewer; XLA's thread pool follows them)."""
+  from cikg_jax import runtime
+
+  return f"{platform.node()} ({os.cpu_count()} cpu, {runtime.cpus_usable()} usable)"
 
 
 def child_env() -> Dict[str, str]:

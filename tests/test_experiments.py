@@ -435,6 +435,13 @@ json.dump(res, open(os.path.join(wd, "results.json"), "w"))
 """
 
 
+def test_default_machine_names_the_cpus_this_process_may_use(monkeypatch):
+  """Under taskset a run uses fewer CPUs than the host has; the record must say which."""
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+  monkeypatch.setattr(os, "cpu_count", lambda: 8)
+  assert runner.default_machine().endswith("(8 cpu, 1 usable)")
+
+
 def test_rerun_compares_every_reported_number_and_records_once(tmp_path, monkeypatch):
   from experiments import rerun
 
