@@ -233,7 +233,8 @@ def missing(study: str, rows, datasets, seeds) -> str:
     return ""
   names = sorted({f"{r.dataset} {r.variant}" for r in todo})
   return (
-    f"Not yet run ({len(todo)} runs of seeds {', '.join(map(str, seeds))}; compute-limited, "
+    f"Not yet run ({len(todo)} run{'s' * (len(todo) != 1)} of seeds {', '.join(map(str, seeds))}; "
+    "compute-limited, "
     f"they resume with the study script): "
     + "; ".join(f"{n} ×{sum(1 for r in todo if f'{r.dataset} {r.variant}' == n)}" for n in names)
     + "."
