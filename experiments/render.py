@@ -167,7 +167,6 @@ def machine_label(machine: str) -> str:
   """A result file's machine string as the tables show it: the hardware, software and load."""
   return (
     str(machine)
-    .replace(" (device tool)", "")
     .replace("this project's 2-core machine", "a 2-core AMD EPYC VM")
     .replace("shared with development", "shared with other jobs")
     .replace("shared with tests and other jobs", "shared with other jobs")

@@ -37,12 +37,36 @@ def test_every_relative_link_points_at_an_existing_file(page):
   assert not broken, f"{os.path.relpath(page, ROOT)}: links to missing files: {broken}"
 
 
+_DEVELOPMENT_WORDS = re.compile(
+  r"\bsessions?\b|device tool|\bissue #?\d+|\bhelpers?\b|previous round", re.I
+)
+
+
+def development_talk(path):
+  """Lines of `path` that speak of how the project is being developed, not of the product."""
+  return [
+    f"{i}: {line.strip()[:160]}"
+    for i, line in enumerate(open(path, encoding="utf-8"), 1)
+    if _DEVELOPMENT_WORDS.search(line) and "session_" not in line
+  ]
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: os.path.relpath(p, ROOT))
 def test_pages_do_not_speak_of_how_the_project_is_developed(page):
-  words = re.compile(r"\bsessions?\b|device tool|\bissue #?\d+|\bhelpers?\b|previous round", re.I)
-  hits = [
-    f"{i}: {line.strip()}"
-    for i, line in enumerate(open(page, encoding="utf-8"), 1)
-    if words.search(line) and "session_" not in line
-  ]
+  hits = development_talk(page)
   assert not hits, f"{os.path.relpath(page, ROOT)}:\n" + "\n".join(hits)
+
+
+def test_result_records_do_not_speak_of_how_the_project_is_developed():
+  """Records name the machine and what was measured, as a paper would (their machine strings
+  are shown in the tables)."""
+  records = [
+    p
+    for ext in ("json", "md", "log", "txt")
+    for p in glob.glob(
+      os.path.join(ROOT, "experiments", "results", "**", f"*.{ext}"), recursive=True
+    )
+  ]
+  assert len(records) > 100
+  hits = {os.path.relpath(p, ROOT): h for p in records if (h := development_talk(p))}
+  assert not hits, "\n".join(f"{p}: {h[0]}" for p, h in sorted(hits.items()))
