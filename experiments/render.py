@@ -232,9 +232,8 @@ def missing(study: str, rows, datasets, seeds) -> str:
     return ""
   names = sorted({f"{r.dataset} {r.variant}" for r in todo})
   return (
-    f"Not yet run ({len(todo)} run{'s' * (len(todo) != 1)} of seeds {', '.join(map(str, seeds))}; "
-    "compute-limited, "
-    f"they resume with the study script): "
+    f"Not yet run ({len(todo)} run{'s' if len(todo) != 1 else ''} of seeds "
+    f"{', '.join(map(str, seeds))}; compute-limited, they resume with the study script): "
     + "; ".join(f"{n} ×{sum(1 for r in todo if f'{r.dataset} {r.variant}' == n)}" for n in names)
     + "."
   )
