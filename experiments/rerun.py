@@ -11,11 +11,14 @@ experiments/results/reruns/<run>__at_<commit>__<k>cpu.json, k the CPUs this proc
   python experiments/rerun.py --list FILES    # what would run, and what is recorded
 
 A rerun already recorded is skipped; an interrupted one resumes in its work directory
-(runs/rerun/<run>__at_<commit>__<k>cpu). A tree with changes other than result files gets
-`-dirty` records, which the tables show as such.
+(runs/rerun/<run>__at_<commit>__<k>cpu). What a recorded command reads from runs/, which is not
+committed, is made first by its study's own `prepare` (the BPR-MF run that pretrained KGAT
+configurations start from, kappa's structured interests), so a fresh checkout reruns any record.
+A tree with changes other than result files gets `-dirty` records, which the tables show as such.
 """
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -89,6 +92,24 @@ def record_path(results_dir: str, run: str, commit: str, cpus: int) -> str:
   return os.path.join(results_dir, STUDY, f"{run}__at_{short(commit)}__{cpus}cpu.json")
 
 
+def prepare_inputs(original: Dict, data_dir: str = "") -> None:
+  """Makes the inputs of a recorded run that live under runs/ (not committed), as its study's
+  script does before its runs: the study module's `prepare` for the run's dataset. A study
+  without a script (the tuner's BPR-MF records) has nothing to make."""
+  study, dataset = original.get("study"), original.get("dataset")
+  if not study or not dataset:
+    return
+  try:
+    module = importlib.import_module(f"experiments.{study}")
+  except ModuleNotFoundError as e:
+    if e.name != f"experiments.{study}":
+      raise
+    return
+  prepare = getattr(module, "prepare", None)
+  if prepare is not None:
+    prepare([dataset], data_dir or runner.data_root())
+
+
 def rerun(path: str, results_dir: str, runs_dir: str, machine: str, log=logger.info) -> Dict:
   """Reruns the result file at `path` (its recorded command) and writes the comparison record."""
   with open(path) as f:
@@ -102,6 +123,7 @@ def rerun(path: str, results_dir: str, runs_dir: str, machine: str, log=logger.i
     log(f"[rerun] {run}: rerun at {short(commit)} already recorded ({out_path})")
     with open(out_path) as f:
       return json.load(f)
+  prepare_inputs(original)
   workdir = os.path.join(runs_dir, os.path.basename(out_path)[: -len(".json")])
   os.makedirs(workdir, exist_ok=True)
   argv = shlex.split(command.replace("<workdir>", workdir))

@@ -484,3 +484,76 @@ def test_rerun_compares_every_reported_number_and_records_once(tmp_path, monkeyp
   # and the renderer lists it under the table of the rows it reran
   lines = render.rerun_lines([{"run": original["run"]}], str(tmp_path / "results"))
   assert len(lines) == 1 and "differ" in lines[0] and "test/recall@20" in lines[0]
+
+
+_FAKE_TRAIN_NEEDS_INPUT = """
+import json, os, sys
+wd = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir=")][0]
+need = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--config.kgat.pretrain=")][0]
+if not os.path.exists(need):
+  sys.exit(f"{need}: no such run")
+os.makedirs(wd, exist_ok=True)
+json.dump({"best_epoch": 1, "epochs_run": 2, "test": {"recall@20": 0.3}},
+          open(os.path.join(wd, "results.json"), "w"))
+"""
+
+
+def test_rerun_makes_what_its_command_reads_from_runs_first(tmp_path, monkeypatch):
+  """runs/ is not committed: a record whose command reads a run there (the BPR-MF run of a
+  pretrained KGAT) reruns from a fresh checkout because its study's `prepare` makes it first."""
+  import types
+
+  from experiments import rerun
+
+  script = tmp_path / "fake_train.py"
+  script.write_text(_FAKE_TRAIN_NEEDS_INPUT)
+  pretrained = tmp_path / "runs" / "tune" / "toy__bprmf-pretrain__s2024"
+  calls = []
+
+  def prepare(datasets, data_dir):
+    calls.append(list(datasets))
+    pretrained.mkdir(parents=True)
+
+  monkeypatch.setitem(sys.modules, "experiments.fake_study", types.SimpleNamespace(prepare=prepare))
+  original = {
+    "run": "toy__kgat-valid__s1",
+    "study": "fake_study",
+    "dataset": "toy",
+    "command": f"python {script} --workdir=<workdir> --config.kgat.pretrain={pretrained}",
+    "best_epoch": 1,
+    "epochs_run": 2,
+    "test": {"recall@20": 0.3},
+  }
+  path = tmp_path / "results" / "fake_study" / "toy__kgat-valid__s1.json"
+  path.parent.mkdir(parents=True)
+  path.write_text(json.dumps(original))
+  args = ["--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs" / "rr")]
+  [rec] = rerun.main([str(path)] + args)
+  assert calls == [["toy"]] and rec["identical"] and rec["compared"] == 3
+  # a study without a script (the tuner's BPR-MF records) has nothing to make
+  rerun.prepare_inputs({"study": "pretrain", "dataset": "toy"})
+
+
+def test_committed_pretrained_kgat_records_name_the_run_their_study_prepares(monkeypatch):
+  """Every committed record that starts KGAT from a BPR-MF run names the run that its study's
+  `prepare` trains on a fresh checkout (checked without training: the trainer is replaced)."""
+  from experiments import rerun, tune
+
+  trained = []
+  monkeypatch.setattr(tune, "train_pretrain_run", lambda d, *a, **k: trained.append(d))
+  records = []
+  for root, _, files in os.walk(runner.RESULTS):
+    for name in files:
+      if name.endswith(".json"):
+        with open(os.path.join(root, name)) as f:
+          rec = json.load(f)
+        if not isinstance(rec, dict) or "rerun_of" in rec:  # reruns compare, they are not results
+          continue
+        if "--config.kgat.pretrain=" in str(rec.get("command", "")):
+          records.append(rec)
+  assert records, "the tuned KGAT rows of book-crossing start from BPR-MF"
+  for rec in records:
+    trained.clear()
+    rerun.prepare_inputs(rec, data_dir="unused")
+    target = rec["command"].split("--config.kgat.pretrain=")[1].split()[0]
+    assert [tune.pretrain_dir(d) for d in trained] == [target], rec["run"]
