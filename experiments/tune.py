@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cikg_jax import logs  # noqa: E402
 from cikg_jax.training import rundir
-from experiments import runner  # noqa: E402
+from experiments import rerun, runner  # noqa: E402
 
 logger = logging.getLogger("cikg_jax.experiments.tune")
 
@@ -119,20 +119,36 @@ def train_pretrain_run(
   extra: Sequence[str] = (),
   log: Callable[[str], None] = logger.info,
 ) -> None:
-  """Trains the BPR-MF run of `pretrain_run` unless its work directory holds its results."""
+  """Trains the BPR-MF run of `pretrain_run` unless its work directory holds its results. Its
+  committed record does not bring the checkpoints KGAT starts from (runs/ is not committed), so a
+  fresh checkout trains the run again, records it beside its work directory and says whether it
+  reproduced the committed record."""
   run = pretrain_run(dataset)
   if os.path.exists(os.path.join(runs_dir, run.name, "results.json")):
     return
+  committed = runner.find_result(run, os.path.join(tuning_dir, "pretrain"))
+  results_dir = os.path.join(tuning_dir, "pretrain")
+  if committed is not None:
+    results_dir = os.path.join(runs_dir, "pretrain-retrained")
   log(f"training the pretraining run {run.name} first")
   counts = runner.run_grid(
     [("pretrain", run)],
-    results_dir=os.path.join(tuning_dir, "pretrain"),
+    results_dir=results_dir,
     runs_dir=runs_dir,
     extra=extra,
     log=log,
   )
   if counts["failed"]:
     raise SystemExit(f"error: {run.name} failed; see {runs_dir}/{run.name}/log.txt")
+  if committed is not None:
+    with open(committed) as f, open(os.path.join(runs_dir, run.name, "results.json")) as g:
+      same = rerun.compare(json.load(f), json.load(g))
+    state = (
+      "identical to"
+      if same["identical"]
+      else f"differs (up to {same['max_abs_diff']:.2g} at {same['max_abs_diff_at']}) from"
+    )
+    log(f"{run.name}: retrained, {state} the committed {os.path.relpath(committed, runner.ROOT)}")
 
 
 def published(model: str, dataset: str) -> Dict[str, object]:

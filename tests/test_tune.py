@@ -342,3 +342,27 @@ def test_a_failed_queued_trial_stops_the_tuner(tmp_path, monkeypatch):
   trials = _study(str(tmp_path)).trials
   assert [t.state for t in trials] == [TrialState.FAIL]
   assert any("trial(s) [0] failed; stopping" in x for x in lines), lines
+
+
+def test_a_fresh_checkout_trains_the_committed_pretraining_run_again(tmp_path):
+  """The BPR-MF run that pretrained KGAT configurations start from is committed as a record
+  only; its checkpoints live under runs/. Without them the run is trained again (not skipped as
+  done), recorded beside its work directory, and compared with the committed record."""
+  import shutil
+
+  tuning, runs = str(tmp_path / "tuning"), str(tmp_path / "runs")
+  extra = ["--config.train.max_epochs=2", "--config.train.min_epochs=1"]
+  logged = []
+  tune.train_pretrain_run("synthetic", runs, tuning, extra, log=logged.append)
+  name = tune.pretrain_run("synthetic").name
+  committed = os.path.join(tuning, "pretrain", "pretrain", f"{name}.json")
+  assert os.path.exists(committed) and os.path.isdir(os.path.join(runs, name, "checkpoints"))
+  shutil.rmtree(runs)  # a fresh checkout: the record is there, the run directory is not
+  logged.clear()
+  tune.train_pretrain_run("synthetic", runs, tuning, extra, log=logged.append)
+  assert os.path.isdir(os.path.join(runs, name, "checkpoints"))
+  assert os.path.exists(os.path.join(runs, "pretrain-retrained", "pretrain", f"{name}.json"))
+  assert any("retrained, identical to the committed" in m for m in logged), logged
+  logged.clear()
+  tune.train_pretrain_run("synthetic", runs, tuning, extra, log=logged.append)  # present: nothing
+  assert logged == []
