@@ -173,6 +173,28 @@ def machine_label(machine: str) -> str:
   )
 
 
+def origins(rows) -> str:
+  """Where mixed rows come from: for each device kind and commit, the runs (dataset, variant and
+  seeds) made there, so a reader sees which rows and seeds of a table share code and device."""
+  by_origin: Dict[Tuple[str, str], Dict[str, List[int]]] = {}
+  for r in rows:
+    key = (backend(str(r.get("machine", "?"))), str(r.get("commit", "?"))[:12])
+    name = f"{r.get('dataset', '?')} {r.get('variant', '?')}"
+    by_origin.setdefault(key, {}).setdefault(name, []).append(r.get("seed"))
+  parts = []
+  for (kind, commit), runs in sorted(by_origin.items()):
+    by_seeds: Dict[Tuple, List[str]] = {}
+    for name, seeds in runs.items():
+      order = tuple(sorted(seeds, key=lambda x: (x != 2024, x if isinstance(x, int) else -1)))
+      by_seeds.setdefault(order, []).append(name)
+    groups = [
+      f"seed{'s' if len(order) > 1 else ''} {', '.join(map(str, order))} of {', '.join(sorted(names))}"
+      for order, names in sorted(by_seeds.items(), key=lambda kv: sorted(kv[1])[0])
+    ]
+    parts.append(f"{kind} at {commit}: {'; '.join(groups)}")
+  return "Where: " + " | ".join(parts) + "."
+
+
 def provenance(rows) -> str:
   machines = sorted({machine_label(r.get("machine", "?")) for r in rows})
   commits = sorted({str(r.get("commit", "?"))[:12] for r in rows})
@@ -183,6 +205,7 @@ def provenance(rows) -> str:
       f"**Mixed provenance**: these rows come from {len(commits)} code commits and "
       f"{len(backends)} kind(s) of device ({', '.join(backends)}); differences between rows "
       "include that of code and device, not only of the variants. "
+      f"{origins(rows)} "
     )
   return (
     f"{mixed}Machines: {'; '.join(machines)}. Code commits: {', '.join(commits)}. Rerun: "

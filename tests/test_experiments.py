@@ -557,3 +557,22 @@ def test_committed_pretrained_kgat_records_name_the_run_their_study_prepares(mon
     rerun.prepare_inputs(rec, data_dir="unused")
     target = rec["command"].split("--config.kgat.pretrain=")[1].split()[0]
     assert [tune.pretrain_dir(d) for d in trained] == [target], rec["run"]
+
+
+def test_mixed_provenance_says_which_runs_come_from_which_device_and_commit():
+  gpu, cpu = "1x NVIDIA H200, jax 0.11.2", "cpu: a 2-core AMD EPYC VM"
+  rows = [
+    {"dataset": "d", "variant": "full", "seed": s, "machine": gpu, "commit": "a" * 40}
+    for s in (1, 2024, 2)
+  ] + [
+    {"dataset": "d", "variant": v, "seed": s, "machine": cpu, "commit": "b" * 40}
+    for v in ("full", "none")
+    for s in (4, 3)
+  ]
+  text = render.provenance(rows)
+  assert "2 kind(s) of device (cpu, gpu)" in text
+  assert (
+    f"Where: cpu at {'b' * 12}: seeds 3, 4 of d full, d none | gpu at {'a' * 12}: seeds 2024, 1, 2"
+    " of d full." in text
+  )
+  assert "Where:" not in render.provenance(rows[:3])  # one origin: nothing to point at
