@@ -196,6 +196,11 @@ def test_study_definitions_share_runs_by_name_and_command():
   ab = {r.name: r for r in ablations.runs(["dbbook2014", "book-crossing"], [2024])}
   assert ab[shared].command("w") == mt[shared].command("w")
   assert "book-crossing__cikgrec-no_transe__s2024" not in ab  # book-crossing has no TransE
+  # seeds 3 and 4: the unconfounded contrast only, the same runs as the user-side-knowledge study's
+  later = {r.name: r for r in ablations.runs(["dbbook2014"], [3, 4])}
+  assert {r.variant for r in later.values()} == set(ablations.UNCONFOUNDED)
+  uk_later = {r.name: r for r in user_knowledge.runs(["dbbook2014"], [3, 4])}
+  assert all(later[n].command("w") == uk_later[n].command("w") for n in later)
   quick = runner.quick(list(ab.values()))
   assert {r.dataset for r in quick} == {"synthetic"} and len(quick) == len(
     {r.variant for r in quick}
