@@ -493,8 +493,8 @@ def ablation_table(rows, datasets) -> List[str]:
     full = values(full_rows, "recall@20")
     out += [
       f"**{d}** (validation selection; Δ and p against the full model, the last row against "
-      "the variant without interest reconstruction; p: paired t-test over seeds, Holm-adjusted "
-      "over the table's tests):",
+      "the variant without interest reconstruction, over the seeds both rows ran; p: paired "
+      "t-test over seeds, Holm-adjusted over the table's tests):",
       "",
       "| variant | seeds | R@20 | N@20 | R@50 | ΔR@20 | p |",
       "|---|---|---|---|---|---|---|",
@@ -523,8 +523,9 @@ def ablation_table(rows, datasets) -> List[str]:
     ]
     for (v, against, label), p in zip(rows_, adjusted):
       x = values(vs[v], "recall@20")
-      ref = values(vs.get(against, []), "recall@20")
-      delta = f"{x.mean() - ref.mean():+.4f}" if len(ref) and v != against else "–"
+      # the mean per-seed difference over the seeds both rows ran, as the p-value pairs them
+      a, b = paired(vs[v], vs.get(against, []), test_value("recall@20"))
+      delta = f"{(a - b).mean():+.4f}" if len(a) and v != against else "–"
       out.append(
         f"| {label} | {len(x)} | {mean_std(x)} | {mean_std(values(vs[v], 'ndcg@20'))} | "
         f"{mean_std(values(vs[v], 'recall@50'))} | {delta} | {fmt_p(p)} |"

@@ -275,6 +275,19 @@ def test_paired_tests_use_the_seeds_both_arms_ran():
   assert render.paired_p(a[:1], b, render.test_value("recall@20")) is None
 
 
+def test_ablation_delta_is_over_the_seeds_both_rows_ran(tmp_path):
+  """The full model has five seeds, a variant three: Δ is the mean per-seed difference over the
+  three, as its p-value pairs them, not a difference of means over different seeds."""
+  results = str(tmp_path)
+  for seed, r in zip((2024, 1, 2, 3, 4), (0.30, 0.31, 0.29, 0.40, 0.40)):
+    _write(results, "ablations", "dbbook2014", "cikgrec-paper-valid", seed, r)
+  for seed, r in zip((2024, 1, 2), (0.28, 0.30, 0.28)):
+    _write(results, "ablations", "dbbook2014", "cikgrec-no_cl", seed, r)
+  text = render.section(results, plots=False)
+  line = [x for x in text.splitlines() if x.startswith("| w/o contrastive learning |")][0]
+  assert "| 3 | 0.2867 ± 0.0115 |" in line and "| -0.0133 |" in line  # not -0.0533
+
+
 def test_render_check_refuses_conclusions_citing_numbers_not_in_the_tables(tmp_path):
   results = str(tmp_path / "results")
   for seed, r in zip((2024, 1, 2), (0.30, 0.31, 0.29)):
