@@ -126,9 +126,9 @@ def train_pretrain_run(
   run = pretrain_run(dataset)
   if os.path.exists(os.path.join(runs_dir, run.name, "results.json")):
     return
-  committed = runner.find_result(run, os.path.join(tuning_dir, "pretrain"))
   results_dir = os.path.join(tuning_dir, "pretrain")
-  if committed is not None:
+  committed = runner.find_result(run, results_dir)
+  if committed is not None:  # the record is there, the checkpoints are not: keep the record as is
     results_dir = os.path.join(runs_dir, "pretrain-retrained")
   log(f"training the pretraining run {run.name} first")
   counts = runner.run_grid(
