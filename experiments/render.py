@@ -489,8 +489,6 @@ def ablation_table(rows, datasets) -> List[str]:
     vs = by_variant(rows, d)
     if not vs:
       continue
-    full_rows = vs.get("cikgrec-paper-valid", [])
-    full = values(full_rows, "recall@20")
     out += [
       f"**{d}** (validation selection; Δ and p against the full model, the last row against "
       "the variant without interest reconstruction, over the seeds both rows ran; p: paired "
@@ -530,7 +528,6 @@ def ablation_table(rows, datasets) -> List[str]:
         f"| {label} | {len(x)} | {mean_std(x)} | {mean_std(values(vs[v], 'ndcg@20'))} | "
         f"{mean_std(values(vs[v], 'recall@50'))} | {delta} | {fmt_p(p)} |"
       )
-    del full
     note = mdd_note(sds, min((len(vs[v]) for v, _, _ in rows_), default=0))
     out += ["", note.strip()] if note else []
     out.append("")
