@@ -173,6 +173,27 @@ def find_result(run: Run, results_dir: str) -> Optional[str]:
   return None
 
 
+# In a run's work directory: the wall time of its budget-paused segments, so that the record of a
+# resumed run states the whole run's wall time (a segment killed from outside is not counted).
+WALL_FILE = "runner_wall_seconds.json"
+
+
+def wall_time(workdir: str, segment: float, keep: bool) -> Dict[str, float]:
+  """The run's wall time so far: earlier paused segments (from WALL_FILE) plus this `segment`
+  seconds, as {"wall_seconds", "segments"}; `keep` (the run pauses here) stores the sum for the
+  segment that resumes it."""
+  path = os.path.join(workdir, WALL_FILE)
+  try:
+    with open(path) as f:
+      before = json.load(f)
+  except FileNotFoundError:
+    before = {"wall_seconds": 0.0, "segments": 0}
+  wall = {"wall_seconds": before["wall_seconds"] + segment, "segments": before["segments"] + 1}
+  if keep:
+    rundir.write_json(path, wall)
+  return wall
+
+
 @dataclasses.dataclass
 class Job:
   run: Run
@@ -266,7 +287,9 @@ def _run_grid_locked(
       return
     with open(res_path) as f:
       res = json.load(f)
-    if "budget" in str(res.get("stop_reason", "")):
+    paused = "budget" in str(res.get("stop_reason", ""))
+    wall = wall_time(job.workdir, time.time() - job.t0, keep=paused)
+    if paused:
       counts["paused"] += 1
       log(
         f"[{study}] paused {job.run.name} at epoch {res.get('epochs_run')} (budget); rerun to "
@@ -280,7 +303,8 @@ def _run_grid_locked(
       seed=job.run.seed,
       machine=machine,
       commit=commit,
-      wall_seconds=time.time() - job.t0,
+      wall_seconds=wall["wall_seconds"],
+      wall_segments=wall["segments"],
       command=_portable(job.run.command(job.workdir), job.workdir),
     )
     for s in wanted_by[job.run.name]:
@@ -291,7 +315,7 @@ def _run_grid_locked(
     t = res.get("test", {})
     log(
       f"[{study}] done {job.run.name}: best epoch {res['best_epoch']}, test recall@20 "
-      f"{t.get('recall@20', float('nan')):.4f} ({time.time() - job.t0:.0f} s)"
+      f"{t.get('recall@20', float('nan')):.4f} ({wall['wall_seconds']:.0f} s)"
     )
 
   def reap():

@@ -278,7 +278,7 @@ class Objective:
       proc = subprocess.Popen(
         cmd, cwd=runner.ROOT, stdout=logf, stderr=logf, env=env, start_new_session=True
       )
-      reported, best = 0, -math.inf
+      reported, best, pruned = 0, -math.inf, False
       metrics = os.path.join(workdir, "metrics.jsonl")
       try:
         while True:
@@ -288,9 +288,11 @@ class Objective:
             best = max(best, curve[epoch])
             trial.report(best, epoch)
             if trial.should_prune():
+              pruned = True
               self.log(f"trial {trial.number}: pruned at epoch {epoch} (best {best:.4f})")
               trial.set_user_attr("epochs", epoch + 1)
-              trial.set_user_attr("wall_seconds", time.time() - t0)
+              wall = runner.wall_time(workdir, time.time() - t0, keep=False)
+              trial.set_user_attr("wall_seconds", wall["wall_seconds"])
               raise optuna.TrialPruned()
           reported = max(reported, len(curve))  # a resumed run may rewrite its log
           if done:
@@ -300,6 +302,8 @@ class Objective:
           time.sleep(2.0)
       finally:
         if proc.poll() is None:
+          if not pruned:  # interrupted (deadline, Ctrl-C): its retry counts this segment too
+            runner.wall_time(workdir, time.time() - t0, keep=True)
           os.killpg(proc.pid, signal.SIGTERM)
           try:
             proc.wait(60)
@@ -316,11 +320,12 @@ class Objective:
     trial.set_user_attr("epochs", res["epochs_run"])
     trial.set_user_attr("stop_reason", res.get("stop_reason", ""))
     trial.set_user_attr("valid", {k: v for k, v in valid.items() if "@" in k})
-    trial.set_user_attr("wall_seconds", time.time() - t0)
+    wall = runner.wall_time(workdir, time.time() - t0, keep=False)
+    trial.set_user_attr("wall_seconds", wall["wall_seconds"])
     score = read_curve(metrics)[res["best_epoch"]]  # the trainer's selection score there
     self.log(
       f"trial {trial.number}: done, best epoch {res['best_epoch']}, valid score {score:.4f} "
-      f"({time.time() - t0:.0f} s)"
+      f"({wall['wall_seconds']:.0f} s)"
     )
     return score
 

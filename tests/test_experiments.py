@@ -24,6 +24,10 @@ wd = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir=")][0]
 seed = int([a.split("=", 1)[1] for a in sys.argv if a.startswith("--config.seed=")][0])
 paused = any(a.startswith("--config.train.max_seconds=") for a in sys.argv) and seed == 99
 os.makedirs(wd, exist_ok=True)
+if seed == 98:  # pauses once, after 0.3 s, then finishes after another 0.3 s when resumed
+  import time
+  time.sleep(0.3)
+  paused = not os.path.exists(os.path.join(wd, "calls.txt"))
 with open(os.path.join(wd, "calls.txt"), "a") as f:
   f.write("x\n")
 res = {"best_epoch": 3, "epochs_run": 4, "test": {"recall@20": 0.1 + seed / 1000},
@@ -73,6 +77,17 @@ def test_runner_trains_shared_runs_once_skips_done_and_records_provenance(tmp_pa
   # another command under the same name is not mistaken for the finished run
   changed = FakeRun("toy", "m-valid", "cikgrec", ("--config.x=2",), 1)
   assert runner.find_result(changed, results) is None
+
+
+def test_runner_records_the_wall_time_of_every_segment_of_a_resumed_run(tmp_path):
+  results, runs_dir = str(tmp_path / "results"), str(tmp_path / "runs")
+  r = FakeRun("toy", "m-valid", "cikgrec", (), 98)
+  first = runner.run_grid([("s", r)], results_dir=results, runs_dir=runs_dir, log=lambda s: None)
+  assert first["paused"] == 1
+  second = runner.run_grid([("s", r)], results_dir=results, runs_dir=runs_dir, log=lambda s: None)
+  assert second["done"] == 1
+  rec = json.load(open(os.path.join(results, "s", f"{r.name}.json")))
+  assert rec["wall_segments"] == 2 and rec["wall_seconds"] >= 0.6
 
 
 def test_runner_does_not_record_a_run_paused_by_the_deadline(tmp_path):

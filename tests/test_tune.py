@@ -142,6 +142,34 @@ def test_tuner_resumes_after_a_kill_inside_a_trial(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_interrupted_trial_retried_records_the_wall_time_of_both_segments(tmp_path):
+  """Ctrl-C while trial 0 trains; its retry resumes the training and its wall time includes the
+  interrupted segment (the training's own clock, train_seconds, is cumulative too)."""
+  runs = tmp_path / "runs"
+  cmd = _tiny_tuner(
+    tmp_path, "--trials=1", "--config.train.max_epochs=40 --config.train.checkpoint_every_seconds=0"
+  )
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+  deadline, metrics = time.time() + 300, None
+  while time.time() < deadline and metrics is None:
+    found = list(runs.glob("*/metrics.jsonl"))
+    if found and len(found[0].read_text().splitlines()) >= 3:
+      metrics = found[0]
+    time.sleep(0.2)
+  assert metrics is not None, "trial 0 did not start"
+  os.kill(proc.pid, signal.SIGINT)
+  proc.wait(120)
+  first = json.loads((metrics.parent / runner.WALL_FILE).read_text())
+  assert first["segments"] == 1 and first["wall_seconds"] > 0
+  subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600)
+  done = [t for t in _study(str(tmp_path / "tuning")).trials if t.state == TrialState.COMPLETE]
+  assert len(done) == 1 and done[0].user_attrs.get("retry_of") == 0
+  second = (done[0].datetime_complete - done[0].datetime_start).total_seconds()
+  assert done[0].user_attrs["wall_seconds"] - first["wall_seconds"] == pytest.approx(second, abs=2)
+
+
+@pytest.mark.slow
 def test_parallel_trials_train_at_the_same_time_and_fill_the_budget(tmp_path):
   tuning = tmp_path / "tuning"
   cmd = _tiny_tuner(tmp_path, "--trials=3", "--config.train.max_epochs=6") + ["--parallel=2"]
