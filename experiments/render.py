@@ -134,13 +134,35 @@ def group_value(scheme: str, g: int, key="recall@20"):
 
 
 def mdd_note(sds, n) -> str:
-  m = min_detectable(sds, n)
-  if m is None:
+  """`n`: the number of paired seeds, or the numbers the table's tests have (one value each)."""
+  ns = sorted({k for k in ([n] if isinstance(n, int) else n) if k >= 2})
+  found = [(k, min_detectable(sds, k)) for k in ns]
+  found = [(k, m) for k, m in found if m is not None]
+  if not found:
     return ""
+  if len(found) == 1:
+    ((k, m),) = found
+    return (
+      f" Minimum detectable difference of R@20 (paired t, {k} seeds, α = 0.05, power 0.8, from "
+      f"the spread of this table's paired differences): {m:.4f}."
+    )
   return (
-    f" Minimum detectable difference of R@20 (paired t, {n} seeds, α = 0.05, power 0.8, from the "
-    f"spread of this table's paired differences): {m:.4f}."
+    " Minimum detectable difference of R@20 (paired t, α = 0.05, power 0.8, from the spread of "
+    "this table's paired differences): "
+    + ", ".join(f"{m:.4f} with {k} paired seeds" for k, m in found)
+    + "."
   )
+
+
+def n_paired(a_rows, b_rows) -> int:
+  return len(paired(a_rows, b_rows, lambda r: 0.0)[0])
+
+
+def seeds_cell(rs, against_rs, is_reference: bool) -> str:
+  """A row's seeds, and how many of them its test pairs with the row it is tested against
+  when that is fewer."""
+  k = n_paired(rs, against_rs)
+  return str(len(rs)) if is_reference or k == len(rs) else f"{len(rs)} ({k} paired)"
 
 
 def fmt_p(p) -> str:
@@ -411,16 +433,17 @@ def knowledge_table(rows, datasets) -> List[str]:
       ]
       sds.append(diff_sd(vs[v], vs[against], test_value("recall@20")))
     adjusted = holm(raw)
-    for i, (v, _, label) in enumerate(shown):
+    for i, (v, against, label) in enumerate(shown):
       rs = vs[v]
       p, p_sparse = adjusted[2 * i], adjusted[2 * i + 1]
       sparse = group_values(rs, "quantile", 0)
       out.append(
-        f"| {label} | {len(rs)} | {mean_std(values(rs, 'recall@20'))} | "
+        f"| {label} | {seeds_cell(rs, vs[against], v == against)} | "
+        f"{mean_std(values(rs, 'recall@20'))} | "
         f"{mean_std(values(rs, 'ndcg@20'))} | {fmt_p(p)} | {mean_std(sparse)} | "
         f"{fmt_p(p_sparse)} | {mean_std(group_values(rs, 'equal', 0))} |"
       )
-    note = mdd_note(sds, min((len(vs[v]) for v, _, _ in shown), default=0))
+    note = mdd_note(sds, [n_paired(vs[v], vs[a]) for v, a, _ in shown if v != a])
     out += ["", note.strip()] if note else []
     out.append("")
   return out
@@ -525,10 +548,11 @@ def ablation_table(rows, datasets) -> List[str]:
       a, b = paired(vs[v], vs.get(against, []), test_value("recall@20"))
       delta = f"{(a - b).mean():+.4f}" if len(a) and v != against else "–"
       out.append(
-        f"| {label} | {len(x)} | {mean_std(x)} | {mean_std(values(vs[v], 'ndcg@20'))} | "
+        f"| {label} | {seeds_cell(vs[v], vs.get(against, []), v == against)} | {mean_std(x)} | "
+        f"{mean_std(values(vs[v], 'ndcg@20'))} | "
         f"{mean_std(values(vs[v], 'recall@50'))} | {delta} | {fmt_p(p)} |"
       )
-    note = mdd_note(sds, min((len(vs[v]) for v, _, _ in rows_), default=0))
+    note = mdd_note(sds, [n_paired(vs[v], vs.get(a, [])) for v, a, _ in rows_ if v != a])
     out += ["", note.strip()] if note else []
     out.append("")
   return out

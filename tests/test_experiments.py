@@ -301,6 +301,28 @@ def test_ablation_delta_is_over_the_seeds_both_rows_ran(tmp_path):
   text = render.section(results, plots=False)
   line = [x for x in text.splitlines() if x.startswith("| w/o contrastive learning |")][0]
   assert "| 3 | 0.2867 ± 0.0115 |" in line and "| -0.0133 |" in line  # not -0.0533
+  # without interest nodes (5 seeds) against without reconstruction (4): the pairs are stated
+  for seed, r in zip((2024, 1, 2, 3, 4), (0.29, 0.30, 0.28, 0.29, 0.30)):
+    _write(results, "ablations", "dbbook2014", "cikgrec-no_interest", seed, r)
+  for seed, r in zip((2024, 1, 2, 3), (0.31, 0.31, 0.30, 0.30)):
+    _write(results, "ablations", "dbbook2014", "cikgrec-no_uir", seed, r)
+  lines = render.section(results, plots=False).splitlines()
+  vs_row = [x for x in lines if x.startswith("| w/o interest nodes vs w/o interest reconstr")][0]
+  assert vs_row.split(" | ")[1] == "5 (4 paired)"
+  alone = [x for x in lines if x.startswith("| w/o interest nodes (and so")][0]
+  assert alone.split(" | ")[1] == "5"
+  # one detectable difference for each number of pairs the table's tests have: 3, 4 and 5
+  mdd = [x for x in lines if x.startswith("Minimum detectable")][0]
+  assert [k in mdd for k in ("with 3 paired", "with 4 paired", "with 5 paired")] == [True] * 3
+
+
+def test_minimum_detectable_difference_note_per_number_of_pairs():
+  one = render.mdd_note([0.01], 5)
+  assert "(paired t, 5 seeds," in one and one.endswith(": 0.0166.")
+  two = render.mdd_note([0.01], [3, 5, 5, 1])
+  m3, m5 = render.min_detectable([0.01], 3), render.min_detectable([0.01], 5)
+  assert two.endswith(f": {m3:.4f} with 3 paired seeds, {m5:.4f} with 5 paired seeds.")
+  assert render.mdd_note([0.01], [1]) == ""
 
 
 def test_render_check_refuses_conclusions_citing_numbers_not_in_the_tables(tmp_path):
