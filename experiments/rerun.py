@@ -68,7 +68,7 @@ def numbers(result: Dict) -> Dict[str, float]:
 
 def compare(original: Dict, rerun: Dict) -> Dict:
   """identical (every compared number equal and none missing), the largest absolute difference
-  and its key, the number of values compared."""
+  and its key, the number of values compared, and the keys of every value that differs."""
   a, b = numbers(original), numbers(rerun)
   missing = sorted(set(a) ^ set(b))
   diffs = {k: abs(a[k] - b[k]) for k in set(a) & set(b)}
@@ -79,6 +79,7 @@ def compare(original: Dict, rerun: Dict) -> Dict:
     "max_abs_diff": diffs[worst] if worst else 0.0,
     "max_abs_diff_at": worst if worst and diffs[worst] > 0 else None,
     "keys_in_one_only": missing[:20],
+    "differs_at": sorted(k for k, d in diffs.items() if d > 0),
   }
 
 

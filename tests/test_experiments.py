@@ -535,6 +535,7 @@ def test_rerun_compares_every_reported_number_and_records_once(tmp_path, monkeyp
   os.remove(rec_path)
   [moved] = rerun.main([str(path)] + args + ["--runs_dir", str(tmp_path / "runs2")])
   assert not moved["identical"] and moved["max_abs_diff_at"] == "test/recall@20"
+  assert moved["differs_at"] == ["test/recall@20"] and rec["differs_at"] == []
   assert moved["max_abs_diff"] == pytest.approx(0.001)
   # and the renderer lists it under the table of the rows it reran
   lines = render.rerun_lines([{"run": original["run"]}], str(tmp_path / "results"))
