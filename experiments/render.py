@@ -135,7 +135,7 @@ def group_value(scheme: str, g: int, key="recall@20"):
 
 def mdd_note(sds, n) -> str:
   """`n`: the number of paired seeds, or the numbers the table's tests have (one value each)."""
-  ns = sorted({k for k in ([n] if isinstance(n, int) else n) if k >= 2})
+  ns = sorted({int(k) for k in ([n] if np.ndim(n) == 0 else n) if k >= 2})
   found = [(k, min_detectable(sds, k)) for k in ns]
   found = [(k, m) for k, m in found if m is not None]
   if not found:
@@ -162,7 +162,7 @@ def seeds_cell(rs, against_rs, is_reference: bool) -> str:
   """A row's seeds, and how many of them its test pairs with the row it is tested against
   when that is fewer."""
   k = n_paired(rs, against_rs)
-  return str(len(rs)) if is_reference or k == len(rs) else f"{len(rs)} ({k} paired)"
+  return str(len(rs)) if is_reference or k in (0, len(rs)) else f"{len(rs)} ({k} paired)"
 
 
 def fmt_p(p) -> str:

@@ -79,7 +79,7 @@ def compare(original: Dict, rerun: Dict) -> Dict:
     "max_abs_diff": diffs[worst] if worst else 0.0,
     "max_abs_diff_at": worst if worst and diffs[worst] > 0 else None,
     "keys_in_one_only": missing[:20],
-    "differs_at": sorted(k for k, d in diffs.items() if d > 0),
+    "differs_at": sorted(k for k, d in diffs.items() if d != 0),  # NaN differs too
   }
 
 

@@ -180,18 +180,26 @@ WALL_FILE = "runner_wall_seconds.json"
 
 def wall_time(workdir: str, segment: float, keep: bool) -> Dict[str, float]:
   """The run's wall time so far: earlier paused segments (from WALL_FILE) plus this `segment`
-  seconds, as {"wall_seconds", "segments"}; `keep` (the run pauses here) stores the sum for the
-  segment that resumes it."""
+  seconds, as {"wall_seconds", "segments"}. `keep` (the run pauses here) stores the sum for the
+  segment that resumes it; a run that ends calls `wall_time_recorded` once its record is written."""
   path = os.path.join(workdir, WALL_FILE)
   try:
     with open(path) as f:
       before = json.load(f)
-  except FileNotFoundError:
+  except (FileNotFoundError, ValueError):
     before = {"wall_seconds": 0.0, "segments": 0}
   wall = {"wall_seconds": before["wall_seconds"] + segment, "segments": before["segments"] + 1}
   if keep:
     rundir.write_json(path, wall)
   return wall
+
+
+def wall_time_recorded(workdir: str) -> None:
+  """The run's segments are in its record: no later run in the directory counts them again."""
+  try:
+    os.remove(os.path.join(workdir, WALL_FILE))
+  except FileNotFoundError:
+    pass
 
 
 @dataclasses.dataclass
@@ -311,6 +319,7 @@ def _run_grid_locked(
       rundir.write_json(
         os.path.join(results_dir, s, f"{job.run.name}.json"), dict(res, study=s), indent=1
       )
+    wall_time_recorded(job.workdir)
     counts["done"] += 1
     t = res.get("test", {})
     log(

@@ -271,9 +271,9 @@ class Objective:
     trial.set_user_attr("commit", runner.git_commit())
     trial.set_user_attr("machine", self.machine)
     self.log(f"trial {trial.number}: {run.name} {json.dumps(params, default=str)}")
-    t0 = time.time()
     env = runner.child_env()
     runner.wait_for_workdir(workdir, log=self.log)
+    t0 = time.time()  # after the wait: an earlier segment's training may still have been stopping
     with open(os.path.join(workdir, "log.txt"), "a") as logf:
       proc = subprocess.Popen(
         cmd, cwd=runner.ROOT, stdout=logf, stderr=logf, env=env, start_new_session=True
@@ -291,8 +291,7 @@ class Objective:
               pruned = True
               self.log(f"trial {trial.number}: pruned at epoch {epoch} (best {best:.4f})")
               trial.set_user_attr("epochs", epoch + 1)
-              wall = runner.wall_time(workdir, time.time() - t0, keep=False)
-              trial.set_user_attr("wall_seconds", wall["wall_seconds"])
+              _record_wall_time(trial, workdir, time.time() - t0)
               raise optuna.TrialPruned()
           reported = max(reported, len(curve))  # a resumed run may rewrite its log
           if done:
@@ -302,14 +301,18 @@ class Objective:
           time.sleep(2.0)
       finally:
         if proc.poll() is None:
-          if not pruned:  # interrupted (deadline, Ctrl-C): its retry counts this segment too
-            runner.wall_time(workdir, time.time() - t0, keep=True)
+          segment = time.time() - t0
           os.killpg(proc.pid, signal.SIGTERM)
           try:
             proc.wait(60)
           except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+          if not pruned:  # interrupted (deadline, Ctrl-C): its retry counts this segment too
+            try:
+              runner.wall_time(workdir, segment, keep=True)
+            except OSError as e:  # a full disk: the retry's record then undercounts its time
+              self.log(f"trial {trial.number}: its wall time so far was not saved ({e})")
     results = os.path.join(workdir, "results.json")
     if proc.returncode != 0 or not os.path.exists(results):
       raise RuntimeError(f"{run.name} failed (exit {proc.returncode}); log: {workdir}/log.txt")
@@ -320,14 +323,22 @@ class Objective:
     trial.set_user_attr("epochs", res["epochs_run"])
     trial.set_user_attr("stop_reason", res.get("stop_reason", ""))
     trial.set_user_attr("valid", {k: v for k, v in valid.items() if "@" in k})
-    wall = runner.wall_time(workdir, time.time() - t0, keep=False)
-    trial.set_user_attr("wall_seconds", wall["wall_seconds"])
+    wall = _record_wall_time(trial, workdir, time.time() - t0)
     score = read_curve(metrics)[res["best_epoch"]]  # the trainer's selection score there
     self.log(
       f"trial {trial.number}: done, best epoch {res['best_epoch']}, valid score {score:.4f} "
       f"({wall['wall_seconds']:.0f} s)"
     )
     return score
+
+
+def _record_wall_time(trial, workdir: str, segment: float) -> Dict[str, float]:
+  """The trial's wall time, with the segments of the interrupted trials it resumes."""
+  wall = runner.wall_time(workdir, segment, keep=False)
+  trial.set_user_attr("wall_seconds", wall["wall_seconds"])
+  trial.set_user_attr("wall_segments", wall["segments"])
+  runner.wall_time_recorded(workdir)
+  return wall
 
 
 class DeadlineReached(Exception):

@@ -86,8 +86,23 @@ def test_runner_records_the_wall_time_of_every_segment_of_a_resumed_run(tmp_path
   assert first["paused"] == 1
   second = runner.run_grid([("s", r)], results_dir=results, runs_dir=runs_dir, log=lambda s: None)
   assert second["done"] == 1
-  rec = json.load(open(os.path.join(results, "s", f"{r.name}.json")))
+  path = os.path.join(results, "s", f"{r.name}.json")
+  rec = json.load(open(path))
   assert rec["wall_segments"] == 2 and rec["wall_seconds"] >= 0.6
+  # recorded segments are not counted again by a later run in the same directory
+  assert not os.path.exists(os.path.join(runs_dir, r.name, runner.WALL_FILE))
+  os.remove(path)
+  runner.run_grid([("s", r)], results_dir=results, runs_dir=runs_dir, log=lambda s: None)
+  again = json.load(open(path))
+  assert again["wall_segments"] == 1 and again["wall_seconds"] < rec["wall_seconds"]
+
+
+def test_a_fresh_start_in_a_run_directory_deletes_its_paused_wall_time(tmp_path):
+  """--config.train.resume=False deletes a run's files (rundir.clear): the runner's wall time of
+  the deleted run's paused segments too, so the new run does not count them."""
+  runner.wall_time(str(tmp_path), 12.0, keep=True)
+  assert runner.WALL_FILE in rundir.clear(str(tmp_path))
+  assert runner.wall_time(str(tmp_path), 1.0, keep=False) == {"wall_seconds": 1.0, "segments": 1}
 
 
 def test_runner_does_not_record_a_run_paused_by_the_deadline(tmp_path):

@@ -165,6 +165,8 @@ def test_an_interrupted_trial_retried_records_the_wall_time_of_both_segments(tmp
   subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600)
   done = [t for t in _study(str(tmp_path / "tuning")).trials if t.state == TrialState.COMPLETE]
   assert len(done) == 1 and done[0].user_attrs.get("retry_of") == 0
+  assert done[0].user_attrs["wall_segments"] == 2
+  assert not (metrics.parent / runner.WALL_FILE).exists()  # counted once, in this trial
   second = (done[0].datetime_complete - done[0].datetime_start).total_seconds()
   assert done[0].user_attrs["wall_seconds"] - first["wall_seconds"] == pytest.approx(second, abs=2)
 

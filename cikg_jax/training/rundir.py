@@ -72,6 +72,7 @@ RUN_FILES = (
   "node_order.npz",  # graph modes: the table's row order (graph_parallel.NodeOrder)
   "partition.json",
   IDENTITY_FILE,
+  "runner_wall_seconds.json",  # experiments/runner.py: wall time of the run's paused segments
 )
 _FRESH_HINT = (
   "use another --workdir, or --config.train.resume=False to delete that run and start afresh there"
