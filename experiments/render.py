@@ -185,6 +185,16 @@ def backend(machine: str) -> str:
   return "gpu" if re.search(r"NVIDIA|H100|H200|A100|cuda", machine, re.I) else "cpu"
 
 
+def device(machine: str) -> str:
+  """The device class and, where the machine string names it, the processor or GPU model: XLA
+  compiles for the host's CPU, so CPU runs of one seed differ between CPU models."""
+  kind = backend(machine)
+  for model in ("H200", "H100", "A100") if kind == "gpu" else ("AMD EPYC", "Intel Xeon"):
+    if model in machine:
+      return f"{kind} ({model})"
+  return kind
+
+
 def machine_label(machine: str) -> str:
   """A result file's machine string as the tables show it: the hardware, software and load."""
   return (
@@ -200,7 +210,7 @@ def origins(rows) -> str:
   seeds) made there, so a reader sees which rows and seeds of a table share code and device."""
   by_origin: Dict[Tuple[str, str], Dict[str, List[int]]] = {}
   for r in rows:
-    key = (backend(str(r.get("machine", "?"))), str(r.get("commit", "?"))[:12])
+    key = (device(machine_label(str(r.get("machine", "?")))), str(r.get("commit", "?"))[:12])
     name = f"{r.get('dataset', '?')} {r.get('variant', '?')}"
     by_origin.setdefault(key, {}).setdefault(name, []).append(r.get("seed"))
   parts = []
@@ -220,7 +230,7 @@ def origins(rows) -> str:
 def provenance(rows) -> str:
   machines = sorted({machine_label(r.get("machine", "?")) for r in rows})
   commits = sorted({str(r.get("commit", "?"))[:12] for r in rows})
-  backends = sorted({backend(m) for m in machines})
+  backends = sorted({device(m) for m in machines})
   mixed = ""
   if len(commits) > 1 or len(backends) > 1:
     mixed = (
@@ -257,10 +267,11 @@ def rerun_lines(rows, results_dir: str = RESULTS) -> List[str]:
     )
     parts.append(
       f"{rec['run']} (made at {str(rec['original_commit'])[:12]}, "
-      f"{backend(str(rec.get('original_machine')))}, {cpus(rec.get('original_cpus_usable'))}) "
+      f"{device(machine_label(str(rec.get('original_machine'))))}, "
+      f"{cpus(rec.get('original_cpus_usable'))}) "
       f"rerun at {str(rec['commit'])[:12]}"
       f"{' (a tree with uncommitted changes)' if str(rec['commit']).endswith('+dirty') else ''} "
-      f"({backend(str(rec.get('machine')))}, {cpus(rec.get('cpus_usable'))}): {same}"
+      f"({device(machine_label(str(rec.get('machine'))))}, {cpus(rec.get('cpus_usable'))}): {same}"
     )
   return [
     "Reruns of these rows from their recorded commands (`python experiments/rerun.py`): "

@@ -145,6 +145,8 @@ def rerun(path: str, results_dir: str, runs_dir: str, machine: str, log=logger.i
     "original_machine": original.get("machine"),
     "commit": commit,
     "machine": machine or runner.default_machine(),
+    "host": runner.host(),
+    "original_host": original.get("host"),
     "cpus_usable": cpus,
     "original_cpus_usable": original.get("cpus_usable"),  # recorded since results carry it
     **compare(original, result),

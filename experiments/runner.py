@@ -125,7 +125,17 @@ def default_machine() -> str:
   CPUs this process may use (a run under taskset sees fewer; XLA's thread pool follows them)."""
   from cikg_jax import runtime
 
-  return f"{platform.node()} ({os.cpu_count()} cpu, {runtime.cpus_usable()} usable)"
+  model = runtime.machine().get("cpu_model") or "cpu"
+  return f"{platform.node()} ({model}, {os.cpu_count()} cpu, {runtime.cpus_usable()} usable)"
+
+
+def host() -> Dict:
+  """What a record states of its host beyond the user's --machine text, read from the system:
+  XLA compiles for the host's CPU, so a seed's numbers differ between CPU models."""
+  from cikg_jax import runtime
+
+  m = runtime.machine()
+  return {k: m[k] for k in ("cpu_model", "cpu_id", "vector_extensions", "logical_cpus", "jax")}
 
 
 def child_env() -> Dict[str, str]:
@@ -310,6 +320,7 @@ def _run_grid_locked(
       model=job.run.model,
       seed=job.run.seed,
       machine=machine,
+      host=host(),
       commit=commit,
       wall_seconds=wall["wall_seconds"],
       wall_segments=wall["segments"],

@@ -270,6 +270,7 @@ class Objective:
     trial.set_user_attr("command", runner._portable(cmd, workdir))
     trial.set_user_attr("commit", runner.git_commit())
     trial.set_user_attr("machine", self.machine)
+    trial.set_user_attr("host", runner.host())
     self.log(f"trial {trial.number}: {run.name} {json.dumps(params, default=str)}")
     env = runner.child_env()
     runner.wait_for_workdir(workdir, log=self.log)

@@ -68,6 +68,10 @@ def test_runner_trains_shared_runs_once_skips_done_and_records_provenance(tmp_pa
   rec = json.load(open(os.path.join(results, "s2", f"{a.name}.json")))
   assert rec["study"] == "s2" and rec["machine"] == "test box" and rec["seed"] == 1
   assert rec["commit"] and rec["wall_seconds"] >= 0
+  from cikg_jax import runtime
+
+  assert rec["host"]["cpu_model"] == runtime.machine()["cpu_model"]  # read, not typed
+  assert rec["host"]["vector_extensions"] == runtime.machine()["vector_extensions"]
   assert rec["command"].startswith("python -c") and "<workdir>" in rec["command"]
   # a second invocation trains nothing; a third study copies the finished result
   again = runner.run_grid(
@@ -509,7 +513,10 @@ def test_default_machine_names_the_cpus_this_process_may_use(monkeypatch):
   """Under taskset a run uses fewer CPUs than the host has; the record must say which."""
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
   monkeypatch.setattr(os, "cpu_count", lambda: 8)
-  assert runner.default_machine().endswith("(8 cpu, 1 usable)")
+  assert runner.default_machine().endswith(", 8 cpu, 1 usable)")
+  from cikg_jax import runtime
+
+  assert f"({runtime.machine()['cpu_model'] or 'cpu'}, " in runner.default_machine()
 
 
 def test_rerun_compares_every_reported_number_and_records_once(tmp_path, monkeypatch):
@@ -641,9 +648,14 @@ def test_mixed_provenance_says_which_runs_come_from_which_device_and_commit():
     for s in (4, 3)
   ]
   text = render.provenance(rows)
-  assert "2 kind(s) of device (cpu, gpu)" in text
+  assert "2 kind(s) of device (cpu (AMD EPYC), gpu (H200))" in text
   assert (
-    f"Where: cpu at {'b' * 12}: seeds 3, 4 of d full, d none | gpu at {'a' * 12}: seeds 2024, 1, 2"
-    " of d full." in text
+    f"Where: cpu (AMD EPYC) at {'b' * 12}: seeds 3, 4 of d full, d none | gpu (H200) at "
+    f"{'a' * 12}: seeds 2024, 1, 2 of d full." in text
   )
+  # the same commit on another CPU model is another origin: XLA compiles for the host's CPU
+  xeon = dict(rows[-1], machine="cpu: a 2-core Intel Xeon VM (AVX-512)", seed=5)
+  text = render.provenance(rows + [xeon])
+  assert "3 kind(s) of device (cpu (AMD EPYC), cpu (Intel Xeon), gpu (H200))" in text
+  assert f"cpu (Intel Xeon) at {'b' * 12}: seed 5 of d none" in text
   assert "Where:" not in render.provenance(rows[:3])  # one origin: nothing to point at
