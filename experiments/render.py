@@ -230,12 +230,12 @@ def origins(rows) -> str:
 def provenance(rows) -> str:
   machines = sorted({machine_label(r.get("machine", "?")) for r in rows})
   commits = sorted({str(r.get("commit", "?"))[:12] for r in rows})
-  backends = sorted({device(m) for m in machines})
+  devices = sorted({device(m) for m in machines})
   mixed = ""
-  if len(commits) > 1 or len(backends) > 1:
+  if len(commits) > 1 or len(devices) > 1:
     mixed = (
       f"**Mixed provenance**: these rows come from {len(commits)} code commits and "
-      f"{len(backends)} kind(s) of device ({', '.join(backends)}); differences between rows "
+      f"{len(devices)} kind(s) of device ({', '.join(devices)}); differences between rows "
       "include that of code and device, not only of the variants. "
       f"{origins(rows)} "
     )
