@@ -185,14 +185,26 @@ def backend(machine: str) -> str:
   return "gpu" if re.search(r"NVIDIA|H100|H200|A100|cuda", machine, re.I) else "cpu"
 
 
-def device(machine: str) -> str:
-  """The device class and, where the machine string names it, the processor or GPU model: XLA
-  compiles for the host's CPU, so CPU runs of one seed differ between CPU models."""
+def device(machine: str, host: Optional[Dict] = None) -> str:
+  """The device class and the processor or GPU model: XLA compiles for the host's CPU, so CPU
+  runs of one seed differ between CPU models. The CPU model comes from the record's `host` (read
+  from the system) where it has one, else from the typed machine string."""
   kind = backend(machine)
-  for model in ("H200", "H100", "A100") if kind == "gpu" else ("AMD EPYC", "Intel Xeon"):
-    if model in machine:
-      return f"{kind} ({model})"
-  return kind
+  if kind == "gpu":
+    return next((f"gpu ({m})" for m in ("H200", "H100", "A100") if m in machine), "gpu")
+  cpu = (host or {}).get("cpu_model") or machine
+  for needle, model in (("EPYC", "AMD EPYC"), ("Xeon", "Intel Xeon")):
+    if needle in cpu:
+      return f"cpu ({model})"
+  if not (host or {}).get("cpu_model"):
+    return "cpu"
+  return f"cpu ({' '.join(re.sub(r'[(](R|TM)[)]', '', cpu).split())})"
+
+
+def record_device(record: Dict, prefix: str = "") -> str:
+  """device() of a result (prefix "") or of the original a rerun record reran ("original_")."""
+  machine = machine_label(str(record.get(f"{prefix}machine", "?")))
+  return device(machine, record.get(f"{prefix}host"))
 
 
 def machine_label(machine: str) -> str:
@@ -210,7 +222,7 @@ def origins(rows) -> str:
   seeds) made there, so a reader sees which rows and seeds of a table share code and device."""
   by_origin: Dict[Tuple[str, str], Dict[str, List[int]]] = {}
   for r in rows:
-    key = (device(machine_label(str(r.get("machine", "?")))), str(r.get("commit", "?"))[:12])
+    key = (record_device(r), str(r.get("commit", "?"))[:12])
     name = f"{r.get('dataset', '?')} {r.get('variant', '?')}"
     by_origin.setdefault(key, {}).setdefault(name, []).append(r.get("seed"))
   parts = []
@@ -230,7 +242,7 @@ def origins(rows) -> str:
 def provenance(rows) -> str:
   machines = sorted({machine_label(r.get("machine", "?")) for r in rows})
   commits = sorted({str(r.get("commit", "?"))[:12] for r in rows})
-  devices = sorted({device(m) for m in machines})
+  devices = sorted({record_device(r) for r in rows})
   mixed = ""
   if len(commits) > 1 or len(devices) > 1:
     mixed = (
@@ -267,11 +279,11 @@ def rerun_lines(rows, results_dir: str = RESULTS) -> List[str]:
     )
     parts.append(
       f"{rec['run']} (made at {str(rec['original_commit'])[:12]}, "
-      f"{device(machine_label(str(rec.get('original_machine'))))}, "
+      f"{record_device(rec, 'original_')}, "
       f"{cpus(rec.get('original_cpus_usable'))}) "
       f"rerun at {str(rec['commit'])[:12]}"
       f"{' (a tree with uncommitted changes)' if str(rec['commit']).endswith('+dirty') else ''} "
-      f"({device(machine_label(str(rec.get('machine'))))}, {cpus(rec.get('cpus_usable'))}): {same}"
+      f"({record_device(rec)}, {cpus(rec.get('cpus_usable'))}): {same}"
     )
   return [
     "Reruns of these rows from their recorded commands (`python experiments/rerun.py`): "

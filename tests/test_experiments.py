@@ -658,4 +658,11 @@ def test_mixed_provenance_says_which_runs_come_from_which_device_and_commit():
   text = render.provenance(rows + [xeon])
   assert "3 kind(s) of device (cpu (AMD EPYC), cpu (Intel Xeon), gpu (H200))" in text
   assert f"cpu (Intel Xeon) at {'b' * 12}: seed 5 of d none" in text
+  # a record's host, read from the system, outranks its typed machine text
+  mistyped = dict(rows[-1], seed=6, host={"cpu_model": "Intel(R) Xeon(R) Processor"})
+  text = render.provenance(rows + [mistyped])
+  assert f"cpu (Intel Xeon) at {'b' * 12}: seed 6 of d none" in text
+  assert render.device("box (8 cpu)", {"cpu_model": "Intel(R) Core(TM) i7-9700"}) == (
+    "cpu (Intel Core i7-9700)"
+  )
   assert "Where:" not in render.provenance(rows[:3])  # one origin: nothing to point at
